@@ -174,9 +174,6 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
 
-TEXT_COLUMNS = ("text", "sentence", "review", "content", "tweet")
-
-
 def _predict(args: argparse.Namespace) -> int:
     from bertfit.predict import TextClassifier
 
@@ -199,10 +196,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _predict_file(classifier, args: argparse.Namespace) -> int:
-    from bertfit.data import read_table, write_table
+    from bertfit.data import TEXT_COLUMNS, read_table, write_table
 
     table = read_table(args.file, encoding=args.encoding)
-    column = args.text_column or next((c for c in TEXT_COLUMNS if c in table.columns), None)
+    lowered = {c.lower(): c for c in table.columns}  # the same matching as training: exact, then any case
+    column = args.text_column or next((lowered[c] for c in TEXT_COLUMNS if c in lowered), None)
     if column is None or column not in table.columns:
         raise BertfitError(f"{args.file}: no text column {args.text_column or '(text, sentence, review, content, tweet)'}; "
                            f"columns found: {', '.join(table.columns)}; pass --text-column")

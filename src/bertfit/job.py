@@ -81,8 +81,8 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     labels = data_mod.label_names(train)
     if len(labels) < 2:
         raise DataError(f"{train_path}: the training data has only one label ({labels}); a classifier needs at least two")
-    data_mod.check_known_labels(validation, labels, "the validation data")
-    data_mod.check_known_labels(test, labels, "the test data")
+    data_mod.check_known_labels(validation, labels, str(config.validation_file or "the validation split"))
+    data_mod.check_known_labels(test, labels, str(config.test_file or "the test split"))
     if config.max_train_examples and len(train) > config.max_train_examples:
         keep = config.max_train_examples / len(train)
         train = data_mod.stratified_split(train, (keep, 1 - keep, 0.0), seed=config.seed)[0]
@@ -187,7 +187,6 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         import shutil
 
         shutil.rmtree(run.path)
-    run.create()
     threads = configure_threads(config.threads)
     device = select_device(config.device)
     seed_everything(config.seed)
@@ -205,6 +204,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     if config.classifier_dropout is not None:
         overrides["classifier_dropout"] = config.classifier_dropout
     model = load_classifier(model_dir, prepared.labels, **overrides)
+    run.create()  # only now: a run that fails on its data or model leaves no directory behind
     config.save(run.file("train_config.json"))
     write_json_atomic(run.file("data.json"), prepared.summary)
     write_json_atomic(run.file("split.json"), {name: [e.row for e in split] for name, split in

@@ -1,0 +1,200 @@
+"""The installed `bertfit` command, end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import synthetic_rows, write_csv
+
+BERTFIT = str(Path(sys.executable).with_name("bertfit"))
+LABELS = ["negative", "neutral", "positive"]
+
+
+def bertfit(*args: str, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([BERTFIT, *map(str, args)], capture_output=True, text=True, input=stdin, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def tweets_run(tmp_path_factory, tweets_csv, minilm_dir) -> Path:
+    """The real CLI on a slice of the real tweets corpus with the real MiniLM."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    out = bertfit("train", "--train-file", tweets_csv, "--model", "minilm-l6", "--output-dir", run,
+                  "--max-train-examples", 320, "--max-eval-examples", 120, "--max-steps", 12, "--max-length", 64,
+                  "--lr", "5e-5", "--log-every", 4)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test (120 examples)" in out.stdout and f"report: {run}/report.md" in out.stdout
+    return run
+
+
+@pytest.mark.slow
+def test_train_cli_writes_a_complete_run_directory(tweets_run):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                 "train_config.json", "metrics.json", "metrics.jsonl", "report.md", "report.html",
+                 "plots/confusion_test.png", "plots/training_curves.png", "data.json", "split.json"):
+        assert (tweets_run / name).is_file(), name
+    report = (tweets_run / "report.md").read_text()
+    for label in LABELS:
+        assert label in report
+    config = json.loads((tweets_run / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    metrics = json.loads((tweets_run / "metrics.json").read_text())
+    assert set(metrics) == {"validation", "test"} and metrics["test"]["n"] == 120
+    data = json.loads((tweets_run / "data.json").read_text())
+    assert data["encoding"].startswith("latin-1")  # the corpus is not valid UTF-8
+
+
+@pytest.mark.slow
+def test_transformers_loads_the_run_and_predicts_the_same(tweets_run, tweets_csv):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    with open(tweets_csv, encoding="latin-1", newline="") as f:
+        texts = [row["text"] for row in csv.DictReader(f)][-40:]
+    out = bertfit("predict", tweets_run, "--json", *texts)
+    assert out.returncode == 0, out.stderr
+    ours = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [o["text"] for o in ours] == texts
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(tweets_run, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tweets_run)
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        proba = model.eval()(**batch).logits.softmax(-1)
+    theirs = [model.config.id2label[i] for i in proba.argmax(-1).tolist()]
+    assert [o["label"] for o in ours] == theirs
+    for o, p in zip(ours, proba):
+        assert abs(o["probabilities"]["positive"] - float(p[2])) < 1e-4
+
+
+@pytest.mark.slow
+def test_predict_file_keeps_every_row_and_column(tweets_run, tmp_path):
+    rows = [("1", "I love this", "x"), ("2", "worst day ever", "y"), ("3", "", "z"), ("4", "ok, \"quoted\"\nline", "w")]
+    src = write_csv(tmp_path / "in.csv", rows, header=("id", "Text", "other"))
+    out = bertfit("predict", tweets_run, "--file", src)
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "in.predictions.csv", newline="", encoding="utf-8") as f:
+        result = list(csv.DictReader(f))
+    assert [r["id"] for r in result] == ["1", "2", "3", "4"]
+    assert result[3]["Text"] == "ok, \"quoted\"\nline"
+    assert all(r["label"] in LABELS for r in result)
+    assert all(abs(sum(float(r[f"prob_{l}"]) for l in LABELS) - 1) < 1e-4 for r in result)
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t, "n": i}) for i, t in enumerate(["good", "bad", "meh"])) + "\n")
+    out = bertfit("predict", tweets_run, "--file", jsonl, "--output", tmp_path / "out.jsonl")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [l["n"] for l in lines] == [0, 1, 2] and all("label" in l for l in lines)
+
+
+@pytest.mark.slow
+def test_predict_from_stdin_and_evaluate(tweets_run, tmp_path):
+    out = bertfit("predict", tweets_run, stdin="first text\nsecond text\n")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(l) for l in out.stdout.splitlines()]
+    assert [l["text"] for l in lines] == ["first text", "second text"]
+    labelled = write_csv(tmp_path / "eval.csv", [("so happy today", "positive"), ("this is awful", "negative"),
+                                                   ("the bus is at 5", "neutral")], header=("text", "sentiment"))
+    out = bertfit("evaluate", tweets_run, "--file", labelled, "--output", tmp_path / "m.json")
+    assert out.returncode == 0, out.stderr
+    assert "accuracy" in out.stdout and json.loads((tmp_path / "m.json").read_text())["n"] == 3
+
+
+# --- bad input: a clear message with the file and row, exit code 2, never a traceback ----------
+
+
+def run_bad(tmp_path: Path, tiny_model_dir: Path, train_file: Path, *extra: str) -> subprocess.CompletedProcess:
+    out = bertfit("train", "--train-file", train_file, "--model", tiny_model_dir, "--output-dir", tmp_path / "run",
+                  "--max-steps", 2, *extra, timeout=120)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    return out
+
+
+def test_missing_column_lists_the_columns_found(tmp_path, tiny_model_dir):
+    f = write_csv(tmp_path / "d.csv", [("good", "positive")], header=("body", "label"))
+    err = run_bad(tmp_path, tiny_model_dir, f).stderr
+    assert "body" in err and "label" in err and "--text-column" in err
+
+
+def test_empty_file(tmp_path, tiny_model_dir):
+    f = tmp_path / "empty.csv"
+    f.write_text("")
+    assert "empty.csv" in run_bad(tmp_path, tiny_model_dir, f).stderr
+
+
+def test_label_unseen_in_training(tmp_path, tiny_model_dir):
+    train = write_csv(tmp_path / "train.csv", synthetic_rows(60, seed=2))
+    test = write_csv(tmp_path / "test.csv", [("good day", "positive"), ("odd", "surprised"), ("bad", "negative")])
+    err = run_bad(tmp_path, tiny_model_dir, train, "--test-file", test).stderr
+    assert "test.csv" in err and "'surprised' (1 row: 3)" in err and "Known labels: 'negative', 'positive'" in err
+
+
+def test_empty_text_and_too_many_fields_name_the_row(tmp_path, tiny_model_dir):
+    f = tmp_path / "bad.csv"
+    f.write_text("text,label\ngood one,positive\n,negative\nbad,negative\n", encoding="utf-8")
+    assert "row 3" in run_bad(tmp_path, tiny_model_dir, f).stderr
+    f.write_text("text,label\ngood one,positive\nbad,negative,extra\n", encoding="utf-8")
+    err = run_bad(tmp_path, tiny_model_dir, f).stderr
+    assert "row 3" in err and "--skip-bad-rows" in err
+    rows = synthetic_rows(80, seed=3)
+    lines = ["text,label"] + [f"{t},{l}" for t, l in rows] + ["broken,row,here"]
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = bertfit("train", "--train-file", f, "--model", tiny_model_dir, "--output-dir", tmp_path / "skip",
+                  "--max-steps", 2, "--skip-bad-rows", timeout=300)
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "skip" / "data.json").read_text())
+    assert data["rejected"] == 1 and "row 82" in data["rejected_examples"][0]
+
+
+def test_binary_file(tmp_path, tiny_model_dir):
+    f = tmp_path / "data.csv"
+    f.write_bytes(gzip.compress(b"text,label\nhello,positive\n"))
+    assert "binary" in run_bad(tmp_path, tiny_model_dir, f).stderr
+
+
+def test_million_character_text(tmp_path, tiny_model_dir):
+    f = write_csv(tmp_path / "long.csv", [("good", "positive"), ("x" * 1_000_000, "negative")])
+    err = run_bad(tmp_path, tiny_model_dir, f).stderr
+    assert "row 3" in err and "1,000,000" in err and "--max-chars" in err
+
+
+def test_bad_settings_and_missing_model(tmp_path, tiny_model_dir, synthetic_csv):
+    err = run_bad(tmp_path, tiny_model_dir, synthetic_csv, "--max-length", "600").stderr
+    assert "max_length must be between 2 and 512" in err
+    out = bertfit("train", "--train-file", synthetic_csv, "--model", tmp_path / "nope", "--output-dir", tmp_path / "r2")
+    assert out.returncode == 2 and "no such directory" in out.stderr and "Traceback" not in out.stderr
+    out = bertfit("predict", tmp_path / "nothing-here", "text")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_help_explains_every_option():
+    out = bertfit("train", "--help")
+    assert out.returncode == 0
+    for flag in ("--train-file", "--label-map", "--class-weights", "--patience", "--resume", "--grad-accum",
+                 "--eval-every", "--metric", "--skip-bad-rows", "--config", "--quick"):
+        assert flag in out.stdout
+    for command in ("predict", "evaluate"):
+        assert bertfit(command, "--help").returncode == 0
+
+
+def test_config_file_values_are_overridden_by_flags(tmp_path, tiny_model_dir, synthetic_csv):
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"train_file: {synthetic_csv}\nmodel: {tiny_model_dir}\nmax_steps: 3\nlr: 1.0e-4\n"
+                      f"max_length: 32\noutput_dir: {tmp_path / 'run'}\n")
+    out = bertfit("train", "--config", config, "--lr", "2e-4", timeout=300)
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["lr"] == 2e-4 and saved["max_steps"] == 3 and saved["max_length"] == 32
+    toml = tmp_path / "exp.toml"
+    toml.write_text(f'train_file = "{synthetic_csv}"\nmodel = "{tiny_model_dir}"\nmax_steps = 2\nbogus = 1\n')
+    out = bertfit("train", "--config", toml)
+    assert out.returncode == 2 and "unknown setting(s) bogus" in out.stderr
