@@ -281,10 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_arguments(predict)
     predict.set_defaults(handler=_predict)
 
-    import importlib.util  # TEMP until serve.py lands
-
-    if importlib.util.find_spec("bertfit.serve") is None:
-        return parser
     from bertfit import serve
 
     serve_parser = sub.add_parser("serve", help="serve a trained model over HTTP (extra: bertfit[serve])",
