@@ -401,16 +401,19 @@ def save_classifier(model: BertForSequenceClassification, directory: str | os.Pa
     """
     from safetensors.torch import save_file
 
+    from bertfit.runs import fsync_dir, fsync_file, write_bytes_durably
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / "model.safetensors"
     tmp = weights.with_name(".model.safetensors.tmp")
     save_file(to_transformers_state_dict(model), str(tmp), metadata={"format": "pt"})
+    fsync_file(tmp)  # durable before the rename makes it visible (power loss, not just a kill)
     os.replace(tmp, weights)
-    config_path = directory / "config.json"
     tmp_config = directory / ".config.json.tmp"
-    tmp_config.write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp_config, config_path)
+    write_bytes_durably(tmp_config, (json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+    os.replace(tmp_config, directory / "config.json")
+    fsync_dir(directory)
     if model.config.classifier_input != "pooled":
         logger.warning(
             "classifier_input=%r: transformers' BertForSequenceClassification applies the pooler, "

@@ -131,7 +131,7 @@ def _train(args: argparse.Namespace) -> int:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, initial=state.step if record["kind"] == "train" else 0, unit="step",
-                       desc="fine-tuning", dynamic_ncols=True, file=sys.stderr)
+                       desc="fine-tuning", dynamic_ncols=True, file=sys.stderr, disable=args.quiet)
         if record["kind"] == "train":
             bar.update(state.step - bar.n)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",

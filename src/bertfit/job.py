@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,17 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     return PreparedData(labels, train, validation, test, summary)
 
 
+def _saved_config(run: RunDir) -> TrainConfig | None:
+    """The settings an earlier attempt of this run saved, if any."""
+    path = run.file("train_config.json")
+    if not path.exists():
+        return None
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BertfitError(f"{path} is unreadable ({exc}); pass --overwrite to start the run again") from None
+
+
 def _subset(examples: list[Example], n: int, seed: int) -> list[Example]:
     if len(examples) <= n:
         return examples
@@ -165,28 +177,35 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path."""
     started = time.perf_counter()
     run = RunDir(config.output_dir)
-    finished = run.file("metrics.json").exists()
+    saved = _saved_config(run)
     has_checkpoints = bool(run.checkpoint_steps())
-    if run.path.exists() and any(run.path.iterdir()) and not (resume or has_checkpoints):
-        if not overwrite:
+    if overwrite:
+        if run.path.exists():
+            shutil.rmtree(run.path)
+        resume = False
+    elif has_checkpoints:
+        if resume and saved is not None:
+            config = saved.replace(output_dir=config.output_dir)
+        elif saved is not None and saved.to_dict() != config.to_dict():
+            raise BertfitError(f"{run.path} holds checkpoints of a run with different settings; pass --resume "
+                               f"{run.path} to continue it, --overwrite to start again, or another --output-dir")
+        elif not resume:
+            logger.warning("%s already holds checkpoints of this run: resuming it (pass --overwrite to start again)",
+                           run.path)
+        resume = True
+    elif run.path.exists() and any(run.path.iterdir()):
+        finished = run.file("metrics.json").exists()
+        if not finished and saved is not None and (resume or saved.to_dict() == config.to_dict()):
+            # Killed before its first checkpoint: nothing to resume, nothing of value to keep.
+            logger.warning("%s: an earlier attempt stopped before its first checkpoint; starting it again", run.path)
+            config = saved.replace(output_dir=config.output_dir)
+            shutil.rmtree(run.path)
+            resume = False
+        else:
             raise BertfitError(f"{run.path} already holds a {'finished ' if finished else ''}run; pass --overwrite "
                                "to replace it, --resume to continue it, or choose another --output-dir")
-    if resume and not has_checkpoints:
+    elif resume:
         raise BertfitError(f"{run.path}: no checkpoint to resume from")
-    if has_checkpoints and not overwrite:
-        saved = run.file("train_config.json")
-        if saved.exists():
-            previous = TrainConfig.from_dict(json.loads(saved.read_text(encoding="utf-8")), source=str(saved))
-            if resume:
-                config = previous.replace(output_dir=config.output_dir)
-            elif previous.to_dict() != config.to_dict():
-                raise BertfitError(f"{run.path} holds checkpoints of a run with different settings; pass --resume "
-                                   f"{run.path} to continue it, --overwrite to start again, or another --output-dir")
-        resume = True
-    if overwrite and run.path.exists() and not resume:
-        import shutil
-
-        shutil.rmtree(run.path)
     threads = configure_threads(config.threads)
     device = select_device(config.device)
     seed_everything(config.seed)
@@ -205,7 +224,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         overrides["classifier_dropout"] = config.classifier_dropout
     model = load_classifier(model_dir, prepared.labels, **overrides)
     run.create()  # only now: a run that fails on its data or model leaves no directory behind
-    config.save(run.file("train_config.json"))
+    write_json_atomic(run.file("train_config.json"), config.to_dict())
     write_json_atomic(run.file("data.json"), prepared.summary)
     write_json_atomic(run.file("split.json"), {name: [e.row for e in split] for name, split in
                                               (("train", prepared.train), ("validation", prepared.validation),
@@ -221,7 +240,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         if ckpt is None:
             raise BertfitError(f"{run.path}: no intact checkpoint to resume from (all failed their checks)")
         trainer.restore(ckpt)
-        logger.info("resuming %s from step %d of %d", run.path, ckpt.step, trainer.total_steps)
+        logger.warning("resuming %s from step %d of %d", run.path, ckpt.step, trainer.total_steps)
     else:
         logger.info("training on %s with %d threads: %d examples, %d steps", device, threads, len(train), trainer.total_steps)
     result = trainer.train()

@@ -7,13 +7,25 @@ resumed run performs bit-for-bit the same steps as an uninterrupted one on the s
 Loss scaling: each micro-batch contributes sum(w_y · nll) / (total weight of the optimizer step),
 so the gradient is the same however a step is split into micro-batches (accumulation, or the
 smaller micro-batches used after an out-of-memory error).
+
+Faults: a non-finite loss or gradient stops training before the weights are updated (TrainingError,
+exit code 3); weights are checked finite before every evaluation, best-model save and checkpoint,
+so no file ever holds NaN weights; an out-of-memory error halves the micro-batches (same effective
+batch); a full disk while checkpointing keeps the previous checkpoint and is reported in the notes;
+any other write failure stops training cleanly, with the last checkpoint intact to resume from.
+
+Test hook: BERTFIT_KILL_AT_STEP=k sends this process SIGKILL right after step k's optimizer update.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import math
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -23,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from bertfit.batching import Batch, collate, epoch_batches, inference_batches
-from bertfit.errors import BertfitError
+from bertfit.errors import BertfitError, CheckpointError
 from bertfit.heads import BertForSequenceClassification
 from bertfit.metrics import classification_metrics, predicted_class_share
 from bertfit.runs import LoadedCheckpoint, RunDir
@@ -31,6 +43,9 @@ from bertfit.tokenizer import Encoded
 from bertfit.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+KILL_AT_STEP_ENV = "BERTFIT_KILL_AT_STEP"
+STATE_FORMAT = 1
 
 
 class TrainingError(BertfitError):
@@ -65,6 +80,11 @@ class TrainState:
     examples_seen: int = 0
     tokens_seen: int = 0
     train_seconds: float = 0.0
+    # The logging window in progress (steps since the last train record): checkpointed, so a run
+    # resumed in the middle of a window logs the same mean loss and batch hash as an uninterrupted one.
+    window_loss: float = 0.0
+    window_steps: int = 0
+    window_hash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -125,10 +145,52 @@ def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], floa
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if isinstance(exc, MemoryError) or (oom_type is not None and isinstance(exc, oom_type)):
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def batch_hash(previous: str, group: Sequence[Sequence[int]]) -> str:
+    """Chain hash of the example indices of a step's batches (makes batch identity checkable in the log)."""
+    h = hashlib.sha256(previous.encode("ascii"))
+    for batch in group:
+        h.update(np.asarray(batch, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(split: EncodedSplit) -> str:
+    """SHA-256 of the encoded training data: a resume must see exactly the data the run started with."""
+    h = hashlib.sha256()
+    for e, label in zip(split.encoded, split.labels):
+        h.update(np.asarray(e.ids, dtype=np.int64).tobytes())
+        h.update(b"/")
+        h.update(np.asarray(e.type_ids, dtype=np.int64).tobytes())
+        h.update(f"/{label};".encode("ascii"))
+    return h.hexdigest()
+
+
+def describe_os_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full: No space left on device"
+    if exc.errno == getattr(errno, "EDQUOT", None):
+        return "the disk quota is exceeded"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckpointError(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Trainer:
@@ -160,6 +222,11 @@ class Trainer:
         self.use_bf16 = device.type == "cuda" and (config.bf16 is not False) and torch.cuda.is_bf16_supported()
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.notes: list[str] = []
+        self.data_fingerprint = data_fingerprint(train)
+        self._order: list[list[int]] | None = None  # the batch order of epoch self._order_epoch
+        self._order_epoch = -1
+        kill_at = os.environ.get(KILL_AT_STEP_ENV, "").strip()
+        self._kill_at = int(kill_at) if kill_at.isdigit() else None
         if config.lr >= 1e-3:
             msg = (f"lr {config.lr:g} is very high for fine-tuning BERT (typical: 2e-5 to 5e-5); "
                    "training is likely to diverge or collapse to one class")
@@ -176,6 +243,7 @@ class Trainer:
 
     # -- resume ------------------------------------------------------------------------------
     def checkpoint_payload(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+        """(weights, tensors for trainer.pt, JSON bookkeeping): everything a resume needs to continue exactly."""
         trainer_state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -183,100 +251,268 @@ class Trainer:
         }
         if torch.cuda.is_available():
             trainer_state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        py_state = random.getstate()
         np_state = np.random.get_state()
+        self.run.sync_log()  # the log up to here must be on disk before a checkpoint that counts it
+        st = self.state
         state = {
-            **self.state.to_dict(),
-            "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "format": STATE_FORMAT,
+            **st.to_dict(),
+            "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+            "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
             "metrics_log_bytes": self.run.log_size(),
             "total_steps": self.total_steps,
+            "data_fingerprint": self.data_fingerprint,
+            # the sampler: its position (epoch, batch_in_epoch above) and this epoch's order
+            "epoch_order": self._order if self._order_epoch == st.epoch and st.batch_in_epoch else None,
+            "notes": list(self.notes),
         }
         return self.model.state_dict(), trainer_state, state
 
     def restore(self, ckpt: LoadedCheckpoint) -> None:
+        """Continue from ``ckpt`` (already checked by validate_checkpoint): weights, optimizer, scheduler,
+        RNGs, sampler position and order, best-metric bookkeeping, notes, and the metrics log."""
+        s = ckpt.state
+        if s.get("data_fingerprint") != self.data_fingerprint:
+            raise TrainingError(
+                f"{self.run.path}: the training data (or the tokenizer, or --max-length) differ from the ones this "
+                f"run was checkpointed with at step {ckpt.step}, so it cannot continue exactly; restore the original "
+                "data, or start again with --overwrite")
+        if s.get("total_steps") != self.total_steps:
+            raise TrainingError(f"{self.run.path}: the checkpoint at step {ckpt.step} is from a run of {s.get('total_steps')} "
+                                f"steps, this one has {self.total_steps}; start again with --overwrite")
+        self.run.set_aside_after(ckpt.step)
         self.model.load_state_dict(ckpt.model_state)
         self.optimizer.load_state_dict(ckpt.trainer_state["optimizer"])
         self.scheduler.load_state_dict(ckpt.trainer_state["scheduler"])
         torch.set_rng_state(ckpt.trainer_state["torch_rng"])
         if "cuda_rng" in ckpt.trainer_state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt.trainer_state["cuda_rng"])
-        s = ckpt.state
+            try:
+                torch.cuda.set_rng_state_all(ckpt.trainer_state["cuda_rng"])
+            except (RuntimeError, IndexError, ValueError):
+                logger.warning("could not restore the CUDA RNG state (different GPUs?); dropout after the resume "
+                               "differs from an uninterrupted run")
         version, internal, gauss = s["python_rng"]
         random.setstate((version, tuple(internal), gauss))
         np.random.set_state((s["numpy_rng"][0], np.array(s["numpy_rng"][1], dtype=np.uint32), *s["numpy_rng"][2:]))
         known = TrainState().__dict__.keys()
         self.state = TrainState(**{k: s[k] for k in known if k in s})
+        if s.get("epoch_order") is not None:
+            order = [list(map(int, b)) for b in s["epoch_order"]]
+            current = epoch_batches(self.lengths, self.config.batch_size, self.config.seed, self.state.epoch,
+                                    self.config.bucket_window)
+            if current != order:
+                logger.warning("the batch order computed now differs from the checkpoint's (a different NumPy?); "
+                               "finishing epoch %d in the checkpoint's order", self.state.epoch)
+            self._order, self._order_epoch = order, self.state.epoch
+        notes = [n for n in s.get("notes", []) if isinstance(n, str)]
+        self.notes = notes + [n for n in self.notes if n not in notes]
+        for name, problem in self.run.skipped:
+            self._note(f"checkpoint {name} was unusable ({problem}); resumed from the earlier checkpoint "
+                       f"of step {ckpt.step}", warn=False)
         self.run.truncate_log(int(s["metrics_log_bytes"]))
 
     def validate_checkpoint(self, ckpt: LoadedCheckpoint) -> None:
-        """Shapes and names must match this model before a checkpoint is used."""
+        """Every part of a checkpoint must fit this model and trainer before it is used (CheckpointError)."""
+        where = ckpt.path
+        # weights: same names, shapes and dtypes (finiteness is checked on loading)
         ours = self.model.state_dict()
-        if set(ckpt.model_state) != set(ours):
-            raise ValueError("parameter names differ from this model")
+        _require(set(ckpt.model_state) == set(ours), f"{where}: parameter names differ from this model's")
         for name, value in ckpt.model_state.items():
-            if tuple(value.shape) != tuple(ours[name].shape):
-                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(ours[name].shape)}")
+            _require(tuple(value.shape) == tuple(ours[name].shape),
+                     f"{where}: {name} has shape {tuple(value.shape)}, expected {tuple(ours[name].shape)}")
+            _require(value.dtype == ours[name].dtype, f"{where}: {name} has dtype {value.dtype}, expected {ours[name].dtype}")
+        # optimizer: the same parameter groups, and moments shaped like their parameters
+        opt, mine = ckpt.trainer_state["optimizer"], self.optimizer.state_dict()
+        _require(isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list),
+                 f"{where}: malformed optimizer state")
+        _require(len(opt["param_groups"]) == len(mine["param_groups"]), f"{where}: optimizer parameter groups differ")
+        shapes = {}
+        for theirs, group, live in zip(opt["param_groups"], mine["param_groups"], self.optimizer.param_groups):
+            _require(isinstance(theirs, dict) and set(theirs) == set(group) and theirs["params"] == group["params"],
+                     f"{where}: optimizer parameter groups differ")
+            for key, value in theirs.items():
+                if key != "params" and _is_number(value):
+                    _require(math.isfinite(value) and value >= 0, f"{where}: optimizer setting {key}={value!r}")
+            shapes.update({i: (tuple(p.shape), p.dtype) for i, p in zip(group["params"], live["params"])})
+        for index, entry in opt["state"].items():
+            _require(index in shapes and isinstance(entry, dict), f"{where}: optimizer state for an unknown parameter")
+            for key, value in entry.items():
+                _require(isinstance(value, torch.Tensor), f"{where}: optimizer state {key} is not a tensor")
+                if key == "step":
+                    _require(value.numel() == 1 and 0 <= float(value) <= ckpt.step and float(value).is_integer(),
+                             f"{where}: optimizer state step {value.tolist()} does not fit step {ckpt.step}")
+                else:
+                    _require((tuple(value.shape), value.dtype) == shapes[index],
+                             f"{where}: optimizer state {key} of parameter {index} has shape {tuple(value.shape)}")
+        # scheduler and RNG
+        sched = ckpt.trainer_state["scheduler"]
+        _require(isinstance(sched, dict) and sched.get("last_epoch") == ckpt.step,
+                 f"{where}: the scheduler state is not at step {ckpt.step}")
+        _require(isinstance(sched.get("base_lrs"), list) and len(sched["base_lrs"]) == len(mine["param_groups"])
+                 and all(_is_number(v) and math.isfinite(v) for v in sched["base_lrs"]), f"{where}: malformed scheduler state")
+        rng = ckpt.trainer_state["torch_rng"]
+        reference = torch.get_rng_state()
+        _require(isinstance(rng, torch.Tensor) and rng.dtype == reference.dtype and rng.shape == reference.shape,
+                 f"{where}: malformed torch RNG state")
+        # bookkeeping
+        s = ckpt.state
+        _require(s.get("format") == STATE_FORMAT, f"{where}: state.json has format {s.get('format')!r}, expected {STATE_FORMAT}")
+        for key in ("epoch", "batch_in_epoch", "evals_without_improvement", "examples_seen", "tokens_seen",
+                    "metrics_log_bytes", "window_steps"):
+            _require(_is_int(s.get(key)) and s[key] >= 0, f"{where}: state.json {key}={s.get(key)!r}")
+        _require(_is_int(s.get("micro_splits")) and 1 <= s["micro_splits"] <= 1024, f"{where}: state.json micro_splits")
+        _require(_is_int(s.get("total_steps")) and 0 < ckpt.step <= s["total_steps"], f"{where}: state.json step/total_steps")
+        _require(isinstance(s.get("stopped_early"), bool), f"{where}: state.json stopped_early")
+        _require(s.get("best_value") is None or _is_number(s["best_value"]), f"{where}: state.json best_value")
+        _require(s.get("best_step") is None or (_is_int(s["best_step"]) and 0 < s["best_step"] <= ckpt.step),
+                 f"{where}: state.json best_step")
+        for key in ("window_loss", "train_seconds"):
+            _require(_is_number(s.get(key)) and math.isfinite(s[key]), f"{where}: state.json {key}")
+        _require(isinstance(s.get("window_hash"), str) and isinstance(s.get("data_fingerprint"), str),
+                 f"{where}: state.json hashes")
+        _require(isinstance(s.get("notes", []), list), f"{where}: state.json notes")
+        py = s.get("python_rng")
+        _require(isinstance(py, list) and len(py) == 3 and _is_int(py[0]) and isinstance(py[1], list)
+                 and len(py[1]) == 625 and all(_is_int(v) and 0 <= v < 2**32 for v in py[1])
+                 and (py[2] is None or _is_number(py[2])), f"{where}: malformed Python RNG state")
+        npr = s.get("numpy_rng")
+        _require(isinstance(npr, list) and len(npr) == 5 and npr[0] == "MT19937" and isinstance(npr[1], list)
+                 and len(npr[1]) == 624 and all(_is_int(v) and 0 <= v < 2**32 for v in npr[1])
+                 and _is_int(npr[2]) and 0 <= npr[2] <= 624 and _is_int(npr[3]) and _is_number(npr[4]),
+                 f"{where}: malformed NumPy RNG state")
+        order = s.get("epoch_order")
+        if order is not None:
+            _require(isinstance(order, list) and all(isinstance(b, list) and b and all(_is_int(i) for i in b) for b in order)
+                     and sorted(i for b in order for i in b) == list(range(len(self.train_data))),
+                     f"{where}: the stored batch order is not a partition of the training data")
+            _require(s["batch_in_epoch"] <= len(order), f"{where}: state.json batch_in_epoch is past the epoch's end")
 
     def save_checkpoint(self) -> None:
-        model_state, trainer_state, state = self.checkpoint_payload()
+        """Write a resumable checkpoint; a failing disk is reported (notes) and training goes on."""
+        st = self.state
+        self._check_finite_weights("writing the checkpoint")
         try:
-            self.run.save_checkpoint(self.state.step, model_state, trainer_state, state, self.config.keep_checkpoints)
+            model_state, trainer_state, state = self.checkpoint_payload()
+            self.run.save_checkpoint(st.step, model_state, trainer_state, state, self.config.keep_checkpoints,
+                                     protect=st.best_step)
+        except CheckpointError as exc:  # NaN or infinite optimizer state: nothing sane to continue from
+            raise TrainingError(f"{exc}; stopped at step {st.step} ({self._last_checkpoint_text()}). "
+                                f"Lower --lr (now {self.config.lr:g}) or check the data") from None
         except OSError as exc:
-            previous = self.run.checkpoint_steps()
-            msg = (f"could not save the checkpoint at step {self.state.step} ({exc.strerror or exc}); "
-                   f"the previous checkpoint (step {previous[-1] if previous else 'none'}) is intact")
-            logger.error(msg)
+            msg = (f"could not save the checkpoint at step {st.step} ({describe_os_error(exc)}); "
+                   f"{self._last_checkpoint_text(verify=True)}; training goes on and the next save tries again")
+            self._note(msg, level=logging.ERROR)
+
+    def _last_checkpoint_text(self, verify: bool = False) -> str:
+        steps = self.run.checkpoint_steps()
+        if not steps:
+            return "no checkpoint was written before"
+        if verify:
+            for step in reversed(steps):
+                if self.run.verify_checkpoint(self.run.checkpoint_path(step)) is None:
+                    return f"the previous checkpoint (step {step}) is intact"
+            return "no intact previous checkpoint was found"
+        return f"the last checkpoint, step {steps[-1]}, is intact"
+
+    def _note(self, msg: str, level: int = logging.WARNING, warn: bool = True) -> None:
+        if warn:
+            logger.log(level, msg)
+        if msg not in self.notes:
             self.notes.append(msg)
+
+    def _check_finite_weights(self, before: str) -> None:
+        for name, p in self.model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise TrainingError(
+                    f"the weights became NaN or infinite at step {self.state.step} ({name}); stopped before {before} "
+                    f"({self._last_checkpoint_text()}). Lower --lr (now {self.config.lr:g}) or check the data")
+
+    def _save_best(self) -> None:
+        if not self.on_save_best:
+            return
+        self._check_finite_weights("saving the best model")
+        try:
+            self.on_save_best(self.model, self.state.step)
+        except OSError as exc:
+            raise TrainingError(
+                f"could not save the best model at step {self.state.step} into {self.run.path} "
+                f"({describe_os_error(exc)}); {self._last_checkpoint_text()}: free some space and continue with "
+                f"`bertfit train --resume {self.run.path}`") from None
+
+    def _epoch_order(self, epoch: int) -> list[list[int]]:
+        if self._order_epoch != epoch or self._order is None:
+            self._order = epoch_batches(self.lengths, self.config.batch_size, self.config.seed, epoch,
+                                        self.config.bucket_window)
+            self._order_epoch = epoch
+        return self._order
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> TrainResult:
+        try:
+            return self._train()
+        except OSError as exc:  # the run directory cannot be written (disk full, gone, read-only)
+            raise TrainingError(
+                f"could not write to the run directory {self.run.path} at step {self.state.step} "
+                f"({describe_os_error(exc)}{': ' + exc.filename if isinstance(exc.filename, str) else ''}); "
+                f"{self._last_checkpoint_text()}: fix this and continue with `bertfit train --resume {self.run.path}`"
+            ) from None
+
+    def _train(self) -> TrainResult:
         cfg, st = self.config, self.state
         if st.step == 0:
             self.run.append_log({"kind": "start", "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
                                  "warmup_steps": self.warmup_steps, "examples": len(self.train_data)})
-        window_tokens, window_examples, window_loss, window_steps = 0, 0, 0.0, 0
+        window_tokens, window_examples = 0, 0  # throughput only; not part of the checkpoint
         window_start = time.perf_counter()
         while st.step < self.total_steps and not st.stopped_early:
-            batches = epoch_batches(self.lengths, cfg.batch_size, cfg.seed, st.epoch, cfg.bucket_window)
+            batches = self._epoch_order(st.epoch)
             while st.batch_in_epoch < len(batches) and st.step < self.total_steps and not st.stopped_early:
                 group = batches[st.batch_in_epoch : st.batch_in_epoch + cfg.grad_accum]
                 loss, tokens = self._optimizer_step(group)
                 st.batch_in_epoch += len(group)
                 st.step += 1
+                if self._kill_at == st.step:  # test hook: a kill -9 right after this step's update
+                    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
                 n = sum(len(b) for b in group)
                 st.examples_seen += n
                 st.tokens_seen += tokens
                 window_tokens += tokens
                 window_examples += n
-                window_loss += loss
-                window_steps += 1
+                st.window_loss += loss
+                st.window_steps += 1
+                st.window_hash = batch_hash(st.window_hash, group)
                 end_of_epoch = st.batch_in_epoch >= len(batches)
                 if st.step % cfg.log_every == 0 or st.step == self.total_steps or end_of_epoch:
                     elapsed = time.perf_counter() - window_start
                     st.train_seconds += elapsed
                     record = {"kind": "train", "step": st.step, "epoch": self._epoch_progress(len(batches)),
-                              "loss": window_loss / window_steps, "lr": self.scheduler.get_last_lr()[0],
+                              "loss": st.window_loss / st.window_steps, "lr": self.scheduler.get_last_lr()[0],
+                              "batch_hash": st.window_hash,
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                               "examples_per_s": window_examples / max(elapsed, 1e-9)}
                     self.run.append_log(record)
                     if self.callback:
                         self.callback(record, st, self.total_steps)
-                    window_tokens, window_examples, window_loss, window_steps = 0, 0, 0.0, 0
+                    window_tokens, window_examples = 0, 0
+                    st.window_loss, st.window_steps, st.window_hash = 0.0, 0, ""
                     window_start = time.perf_counter()
                 if end_of_epoch:
                     st.epoch += 1
                     st.batch_in_epoch = 0
                 eval_due = (cfg.eval_every and st.step % cfg.eval_every == 0) or (end_of_epoch and cfg.eval_each_epoch) \
                     or st.step == self.total_steps
+                paused_at = time.perf_counter()
                 if eval_due and self.validation is not None and len(self.validation):
                     self._evaluate_and_select()
                     self.save_checkpoint()
                 elif st.step % cfg.save_every == 0:
                     self.save_checkpoint()
-                window_start = time.perf_counter()  # evaluation and saving are not training time
+                window_start += time.perf_counter() - paused_at  # evaluation and saving are not training time
+                if end_of_epoch:
+                    break  # the next epoch has its own order (batch_in_epoch is 0 again, so don't loop on)
         if self.validation is None or not len(self.validation):
-            if self.on_save_best:  # nothing to select on: the last weights are the result
-                self.on_save_best(self.model, st.step)
+            self._save_best()  # nothing to select on: the last weights are the result
         return TrainResult(st, self.run.read_log(), self.notes)
 
     def _epoch_progress(self, batches_in_epoch: int) -> float:
@@ -288,33 +524,49 @@ class Trainer:
         batches = [collate(data.encoded, idx, data.labels, self.pad_id) for idx in group]
         labels = torch.cat([b.labels for b in batches])
         total_weight = float(self.class_weights.cpu()[labels].sum()) if self.class_weights is not None else float(len(labels))
+        step = self.state.step + 1
+        if total_weight <= 0:
+            raise TrainingError(f"every example of step {step}'s batch has class weight 0, so there is no loss to "
+                                f"learn from; give every class a positive --class-weights ({self._last_checkpoint_text()})")
         tokens = sum(b.real_tokens for b in batches)
+        # A retry after out-of-memory starts from the same random state (dropout), like the first try.
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
         while True:
             try:
                 loss = self._accumulate(batches, total_weight)
                 break
-            except RuntimeError as exc:
-                if not is_out_of_memory(exc) or self.state.micro_splits >= 64:
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
+                micro = max(-(-len(b.indices) // self.state.micro_splits) for b in batches)
+                if micro <= 1:
+                    raise TrainingError(
+                        f"out of memory at step {step} even with micro-batches of one example; lower --max-length "
+                        f"(now {self.config.max_length}) or use a machine with more memory "
+                        f"({self._last_checkpoint_text()})") from None
                 self.state.micro_splits *= 2
-                msg = (f"out of memory at batch size {self.config.batch_size}: continuing with micro-batches of "
-                       f"~{max(1, self.config.batch_size // self.state.micro_splits)} and more accumulation "
-                       "(the effective batch is unchanged)")
-                logger.warning(msg)
-                self.notes.append(msg)
-        if not math.isfinite(loss) or total_weight <= 0:
+                torch.set_rng_state(rng)
+                if cuda_rng is not None:
+                    torch.cuda.set_rng_state_all(cuda_rng)
+                size = max(-(-len(b.indices) // self.state.micro_splits) for b in batches)
+                self._note(f"out of memory at step {step} with micro-batches of {micro} (--batch-size "
+                           f"{self.config.batch_size}): continuing with micro-batches of {size} and more accumulation "
+                           "(the effective batch is unchanged)")
+        if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(
-                f"the training loss became {loss} at step {self.state.step + 1}; stopped before the weights were "
-                f"updated (last checkpoint kept). Lower --lr (now {self.config.lr:g}) or check the data"
-            )
+                f"the training loss became {loss} at step {step}; stopped before the weights were updated "
+                f"({self._last_checkpoint_text()}). Lower --lr (now {self.config.lr:g}) or check the data")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf"))
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(f"non-finite gradient at step {self.state.step + 1}; stopped before the weights were updated")
+            raise TrainingError(f"the gradient became NaN or infinite at step {step}; stopped before the weights were "
+                                f"updated ({self._last_checkpoint_text()}). Lower --lr (now {self.config.lr:g}) "
+                                "or check the data")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -336,6 +588,7 @@ class Trainer:
     # -- evaluation --------------------------------------------------------------------------
     def _evaluate_and_select(self) -> None:
         st, cfg = self.state, self.config
+        self._check_finite_weights("evaluating")
         logits = predict_logits(self.model, self.validation.encoded, self.pad_id, self.device,
                                 cfg.eval_batch_tokens, bf16=self.use_bf16)
         metrics = evaluation_metrics(logits, self.validation.labels, self.labels)
@@ -355,8 +608,7 @@ class Trainer:
         if better:
             st.best_value, st.best_step, st.evals_without_improvement = value, st.step, 0
             record["best"] = True
-            if self.on_save_best:
-                self.on_save_best(self.model, st.step)
+            self._save_best()
         else:
             st.evals_without_improvement += 1
             if cfg.patience and st.evals_without_improvement >= cfg.patience:
@@ -370,14 +622,29 @@ class Trainer:
 
 def predict_logits(model: BertForSequenceClassification, encoded: Sequence[Encoded], pad_id: int,
                    device: torch.device, max_tokens: int, bf16: bool = False) -> np.ndarray:
-    """Logits for every example, in order, through the length-sorted fast path."""
+    """Logits for every example, in order, through the length-sorted fast path.
+
+    A batch that runs out of memory is split in halves (and those again) until it fits.
+    """
     was_training = model.training
     model.eval()
     out = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-        for idx in inference_batches([len(e.ids) for e in encoded], max_tokens, 256):
-            batch = collate(encoded, idx, None, pad_id).to(device)
-            out[idx] = model(batch.input_ids, batch.attention_mask, batch.token_type_ids).float().cpu().numpy()
+        pending = list(reversed(inference_batches([len(e.ids) for e in encoded], max_tokens, 256)))
+        while pending:
+            idx = pending.pop()
+            try:
+                batch = collate(encoded, idx, None, pad_id).to(device)
+                out[idx] = model(batch.input_ids, batch.attention_mask, batch.token_type_ids).float().cpu().numpy()
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc) or len(idx) == 1:
+                    raise
+                batch = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                half = len(idx) // 2
+                logger.warning("out of memory evaluating a batch of %d texts; splitting it in two", len(idx))
+                pending += [idx[half:], idx[:half]]
     model.train(was_training)
     return out
 
