@@ -8,6 +8,7 @@ order is a pure function of (seed, epoch), so a resumed run reproduces it exactl
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -82,17 +83,20 @@ class Batch:
 
 
 def collate(encoded: Sequence[Encoded], indices: Sequence[int], labels: Sequence[int] | None, pad_id: int) -> Batch:
-    """Pad a batch to its longest member (dynamic padding)."""
+    """Pad a batch to its longest member (dynamic padding).
+
+    Vectorised: the ids of the whole batch are concatenated once and written through a (B, T)
+    mask, instead of one small tensor copy per row and field (3·B copies).
+    """
     chosen = [encoded[i] for i in indices]
-    T = max(len(e.ids) for e in chosen)
-    B = len(chosen)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    types = torch.zeros((B, T), dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    for row, e in enumerate(chosen):
-        n = len(e.ids)
-        ids[row, :n] = torch.tensor(e.ids)
-        types[row, :n] = torch.tensor(e.type_ids)
-        mask[row, :n] = 1
+    lengths = np.fromiter((len(e.ids) for e in chosen), dtype=np.int64, count=len(chosen))
+    B, T = len(chosen), int(lengths.max())
+    real = np.arange(T) < lengths[:, None]  # (B, T), row-major like the concatenation below
+    total = int(lengths.sum())
+    ids = np.full((B, T), pad_id, dtype=np.int64)
+    ids[real] = np.fromiter(itertools.chain.from_iterable(e.ids for e in chosen), dtype=np.int64, count=total)
+    types = np.zeros((B, T), dtype=np.int64)
+    types[real] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in chosen), dtype=np.int64, count=total)
     label_tensor = None if labels is None else torch.tensor([labels[i] for i in indices], dtype=torch.long)
-    return Batch(ids, mask, types, label_tensor, list(indices))
+    return Batch(torch.from_numpy(ids), torch.from_numpy(real.astype(np.int64)), torch.from_numpy(types),
+                 label_tensor, list(indices))

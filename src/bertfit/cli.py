@@ -281,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_arguments(predict)
     predict.set_defaults(handler=_predict)
 
-    from bertfit import serve
+    from bertfit import export, serve
+
+    export_parser = sub.add_parser("export", help="export a trained model to ONNX, optionally int8 (extra: bertfit[export])",
+                                   description=export.__doc__)
+    export.add_arguments(export_parser)
+    export_parser.set_defaults(handler=export.command)
 
     serve_parser = sub.add_parser("serve", help="serve a trained model over HTTP (extra: bertfit[serve])",
                                   description=serve.__doc__)

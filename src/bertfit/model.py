@@ -3,13 +3,28 @@
 Shapes: B = batch, T = padded length, N = real (non-padding) tokens in the batch, H = hidden size,
 nh = heads, hd = H / nh.
 
-Padding removal. Every layer except attention is position-wise, so the embeddings, the linear
-layers, GELU and LayerNorm run on the N real tokens packed into an (N, H) matrix; only attention
-needs the sequence structure, and gets it by scattering the packed tokens into a zero-filled
-(B, T, ·) view just for SDPA and gathering them back. With length-bucketed batches N ≈ B·T and this
-costs two copies per layer; with mixed lengths it skips all the work on [PAD]. The plain path
-(``unpad=False``) runs everything on B·T rows, exactly like the reference implementation, and is
-what the parity tests compare the packed path against.
+Two paths through the same weights:
+
+* The plain path (``unpad=False``) is the reference: everything runs on B·T rows, attention is
+  PyTorch's SDPA with a boolean key mask, dropout is ``nn.Dropout`` — exactly the textbook model.
+  The parity tests compare transformers against it, and every fast path against it.
+* The fast path (``unpad=True``) gives the same numbers (fp32, ≤ 1e-5) for less work:
+  - Padding removal. Every layer except attention is position-wise, so the embeddings, linear
+    layers, GELU and LayerNorm run on the N real tokens packed into an (N, H) matrix; attention gets
+    the sequence structure by scattering the packed tokens into a zero-filled (B, T, ·) view and
+    gathering them back. That costs two copies per layer, which only pays when the batch has real
+    padding: a batch with less than ``PACK_MIN_PADDING`` of it (a length-bucketed training batch, a
+    length-sorted inference batch) runs padded instead. The decision is per batch.
+  - On a GPU the batch stays padded (no host sync to count tokens; a batch of tweets is
+    launch-bound there) and attention is SDPA's fused kernels.
+  - On the CPU, attention in training is the explicit softmax(q·kᵀ/√hd + bias)·v with a
+    precomputed additive mask: ~1.3× faster than SDPA, whose CPU kernels fall back to unfused math
+    with dropout. Predicting, it is the same product for short sequences (tweets) and SDPA's
+    flash kernel for long ones (see EXPLICIT_ATTENTION_MAX_LEN).
+  - On the CPU, dropout draws 16 random bits per element, 4 per 64-bit draw from torch's own
+    generator (so seeding and checkpointed RNG state still govern it); ``bernoulli_`` costs several
+    times more there. P(drop) = round(p·65536)/65536, within 8e-6 of p.
+  - ``cls_only``: the last layer computes queries, attention output and feed-forward for [CLS] only.
 """
 
 from __future__ import annotations
@@ -23,6 +38,18 @@ from torch import Tensor, nn
 from bertfit.config import BertConfig
 
 
+# The fast path packs a batch's real tokens only when at least this fraction of its B·T positions is
+# padding; below it the two copies per layer cost more than the padded rows' matmuls (measured on
+# MiniLM, CPU: see benchmarks/SPEED_RESULTS.md).
+PACK_MIN_PADDING = 0.03
+
+
+# CPU attention: the explicit product beats SDPA's flash kernel in training (dropout makes SDPA use
+# its unfused math path) and, predicting, up to about this many tokens; beyond, flash wins (and
+# needs no T×T scores in memory). Measured on 2 cores, see benchmarks/SPEED_RESULTS.md.
+EXPLICIT_ATTENTION_MAX_LEN = 64
+
+
 @dataclass
 class Packing:
     """Where a padded (B, T) batch's real tokens sit, so layers can move between the two layouts."""
@@ -32,37 +59,108 @@ class Packing:
     indices: Tensor | None  # (N,) flat positions of real tokens in B·T; None: rows are all B·T positions
     key_mask: Tensor | None  # (B, 1, 1, T) bool, True = a real key; None: no padding in the batch
     first_rows: Tensor  # (B,) row of each sequence's first token ([CLS]) in the (N, H) layout
+    fast: bool = False  # the fast path: its attention and dropout kernels (see the module docstring)
+    bias: Tensor | None = None  # (B, 1, 1, T) additive key mask (0 / most negative), fast path only
 
     @classmethod
-    def build(cls, attention_mask: Tensor | None, batch_size: int, seq_len: int, unpad: bool) -> "Packing":
+    def build(cls, attention_mask: Tensor | None, batch_size: int, seq_len: int, unpad: bool,
+              dtype: torch.dtype = torch.float32) -> "Packing":
         device = attention_mask.device if attention_mask is not None else None
-        if attention_mask is None or bool(attention_mask.all()):
-            # No padding: packed and padded layouts coincide, and SDPA needs no mask.
-            first = torch.arange(batch_size, device=device) * seq_len
-            return cls(batch_size, seq_len, None, None, first)
+        first = torch.arange(batch_size, device=device) * seq_len
+        if attention_mask is None:
+            return cls(batch_size, seq_len, None, None, first, fast=unpad)
         mask = attention_mask.bool()
+        if unpad and mask.device.type != "cpu":
+            # On a GPU a batch of tweets is launch-bound, not FLOP-bound: run the padded view (SDPA
+            # takes the mask) and skip the host sync that counting real tokens would cost.
+            return cls(batch_size, seq_len, None, mask[:, None, None, :], first, fast=True)
+        real = int(mask.sum())  # the one host sync: the layout decision needs the count
+        if real == batch_size * seq_len:
+            # No padding: packed and padded layouts coincide, and attention needs no mask.
+            return cls(batch_size, seq_len, None, None, first, fast=unpad)
         key_mask = mask[:, None, None, :]
         if not unpad:
-            first = torch.arange(batch_size, device=device) * seq_len
             return cls(batch_size, seq_len, None, key_mask, first)
+        bias = torch.zeros(key_mask.shape, dtype=dtype, device=device).masked_fill_(~key_mask, torch.finfo(dtype).min)
+        if real > (1 - PACK_MIN_PADDING) * batch_size * seq_len:
+            return cls(batch_size, seq_len, None, key_mask, first, fast=True, bias=bias)  # padded view
         indices = mask.reshape(-1).nonzero().squeeze(1)
         # A sequence's first real token sits after all real tokens of earlier sequences.
         lengths = mask.sum(dim=1)
         first = torch.cumsum(lengths, dim=0) - lengths
-        return cls(batch_size, seq_len, indices, key_mask, first)
+        return cls(batch_size, seq_len, indices, key_mask, first, fast=True, bias=bias)
 
     def gather(self, padded: Tensor) -> Tensor:
         """(B, T, ...) → (N, ...): keep the real tokens."""
         flat = padded.reshape(self.batch_size * self.seq_len, *padded.shape[2:])
-        return flat if self.indices is None else flat.index_select(0, self.indices)
+        return flat if self.indices is None else _GatherRows.apply(flat, self.indices)
 
     def scatter(self, packed: Tensor) -> Tensor:
         """(N, D) → (B, T, D), zeros at padding."""
         if self.indices is None:
             return packed.view(self.batch_size, self.seq_len, packed.shape[-1])
-        out = packed.new_zeros(self.batch_size * self.seq_len, packed.shape[-1])
-        out = out.index_copy(0, self.indices, packed)
+        out = _ScatterRows.apply(packed, self.indices, self.batch_size * self.seq_len)
         return out.view(self.batch_size, self.seq_len, packed.shape[-1])
+
+    def rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """x[rows] for distinct rows (e.g. first_rows); on the fast path with a cheap backward."""
+        return _GatherRows.apply(x, rows) if self.fast else x.index_select(0, rows)
+
+
+def _scatter_rows(packed: Tensor, indices: Tensor, num_rows: int) -> Tensor:
+    out = packed.new_zeros(num_rows, *packed.shape[1:])
+    return out.index_copy_(0, indices, packed)
+
+
+class _GatherRows(torch.autograd.Function):
+    """index_select whose backward writes rows back (index_copy_) instead of accumulating them.
+
+    The indices are distinct, so writing is exact; autograd's generic index_select backward
+    (index_add_, a scatter-add on the CPU) cost more than the forward pass of a whole layer.
+    """
+
+    @staticmethod
+    def forward(ctx, source: Tensor, indices: Tensor) -> Tensor:
+        ctx.save_for_backward(indices)
+        ctx.num_rows = source.shape[0]
+        return source.index_select(0, indices)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (indices,) = ctx.saved_tensors
+        return _scatter_rows(grad, indices, ctx.num_rows), None
+
+
+class _ScatterRows(torch.autograd.Function):
+    """(N, D) → (num_rows, D), zeros elsewhere; the adjoint of _GatherRows."""
+
+    @staticmethod
+    def forward(ctx, packed: Tensor, indices: Tensor, num_rows: int) -> Tensor:
+        ctx.save_for_backward(indices)
+        return _scatter_rows(packed, indices, num_rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (indices,) = ctx.saved_tensors
+        return grad.index_select(0, indices), None, None
+
+
+def cpu_dropout(x: Tensor, p: float) -> Tensor:
+    """Inverted dropout with a cheap mask: 16 random bits per element from torch's CPU generator."""
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+    bits = bits.random_(-(2**63), 2**63 - 1).view(torch.int16)[:n].view(x.shape)  # uniform int16
+    keep = bits >= round(p * 65536) - 32768
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout; on the CPU fast path with the cheaper mask of ``cpu_dropout``."""
+
+    def forward(self, x: Tensor, fast: bool = False) -> Tensor:
+        if fast and self.training and 0 < self.p < 1 and x.device.type == "cpu":
+            return cpu_dropout(x, self.p)
+        return super().forward(x)
 
 
 def activation(name: str):
@@ -85,14 +183,14 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.segment = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor, packing: Packing) -> Tensor:
         B, T = input_ids.shape
         positions = torch.arange(T, device=input_ids.device).expand(B, T)  # absolute, as in BERT
         ids, segments, positions = (packing.gather(t) for t in (input_ids, token_type_ids, positions))
         x = self.token(ids) + self.position(positions) + self.segment(segments)  # (N, H)
-        return self.dropout(self.norm(x))
+        return self.dropout(self.norm(x), packing.fast)
 
 
 class SelfAttention(nn.Module):
@@ -107,7 +205,7 @@ class SelfAttention(nn.Module):
         self.output = nn.Linear(H, H)
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.attention_dropout = config.attention_probs_dropout_prob
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def _heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape  # (B, T, H) → (B, nh, T, hd)
@@ -115,27 +213,39 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, packing: Packing, first_only: bool = False) -> Tensor:
         H = x.shape[-1]
-        dropout_p = self.attention_dropout if self.training else 0.0
         if first_only:
             # Only the [CLS] row is used after the last layer: project queries for it alone.
-            residual = x.index_select(0, packing.first_rows)  # (B, H)
+            residual = packing.rows(x, packing.first_rows)  # (B, H)
             if isinstance(self.qkv, nn.Linear):
                 q = F.linear(residual, self.qkv.weight[:H], self.qkv.bias[:H])  # (B, H)
                 kv = F.linear(x, self.qkv.weight[H:], self.qkv.bias[H:])  # (N, 2H)
             else:  # an int8-quantized projection has no weight to slice: project all, keep what is used
                 qkv = self.qkv(x)
-                q, kv = qkv.index_select(0, packing.first_rows)[:, :H], qkv[:, H:]
+                q, kv = packing.rows(qkv, packing.first_rows)[:, :H], qkv[:, H:]
             q = q[:, None, :]  # (B, 1, H)
             k, v = packing.scatter(kv).split(H, dim=-1)  # 2 × (B, T, H)
         else:
             residual = x
             q, k, v = packing.scatter(self.qkv(x)).split(H, dim=-1)  # 3 × (B, T, H)
-        ctx = F.scaled_dot_product_attention(
-            self._heads(q), self._heads(k), self._heads(v), attn_mask=packing.key_mask, dropout_p=dropout_p
-        )  # (B, nh, Tq, hd)
+        ctx = self._attend(self._heads(q), self._heads(k), self._heads(v), packing)  # (B, nh, Tq, hd)
         ctx = ctx.transpose(1, 2).reshape(ctx.shape[0], ctx.shape[2], H)  # (B, Tq, H)
         ctx = ctx[:, 0] if first_only else packing.gather(ctx)  # (B, H) or (N, H)
-        return self.norm(residual + self.dropout(self.output(ctx)))
+        return self.norm(residual + self.dropout(self.output(ctx), packing.fast))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, packing: Packing) -> Tensor:
+        dropout_p = self.attention_dropout if self.training else 0.0
+        explicit = packing.fast and q.device.type == "cpu" and (dropout_p > 0 or k.shape[-2] <= EXPLICIT_ATTENTION_MAX_LEN)
+        if not explicit:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=packing.key_mask, dropout_p=dropout_p)
+        # CPU fast path: the explicit product, faster than SDPA's CPU kernels when training (which
+        # with dropout fall back to its unfused math) and for short sequences when predicting.
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, nh, Tq, T)
+        scale = self.head_dim**-0.5
+        scores = scores * scale if packing.bias is None else torch.add(packing.bias, scores, alpha=scale)
+        probs = torch.softmax(scores, dim=-1)
+        if dropout_p > 0:
+            probs = cpu_dropout(probs, dropout_p)
+        return torch.matmul(probs, v)  # (B, nh, Tq, hd)
 
 
 class FeedForward(nn.Module):
@@ -147,10 +257,10 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
         self.act = activation(config.hidden_act)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x + self.dropout(self.down(self.act(self.up(x)))))
+    def forward(self, x: Tensor, fast: bool = False) -> Tensor:
+        return self.norm(x + self.dropout(self.down(self.act(self.up(x))), fast))
 
 
 class EncoderLayer(nn.Module):
@@ -160,7 +270,7 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(config)
 
     def forward(self, x: Tensor, packing: Packing, first_only: bool = False) -> Tensor:
-        return self.feed_forward(self.attention(x, packing, first_only))
+        return self.feed_forward(self.attention(x, packing, first_only), packing.fast)
 
 
 class Pooler(nn.Module):
@@ -226,7 +336,7 @@ class BertModel(nn.Module):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        packing = Packing.build(attention_mask, B, T, unpad)
+        packing = Packing.build(attention_mask, B, T, unpad, dtype=self.embeddings.token.weight.dtype)
         x = self.embeddings(input_ids, token_type_ids, packing)  # (N, H)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -234,8 +344,10 @@ class BertModel(nn.Module):
         if cls_only:
             cls, hidden = x, None  # (B, H)
         else:
-            cls = x.index_select(0, packing.first_rows)
-            hidden = packing.scatter(x)  # (B, T, H), zeros at padding on the packed path
+            cls = packing.rows(x, packing.first_rows)
+            hidden = packing.scatter(x)  # (B, T, H), zeros at padding on the fast path
+            if unpad and packing.indices is None and packing.key_mask is not None:  # padded view: zero it
+                hidden = hidden.masked_fill(~packing.key_mask[:, 0, 0, :, None], 0.0)
         return BertOutput(last_hidden_state=hidden, cls=cls, pooled=self.pooler(cls))
 
     def num_parameters(self) -> int:

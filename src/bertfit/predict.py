@@ -2,6 +2,12 @@
 
 Prediction sorts texts by length into token-budgeted batches (almost no padding), runs the packed
 fast path under ``torch.inference_mode``, and returns results in input order.
+
+int8 (CPU): ``TextClassifier.load(run, int8=True)`` runs an ONNX Runtime int8 graph of the model
+(exported once into a cache; see export.py), which agrees with fp32 on >= 99% of tweet labels.
+Without onnxruntime it falls back to PyTorch dynamic quantization (``int8_backend="torch"``), whose
+7-bit activations agree on only ~97-98%; a warning says so. Neither is exact: agreement and
+accuracy cost are measured in benchmarks/SPEED_RESULTS.md and tests/test_fast_paths.py.
 """
 
 from __future__ import annotations
@@ -33,16 +39,22 @@ class Prediction:
 
 
 def quantize_int8(model: BertForSequenceClassification) -> torch.nn.Module:
-    """Dynamic int8 quantization of the linear layers (weights int8, activations quantized per batch)."""
+    """PyTorch dynamic int8 quantization of the encoder's linear layers (weights int8 per output
+    channel, activations per batch) except the first layer's, as in the ONNX Runtime export (see
+    export.py for why); pooler and classifier, one row per text, stay fp32.
+    """
     # The torch.ao entry point is deprecated in favour of torchao, which is not installed here;
     # silence the notice rather than pull a dependency in for one call.
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        encoder = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and name.startswith("bert.layers.")
+                   and not name.startswith("bert.layers.0.")}
+        return quantize_dynamic(model, encoder, dtype=torch.qint8)
 
 
 class TextClassifier:
@@ -60,20 +72,48 @@ class TextClassifier:
         self.name = name
         model = model.eval().to(self.device)
         self.model = quantize_int8(model) if int8 else model
+        if int8:
+            logger.warning("int8 with PyTorch dynamic quantization: not exact; on tweets ~97-98%% of labels agree with "
+                           "fp32 (ONNX Runtime int8, used when onnxruntime is installed: >= 99%%); "
+                           "see benchmarks/SPEED_RESULTS.md")
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
-             max_length: int | None = None) -> "TextClassifier":
-        """From a bertfit run directory or any BERT classifier directory / hub id."""
+             max_length: int | None = None, int8_backend: str = "auto") -> "TextClassifier":
+        """From a bertfit run directory, any BERT classifier directory / hub id, or an ONNX export.
+
+        int8_backend: "onnxruntime", "torch" (dynamic quantization), or "auto" (onnxruntime when
+        installed).
+        """
+        if (Path(run_or_model) / "model.onnx").is_file() and not (Path(run_or_model) / "model.safetensors").is_file():
+            from bertfit.export import OnnxClassifier
+
+            if device not in (None, "cpu"):
+                raise BertfitError(f"{run_or_model} is an ONNX export, which runs on the CPU; drop --device")
+            classifier = OnnxClassifier.load(run_or_model)
+            if int8 and not classifier.int8:
+                raise BertfitError(f"{run_or_model} is an fp32 ONNX export; for int8 export again with --int8")
+            return classifier
         directory = resolve_model(run_or_model)
-        model = load_classifier(directory, require_head=True)
-        tokenizer = WordPieceTokenizer.from_dir(directory)
         if max_length is None:
             max_length = _trained_max_length(directory)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or ("cuda" if torch.cuda.is_available() and not int8 else "cpu")
         if int8 and device != "cpu":
-            raise BertfitError("int8 prediction runs on the CPU only (dynamic quantization); drop --device")
+            raise BertfitError("int8 prediction runs on the CPU only; drop --device")
+        if int8 and int8_backend != "torch":
+            import importlib.util
+
+            if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+                from bertfit.export import int8_export
+
+                classifier = int8_export(directory)
+                classifier.max_length = min(max_length, classifier.config.max_position_embeddings)
+                return classifier
+            if int8_backend == "onnxruntime":
+                raise BertfitError("int8_backend='onnxruntime' needs onnx and onnxruntime: pip install 'bertfit[export]'")
+        model = load_classifier(directory, require_head=True)
+        tokenizer = WordPieceTokenizer.from_dir(directory)
         return cls(model, tokenizer, max_length=max_length, device=device, int8=int8, name=Path(directory).name)
 
     # -- prediction ---------------------------------------------------------------------------
@@ -91,10 +131,13 @@ class TextClassifier:
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         with self._lock, torch.inference_mode():
             for indices in inference_batches(lengths, max_tokens, max_batch):
-                batch = collate(encoded, indices, None, self.tokenizer.pad_id).to(self.device)
-                logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-                out[indices] = logits.float().cpu().numpy()
+                out[indices] = self._batch_logits(collate(encoded, indices, None, self.tokenizer.pad_id))
         return out
+
+    def _batch_logits(self, batch) -> np.ndarray:
+        batch = batch.to(self.device)
+        logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        return logits.float().cpu().numpy()
 
     def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> np.ndarray:
         """(len(texts), num_labels) class probabilities, columns in ``self.labels`` order."""

@@ -1,0 +1,252 @@
+"""Every fast path against the plain reference path, on the real MiniLM and real tweets.
+
+fp32 fast paths (padding removal, the padded view, explicit CPU attention, [CLS]-only last layer,
+length-sorted prediction) must give the plain path's logits to 1e-4; int8 paths (dynamic
+quantization, ONNX Runtime int8) must agree on >= 99% of the labels of a tweets test slice, and
+their accuracy delta is printed (run with -s to see it). The model is MiniLM fine-tuned briefly in
+a session fixture: a random head gives near-tied logits, where label agreement means nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertfit.batching import collate, epoch_batches
+from bertfit.model import PACK_MIN_PADDING, cpu_dropout
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def tweets(tweets_csv):
+    """The split `bertfit train` makes: (labels, train, validation, test) example lists."""
+    from bertfit.job import prepare_data
+    from bertfit.train_config import TrainConfig
+
+    data = prepare_data(TrainConfig(train_file=str(tweets_csv), seed=0))
+    return data.labels, data.train, data.validation, data.test
+
+
+@pytest.fixture(scope="session")
+def tuned_run(minilm_dir, tweets, tmp_path_factory):
+    """MiniLM fine-tuned for 80 steps on 2,560 tweets (the fast training path), saved as a run."""
+    from bertfit.checkpoints import load_classifier, save_classifier
+    from bertfit.job import encode
+    from bertfit.runs import RunDir
+    from bertfit.tokenizer import WordPieceTokenizer
+    from bertfit.train import Trainer, seed_everything
+    from bertfit.train_config import TrainConfig
+
+    labels, train, _, _ = tweets
+    config = TrainConfig(max_steps=80, lr=1e-4, warmup_ratio=0.1, max_length=128, seed=0, save_every=10**6,
+                         eval_each_epoch=False, device="cpu")
+    tokenizer = WordPieceTokenizer.from_dir(minilm_dir)
+    split = encode(tokenizer, train[:2560], labels, config.max_length)
+    seed_everything(0)
+    model = load_classifier(minilm_dir, labels)
+    out = tmp_path_factory.mktemp("tuned")
+    run = RunDir(out / "log")
+    run.create()
+    Trainer(model, config, split, None, run, pad_id=tokenizer.pad_id, device=torch.device("cpu")).train()
+    save_classifier(model, out / "model", tokenizer=tokenizer)
+    config.save(out / "model" / "train_config.json")
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
+def classifier(tuned_run):
+    from bertfit.predict import TextClassifier
+
+    return TextClassifier.load(tuned_run, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def test_slice(tweets):
+    return tweets[3][:600]
+
+
+@pytest.fixture(scope="session")
+def plain_logits(classifier, test_slice):
+    """The reference: plain padded path, batches of 32 in input order (lots of padding)."""
+    texts = [e.text for e in test_slice]
+    encoded = classifier.tokenizer.encode(texts, max_length=classifier.max_length)
+    out = np.zeros((len(texts), len(classifier.labels)), dtype=np.float32)
+    with torch.inference_mode():
+        for s in range(0, len(texts), 32):
+            idx = list(range(s, min(s + 32, len(texts))))
+            b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
+            out[idx] = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).numpy()
+    return out
+
+
+def accuracy(logits: np.ndarray, examples, labels) -> float:
+    index = {label: i for i, label in enumerate(labels)}
+    return float((logits.argmax(1) == np.array([index[e.label] for e in examples])).mean())
+
+
+def agreement_report(name: str, fast: np.ndarray, plain: np.ndarray, examples, labels) -> float:
+    agree = float((fast.argmax(1) == plain.argmax(1)).mean())
+    a_fast, a_plain = accuracy(fast, examples, labels), accuracy(plain, examples, labels)
+    print(f"\n{name}: {len(examples)} test tweets, labels agree with fp32 {100 * agree:.2f}%, accuracy fp32 "
+          f"{a_plain:.4f} -> {name} {a_fast:.4f} ({100 * (a_fast - a_plain):+.2f} points); "
+          f"max |logit diff| {np.abs(fast - plain).max():.3f}")
+    return agree
+
+
+# --- fp32: the same logits ------------------------------------------------------------------
+
+def test_the_fine_tuned_model_has_learned_something(plain_logits, test_slice, tweets):
+    assert accuracy(plain_logits, test_slice, tweets[0]) > 0.5  # 3 classes; majority class is ~43%
+
+
+def test_sorted_prediction_matches_plain_path(classifier, plain_logits, test_slice):
+    fast = classifier.predict_logits([e.text for e in test_slice])
+    assert np.abs(fast - plain_logits).max() <= 1e-4
+
+
+@pytest.mark.parametrize("order", ["input order (packed: much padding)", "length-bucketed (padded view)"])
+def test_fast_forward_matches_plain_on_both_layouts(classifier, plain_logits, test_slice, order):
+    encoded = classifier.tokenizer.encode([e.text for e in test_slice], max_length=classifier.max_length)
+    if order.startswith("input"):
+        batches = [list(range(s, min(s + 32, len(encoded)))) for s in range(0, len(encoded), 32)]
+    else:
+        batches = epoch_batches([len(e.ids) for e in encoded], 32, seed=0, epoch=0)
+    padding = []
+    out = np.zeros_like(plain_logits)
+    with torch.inference_mode():
+        for idx in batches:
+            b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
+            padding.append(1 - b.real_tokens / b.attention_mask.numel())
+            out[idx] = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids).numpy()
+    if order.startswith("input"):
+        assert min(padding) >= PACK_MIN_PADDING  # every batch took the packed layout
+    else:
+        assert sum(p < PACK_MIN_PADDING for p in padding) >= 3  # these took the padded view
+    assert np.abs(out - plain_logits).max() <= 1e-4
+
+
+def test_fast_training_gradients_match_plain_path(tuned_run, test_slice, classifier):
+    """One backward pass (eval mode: no dropout) on the real model: same loss, same gradients."""
+    from bertfit.checkpoints import load_classifier
+
+    model = load_classifier(tuned_run, require_head=True).eval()
+    labels = {label: i for i, label in enumerate(classifier.labels)}
+    encoded = classifier.tokenizer.encode([e.text for e in test_slice[:48]], max_length=128)
+    b = collate(encoded, list(range(48)), [labels[e.label] for e in test_slice[:48]], classifier.tokenizer.pad_id)
+    grads, losses = [], []
+    for fast in (False, True):
+        model.zero_grad()
+        loss = F.cross_entropy(model(b.input_ids, b.attention_mask, b.token_type_ids, fast=fast), b.labels)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert abs(losses[0] - losses[1]) <= 1e-5
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        scale = grads[0][name].abs().max().item()
+        assert (grads[0][name] - grads[1][name]).abs().max().item() <= 1e-4 * max(scale, 1e-3), name
+
+
+def test_cpu_dropout_rate_scale_and_seed():
+    x = torch.ones(1000, 1001)
+    torch.manual_seed(0)
+    y = cpu_dropout(x, 0.1)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.002  # ~1M draws: sd 3e-4
+    assert torch.allclose(y[kept], torch.tensor(1 / 0.9))  # inverted dropout: expectation kept
+    torch.manual_seed(0)
+    assert torch.equal(cpu_dropout(x, 0.1), y)  # torch's generator governs it (resume stays exact)
+    # no structure across the four int16 lanes of each 64-bit draw
+    lanes = kept.flatten()[: 1000 * 1000].view(-1, 4).float().mean(0)
+    assert (lanes - 0.9).abs().max() < 0.004
+
+
+def test_training_mode_uses_dropout_on_the_fast_path(classifier):
+    model = classifier.model
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    mask = torch.ones_like(ids)
+    model.train()
+    try:
+        torch.manual_seed(1)
+        a = model(ids, mask)
+        torch.manual_seed(2)
+        b = model(ids, mask)
+    finally:
+        model.eval()
+    assert not torch.allclose(a, b)
+
+
+# --- int8: the same labels, the cost reported -------------------------------------------------
+
+def test_torch_dynamic_int8_fallback_cost_is_measured(tuned_run, plain_logits, test_slice, tweets):
+    """PyTorch dynamic quantization (the fallback without onnxruntime): 7-bit activations, ~97-98%."""
+    from bertfit.predict import TextClassifier
+
+    int8 = TextClassifier.load(tuned_run, int8=True, int8_backend="torch")
+    assert int8.int8 and int8.model is not None
+    logits = int8.predict_logits([e.text for e in test_slice])
+    # Below the 99% bar the ONNX Runtime path meets: that is why it is the default int8 path, and
+    # why loading this one warns. Guard against it getting worse than measured.
+    assert agreement_report("int8 (PyTorch dynamic quantization)", logits, plain_logits, test_slice, tweets[0]) >= 0.96
+
+
+onnx_needed = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+                                 reason="onnx / onnxruntime not installed")
+
+
+@onnx_needed
+def test_onnx_export_fp32_matches_plain_path(tuned_run, plain_logits, test_slice, tmp_path):
+    from bertfit import export
+    from bertfit.predict import TextClassifier
+
+    parser = argparse.ArgumentParser()
+    export.add_arguments(parser)
+    assert export.command(parser.parse_args([str(tuned_run), "--output", str(tmp_path / "fp32")])) == 0
+    onnx = TextClassifier.load(tmp_path / "fp32")  # an export directory loads like a run
+    assert isinstance(onnx, export.OnnxClassifier) and not onnx.int8
+    logits = onnx.predict_logits([e.text for e in test_slice])
+    assert np.abs(logits - plain_logits).max() <= 1e-4
+    assert onnx.predict(["what a wonderful day"]) == TextClassifier.load(tuned_run, device="cpu").predict(["what a wonderful day"])
+
+
+@onnx_needed
+def test_int8_flag_agrees_with_fp32_on_99_percent(tuned_run, plain_logits, test_slice, tweets, tmp_path, monkeypatch):
+    """The int8 path (`--int8`): ONNX Runtime int8, exported once into the cache."""
+    from bertfit.export import OnnxClassifier
+    from bertfit.predict import TextClassifier
+
+    monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
+    int8 = TextClassifier.load(tuned_run, int8=True)
+    assert isinstance(int8, OnnxClassifier) and int8.int8
+    exported = next((tmp_path / "cache" / "onnx-int8").iterdir())
+    assert (exported / "model.onnx").stat().st_size < 30 * 2**20  # int8 weights: ~4x under the 87 MB fp32 graph
+    logits = int8.predict_logits([e.text for e in test_slice])
+    assert agreement_report("int8 (ONNX Runtime)", logits, plain_logits, test_slice, tweets[0]) >= 0.99
+    few = [e.text for e in test_slice[:20]]  # (int8 activations are scaled per batch: compare like batches)
+    again = TextClassifier.load(tuned_run, int8=True)  # from the cache, not exported again
+    assert len(list((tmp_path / "cache" / "onnx-int8").iterdir())) == 1
+    assert np.array_equal(again.predict_logits(few), int8.predict_logits(few))
+
+
+def test_export_without_onnxruntime_names_the_fix(monkeypatch, tuned_run, tmp_path):
+    import builtins
+
+    from bertfit.errors import BertfitError
+    from bertfit.export import export_onnx
+
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name.split(".")[0] in ("onnx", "onnxruntime"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    with pytest.raises(BertfitError, match="pip install"):
+        export_onnx(tuned_run, tmp_path / "x")
