@@ -59,7 +59,8 @@ def test_transformers_loads_the_run_and_predicts_the_same(tweets_run, tweets_csv
 
     with open(tweets_csv, encoding="latin-1", newline="") as f:
         texts = [row["text"] for row in csv.DictReader(f)][-40:]
-    out = bertfit("predict", tweets_run, "--json", *texts)
+    texts.append("-_- a text that looks like an option")
+    out = bertfit("predict", tweets_run, "--json", "--", *texts)
     assert out.returncode == 0, out.stderr
     ours = [json.loads(line) for line in out.stdout.splitlines()]
     assert [o["text"] for o in ours] == texts

@@ -162,7 +162,7 @@ def _float(value: str, flag: str) -> float:
 
 def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory (or any BERT classifier directory)")
-    parser.add_argument("texts", nargs="*", help="texts to classify; none (or '-') reads one text per line from stdin")
+    parser.add_argument("texts", nargs="*", help="texts to classify (put -- before them when one starts with '-'); none, or '-', reads one text per line from stdin")
     parser.add_argument("--file", help="classify a .csv/.tsv/.jsonl file; writes it back with label and probabilities")
     parser.add_argument("--output", help="where to write the labelled file (default: FILE with .predictions before the suffix)")
     parser.add_argument("--text-column", help="text column of --file (default: text, sentence, review, content, tweet)")
@@ -297,7 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras and getattr(args, "command", None) == "predict":
+        # argparse gives texts that follow an option (`predict RUN --json "a" "b"`) back as extras;
+        # they are texts. Before a `--`, anything shaped like an option is still a mistake.
+        before, _, after = (extras[: extras.index("--")], None, extras[extras.index("--") + 1 :]) \
+            if "--" in extras else (extras, None, [])
+        unknown = [a for a in before if a.startswith("--")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.texts = [t for t in args.texts if t != "--"] + before + after
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         return int(args.handler(args) or 0)
