@@ -333,6 +333,10 @@ def median_ratio(runs: list[dict], a: str, b: str, key: str) -> tuple[float, lis
 
 
 def parent(args) -> None:
+    previous = None
+    if args.resume and args.out and Path(args.out).is_file():  # continue an interrupted run where it stopped
+        previous = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        args.threads, args.work = previous["threads"], args.work or previous.get("work")
     if args.threads is None:
         args.threads = free_cores() if args.device == "cpu" else 8
     import torch
@@ -341,6 +345,7 @@ def parent(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     args.work = str(work)
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": args.device, "threads": args.threads,
+              "work": args.work,
               "cpu": _cpu_name(), "torch": torch.__version__, "steps": args.steps, "repeats": args.repeats,
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "train": [], "predict": []}
     try:
@@ -349,17 +354,25 @@ def parent(args) -> None:
         report["transformers"] = transformers.__version__
     except ImportError:
         pass
+    if previous is not None:
+        report.update(train=previous["train"], predict=previous["predict"], command=previous["command"],
+                      started=previous["started"])
     print(f"device {args.device}, {args.threads} thread(s), {args.steps} steps, {args.repeats} repeat(s); work dir {work}")
     model_dir = Path(args.model_dir) if args.model_dir else work / "bertfit-model"
     if not args.skip_train:
         print("training (contenders interleaved, order rotated each repeat):")
         for r, order in rotations(TRAIN_IMPLS, args.repeats):
-            results = {}
+            if r < len(report["train"]):
+                results = report["train"][r]
+            else:
+                results = {}
+                report["train"].append(results)
             for impl in order:
+                if impl in results:
+                    continue
                 extra = ["--save", str(model_dir)] if impl == "bertfit" and r == 0 else []
                 results[impl] = run_child("train", impl, args, extra)
-            report["train"].append(results)
-            _save(report, args.out)
+                _save(report, args.out)  # after every run: a long benchmark may be interrupted
     if not args.skip_predict:
         if not (model_dir / "config.json").exists():
             raise SystemExit(f"no fine-tuned model at {model_dir}: run the training part first or pass --model-dir")
@@ -373,17 +386,25 @@ def parent(args) -> None:
             int8_export(model_dir)
         print("prediction:")
         for r, order in rotations(impls, args.repeats):
-            results = {impl: run_child("predict", impl, args, ["--model-dir", str(model_dir)]) for impl in order}
-            report["predict"].append(results)
-            _save(report, args.out)
+            if r < len(report["predict"]):
+                results = report["predict"][r]
+            else:
+                results = {}
+                report["predict"].append(results)
+            for impl in order:
+                if impl in results:
+                    continue
+                results[impl] = run_child("predict", impl, args, ["--model-dir", str(model_dir)])
+                _save(report, args.out)
     summarize(report)
     _save(report, args.out)
 
 
 def summarize(report: dict) -> None:
+    train = [r for r in report["train"] if all(impl in r for impl in TRAIN_IMPLS)]  # complete repeats only
+    pred = [r for r in report["predict"] if r and len(r) == len(report["predict"][0])]
     lines = [f"\n== summary ({report['device']}, {report['threads']} thread(s), {report['steps']} steps, "
-             f"{len(report['train'])} training / {len(report['predict'])} prediction repeats) =="]
-    train = report["train"]
+             f"{len(train)} training / {len(pred)} prediction repeats) =="]
     if train:
         for impl in TRAIN_IMPLS:
             tps = [r[impl]["tokens_per_s"] for r in train]
@@ -400,7 +421,6 @@ def summarize(report: dict) -> None:
         frac = [r["bertfit"]["fraction_of_peak"] for r in train]
         lines.append(f"RATIO bertfit training FLOP/s / matmul peak: {statistics.median(frac):.2f}  (per repeat "
                      f"{[round(x, 2) for x in frac]}; peak {statistics.median(r['bertfit']['matmul_peak_gflops'] for r in train):.0f} GFLOP/s)")
-    pred = report["predict"]
     if pred:
         impls = list(pred[0])
         for impl in impls:
@@ -463,11 +483,15 @@ def main() -> None:
     parser.add_argument("--model-dir", help="fine-tuned model for the prediction part (default: the one trained here)")
     parser.add_argument("--work", help="directory for the fine-tuned model and exports (default: a new temp dir)")
     parser.add_argument("--out", default=str(HERE / "speed_results.json"), help="write all results as JSON here")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run recorded in --out")
+    parser.add_argument("--summarize", metavar="JSON", help="print the summary of a results file and exit")
     parser.add_argument("--child", choices=["train", "predict"], help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.summarize:
+        summarize(json.loads(Path(args.summarize).read_text(encoding="utf-8")))
+    elif args.child:
         child(args)
     else:
         parent(args)

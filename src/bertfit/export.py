@@ -105,6 +105,8 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
     """Write ``output``/model.onnx (+ config and tokenizer) and check it; returns the check's figures."""
     ort = _require_onnx()
     source = TextClassifier.load(run, device="cpu")
+    if source.model is None:
+        raise BertfitError(f"{run} is already an ONNX export; export from the run directory it came from")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model = source.model
