@@ -48,7 +48,15 @@ PREDICT_IMPLS = ("bertfit", "bertfit-int8", "bertfit-int8-torch", "hf-pipeline")
 # --- measurements shared by the children ----------------------------------------------------
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that across fork + exec,
+    so every child would report the parent's peak (here the ONNX export's) if it was higher."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux, bytes on macOS
 
 
 def load_now() -> float:

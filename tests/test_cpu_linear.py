@@ -1,0 +1,66 @@
+"""PrepackedLinear (small-batch CPU prediction) gives F.linear's numbers and is never stale."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertfit.config import BertConfig
+from bertfit.cpu_linear import SMALL_ROWS, PrepackedLinear, prepack_linears, prepacking_available
+from bertfit.heads import BertForSequenceClassification
+
+pytestmark = pytest.mark.skipif(not prepacking_available(), reason="this torch build has no oneDNN")
+
+
+def test_matches_f_linear_for_small_and_large_inputs_and_uses_the_packed_weight():
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(64, 96))
+    assert prepack_linears(layer) == 1
+    packed = layer[0]
+    assert isinstance(packed, PrepackedLinear)
+    with torch.inference_mode():
+        for shape in [(1, 64), (7, 64), (SMALL_ROWS, 64), (3, 5, 64), (SMALL_ROWS + 1, 64), (500, 64)]:
+            x = torch.randn(shape)
+            assert torch.allclose(packed(x), F.linear(x, packed.weight, packed.bias), atol=1e-5)
+    assert packed._packed is not None  # the small inputs did go through oneDNN
+
+
+def test_repacks_after_the_weight_changes_in_place():
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(32, 16))
+    prepack_linears(layer)
+    x = torch.randn(4, 32)
+    with torch.inference_mode():
+        before = layer[0](x)
+    with torch.no_grad():
+        layer[0].weight.mul_(2.0)  # what an optimizer step or load_state_dict does
+    with torch.inference_mode():
+        after = layer[0](x)
+        expected = F.linear(x, layer[0].weight, layer[0].bias)
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, expected, atol=1e-5)
+
+
+def test_training_keeps_autograd_through_f_linear():
+    layer = nn.Sequential(nn.Linear(8, 4))
+    prepack_linears(layer)
+    x = torch.randn(3, 8, requires_grad=True)
+    layer[0](x).sum().backward()
+    assert x.grad is not None and layer[0].weight.grad is not None
+
+
+def test_prepacked_classifier_keeps_its_state_dict_and_logits():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64).with_labels(["neg", "pos"])
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.randint(5, 120, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    keys = list(model.state_dict())
+    with torch.inference_mode():
+        reference = model(ids, mask, fast=False)
+    assert prepack_linears(model) == 2 * 4 + 2  # qkv, output, up, down per layer; pooler; classifier
+    assert list(model.state_dict()) == keys
+    with torch.inference_mode():
+        assert (model(ids, mask) - reference).abs().max() < 1e-5
