@@ -63,6 +63,34 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_model_dir, s
     assert big.train.state.examples_seen == small.train.state.examples_seen == 6 * 32
 
 
+def test_sparse_word_embedding_gradient_gives_the_dense_results(tmp_path, tiny_model_dir, synthetic_csv, monkeypatch):
+    """On the CPU the Trainer adds a sparse word-embedding gradient into one kept dense buffer (no
+    fresh vocab × H gradient per step); the trained weights must be the ordinary dense path's."""
+    from bertfit import train as train_module
+
+    original = train_module.Trainer.__init__
+    used = []
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        used.append(self._token_grad is not None)
+
+    monkeypatch.setattr(train_module.Trainer, "__init__", spy)
+    sparse = fine_tune(tiny_config(tmp_path / "sparse", tiny_model_dir, synthetic_csv, epochs=1))
+    assert used == [True]
+
+    def dense(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self._token_grad = None  # the ordinary path: a fresh dense gradient every step
+
+    monkeypatch.setattr(train_module.Trainer, "__init__", dense)
+    plain = fine_tune(tiny_config(tmp_path / "dense", tiny_model_dir, synthetic_csv, epochs=1))
+    a, b = (load_file(str(r.run_dir / "model.safetensors")) for r in (sparse, plain))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert sparse.metrics == plain.metrics
+
+
 def test_early_stopping_and_max_steps(tmp_path, tiny_model_dir, synthetic_csv):
     result = fine_tune(tiny_config(tmp_path, tiny_model_dir, synthetic_csv, lr=1e-6, epochs=50, eval_every=3,
                                    patience=2, metric="accuracy"))

@@ -184,12 +184,18 @@ class Embeddings(nn.Module):
         self.segment = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
+        # Set by the Trainer on the CPU, which keeps a dense .grad for the word embeddings that this
+        # sparse gradient is added into (see Trainer._zero_grad). A fresh dense vocab × H gradient
+        # every step costs more (page faults of 47 MB for MiniLM) than the rest of the embeddings.
+        self.sparse_token_grad = False
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor, packing: Packing) -> Tensor:
         B, T = input_ids.shape
         positions = torch.arange(T, device=input_ids.device).expand(B, T)  # absolute, as in BERT
         ids, segments, positions = (packing.gather(t) for t in (input_ids, token_type_ids, positions))
-        x = self.token(ids) + self.position(positions) + self.segment(segments)  # (N, H)
+        tokens = F.embedding(ids, self.token.weight, self.token.padding_idx,
+                             sparse=self.sparse_token_grad and self.training)
+        x = tokens + self.position(positions) + self.segment(segments)  # (N, H)
         return self.dropout(self.norm(x), packing.fast)
 
 

@@ -221,6 +221,11 @@ class Trainer:
         self.state = TrainState()
         self.use_bf16 = device.type == "cuda" and (config.bf16 is not False) and torch.cuda.is_bf16_supported()
         self.forward = torch.compile(self.model) if config.compile else self.model
+        # CPU: the word embeddings' gradient is kept in one dense buffer, zeroed in place each step,
+        # and the backward adds a sparse gradient (the batch's rows) into it (see Embeddings).
+        self._token_grad: torch.Tensor | None = None
+        if device.type == "cpu" and not config.compile:
+            self._token_grad = torch.zeros_like(self.model.bert.embeddings.token.weight)
         self.notes: list[str] = []
         self.data_fingerprint = data_fingerprint(train)
         self._order: list[list[int]] | None = None  # the batch order of epoch self._order_epoch
@@ -448,7 +453,18 @@ class Trainer:
         return self._order
 
     # -- the loop ----------------------------------------------------------------------------
+    def _zero_grad(self) -> None:
+        """Drop every gradient (set_to_none), except the word embeddings' buffer on the CPU: zeroed in
+        place (1.7 ms) instead of allocated anew (16 ms of page faults for MiniLM's 47 MB)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._token_grad is not None:
+            self._token_grad.zero_()
+            self.model.bert.embeddings.token.weight.grad = self._token_grad
+
     def train(self) -> TrainResult:
+        embeddings = self.model.bert.embeddings
+        embeddings.sparse_token_grad = self._token_grad is not None
+        self._zero_grad()
         try:
             return self._train()
         except OSError as exc:  # the run directory cannot be written (disk full, gone, read-only)
@@ -457,6 +473,9 @@ class Trainer:
                 f"({describe_os_error(exc)}{': ' + exc.filename if isinstance(exc.filename, str) else ''}); "
                 f"{self._last_checkpoint_text()}: fix this and continue with `bertfit train --resume {self.run.path}`"
             ) from None
+        finally:  # the model leaves with ordinary dense gradients, for whoever trains it next
+            embeddings.sparse_token_grad = False
+            self.optimizer.zero_grad(set_to_none=True)
 
     def _train(self) -> TrainResult:
         cfg, st = self.config, self.state
@@ -539,7 +558,7 @@ class Trainer:
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
-                self.optimizer.zero_grad(set_to_none=True)
+                self._zero_grad()
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 micro = max(-(-len(b.indices) // self.state.micro_splits) for b in batches)
@@ -557,19 +576,19 @@ class Trainer:
                            f"{self.config.batch_size}): continuing with micro-batches of {size} and more accumulation "
                            "(the effective batch is unchanged)")
         if not math.isfinite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grad()
             raise TrainingError(
                 f"the training loss became {loss} at step {step}; stopped before the weights were updated "
                 f"({self._last_checkpoint_text()}). Lower --lr (now {self.config.lr:g}) or check the data")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or float("inf"))
         if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grad()
             raise TrainingError(f"the gradient became NaN or infinite at step {step}; stopped before the weights were "
                                 f"updated ({self._last_checkpoint_text()}). Lower --lr (now {self.config.lr:g}) "
                                 "or check the data")
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         return loss, tokens
 
     def _accumulate(self, batches: list[Batch], total_weight: float) -> float:
