@@ -225,7 +225,7 @@ def test_int8_flag_agrees_with_fp32_on_99_percent(tuned_run, plain_logits, test_
     int8 = TextClassifier.load(tuned_run, int8=True)
     assert isinstance(int8, OnnxClassifier) and int8.int8
     exported = next((tmp_path / "cache" / "onnx-int8").iterdir())
-    assert (exported / "model.onnx").stat().st_size < 30 * 2**20  # int8 weights: ~4x under the 87 MB fp32 graph
+    assert (exported / "model.onnx").stat().st_size < 48 * 2**20  # int8 weights (FFN up projections fp32): ~half the 87 MB fp32 graph
     logits = int8.predict_logits([e.text for e in test_slice])
     assert agreement_report("int8 (ONNX Runtime)", logits, plain_logits, test_slice, tweets[0]) >= 0.99
     few = [e.text for e in test_slice[:20]]  # (int8 activations are scaled per batch: compare like batches)

@@ -145,7 +145,11 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
 
 
 def _keep_fp32(path: Path, config) -> list[str]:
-    """MatMul nodes to leave in fp32: activation × activation (attention), and the first layer's."""
+    """MatMul nodes to leave in fp32: activation × activation (attention), the first layer's, and
+    every FFN up projection, whose input (a LayerNorm output) has outlier channels ~20x the others:
+    one int8 scale per activation tensor leaves the other channels a few levels. Measured on the
+    3,720 test tweets (300-step model): label agreement 98.8% with the first layer alone in fp32,
+    99.1% with the up projections too, at 14% less speed (benchmarks/SPEED_RESULTS.md)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -157,9 +161,9 @@ def _keep_fp32(path: Path, config) -> list[str]:
         shape = weights.get(node.input[1])
         if shape is None:
             keep.append(node.name)  # scores and context: both operands are activations
-        elif first_layer:
+        elif first_layer or shape == (config.hidden_size, config.intermediate_size):
             keep.append(node.name)
-            first_layer = shape != (config.intermediate_size, config.hidden_size)
+            first_layer = first_layer and shape != (config.intermediate_size, config.hidden_size)
     return keep
 
 

@@ -78,8 +78,8 @@ class TextClassifier:
             prepack_linears(model)  # faster single texts and small batches (see cpu_linear.py)
         self.model = model
         if int8:
-            logger.warning("int8 with PyTorch dynamic quantization: not exact; on tweets ~97-98%% of labels agree with "
-                           "fp32 (ONNX Runtime int8, used when onnxruntime is installed: >= 99%%); "
+            logger.warning("int8 with PyTorch dynamic quantization: not exact; on tweets ~97-98% of labels agree with "
+                           "fp32 (ONNX Runtime int8, used when onnxruntime is installed: ~99%); "
                            "see benchmarks/SPEED_RESULTS.md")
         self._lock = threading.Lock()
 
