@@ -27,3 +27,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The speed benchmark (issue 4): bertfit vs transformers on this machine, ~55 min on 2 cores.
+bench: $(STAMP)
+	$(PIP) install -c constraints.txt -e '.[bench]'
+	$(BIN)/python benchmarks/bench_speed.py --steps 300 --repeats 3 --out benchmarks/speed_results_cpu.json
