@@ -340,6 +340,20 @@ def median_ratio(runs: list[dict], a: str, b: str, key: str) -> tuple[float, lis
     return statistics.median(ratios), ratios
 
 
+def run_interleaved(kind: str, impls, args, report: dict, extra) -> None:
+    """Every contender once per repeat, in rotating order, into report[kind][repeat][impl]. Saved
+    after every run (a long benchmark may be interrupted); runs already in the report (--resume)
+    are not repeated."""
+    for r, order in rotations(impls, args.repeats):
+        if r == len(report[kind]):
+            report[kind].append({})
+        results = report[kind][r]
+        for impl in order:
+            if impl not in results:
+                results[impl] = run_child(kind, impl, args, extra(impl, r))
+                _save(report, args.out)
+
+
 def parent(args) -> None:
     previous = None
     if args.resume and args.out and Path(args.out).is_file():  # continue an interrupted run where it stopped
@@ -369,18 +383,8 @@ def parent(args) -> None:
     model_dir = Path(args.model_dir) if args.model_dir else work / "bertfit-model"
     if not args.skip_train:
         print("training (contenders interleaved, order rotated each repeat):")
-        for r, order in rotations(TRAIN_IMPLS, args.repeats):
-            if r < len(report["train"]):
-                results = report["train"][r]
-            else:
-                results = {}
-                report["train"].append(results)
-            for impl in order:
-                if impl in results:
-                    continue
-                extra = ["--save", str(model_dir)] if impl == "bertfit" and r == 0 else []
-                results[impl] = run_child("train", impl, args, extra)
-                _save(report, args.out)  # after every run: a long benchmark may be interrupted
+        run_interleaved("train", TRAIN_IMPLS, args, report,
+                        lambda impl, r: ["--save", str(model_dir)] if impl == "bertfit" and r == 0 else [])
     if not args.skip_predict:
         if not (model_dir / "config.json").exists():
             raise SystemExit(f"no fine-tuned model at {model_dir}: run the training part first or pass --model-dir")
@@ -393,17 +397,7 @@ def parent(args) -> None:
 
             int8_export(model_dir)
         print("prediction:")
-        for r, order in rotations(impls, args.repeats):
-            if r < len(report["predict"]):
-                results = report["predict"][r]
-            else:
-                results = {}
-                report["predict"].append(results)
-            for impl in order:
-                if impl in results:
-                    continue
-                results[impl] = run_child("predict", impl, args, ["--model-dir", str(model_dir)])
-                _save(report, args.out)
+        run_interleaved("predict", impls, args, report, lambda impl, r: ["--model-dir", str(model_dir)])
     summarize(report)
     _save(report, args.out)
 
