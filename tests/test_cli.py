@@ -18,8 +18,9 @@ BERTFIT = str(Path(sys.executable).with_name("bertfit"))
 LABELS = ["negative", "neutral", "positive"]
 
 
-def bertfit(*args: str, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def bertfit(*args: str, stdin: str | None = None, timeout: int = 600,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([BERTFIT, *map(str, args)], capture_output=True, text=True, input=stdin, timeout=timeout, env=env)
 
 
@@ -107,6 +108,30 @@ def test_predict_from_stdin_and_evaluate(tweets_run, tmp_path):
     out = bertfit("evaluate", tweets_run, "--file", labelled, "--output", tmp_path / "m.json")
     assert out.returncode == 0, out.stderr
     assert "accuracy" in out.stdout and json.loads((tmp_path / "m.json").read_text())["n"] == 3
+
+
+@pytest.mark.slow
+def test_int8_reports_its_cost_against_fp32(tweets_run, tmp_path):
+    """evaluate --int8 measures agreement and accuracy deltas on the user's file; predict --int8 says
+    that it is approximate (on stderr: stdout stays machine-readable)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime not installed (the export extra)")
+    labelled = write_csv(tmp_path / "eval.csv", [("so happy today", "positive"), ("this is awful", "negative"),
+                                                   ("the bus is at 5", "neutral"), ("love it", "positive")],
+                         header=("text", "sentiment"))
+    out = bertfit("evaluate", tweets_run, "--file", labelled, "--int8", "--output", tmp_path / "m.json",
+                  env_extra={"BERTFIT_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "int8 vs fp32 on these 4 examples: labels agree" in out.stdout
+    cost = json.loads((tmp_path / "m.json").read_text())["int8_cost"]
+    assert 0.0 <= cost["label_agreement"] <= 1.0
+    assert cost["accuracy_delta"] == pytest.approx(cost["accuracy_int8"] - cost["accuracy_fp32"])
+    out = bertfit("predict", tweets_run, "--int8", "so happy today", env_extra={"BERTFIT_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "int8 is approximate" in out.stderr and "bertfit evaluate" in out.stderr
+    assert "approximate" not in out.stdout
 
 
 # --- bad input: a clear message with the file and row, exit code 2, never a traceback ----------

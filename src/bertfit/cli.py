@@ -178,6 +178,10 @@ def _predict(args: argparse.Namespace) -> int:
     from bertfit.predict import TextClassifier
 
     classifier = TextClassifier.load(args.run, int8=args.int8, device=args.device)
+    if args.int8:
+        logger.warning("int8 is approximate (tweets: ~99%% of labels as fp32, accuracy within ~0.3 points; "
+                       "benchmarks/RESULTS.md); measure it on your data: bertfit evaluate %s --int8 --file LABELLED",
+                       args.run)
     if args.file:
         return _predict_file(classifier, args)
     texts = args.texts
@@ -231,7 +235,9 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-map", help=TRAIN_HELP["label_map"])
     parser.add_argument("--encoding", help=TRAIN_HELP["encoding"])
     parser.add_argument("--skip-bad-rows", action="store_true", help=TRAIN_HELP["skip_bad_rows"])
-    parser.add_argument("--int8", action="store_true", help="evaluate the int8-quantized model")
+    parser.add_argument("--int8", action="store_true",
+                        help="evaluate the int8 model, and report its cost against fp32 on this file "
+                             "(label agreement, accuracy and macro-F1 deltas)")
     parser.add_argument("--output", help="write the metrics as JSON here")
 
 
@@ -256,6 +262,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics = classification_metrics(y, proba.argmax(axis=1).tolist(), classifier.labels, loss=loss)
     print(report.summary())
     print(format_metrics_table(metrics))
+    if args.int8:  # int8 is approximate: measure what it costs on the user's own data, never stay silent
+        reference = TextClassifier.load(args.run, device="cpu")
+        fp32 = reference.predict_proba([e.text for e in examples], pairs).argmax(axis=1)
+        fp32_metrics = classification_metrics(y, fp32.tolist(), classifier.labels)
+        cost = {"label_agreement": float((fp32 == proba.argmax(axis=1)).mean()),
+                "accuracy_fp32": fp32_metrics["accuracy"], "accuracy_int8": metrics["accuracy"],
+                "accuracy_delta": metrics["accuracy"] - fp32_metrics["accuracy"],
+                "macro_f1_fp32": fp32_metrics["macro_f1"], "macro_f1_delta": metrics["macro_f1"] - fp32_metrics["macro_f1"]}
+        metrics["int8_cost"] = cost
+        print(f"int8 vs fp32 on these {len(y)} examples: labels agree {100 * cost['label_agreement']:.2f}%, "
+              f"accuracy {cost['accuracy_fp32']:.4f} -> {cost['accuracy_int8']:.4f} "
+              f"({100 * cost['accuracy_delta']:+.2f} points), macro-F1 {100 * cost['macro_f1_delta']:+.2f} points")
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         print(f"metrics written to {args.output}")
