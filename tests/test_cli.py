@@ -125,9 +125,20 @@ def test_int8_reports_its_cost_against_fp32(tweets_run, tmp_path):
                   env_extra={"BERTFIT_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "int8 vs fp32 on these 4 examples: labels agree" in out.stdout
-    cost = json.loads((tmp_path / "m.json").read_text())["int8_cost"]
-    assert 0.0 <= cost["label_agreement"] <= 1.0
-    assert cost["accuracy_delta"] == pytest.approx(cost["accuracy_int8"] - cost["accuracy_fp32"])
+    int8_metrics = json.loads((tmp_path / "m.json").read_text())
+    cost = int8_metrics["int8_cost"]
+    out = bertfit("evaluate", tweets_run, "--file", labelled, "--output", tmp_path / "fp32.json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    fp32_metrics = json.loads((tmp_path / "fp32.json").read_text())
+    assert "int8_cost" not in fp32_metrics
+    # The cost compares the two models' own evaluations of this file, not some stored figure.
+    assert cost["accuracy_fp32"] == fp32_metrics["accuracy"] and cost["macro_f1_fp32"] == fp32_metrics["macro_f1"]
+    assert cost["accuracy_int8"] == int8_metrics["accuracy"]
+    assert cost["accuracy_delta"] == pytest.approx(int8_metrics["accuracy"] - fp32_metrics["accuracy"])
+    assert cost["macro_f1_delta"] == pytest.approx(int8_metrics["macro_f1"] - fp32_metrics["macro_f1"])
+    assert cost["label_agreement"] * 4 == round(cost["label_agreement"] * 4)  # a fraction of the 4 examples
+    if cost["accuracy_delta"] != 0:
+        assert cost["label_agreement"] < 1
     out = bertfit("predict", tweets_run, "--int8", "so happy today", env_extra={"BERTFIT_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "int8 is approximate" in out.stderr and "bertfit evaluate" in out.stderr

@@ -74,15 +74,9 @@ def test_slice(tweets):
 @pytest.fixture(scope="session")
 def plain_logits(classifier, test_slice):
     """The reference: plain padded path, batches of 32 in input order (lots of padding)."""
-    texts = [e.text for e in test_slice]
-    encoded = classifier.tokenizer.encode(texts, max_length=classifier.max_length)
-    out = np.zeros((len(texts), len(classifier.labels)), dtype=np.float32)
-    with torch.inference_mode():
-        for s in range(0, len(texts), 32):
-            idx = list(range(s, min(s + 32, len(texts))))
-            b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
-            out[idx] = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).numpy()
-    return out
+    from bertfit.export import reference_logits
+
+    return reference_logits(classifier, [e.text for e in test_slice], batch_size=32)
 
 
 def accuracy(logits: np.ndarray, examples, labels) -> float:
