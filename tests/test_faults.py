@@ -677,6 +677,32 @@ def test_out_of_memory_backs_off_to_smaller_micro_batches(no_dropout_model_dir, 
     assert json.loads((RunDir(backed_off.run_dir).checkpoint_path(STEPS) / "state.json").read_text())["micro_splits"] == 2
 
 
+def test_out_of_memory_after_a_backward_restarts_the_step_cleanly(no_dropout_model_dir, synthetic_csv, tmp_path,
+                                                                  monkeypatch):
+    """Out of memory in the step's second batch, after the first one's backward has written gradients
+    (the word embeddings' kept buffer included): the retry must start from zero gradients."""
+    config = small_config(no_dropout_model_dir, synthetic_csv, tmp_path / "plain", lr=1e-4, classifier_dropout=0.0,
+                          batch_size=8, grad_accum=2)
+    plain = fine_tune(config)
+    real = BertForSequenceClassification.forward
+    calls = []
+
+    def forward(self, input_ids, *args, **kwargs):
+        if self.training:
+            calls.append(input_ids.shape[0])
+            if len(calls) == 2:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", forward)
+    retried = fine_tune(config.replace(output_dir=str(tmp_path / "oom")))
+    assert calls[:2] == [8, 8] and retried.train.state.micro_splits == 2
+    a = load_file(str(plain.run_dir / "model.safetensors"))
+    b = load_file(str(retried.run_dir / "model.safetensors"))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-6, worst
+
+
 def test_out_of_memory_even_for_one_example_is_a_clear_error(tiny_model_dir, synthetic_csv, tmp_path, monkeypatch):
     oom_above(monkeypatch, 0)
     with pytest.raises(TrainingError, match="out of memory at step 1 even with micro-batches of one example"):

@@ -26,7 +26,7 @@ def run(sparse=True, profiled=False):
         rd = RunDir(tmp); rd.create()
         tr = Trainer(model, config, train, None, rd, pad_id=tok.pad_id, device=torch.device("cpu"))
         if not sparse:
-            tr._token_grad = None
+            tr._token_grad = None  # a fresh dense gradient every step
         if profiled:
             from torch.profiler import profile, ProfilerActivity
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as p:
