@@ -156,6 +156,9 @@ def test_cpu_dropout_rate_scale_and_seed():
     assert torch.allclose(y[kept], torch.tensor(1 / 0.9))  # inverted dropout: expectation kept
     torch.manual_seed(0)
     assert torch.equal(cpu_dropout(x, 0.1), y)  # torch's generator governs it (resume stays exact)
+    assert not torch.equal(cpu_dropout(x, 0.1), y)  # ... and each call moves it on: a fresh mask
+    torch.manual_seed(1)
+    assert (cpu_dropout(x, 0.1) != y).float().mean() > 0.1  # another seed, another mask
     # no structure across the four int16 lanes of each 64-bit draw
     lanes = kept.flatten()[: 1000 * 1000].view(-1, 4).float().mean(0)
     assert (lanes - 0.9).abs().max() < 0.004
