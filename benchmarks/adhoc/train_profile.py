@@ -4,7 +4,7 @@
                                                                 # one: interleaved tokens/s, max weight difference
   .venv/bin/python benchmarks/adhoc/train_profile.py 40 time   # tokens/s of N steps and peak RSS, one line. To A/B two
       versions of the code, alternate it between checkouts:  PYTHONPATH=/path/to/other/checkout/src .venv/bin/python ...
-  .venv/bin/python benchmarks/adhoc/train_profile.py 0 parts   # micro-benchmarks of the per-step pieces changed in
+  .venv/bin/python benchmarks/adhoc/train_profile.py 1 parts   # micro-benchmarks of the per-step pieces changed in
                                                                 # session 3: word-embedding gradient rows, dropout bits"""
 import logging; logging.disable(logging.WARNING)
 import torch, time, tempfile, sys

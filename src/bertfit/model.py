@@ -149,8 +149,8 @@ class _ScatterRows(torch.autograd.Function):
 def cpu_dropout(x: Tensor, p: float) -> Tensor:
     """Inverted dropout with a cheap mask: 16 random bits per element, seeded from torch's generator.
 
-    One 64-bit draw from torch's CPU generator seeds numpy's SFC64, which fills the mask's bits 2.2×
-    faster than torch's mt19937 (benchmarks/SPEED_RESULTS.md); torch's seed and checkpointed RNG
+    One 64-bit draw from torch's CPU generator seeds numpy's SFC64, which fills the mask's bits about
+    2× faster than torch's mt19937 (benchmarks/SPEED_RESULTS.md); torch's seed and checkpointed RNG
     state still decide every mask, so seeded runs and resumes stay exact.
     """
     n = x.numel()
