@@ -12,7 +12,7 @@ def model_with_sparse_grad(seed: int, ids: torch.Tensor) -> tuple[nn.ModuleDict,
     kept = WordEmbeddingGrad(model["emb"].weight)
     kept.forget()
     kept.zero()
-    kept.touch([ids])
+    kept.touch(ids)
     x = nn.functional.embedding(ids, model["emb"].weight, sparse=True)
     model["lin"](x).pow(2).sum().backward()  # autograd adds the sparse gradient into kept.buffer
     return model, kept
@@ -38,7 +38,7 @@ def test_clip_matches_torch_and_leaves_untouched_rows_zero():
 def test_zero_clears_touched_rows_and_forget_clears_everything():
     ids = torch.tensor([[1, 2, 3]])
     model, kept = model_with_sparse_grad(1, ids)
-    kept.touch([torch.tensor([40])])  # rows accumulate until the next zero()
+    kept.touch(torch.tensor([40]))  # rows accumulate until the next zero()
     kept.buffer[40] = 5.0
     kept.zero()
     assert kept.buffer.abs().max() == 0 and model["emb"].weight.grad is kept.buffer
@@ -48,3 +48,12 @@ def test_zero_clears_touched_rows_and_forget_clears_everything():
     kept.forget()
     kept.zero()
     assert kept.buffer.abs().max() == 0
+
+
+def test_clip_of_the_kept_gradient_alone():
+    ids = torch.tensor([[4, 9]])
+    model, kept = model_with_sparse_grad(2, ids)
+    model["lin"].weight.grad = model["lin"].bias.grad = None  # only the embedding has a gradient
+    expected = kept.buffer[ids.unique()].norm()
+    torch.testing.assert_close(clip_grad_norm(model.parameters(), 1e-3, kept), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(kept.buffer.norm(), torch.tensor(1e-3), rtol=1e-3, atol=0)

@@ -15,12 +15,12 @@ from bertfit.train_config import TrainConfig
 data = prepare_data(TrainConfig(seed=0))  # the benchmark's split (seed 0) for every training seed
 md = resolve_model("minilm-l6")
 tok = WordPieceTokenizer.from_dir(md)
+train = encode(tok, data.train, data.labels, 128)
+validation = encode(tok, data.validation, data.labels, 128)
 for seed in map(int, sys.argv[1:]):
     config = TrainConfig(max_steps=300, batch_size=32, lr=5e-5, warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0,
                          max_length=128, seed=seed, log_every=50, save_every=10**9, eval_each_epoch=False, device="cpu",
                          threads=2)
-    train = encode(tok, data.train, data.labels, 128)
-    validation = encode(tok, data.validation, data.labels, 128)
     seed_everything(seed)
     model = load_classifier(md, data.labels)
     with tempfile.TemporaryDirectory() as tmp:

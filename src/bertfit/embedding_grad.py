@@ -22,49 +22,40 @@ class WordEmbeddingGrad:
         self.weight = weight
         self.buffer = torch.zeros_like(weight)
         # Rows of the buffer that may be nonzero; None = any (zero the whole buffer next time).
-        self._rows: Tensor | None = None
+        self.rows: Tensor | None = None
 
-    def touch(self, input_ids: Iterable[Tensor]) -> None:
+    def touch(self, input_ids: Tensor) -> None:
         """Record the rows a coming backward can write: the token ids of a batch about to run."""
-        ids = torch.cat([t.reshape(-1) for t in input_ids])
-        if self._rows is not None:
-            ids = torch.cat([self._rows, ids])
-        self._rows = ids.unique()
-
-    @property
-    def rows(self) -> Tensor | None:
-        return self._rows
+        ids = input_ids.reshape(-1)
+        self.rows = (ids if self.rows is None else torch.cat([self.rows, ids])).unique()
 
     def zero(self) -> None:
         """Zero the buffer (its touched rows only) and make it the weight's gradient again."""
-        if self._rows is None:
+        if self.rows is None:
             self.buffer.zero_()
-        elif len(self._rows):
-            self.buffer.index_fill_(0, self._rows, 0.0)
-        self._rows = self.buffer.new_empty(0, dtype=torch.long)
+        else:
+            self.buffer.index_fill_(0, self.rows, 0.0)
+        self.rows = self.buffer.new_empty(0, dtype=torch.long)
         self.weight.grad = self.buffer
 
     def forget(self) -> None:
         """The buffer may have been written outside a tracked step: the next zero() clears it all."""
-        self._rows = None
+        self.rows = None
 
 
 def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float, kept: WordEmbeddingGrad | None = None) -> Tensor:
     """torch.nn.utils.clip_grad_norm_ (L2, same formula and order), visiting only ``kept``'s touched rows."""
     grads = [p.grad for p in parameters if p.grad is not None]
-    rows = kept.rows if kept is not None else None
-    sparse = [rows is not None and g is kept.buffer for g in grads]
-    dense = [g for g, s in zip(grads, sparse) if not s]
-    dense_norms = iter(torch._foreach_norm(dense, 2.0)) if dense else iter(())
-    norms = [torch.linalg.vector_norm(g.index_select(0, rows), 2.0) if s else next(dense_norms)
-             for g, s in zip(grads, sparse)]
-    if not norms:
+    if not grads:
         return torch.tensor(0.0)
+    rows = kept.rows if kept is not None else None
+    is_kept = [rows is not None and g is kept.buffer for g in grads]
+    norms = torch._foreach_norm([g.index_select(0, rows) if k else g for g, k in zip(grads, is_kept)], 2.0)
     total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    if dense:
-        torch._foreach_mul_(dense, coef)
-    for g, s in zip(grads, sparse):
-        if s and len(rows):
-            g.index_copy_(0, rows, g.index_select(0, rows).mul_(coef))
+    others = [g for g, k in zip(grads, is_kept) if not k]
+    if others:
+        torch._foreach_mul_(others, coef)
+    if any(is_kept):
+        kept.buffer.index_copy_(0, rows, kept.buffer.index_select(0, rows).mul_(coef))
     return total

@@ -154,8 +154,8 @@ def cpu_dropout(x: Tensor, p: float) -> Tensor:
     state still decide every mask, so seeded runs and resumes stay exact.
     """
     n = x.numel()
-    seed = int(torch.empty((), dtype=torch.int64).random_())
-    words = np.random.SFC64(seed & (2**63 - 1)).random_raw((n + 3) // 4)  # uint64, 4 × 16 bits each
+    seed = int(torch.empty((), dtype=torch.int64).random_())  # in [0, 2**63)
+    words = np.random.SFC64(seed).random_raw((n + 3) // 4)  # uint64, 4 × 16 bits each
     bits = torch.from_numpy(words.view(np.int16)[:n]).view(x.shape)  # uniform int16
     keep = bits >= round(p * 65536) - 32768
     return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))

@@ -599,7 +599,7 @@ class Trainer:
             for micro in batch.split(self.state.micro_splits) if self.state.micro_splits > 1 else [batch]:
                 micro = micro.to(self.device)
                 if self._token_grad is not None:  # after a zeroing (out-of-memory retry) too
-                    self._token_grad.touch([micro.input_ids])
+                    self._token_grad.touch(micro.input_ids)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
                     logits = self.forward(micro.input_ids, micro.attention_mask, micro.token_type_ids)
                 loss = F.cross_entropy(logits.float(), micro.labels, weight=self.class_weights, reduction="sum")
