@@ -14,8 +14,9 @@ for every contender. Measured:
    size (32), lr, warmup, weight decay, clipping, max_length (128), number of optimizer steps; then
    each one's validation accuracy;
 2. prediction throughput (texts/s) on 2,000 test tweets and single-text latency (p50, p95) of
-   bertfit's default path, its int8 path (``--int8``: ONNX Runtime int8), the PyTorch
-   dynamic-quantization int8 fallback, and ``transformers.pipeline("text-classification",
+   bertfit's default path (on the CPU: ONNX Runtime fp32, exported once into the cache), the same
+   fp32 model in PyTorch (``--engine pytorch``), its int8 path (``--int8``: ONNX Runtime int8), the
+   PyTorch dynamic-quantization int8 fallback, and ``transformers.pipeline("text-classification",
    batch_size=32)``, with each one's accuracy and the int8 paths' agreement with the fp32 labels;
 3. each contender's peak RSS (every contender runs in a fresh process of its own);
 4. bertfit's achieved training FLOP/s (6 × non-embedding parameters per real token) as a fraction
@@ -42,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TRAIN_IMPLS = ("bertfit", "hf", "hf-grouped")
-PREDICT_IMPLS = ("bertfit", "bertfit-int8", "bertfit-int8-torch", "hf-pipeline")
+PREDICT_IMPLS = ("bertfit", "bertfit-pytorch", "bertfit-int8", "bertfit-int8-torch", "hf-pipeline")
 
 
 # --- measurements shared by the children ----------------------------------------------------
@@ -234,14 +235,16 @@ def predictor(args):
     if args.impl.startswith("bertfit"):
         from bertfit.predict import TextClassifier
 
-        # bertfit-int8 is `--int8`: ONNX Runtime int8, exported into the cache when first loaded
-        # (here, before timing); bertfit-int8-torch is the PyTorch dynamic-quantization fallback.
-        backend = "torch" if args.impl == "bertfit-int8-torch" else "auto"
-        clf = TextClassifier.load(model_dir, int8="int8" in args.impl, int8_backend=backend, device=args.device)
+        # bertfit is the default (`bertfit predict RUN`): on the CPU, ONNX Runtime fp32; bertfit-int8 is
+        # `--int8`, ONNX Runtime int8 -- both exported into the cache before any timed process. The
+        # "-pytorch"/"-torch" contenders are `--engine pytorch`: the same models in PyTorch.
+        engine = "pytorch" if args.impl.endswith(("-pytorch", "-torch")) else "auto"
+        clf = TextClassifier.load(model_dir, int8="int8" in args.impl, engine=engine, device=args.device)
 
         def run(texts):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device == "cuda"):
                 return clf.predict(texts)
+        run.engine = clf.engine
         return run
     from transformers import pipeline
     import transformers
@@ -250,7 +253,10 @@ def predictor(args):
     kwargs = {"dtype": torch.bfloat16} if args.device == "cuda" else {}
     pipe = pipeline("text-classification", model=str(model_dir), device=0 if args.device == "cuda" else -1,
                     batch_size=32, **kwargs)
-    return lambda texts: [out["label"] for out in pipe(texts, truncation=True, max_length=128)]
+    def run(texts):
+        return [out["label"] for out in pipe(texts, truncation=True, max_length=128)]
+    run.engine = "transformers"
+    return run
 
 
 def predict_child(args) -> dict:
@@ -275,7 +281,7 @@ def predict_child(args) -> dict:
     accuracy = float(np.mean([p == e.label for p, e in zip(labels, examples)]))
     return {"texts": len(texts), "seconds": statistics.median(times), "texts_per_s": len(texts) / statistics.median(times),
             "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
-            "accuracy": accuracy, "labels": labels, "load_at_start": load_now()}
+            "accuracy": accuracy, "labels": labels, "engine": run.engine, "load_at_start": load_now()}
 
 
 def child(args) -> None:
@@ -388,14 +394,17 @@ def parent(args) -> None:
     if not args.skip_predict:
         if not (model_dir / "config.json").exists():
             raise SystemExit(f"no fine-tuned model at {model_dir}: run the training part first or pass --model-dir")
-        impls = [i for i in PREDICT_IMPLS if i != "bertfit-int8" or (_has("onnxruntime") and _has("onnx"))]
+        onnx = _has("onnxruntime") and _has("onnx")
+        # Without ONNX Runtime (or on a GPU) the default path is PyTorch: no separate PyTorch contender.
+        impls = [i for i in PREDICT_IMPLS if i not in ("bertfit-int8", "bertfit-pytorch") or onnx]
         if args.device == "cuda":
-            impls = [i for i in impls if "int8" not in i]
-        if "bertfit-int8" in impls:  # export the int8 graph into the cache now, not inside a timed process
+            impls = [i for i in impls if "int8" not in i and i != "bertfit-pytorch"]
+        if onnx and args.device != "cuda":  # export the graphs into the cache now, not inside a timed process
             os.environ["BERTFIT_CACHE"] = str(work / "cache")
-            from bertfit.export import int8_export
+            from bertfit.export import cached_export
 
-            int8_export(model_dir)
+            cached_export(model_dir)
+            cached_export(model_dir, int8=True)
         print("prediction:")
         run_interleaved("predict", impls, args, report, lambda impl, r: ["--model-dir", str(model_dir)])
     summarize(report)
@@ -436,11 +445,11 @@ def summarize(report: dict) -> None:
             med, all_ = median_ratio(pred, impl, "hf-pipeline", "texts_per_s")
             lines.append(f"RATIO prediction texts/s {impl} / hf-pipeline: {med:.2f}x  (per repeat {[round(x, 2) for x in all_]})")
         for impl in impls:
-            if "int8" in impl:
+            if impl.startswith("bertfit-"):
                 agree = statistics.mean(
                     sum(a == b for a, b in zip(r[impl]["labels"], r["bertfit"]["labels"])) / len(r["bertfit"]["labels"]) for r in pred)
                 delta = pred[0][impl]["accuracy"] - pred[0]["bertfit"]["accuracy"]
-                lines.append(f"      {impl}: label agreement with fp32 {100 * agree:.2f}%, accuracy delta {100 * delta:+.2f} points")
+                lines.append(f"      {impl}: label agreement with the default path {100 * agree:.2f}%, accuracy delta {100 * delta:+.2f} points")
     text = "\n".join(lines)
     print(text)
     report["summary"] = text

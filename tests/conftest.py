@@ -13,6 +13,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_configure(config) -> None:
+    """bertfit's cache (extracted models, ONNX exports made on first prediction) goes to a directory
+    of this session's own, removed at its end, so tests neither read a stale export nor fill ~/.cache."""
+    import tempfile
+
+    if "BERTFIT_CACHE" not in os.environ:
+        config._bertfit_cache = tempfile.mkdtemp(prefix="bertfit-test-cache-")
+        os.environ["BERTFIT_CACHE"] = config._bertfit_cache
+
+
+def pytest_unconfigure(config) -> None:
+    import shutil
+
+    if getattr(config, "_bertfit_cache", None):
+        shutil.rmtree(config._bertfit_cache, ignore_errors=True)
+        os.environ.pop("BERTFIT_CACHE", None)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir(tmp_path_factory) -> Path:
     """The real all-MiniLM-L6-v2 directory (extracted once into a per-session cache)."""

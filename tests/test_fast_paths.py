@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +65,7 @@ def tuned_run(minilm_dir, tweets, tmp_path_factory):
 def classifier(tuned_run):
     from bertfit.predict import TextClassifier
 
-    return TextClassifier.load(tuned_run, device="cpu")
+    return TextClassifier.load(tuned_run, device="cpu", engine="pytorch")
 
 
 @pytest.fixture(scope="session")
@@ -185,7 +187,7 @@ def test_torch_dynamic_int8_fallback_cost_is_measured(tuned_run, plain_logits, t
     """PyTorch dynamic quantization (the fallback without onnxruntime): 7-bit activations, ~97-98%."""
     from bertfit.predict import TextClassifier
 
-    int8 = TextClassifier.load(tuned_run, int8=True, int8_backend="torch")
+    int8 = TextClassifier.load(tuned_run, int8=True, engine="pytorch")
     assert int8.int8 and int8.model is not None
     logits = int8.predict_logits([e.text for e in test_slice])
     # Below the 99% bar the ONNX Runtime path meets: that is why it is the default int8 path, and
@@ -247,3 +249,95 @@ def test_export_without_onnxruntime_names_the_fix(monkeypatch, tuned_run, tmp_pa
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     with pytest.raises(BertfitError, match="pip install"):
         export_onnx(tuned_run, tmp_path / "x")
+
+
+# --- engines: ONNX Runtime fp32 by default on the CPU, PyTorch on request or when it cannot run --
+
+@onnx_needed
+def test_default_cpu_engine_is_onnx_runtime_with_the_plain_logits(tuned_run, plain_logits, test_slice, tmp_path,
+                                                                  monkeypatch):
+    from bertfit import export
+    from bertfit.predict import TextClassifier
+
+    monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
+    default = TextClassifier.load(tuned_run, device="cpu")
+    assert isinstance(default, export.OnnxClassifier) and default.engine == "onnxruntime" and not default.int8
+    assert default.name == Path(tuned_run).name and default.labels == TextClassifier.load(tuned_run, engine="pytorch").labels
+    assert np.abs(default.predict_logits([e.text for e in test_slice]) - plain_logits).max() <= 1e-4
+    (exported,) = (tmp_path / "cache" / "onnx-fp32").iterdir()
+    made = (exported / "model.onnx").stat().st_mtime_ns
+
+    def no_second_export(*args, **kwargs):
+        raise AssertionError("exported again instead of using the cache")
+
+    monkeypatch.setattr(export, "export_onnx", no_second_export)
+    again = TextClassifier.load(tuned_run)
+    assert again.engine == "onnxruntime" and (exported / "model.onnx").stat().st_mtime_ns == made
+    pytorch = TextClassifier.load(tuned_run, engine="pytorch")
+    assert pytorch.engine == "pytorch" and pytorch.model is not None
+
+
+@onnx_needed
+def test_auto_engine_falls_back_to_pytorch_when_the_export_fails(tuned_run, tmp_path, monkeypatch, caplog):
+    from bertfit import export
+    from bertfit.errors import BertfitError
+    from bertfit.predict import TextClassifier
+
+    monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator SomeOp")
+
+    monkeypatch.setattr(export, "export_onnx", broken)
+    with caplog.at_level(logging.WARNING, logger="bertfit.predict"):
+        fallback = TextClassifier.load(tuned_run, device="cpu")
+    assert fallback.engine == "pytorch" and fallback.model is not None
+    assert "unsupported operator SomeOp" in caplog.text and "predicting with PyTorch" in caplog.text
+    with pytest.raises(BertfitError, match="could not export to ONNX Runtime: unsupported operator SomeOp"):
+        TextClassifier.load(tuned_run, engine="onnxruntime")
+    # A cache that cannot be written (here: a file where the directory should be) is no reason to fail.
+    monkeypatch.undo()
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("BERTFIT_CACHE", str(blocker))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bertfit.predict"):
+        assert TextClassifier.load(tuned_run, device="cpu").engine == "pytorch"
+    assert "ONNX Runtime export failed" in caplog.text
+
+
+def test_engine_choices_are_checked(tuned_run, tmp_path):
+    from bertfit.errors import BertfitError
+    from bertfit.predict import TextClassifier
+
+    with pytest.raises(BertfitError, match="engine 'tensorrt': choose one of auto, pytorch, onnxruntime"):
+        TextClassifier.load(tuned_run, engine="tensorrt")
+    with pytest.raises(BertfitError, match="ONNX Runtime runs on the CPU only"):
+        TextClassifier.load(tuned_run, engine="onnxruntime", device="cuda")
+
+
+@onnx_needed
+def test_an_onnx_export_cannot_be_run_by_pytorch(tuned_run, tmp_path):
+    from bertfit.errors import BertfitError
+    from bertfit.export import export_onnx
+    from bertfit.predict import TextClassifier
+
+    export_onnx(tuned_run, tmp_path / "fp32")
+    with pytest.raises(BertfitError, match="is an ONNX export, which runs with ONNX Runtime"):
+        TextClassifier.load(tmp_path / "fp32", engine="pytorch")
+
+
+def test_export_cache_keeps_the_most_recently_used(tmp_path):
+    import os
+
+    from bertfit.export import _prune
+
+    kind = tmp_path / "onnx-fp32"
+    for i in range(5):
+        (kind / f"e{i}").mkdir(parents=True)
+        (kind / f"e{i}" / "export.json").write_text("{}")
+        os.utime(kind / f"e{i}" / "export.json", (1000 + i, 1000 + i))  # e4 the most recently used
+    os.utime(kind / "e0" / "export.json")  # e0 used just now
+    (kind / "e9.tmp-123").mkdir()  # a fresh temporary of an export in progress elsewhere
+    _prune(kind, keep=3, current=kind / "e1")
+    assert sorted(p.name for p in kind.iterdir()) == ["e0", "e1", "e3", "e4", "e9.tmp-123"]

@@ -7,6 +7,7 @@ has a timeout and every subprocess is killed in a finally.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -375,6 +376,8 @@ def test_info_shows_model_and_metrics(client):
     assert info["model"] == "sentiment" and info["labels"] == LABELS and info["base_model"] == "minilm-l6"
     assert info["metrics"]["test"]["accuracy"] == pytest.approx(0.8123)
     assert info["limits"]["max_texts_per_request"] == 8
+    onnx = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    assert info["engine"] == ("onnxruntime" if onnx else "pytorch")  # the CPU default: ONNX Runtime when installed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,11 +3,17 @@
 Prediction sorts texts by length into token-budgeted batches (almost no padding), runs the packed
 fast path under ``torch.inference_mode``, and returns results in input order.
 
-int8 (CPU): ``TextClassifier.load(run, int8=True)`` runs an ONNX Runtime int8 graph of the model
-(exported once into a cache; see export.py), which agrees with fp32 on >= 99% of tweet labels.
-Without onnxruntime it falls back to PyTorch dynamic quantization (``int8_backend="torch"``), whose
-7-bit activations agree on only ~97-98%; a warning says so. Neither is exact: agreement and
-accuracy cost are measured in benchmarks/SPEED_RESULTS.md and tests/test_fast_paths.py.
+Engines. On the CPU, when onnx and onnxruntime are installed (the ``export`` extra; ``make`` installs
+it), the model runs as an ONNX Runtime graph exported once into a cache (export.py): the same fp32
+logits as PyTorch (checked to 1e-4 at export; ~1e-6 in practice) at about half the single-text
+latency, since one static graph skips PyTorch's per-operator overhead. ``engine="pytorch"``
+(``--engine pytorch``) keeps PyTorch; a GPU always uses it.
+
+int8 (CPU): ``TextClassifier.load(run, int8=True)`` runs an ONNX Runtime int8 graph of the model,
+which agrees with fp32 on >= 99% of tweet labels. Without onnxruntime, or with engine "pytorch", it is
+PyTorch dynamic quantization, whose 7-bit activations agree on only ~97-98%; a warning says so.
+Neither is exact: agreement and accuracy cost are measured in benchmarks/SPEED_RESULTS.md and
+tests/test_fast_paths.py.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ import torch
 from bertfit.batching import collate, inference_batches
 from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.cpu_linear import prepack_linears
-from bertfit.errors import BertfitError
+from bertfit.errors import BertfitError, CheckpointError, ConfigError
 from bertfit.heads import BertForSequenceClassification
 from bertfit.tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
+
+ENGINES = ("auto", "pytorch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class TextClassifier:
         self.device = torch.device(device)
         self.int8 = int8
         self.name = name
+        self.engine = "pytorch"
         model = model.eval().to(self.device)
         if int8:
             model = quantize_int8(model)
@@ -86,17 +95,24 @@ class TextClassifier:
 
     @classmethod
     def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
-             max_length: int | None = None, int8_backend: str = "auto") -> "TextClassifier":
+             max_length: int | None = None, engine: str = "auto") -> "TextClassifier":
         """From a bertfit run directory, any BERT classifier directory / hub id, or an ONNX export.
 
-        int8_backend: "onnxruntime", "torch" (dynamic quantization), or "auto" (onnxruntime when
-        installed).
+        engine: "pytorch", "onnxruntime" (the model exported once into a cache, CPU only), or "auto":
+        ONNX Runtime on the CPU when onnx and onnxruntime are installed (same fp32 logits to ~1e-6,
+        about half the single-text latency; see benchmarks/RESULTS.md), else PyTorch; PyTorch on a GPU.
+        int8 with engine "pytorch" is PyTorch dynamic quantization (less exact: see quantize_int8).
         """
+        if engine not in ENGINES:
+            raise BertfitError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
         if (Path(run_or_model) / "model.onnx").is_file() and not (Path(run_or_model) / "model.safetensors").is_file():
             from bertfit.export import OnnxClassifier
 
             if device not in (None, "cpu"):
                 raise BertfitError(f"{run_or_model} is an ONNX export, which runs on the CPU; drop --device")
+            if engine == "pytorch":
+                raise BertfitError(f"{run_or_model} is an ONNX export, which runs with ONNX Runtime; "
+                                   "for PyTorch, load the run directory it was exported from")
             classifier = OnnxClassifier.load(run_or_model)
             if int8 and not classifier.int8:
                 raise BertfitError(f"{run_or_model} is an fp32 ONNX export; for int8 export again with --int8")
@@ -104,20 +120,15 @@ class TextClassifier:
         directory = resolve_model(run_or_model)
         if max_length is None:
             max_length = _trained_max_length(directory)
-        device = device or ("cuda" if torch.cuda.is_available() and not int8 else "cpu")
-        if int8 and device != "cpu":
-            raise BertfitError("int8 prediction runs on the CPU only; drop --device")
-        if int8 and int8_backend != "torch":
-            import importlib.util
-
-            if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-                from bertfit.export import int8_export
-
-                classifier = int8_export(directory)
+        gpu = torch.cuda.is_available() and not int8 and engine != "onnxruntime"
+        device = device or ("cuda" if gpu else "cpu")
+        if device != "cpu" and (int8 or engine == "onnxruntime"):
+            raise BertfitError(f"{'int8 prediction' if int8 else 'ONNX Runtime'} runs on the CPU only; drop --device")
+        if engine != "pytorch":
+            classifier = _onnx_runtime_classifier(directory, int8=int8, required=engine == "onnxruntime")
+            if classifier is not None:
                 classifier.max_length = min(max_length, classifier.config.max_position_embeddings)
                 return classifier
-            if int8_backend == "onnxruntime":
-                raise BertfitError("int8_backend='onnxruntime' needs onnx and onnxruntime: pip install 'bertfit[export]'")
         model = load_classifier(directory, require_head=True)
         tokenizer = WordPieceTokenizer.from_dir(directory)
         return cls(model, tokenizer, max_length=max_length, device=device, int8=int8, name=Path(directory).name)
@@ -175,6 +186,28 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
     if bad:
         raise BertfitError(f"{name}[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected a string")
     return texts
+
+
+def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> "TextClassifier | None":
+    """The model through ONNX Runtime (cached export), or None where it cannot run and is not required."""
+    import importlib.util
+
+    if not (importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx")):
+        if required:
+            raise BertfitError("engine 'onnxruntime' needs onnx and onnxruntime: pip install 'bertfit[export]'")
+        return None
+    from bertfit.export import cached_export
+
+    try:
+        return cached_export(directory, int8=int8)
+    except (CheckpointError, ConfigError):
+        raise  # the model directory itself is unusable: PyTorch would fail the same way
+    except Exception as exc:  # noqa: BLE001 -- ONNX Runtime is an optimisation: PyTorch is the reference path
+        if required:
+            raise BertfitError(f"{directory}: could not export to ONNX Runtime: {exc}") from exc
+        logger.warning("%s: ONNX Runtime export failed (%s); predicting with PyTorch (--engine pytorch skips the "
+                       "attempt)", directory, exc)
+        return None
 
 
 def _trained_max_length(directory: Path) -> int:

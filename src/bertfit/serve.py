@@ -64,6 +64,7 @@ class ServeConfig:
     port: int = 8000
     int8: bool = False
     device: str | None = None
+    engine: str = "auto"  # see TextClassifier.load: ONNX Runtime on the CPU when installed
     threads: int | None = None  # torch CPU threads; None: all cores but one (see default_threads)
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
@@ -85,6 +86,8 @@ class ServeConfig:
             raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
         if not (0 < self.timeout_s <= 3600) or not math.isfinite(self.timeout_s):
             raise ConfigError(f"--timeout-s must be above 0 and at most 3600, got {self.timeout_s!r}")
+        if self.engine not in ("auto", "pytorch", "onnxruntime"):
+            raise ConfigError(f"--engine must be auto, pytorch or onnxruntime, got {self.engine!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not (0 <= self.port <= 65535):
@@ -112,6 +115,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true",
                         help="dynamic int8 quantization of the linear layers (CPU only; faster, slightly different)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    from bertfit.cli import add_engine_argument
+
+    add_engine_argument(parser)
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the model (default: all cores but one, which is left to the "
                              f"event loop and the network; {default_threads()} here)")
@@ -144,7 +150,8 @@ def default_threads() -> int:
 def command(args: argparse.Namespace) -> int:
     """`bertfit serve RUN ...`: run the server until SIGTERM or Ctrl+C."""
     config = ServeConfig(
-        run=args.run, host=args.host, port=args.port, int8=args.int8, device=args.device, threads=args.threads,
+        run=args.run, host=args.host, port=args.port, int8=args.int8, device=args.device, engine=args.engine,
+        threads=args.threads,
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_texts_per_request=args.max_texts_per_request, max_chars=args.max_chars,
         max_body_bytes=args.max_body_bytes, timeout_s=args.timeout_s, access_log=args.access_log,
@@ -303,6 +310,7 @@ class ModelHost:
         self.config = config
         self.info = info
         self.classifier: "TextClassifier | None" = None
+        self.engine: str | None = None  # "onnxruntime" or "pytorch", once loaded
         self.status = LOADING
         self.error: str | None = None
         self._trim = _malloc_trim()
@@ -323,13 +331,16 @@ class ModelHost:
         directory = resolve_model(self.config.run)
         if self.info is None:
             self.info = read_model_info(Path(directory))
-        classifier = TextClassifier.load(directory, int8=self.config.int8, device=self.config.device)
+        classifier = TextClassifier.load(directory, int8=self.config.int8, device=self.config.device,
+                                         engine=self.config.engine)
+        self.engine = classifier.engine
         # The first forward pass pays for allocator and thread-pool start-up; do it before /ready.
         classifier.predict_proba(["warm-up"])
         classifier.predict_proba(["warm-up"], ["pair"])
         self.classifier = classifier
-        logger.info("model %s loaded and warmed up in %.1f s (labels: %s; %d CPU threads)", classifier.name,
-                    time.perf_counter() - started, ", ".join(classifier.labels), torch.get_num_threads())
+        logger.info("model %s loaded and warmed up in %.1f s (%s; labels: %s; %d CPU threads)", classifier.name,
+                    time.perf_counter() - started, classifier.engine, ", ".join(classifier.labels),
+                    torch.get_num_threads())
 
     def run_batch(self, jobs: Sequence[Job]) -> list[bytes | BaseException]:
         """Every job's JSON answer, computed together. Runs on the worker thread.
@@ -665,6 +676,7 @@ def create_app(config: ServeConfig) -> "FastAPI":
             "base_model": i.base_model if i else None,
             "architecture": i.architecture if i else None,
             "int8": config.int8,
+            "engine": host.engine,
             "metrics": i.metrics if i else None,
             "limits": config.limits(),
         }
