@@ -13,7 +13,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 m=sys.argv[1]
 data = prepare_data(TrainConfig(seed=0))
 ex = data.test; texts=[e.text for e in ex]
-fp = TextClassifier.load(m, device="cpu")
+fp = TextClassifier.load(m, device="cpu", engine="pytorch")
 a = fp.predict_logits(texts)
 y = np.array([fp.labels.index(e.label) for e in ex])
 base=Path("/tmp/qexp"); shutil.rmtree(base, ignore_errors=True)

@@ -7,7 +7,7 @@ from bertfit.predict import TextClassifier
 from bertfit.job import prepare_data
 from bertfit.train_config import TrainConfig
 import logging; logging.disable(logging.WARNING)
-clf = TextClassifier.load(sys.argv[2], device="cpu")
+clf = TextClassifier.load(sys.argv[2], device="cpu", engine="pytorch")
 data = prepare_data(TrainConfig(seed=0))
 texts = [e.text for e in data.test[:300]]
 clf.predict(texts[:64])

@@ -1,4 +1,4 @@
-"""bertfit's default fp32 predict path (PyTorch) vs the same model exported to fp32 ONNX
+"""bertfit's fp32 PyTorch predict path (`--engine pytorch`) vs the same model exported to fp32 ONNX
 (`bertfit export RUN --output DIR`, run by ONNX Runtime through `TextClassifier.load(DIR)`), 2 threads,
 each round in fresh processes, interleaved:
   .venv/bin/python benchmarks/adhoc/onnx_fp32_vs_torch.py MODEL_DIR [ROUNDS]
@@ -13,7 +13,8 @@ if len(sys.argv) > 2 and sys.argv[1] == "--child":
     from bertfit.job import prepare_data
     from bertfit.predict import TextClassifier
     from bertfit.train_config import TrainConfig
-    clf = TextClassifier.load(sys.argv[2])
+    # the export directory runs with ONNX Runtime; the run directory with PyTorch (not the CPU default)
+    clf = TextClassifier.load(sys.argv[2], engine="pytorch" if sys.argv[2] == sys.argv[4] else "auto")
     texts = [e.text for e in prepare_data(TrainConfig(seed=0)).test[:2000]]
     clf.predict(texts[:200])
     rates = []
@@ -36,7 +37,7 @@ subprocess.run([os.path.join(os.path.dirname(sys.executable), "bertfit"), "expor
 results = {"pytorch": [], "onnxruntime": []}
 for r in range(rounds):
     for name, path in (("pytorch", model_dir), ("onnxruntime", onnx_dir))[:: 1 if r % 2 == 0 else -1]:
-        out = subprocess.run([sys.executable, __file__, "--child", path, os.path.join(work, name + ".npy")],
+        out = subprocess.run([sys.executable, __file__, "--child", path, os.path.join(work, name + ".npy"), model_dir],
                              check=True, capture_output=True, text=True).stdout.split()
         results[name].append(tuple(float(x) for x in out))
 for name, rows in results.items():

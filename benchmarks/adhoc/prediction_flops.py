@@ -5,7 +5,7 @@ import logging; logging.disable(logging.WARNING)
 from bertfit.predict import TextClassifier
 from bertfit.job import prepare_data
 from bertfit.train_config import TrainConfig
-clf = TextClassifier.load(sys.argv[1], device="cpu")
+clf = TextClassifier.load(sys.argv[1], device="cpu", engine="pytorch")
 data = prepare_data(TrainConfig(seed=0))
 texts = [e.text for e in data.test[:2000]]
 L=[len(e.ids) for e in clf.tokenizer.encode(texts, max_length=128)]

@@ -11,7 +11,7 @@ from torch.profiler import profile, ProfilerActivity
 from bertfit.predict import TextClassifier
 from bertfit.job import prepare_data
 from bertfit.train_config import TrainConfig
-clf = TextClassifier.load(sys.argv[1], device="cpu")
+clf = TextClassifier.load(sys.argv[1], device="cpu", engine="pytorch")
 mode = sys.argv[2] if len(sys.argv) > 2 else "batch"
 data = prepare_data(TrainConfig(seed=0))
 texts = [e.text for e in data.test[:2000]]
