@@ -52,6 +52,37 @@ def inference_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -
     return batches
 
 
+def padded_batches(lengths: Sequence[int], max_tokens: int, max_batch: int, overhead_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, cut where it minimizes the padded work: the sum over batches of
+    ``overhead_tokens + len(batch) * longest`` (a fixed cost per batch call, in token-equivalents,
+    plus every padded token), each batch within ``max_batch`` texts and ``max_tokens`` padded tokens.
+
+    For engines that compute on the padded batch (ONNX Runtime): cutting sorted texts into equal
+    counts wastes a lot on mixed lengths — 32 random tweets of 12..73 tokens cut in two halves hold
+    ~1.5x their real tokens — while a batch per text pays the per-call cost every time. Dynamic
+    programming over the sorted lengths finds the best cuts exactly in O(n * max_batch).
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")[::-1].tolist()  # longest first
+    ordered = [lengths[i] for i in order]
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[i]: cheapest cost of the first i texts
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(max(0, end - max_batch), end):
+            padded = (end - start) * ordered[start]  # ordered[start]: the batch's longest
+            if padded > max_tokens and end - start > 1:
+                continue
+            cost = best[start] + overhead_tokens + padded
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    batches: list[list[int]] = []
+    end = n
+    while end > 0:
+        batches.append(order[cut[end]:end])
+        end = cut[end]
+    return batches[::-1]
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T)

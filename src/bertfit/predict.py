@@ -147,9 +147,13 @@ class TextClassifier:
         lengths = [len(e.ids) for e in encoded]
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         with self._lock, torch.inference_mode():
-            for indices in inference_batches(lengths, max_tokens, max_batch):
+            for indices in self._batches(lengths, max_tokens, max_batch):
                 out[indices] = self._batch_logits(collate(encoded, indices, None, self.tokenizer.pad_id))
         return out
+
+    def _batches(self, lengths: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+        # The packed fast path runs its dense layers on real tokens only: padding costs little.
+        return inference_batches(lengths, max_tokens, max_batch)
 
     def _batch_logits(self, batch) -> np.ndarray:
         batch = batch.to(self.device)

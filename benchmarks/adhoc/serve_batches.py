@@ -1,0 +1,25 @@
+"""Batching on the padded ONNX Runtime graph vs PyTorch's packed path: texts/s on serve-like batches
+(40 draws of 32 random test tweets, each predicted in one call with max_batch=32, as `bertfit serve`
+does) and in bulk (2,000 tweets in one call), for several per-call overheads of `padded_batches`
+(OnnxClassifier.batch_overhead_tokens), 2 rounds in one process:
+  BERTFIT_CACHE=... .venv/bin/python benchmarks/adhoc/serve_batches.py MODEL_DIR THREADS"""
+import sys, time, random, logging; logging.disable(logging.WARNING)
+import torch; torch.set_num_threads(int(sys.argv[2]))
+from bertfit.job import prepare_data
+from bertfit.train_config import TrainConfig
+from bertfit.predict import TextClassifier
+m = sys.argv[1]
+texts = [e.text for e in prepare_data(TrainConfig(seed=0)).test[:2000]]
+rng = random.Random(0)
+batches = [rng.sample(texts, 32) for _ in range(40)]
+pt = TextClassifier.load(m, engine="pytorch"); ox = TextClassifier.load(m)
+def t(f, bs):
+    s = time.perf_counter()
+    for b in bs: f(b)
+    return sum(map(len, bs)) / (time.perf_counter() - s)
+for r in range(2):
+    out = [f"pytorch serve32 {round(t(pt.predict_logits, batches))} bulk {round(t(pt.predict_logits, [texts]))}"]
+    for a in (0, 16, 32, 64, 128):
+        ox.batch_overhead_tokens = a
+        out.append(f"ort a{a} serve32 {round(t(lambda b: ox.predict_logits(b, max_batch=32), batches))} bulk {round(t(ox.predict_logits, [texts]))}")
+    print(" | ".join(out), flush=True)
