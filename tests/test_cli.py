@@ -98,6 +98,27 @@ def test_predict_file_keeps_every_row_and_column(tweets_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_engines_give_the_same_answers(tweets_run, tmp_path):
+    """The CPU default (ONNX Runtime when installed, exported once into the cache) and --engine pytorch."""
+    import importlib.util
+
+    texts = ["so happy today", "this is awful", "the bus is at 5", "meh " * 40]
+    cache = {"BERTFIT_CACHE": str(tmp_path / "cache")}
+    pytorch = bertfit("predict", tweets_run, "--json", "--engine", "pytorch", *texts, env_extra=cache)
+    assert not (tmp_path / "cache" / "onnx-fp32").exists()  # --engine pytorch never exports
+    default = bertfit("predict", tweets_run, "--json", *texts, env_extra=cache)
+    assert default.returncode == 0 and pytorch.returncode == 0, default.stderr[-3000:] + pytorch.stderr[-3000:]
+    a = [json.loads(line) for line in default.stdout.splitlines()]
+    b = [json.loads(line) for line in pytorch.stdout.splitlines()]
+    assert [x["label"] for x in a] == [x["label"] for x in b] and len(a) == len(texts)
+    for x, y in zip(a, b):
+        assert all(abs(x["probabilities"][k] - y["probabilities"][k]) <= 1e-5 for k in x["probabilities"])
+    onnx = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    assert (tmp_path / "cache" / "onnx-fp32").is_dir() == onnx  # the default exported once
+    bad = bertfit("predict", tweets_run, "--engine", "tensorrt", "x")
+    assert bad.returncode == 2 and "invalid choice: 'tensorrt'" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_predict_from_stdin_and_evaluate(tweets_run, tmp_path):
     out = bertfit("predict", tweets_run, stdin="first text\nsecond text\n")
     assert out.returncode == 0, out.stderr
