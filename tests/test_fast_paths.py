@@ -341,3 +341,12 @@ def test_export_cache_keeps_the_most_recently_used(tmp_path):
     (kind / "e9.tmp-123").mkdir()  # a fresh temporary of an export in progress elsewhere
     _prune(kind, keep=3, current=kind / "e1")
     assert sorted(p.name for p in kind.iterdir()) == ["e0", "e1", "e3", "e4", "e9.tmp-123"]
+
+
+def test_an_explicit_non_cpu_device_keeps_pytorch(tuned_run):
+    from bertfit.predict import TextClassifier
+
+    # "meta" stands in for a GPU on this CPU-only machine: the default engine must not take the
+    # model to ONNX Runtime (on the CPU) when the caller asked for another device.
+    on_meta = TextClassifier.load(tuned_run, device="meta")
+    assert on_meta.engine == "pytorch" and on_meta.device.type == "meta"

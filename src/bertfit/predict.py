@@ -124,7 +124,7 @@ class TextClassifier:
         device = device or ("cuda" if gpu else "cpu")
         if device != "cpu" and (int8 or engine == "onnxruntime"):
             raise BertfitError(f"{'int8 prediction' if int8 else 'ONNX Runtime'} runs on the CPU only; drop --device")
-        if engine != "pytorch":
+        if engine != "pytorch" and torch.device(device).type == "cpu":
             classifier = _onnx_runtime_classifier(directory, int8=int8, required=engine == "onnxruntime")
             if classifier is not None:
                 classifier.max_length = min(max_length, classifier.config.max_position_embeddings)
