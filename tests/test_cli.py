@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import json
@@ -256,3 +257,19 @@ def test_config_file_values_are_overridden_by_flags(tmp_path, tiny_model_dir, sy
     toml.write_text(f'train_file = "{synthetic_csv}"\nmodel = "{tiny_model_dir}"\nmax_steps = 2\nbogus = 1\n')
     out = bertfit("train", "--config", toml)
     assert out.returncode == 2 and "unknown setting(s) bogus" in out.stderr
+
+
+def test_engine_choices_are_the_library_s():
+    """--engine's choices are written out in the CLI (it parses without importing torch): keep them equal."""
+    from bertfit import serve
+    from bertfit.cli import build_parser
+    from bertfit.errors import ConfigError
+    from bertfit.predict import ENGINES
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("predict", "evaluate", "serve"):
+        engine = next(a for a in subcommands[name]._actions if a.dest == "engine")
+        assert tuple(engine.choices) == ENGINES and engine.default == "auto", name
+    with pytest.raises(ConfigError, match="--engine must be one of auto, pytorch, onnxruntime, got 'tensorrt'"):
+        serve.ServeConfig(run="unused", engine="tensorrt")

@@ -350,3 +350,15 @@ def test_an_explicit_non_cpu_device_keeps_pytorch(tuned_run):
     # model to ONNX Runtime (on the CPU) when the caller asked for another device.
     on_meta = TextClassifier.load(tuned_run, device="meta")
     assert on_meta.engine == "pytorch" and on_meta.device.type == "meta"
+
+
+def test_without_onnx_runtime_auto_uses_pytorch_and_onnxruntime_names_the_fix(tuned_run, monkeypatch):
+    from bertfit.errors import BertfitError
+    from bertfit.predict import TextClassifier
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("onnx", "onnxruntime") else real_find_spec(name, *a))
+    assert TextClassifier.load(tuned_run, device="cpu").engine == "pytorch"
+    with pytest.raises(BertfitError, match=r"engine 'onnxruntime' needs onnx and onnxruntime: pip install 'bertfit\[export\]'"):
+        TextClassifier.load(tuned_run, engine="onnxruntime")

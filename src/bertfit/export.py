@@ -176,7 +176,7 @@ EXPORT_FORMAT = 1  # part of the cache key: bump when ExportGraph or the quantiz
 CACHE_KEEP = 8  # exports kept per kind (fp32, int8), least recently used dropped: ~87 MB each for MiniLM
 
 
-def cached_export(run: str | os.PathLike, *, int8: bool = False, threads: int | None = None) -> "OnnxClassifier":
+def cached_export(run: str | os.PathLike, *, int8: bool = False) -> "OnnxClassifier":
     """The ONNX Runtime classifier (fp32 or int8) for a run, exported once into the cache, keyed by
     the weights, config and export format; the least recently used exports beyond CACHE_KEEP are
     removed. The first call costs one export (~2 s for MiniLM on 2 cores, checked against PyTorch)."""
@@ -209,7 +209,7 @@ def cached_export(run: str | os.PathLike, *, int8: bool = False, threads: int | 
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         _prune(kind, keep=CACHE_KEEP, current=target)
-    classifier = OnnxClassifier.load(target, threads=threads)
+    classifier = OnnxClassifier.load(target)
     classifier.name = Path(directory).name
     return classifier
 

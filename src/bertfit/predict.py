@@ -122,9 +122,10 @@ class TextClassifier:
             max_length = _trained_max_length(directory)
         gpu = torch.cuda.is_available() and not int8 and engine != "onnxruntime"
         device = device or ("cuda" if gpu else "cpu")
-        if device != "cpu" and (int8 or engine == "onnxruntime"):
+        on_cpu = torch.device(device).type == "cpu"
+        if not on_cpu and (int8 or engine == "onnxruntime"):
             raise BertfitError(f"{'int8 prediction' if int8 else 'ONNX Runtime'} runs on the CPU only; drop --device")
-        if engine != "pytorch" and torch.device(device).type == "cpu":
+        if engine != "pytorch" and on_cpu:
             classifier = _onnx_runtime_classifier(directory, int8=int8, required=engine == "onnxruntime")
             if classifier is not None:
                 classifier.max_length = min(max_length, classifier.config.max_position_embeddings)

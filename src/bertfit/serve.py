@@ -86,8 +86,10 @@ class ServeConfig:
             raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
         if not (0 < self.timeout_s <= 3600) or not math.isfinite(self.timeout_s):
             raise ConfigError(f"--timeout-s must be above 0 and at most 3600, got {self.timeout_s!r}")
-        if self.engine not in ("auto", "pytorch", "onnxruntime"):
-            raise ConfigError(f"--engine must be auto, pytorch or onnxruntime, got {self.engine!r}")
+        from bertfit.predict import ENGINES  # the server imports torch to load the model anyway
+
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not (0 <= self.port <= 65535):
