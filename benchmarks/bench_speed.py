@@ -113,7 +113,7 @@ def train_bertfit(args) -> dict:
     from bertfit.job import encode
     from bertfit.runs import RunDir
     from bertfit.tokenizer import WordPieceTokenizer
-    from bertfit.train import Trainer, evaluation_metrics, predict_logits, seed_everything
+    from bertfit.train import Trainer, predict_logits, seed_everything
     from bertfit.train_config import TrainConfig
 
     data, model_dir = prepare(args)
@@ -140,7 +140,7 @@ def train_bertfit(args) -> dict:
         seconds = time.perf_counter() - start
     peak_after = matmul_peak_gflops(args.device)
     logits = predict_logits(model, validation.encoded, tokenizer.pad_id, device, 16384, bf16=args.device == "cuda")
-    metrics = evaluation_metrics(logits, validation.labels, data.labels)
+    metrics = data.task.evaluate(logits, validation.targets)
     if args.save:
         save_classifier(model, args.save, tokenizer=tokenizer)
         config.save(Path(args.save) / "train_config.json")

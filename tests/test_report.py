@@ -127,7 +127,7 @@ def test_write_report_full(full_run: Path) -> None:
     assert f"{test['accuracy']:.4f}" in summary
     assert f"{test['macro_f1']:.4f}" in summary
     # Sections in the promised order.
-    order = ["## Data", "## Settings", "## Training", "## Results", "## Most confident mistakes", "## Notes"]
+    order = ["## Results", "## Training", "## Most confident mistakes", "## Data", "## Notes", "## Settings"]
     assert [md.index(h) for h in order] == sorted(md.index(h) for h in order)
     # Confusion matrix counts as a Markdown table row per true class.
     for label, row in zip(LABELS, test["confusion_matrix"]):

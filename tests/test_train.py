@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from bertfit.errors import BertfitError
 from bertfit.job import fine_tune
 from bertfit.predict import TextClassifier
-from bertfit.train import class_weight_vector, linear_schedule, param_groups
+from bertfit.tasks.classify import class_weight_vector
+from bertfit.train import linear_schedule, param_groups
 from bertfit.train_config import TrainConfig
 
 
@@ -120,12 +121,11 @@ def test_weight_decay_skips_biases_and_layer_norm(tiny_model_dir):
 
 
 def test_class_weights():
-    config = TrainConfig(class_weights="balanced")
-    w = class_weight_vector(config, ["a", "b", "c"], [0, 0, 0, 1, 2, 2])
+    w = class_weight_vector("balanced", ["a", "b", "c"], [0, 0, 0, 1, 2, 2])
     assert torch.allclose(w, torch.tensor([6 / 9, 6 / 3, 6 / 6]))
-    assert class_weight_vector(TrainConfig(class_weights=[1, 2, 3]), ["a", "b", "c"], [0]).tolist() == [1, 2, 3]
+    assert class_weight_vector([1, 2, 3], ["a", "b", "c"], [0]).tolist() == [1, 2, 3]
     with pytest.raises(BertfitError, match="2 values but there are 3 labels"):
-        class_weight_vector(TrainConfig(class_weights=[1, 2]), ["a", "b", "c"], [0])
+        class_weight_vector([1, 2], ["a", "b", "c"], [0])
 
 
 def test_class_weights_change_training(tmp_path, tiny_model_dir, synthetic_csv):

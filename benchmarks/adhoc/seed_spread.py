@@ -9,7 +9,7 @@ from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.job import encode, prepare_data
 from bertfit.runs import RunDir
 from bertfit.tokenizer import WordPieceTokenizer
-from bertfit.train import Trainer, evaluation_metrics, predict_logits, seed_everything
+from bertfit.train import Trainer, predict_logits, seed_everything
 from bertfit.train_config import TrainConfig
 
 data = prepare_data(TrainConfig(seed=0))  # the benchmark's split (seed 0) for every training seed
@@ -27,4 +27,4 @@ for seed in map(int, sys.argv[1:]):
         run = RunDir(tmp); run.create()
         Trainer(model, config, train, None, run, pad_id=tok.pad_id, device=torch.device("cpu")).train()
     logits = predict_logits(model, validation.encoded, tok.pad_id, torch.device("cpu"), 16384)
-    print(f"seed {seed}: validation accuracy {evaluation_metrics(logits, validation.labels, data.labels)['accuracy']:.4f}", flush=True)
+    print(f"seed {seed}: validation accuracy {data.task.evaluate(logits, validation.targets)['accuracy']:.4f}", flush=True)

@@ -89,7 +89,7 @@ class Batch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     token_type_ids: torch.Tensor  # (B, T)
-    labels: torch.Tensor | None  # (B,)
+    labels: torch.Tensor | None  # the task's targets: (B,) class ids or (B, L) floats
     indices: list[int]  # positions of these examples in the data set
 
     @property
@@ -114,7 +114,8 @@ class Batch:
         return out
 
 
-def collate(encoded: Sequence[Encoded], indices: Sequence[int], labels: Sequence[int] | None, pad_id: int) -> Batch:
+def collate(encoded: Sequence[Encoded], indices: Sequence[int], labels: Sequence[int] | np.ndarray | None,
+            pad_id: int) -> Batch:
     """Pad a batch to its longest member (dynamic padding).
 
     Vectorised: the ids of the whole batch are concatenated once and written through a (B, T)
@@ -129,6 +130,7 @@ def collate(encoded: Sequence[Encoded], indices: Sequence[int], labels: Sequence
     ids[real] = np.fromiter(itertools.chain.from_iterable(e.ids for e in chosen), dtype=np.int64, count=total)
     types = np.zeros((B, T), dtype=np.int64)
     types[real] = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in chosen), dtype=np.int64, count=total)
-    label_tensor = None if labels is None else torch.tensor([labels[i] for i in indices], dtype=torch.long)
+    # Targets keep the task's dtype: int64 class ids, or float32 rows (multi-label, regression).
+    label_tensor = None if labels is None else torch.from_numpy(np.ascontiguousarray(np.asarray(labels)[list(indices)]))
     return Batch(torch.from_numpy(ids), torch.from_numpy(real.astype(np.int64)), torch.from_numpy(types),
                  label_tensor, list(indices))

@@ -174,14 +174,17 @@ ENCODER_MAP: list[tuple[str, tuple[str, ...]]] = [
     ("layers.{i}.feed_forward.norm.{p}", ("encoder.layer.{i}.output.LayerNorm.{p}",)),
     ("pooler.dense.{p}", ("pooler.dense.{p}",)),
 ]
-HEAD_MAP: list[tuple[str, tuple[str, ...]]] = [("classifier.{p}", ("classifier.{p}",))]
-
-# Tensors a checkpoint may hold that a classifier does not use.
+# Tensors a checkpoint may hold that a head does not use (a head's own weight_map claims its
+# tensors first, so a masked-LM head keeps cls.*).
 IGNORED = re.compile(r"^((bert\.)?embeddings\.position_ids|cls\..*|.*\.num_batches_tracked)$")
 
 
-def expand_map(config: BertConfig, with_head: bool) -> dict[str, tuple[str, ...]]:
-    """The name map for this many layers: {our key: (transformers keys…)}; ours are under ``bert.``."""
+def expand_map(config: BertConfig, with_head: bool,
+               head_map: list[tuple[str, tuple[str, ...]]] | None = None) -> dict[str, tuple[str, ...]]:
+    """The name map for this many layers: {our key: (transformers keys…)}; ours are under ``bert.``.
+
+    head_map: the head's own entries (its class's ``weight_map``); the sequence head's by default.
+    """
     out: dict[str, tuple[str, ...]] = {}
     for ours, theirs in ENCODER_MAP:
         for i in range(config.num_hidden_layers) if "{i}" in ours else [None]:
@@ -189,7 +192,7 @@ def expand_map(config: BertConfig, with_head: bool) -> dict[str, tuple[str, ...]
                 key = ours.format(i=i, p=p)
                 out["bert." + key] = tuple("bert." + t.format(i=i, p=p) for t in theirs)
     if with_head:
-        for ours, theirs in HEAD_MAP:
+        for ours, theirs in head_map if head_map is not None else BertForSequenceClassification.weight_map:
             for p in ("weight", "bias"):
                 out[ours.format(p=p)] = tuple(t.format(p=p) for t in theirs)
     return out
@@ -288,7 +291,7 @@ def load_into(
 ) -> None:
     """Copy a transformers-named state dict into ``model``, accounting for every tensor."""
     state = _normalise_keys(state)
-    mapping = expand_map(model.config, with_head=True)
+    mapping = expand_map(model.config, with_head=True, head_map=type(model).weight_map)
     params = model.state_dict()
     used: set[str] = set()
     missing: list[str] = []
@@ -310,12 +313,14 @@ def load_into(
     head = {"classifier.weight", "classifier.bias"}
     pooler = {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
     missing_set = set(missing)
+    model.fresh_head = False  # read by the job: a task may fit a fresh head to its targets (regression)
     if missing_set & head:
         if require_head:
             raise CheckpointError(f"{source}: no classifier weights (classifier.weight); this is not a trained classifier")
         missing_set -= head
         new_state.pop("classifier.weight", None)
         new_state.pop("classifier.bias", None)
+        model.fresh_head = True
         logger.info("classifier head initialised fresh (%d labels)", model.config.num_labels)
     elif "classifier.weight" in new_state and new_state["classifier.weight"].shape[0] != model.config.num_labels:
         if require_head:
@@ -327,6 +332,7 @@ def load_into(
                        new_state["classifier.weight"].shape[0], model.config.num_labels)
         new_state.pop("classifier.weight")
         new_state.pop("classifier.bias")
+        model.fresh_head = True
     if missing_set & pooler and not missing_set - pooler:
         logger.warning("%s has no pooler weights; the pooler is initialised randomly", source)
         missing_set -= pooler
@@ -346,7 +352,7 @@ def to_transformers_state_dict(model: BertForSequenceClassification) -> dict[str
     """Our parameters under transformers' names (fused QKV split back into query/key/value)."""
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
-    for key, theirs in expand_map(model.config, with_head=True).items():
+    for key, theirs in expand_map(model.config, with_head=True, head_map=type(model).weight_map).items():
         parts = ours[key].chunk(len(theirs), dim=0) if len(theirs) > 1 else (ours[key],)
         for name, part in zip(theirs, parts):
             out[name] = part.detach().to("cpu").contiguous().clone()
@@ -383,7 +389,7 @@ def load_classifier(
     config = load_config(directory, labels)
     if config_overrides:
         config = config.replace(**config_overrides)
-    if config.num_labels < 2:
+    if config.num_labels < (2 if config.problem_type == "single_label_classification" else 1):
         raise CheckpointError(
             f"{directory}: config.json has no labels (id2label); pass the task's labels to build a classifier"
         )

@@ -66,6 +66,9 @@ TRAIN_HELP: dict[str, str] = {
     "bf16": "bf16 autocast on CUDA (default: on where supported)",
     "compile": "torch.compile the model (pays off on long GPU runs)",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
+    "problem_type": "single-label, multi-label or regression (default: detected from the labels, and logged)",
+    "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",
+    "threshold": "multi-label: one fixed decision threshold for every label (default: tuned per label on validation)",
 }
 
 
@@ -91,6 +94,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, nargs="+", default=None, help=help_text)
         elif f.name == "label_map":
             parser.add_argument(flag, default=None, help=help_text)
+        elif f.name == "problem_type":
+            from bertfit.train_config import PROBLEM_TYPES
+
+            parser.add_argument(flag, choices=PROBLEM_TYPES, default=None, help=help_text)
         else:
             kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)
@@ -109,7 +116,6 @@ def _train(args: argparse.Namespace) -> int:
 
     from bertfit.data import parse_label_map
     from bertfit.job import fine_tune
-    from bertfit.metrics import format_metrics_table
     from bertfit.train_config import TrainConfig, read_config_file, resolve_config
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
@@ -137,8 +143,9 @@ def _train(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                             tok_s=f"{record['tokens_per_s']:.0f}", ex_s=f"{record['examples_per_s']:.1f}")
         else:
-            bar.write(f"step {record['step']}: validation loss {record['loss']:.4f}  accuracy {record['accuracy']:.4f}"
-                      f"  macro-F1 {record['macro_f1']:.4f}{'  (best)' if record.get('best') else ''}")
+            shown = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in record.items()
+                              if k not in ("kind", "split", "step", "epoch") and isinstance(v, float))
+            bar.write(f"step {record['step']}: validation {shown}{'  (best)' if record.get('best') else ''}")
 
     result = fine_tune(config, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)
     if bar is not None:
@@ -146,7 +153,7 @@ def _train(args: argparse.Namespace) -> int:
     for split in ("validation", "test"):
         if split in result.metrics:
             print(f"\n{split} ({result.metrics[split]['n']} examples)")
-            print(format_metrics_table(result.metrics[split]))
+            print(result.task.format_metrics(result.metrics[split]))
     print(f"\nrun directory: {result.run_dir}")
     print(f"report: {result.report}")
     print(f"wall time: {result.wall_time_s:.0f} s")
@@ -199,14 +206,36 @@ def _predict(args: argparse.Namespace) -> int:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
         args.json = True if not sys.stdout.isatty() else args.json
     predictions = classifier.predictions(texts, max_tokens=args.batch_tokens)
-    for text, p in zip(texts, predictions):
+    for text, record in zip(texts, predictions):
         if args.json:
-            print(json.dumps({"text": text, "label": p.label, "confidence": round(p.confidence, 6),
-                              "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()}}, ensure_ascii=False))
+            print(json.dumps({"text": text, **_rounded(record)}, ensure_ascii=False))
         else:
             shown = text if len(text) <= 80 else text[:77] + "..."
-            print(f"{p.label:<12} {p.confidence:6.3f}  {shown}")
+            print(f"{_short_answer(classifier.task, record):<12}  {shown}")
     return 0
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 6 decimals, through nested records (probabilities, values)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _short_answer(task: Any, record: dict) -> str:
+    """One record on one terminal line: "positive  0.912", "anger,joy", "3.41"."""
+    if "confidence" in record:
+        return f"{record['label']:<12} {record['confidence']:6.3f}"
+    answer = task.answer(record)
+    if isinstance(answer, list):
+        return ",".join(answer) or "(none)"
+    if isinstance(answer, dict):
+        return " ".join(f"{k}={v:.4g}" for k, v in answer.items())
+    return f"{answer:.4g}" if isinstance(answer, float) else str(answer)
 
 
 def _predict_file(classifier, args: argparse.Namespace) -> int:
@@ -226,9 +255,8 @@ def _predict_file(classifier, args: argparse.Namespace) -> int:
     if empty:
         logger.warning("%s: %d rows have an empty %r; they are still labelled (from [CLS] [SEP] alone)", args.file, empty, column)
     predictions = classifier.predictions(texts, pairs, max_tokens=args.batch_tokens)
-    extra_columns = ["label", "confidence"] + [f"prob_{label}" for label in classifier.labels]
-    extra_rows = [{"label": p.label, "confidence": round(p.confidence, 6),
-                   **{f"prob_{k}": round(v, 6) for k, v in p.probabilities.items()}} for p in predictions]
+    extra_columns = classifier.task.output_names()
+    extra_rows = [_rounded(classifier.task.columns(record)) for record in predictions]
     source = Path(args.file)
     output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
     write_table(table, output, extra_columns, extra_rows)
@@ -255,40 +283,51 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from bertfit.data import check_known_labels, parse_label_map, read_examples
-    from bertfit.metrics import classification_metrics, format_metrics_table
     from bertfit.predict import TextClassifier
+    from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
 
     classifier = TextClassifier.load(args.run, int8=args.int8, engine=args.engine)
-    examples, report = read_examples(
-        args.file, text_column=args.text_column, pair_column=args.pair_column, label_column=args.label_column,
-        label_map=parse_label_map(args.label_map) if args.label_map else None, skip_bad_rows=args.skip_bad_rows,
-        encoding=args.encoding)
-    check_known_labels(examples, classifier.labels, args.file)
+    task = classifier.task
+    settings = {"text_column": args.text_column, "pair_column": args.pair_column, "label_column": args.label_column,
+                "skip_bad_rows": args.skip_bad_rows, "encoding": args.encoding}
+    examples, report = read_raw(args.file, settings)
+    options = reading_options({**_saved_reading(args.run), **({"label_map": args.label_map} if args.label_map else {})})
+    examples = parse_labels(task, examples, report, options, skip_bad_rows=args.skip_bad_rows, known=task)
+    task.check_labels(examples, args.file)
     pairs = [e.text_pair or "" for e in examples] if args.pair_column else None
-    proba = classifier.predict_proba([e.text for e in examples], pairs)
-    index = {label: i for i, label in enumerate(classifier.labels)}
-    y = [index[e.label] for e in examples]
-    loss = float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None)).mean())
-    metrics = classification_metrics(y, proba.argmax(axis=1).tolist(), classifier.labels, loss=loss)
+    outputs = classifier.predict_logits([e.text for e in examples], pairs)
+    targets = task.targets([e.label for e in examples])
+    metrics = task.evaluate(outputs, targets)
     print(report.summary())
-    print(format_metrics_table(metrics))
+    print(task.format_metrics(metrics))
     if args.int8:  # int8 is approximate: measure what it costs on the user's own data, never stay silent
         reference = TextClassifier.load(args.run, device="cpu", engine=args.engine)
-        fp32 = reference.predict_proba([e.text for e in examples], pairs).argmax(axis=1)
-        fp32_metrics = classification_metrics(y, fp32.tolist(), classifier.labels)
-        cost = {"label_agreement": float((fp32 == proba.argmax(axis=1)).mean()),
-                "accuracy_fp32": fp32_metrics["accuracy"], "accuracy_int8": metrics["accuracy"],
-                "accuracy_delta": metrics["accuracy"] - fp32_metrics["accuracy"],
-                "macro_f1_fp32": fp32_metrics["macro_f1"], "macro_f1_delta": metrics["macro_f1"] - fp32_metrics["macro_f1"]}
+        fp32_outputs = reference.predict_logits([e.text for e in examples], pairs)
+        fp32_metrics = task.evaluate(fp32_outputs, targets)
+        answers = lambda out: [json.dumps(task.answer(r), sort_keys=True) for r in task.decode(out)]  # noqa: E731
+        agreement = float(np.mean([a == b for a, b in zip(answers(fp32_outputs), answers(outputs))]))
+        key = task.default_metric
+        cost = {"label_agreement": agreement, f"{key}_fp32": fp32_metrics[key], f"{key}_int8": metrics[key],
+                f"{key}_delta": metrics[key] - fp32_metrics[key]}
+        if "accuracy" in metrics:
+            cost.update(accuracy_fp32=fp32_metrics["accuracy"], accuracy_int8=metrics["accuracy"],
+                        accuracy_delta=metrics["accuracy"] - fp32_metrics["accuracy"])
         metrics["int8_cost"] = cost
-        print(f"int8 vs fp32 on these {len(y)} examples: labels agree {100 * cost['label_agreement']:.2f}%, "
-              f"accuracy {cost['accuracy_fp32']:.4f} -> {cost['accuracy_int8']:.4f} "
-              f"({100 * cost['accuracy_delta']:+.2f} points), macro-F1 {100 * cost['macro_f1_delta']:+.2f} points")
+        print(f"int8 vs fp32 on these {len(targets)} examples: answers agree {100 * agreement:.2f}%, "
+              f"{key} {fp32_metrics[key]:.4f} -> {metrics[key]:.4f} ({100 * cost[f'{key}_delta']:+.2f} points)")
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         print(f"metrics written to {args.output}")
     return 0
+
+
+def _saved_reading(run: str) -> dict[str, Any]:
+    """The label map and separator a run was trained with (task.json), so evaluate reads labels alike."""
+    path = Path(run) / "task.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("reading") or {}) if path.is_file() else {}
+    except (ValueError, AttributeError):
+        return {}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,10 @@ ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 # "cls" = dropout + linear straight on h_[CLS].
 CLASSIFIER_INPUTS = ("pooled", "cls")
 
+# transformers' names for what a sequence head's outputs mean (config.json "problem_type"): softmax
+# over classes, independent sigmoids per label, or real-valued targets.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
 
 @dataclass(frozen=True)
 class BertConfig:
@@ -37,6 +41,7 @@ class BertConfig:
     pad_token_id: int = 0
     classifier_dropout: float | None = None
     classifier_input: str = "pooled"
+    problem_type: str = "single_label_classification"
     id2label: dict[int, str] = field(default_factory=dict)
     # Keys of config.json we do not model but must write back unchanged (e.g. _name_or_path).
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -67,6 +72,8 @@ class BertConfig:
             raise ConfigError(
                 f"config: classifier_input must be one of {CLASSIFIER_INPUTS}, got {self.classifier_input!r}"
             )
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"config: problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
         if sorted(self.id2label) != list(range(len(self.id2label))):
             raise ConfigError(f"config: id2label ids must be 0..N-1, got {sorted(self.id2label)}")
         if len(set(self.id2label.values())) != len(self.id2label):
@@ -115,7 +122,7 @@ class BertConfig:
                 f"{source}: position_embedding_type {raw['position_embedding_type']!r} is not supported "
                 "(only 'absolute', as in BERT)"
             )
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "id2label"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "id2label", "problem_type"}
         values: dict[str, Any] = {k: raw[k] for k in known if k in raw}
         raw_id2label = raw.get("id2label") or {}
         try:
@@ -125,9 +132,16 @@ class BertConfig:
         # transformers writes id2label LABEL_0/LABEL_1 for a bare encoder; that is not a trained head.
         if values["id2label"] and raw.get("architectures") == ["BertModel"]:
             values["id2label"] = {}
+        # transformers writes null for "infer from the labels' dtype"; the loaded head then trains as
+        # single-label (num_labels > 1) or regression (num_labels == 1), which is what we infer too.
+        problem_type = raw.get("problem_type")
+        if problem_type is None:
+            problem_type = "regression" if len(values["id2label"]) == 1 else "single_label_classification"
+        values["problem_type"] = problem_type
         if "bertfit" in raw and isinstance(raw["bertfit"], Mapping):
             values["classifier_input"] = raw["bertfit"].get("classifier_input", "pooled")
-        extra = {k: v for k, v in raw.items() if k not in known and k not in ("id2label", "label2id", "bertfit")}
+        extra = {k: v for k, v in raw.items()
+                 if k not in known and k not in ("id2label", "label2id", "bertfit", "problem_type")}
         try:
             return cls(**values, extra=extra)
         except TypeError as exc:
@@ -150,7 +164,7 @@ class BertConfig:
         """config.json contents that transformers' AutoConfig reads as a BertConfig."""
         out: dict[str, Any] = dict(self.extra)
         for f in dataclasses.fields(self):
-            if f.name in ("extra", "id2label", "classifier_input"):
+            if f.name in ("extra", "id2label", "classifier_input", "problem_type"):
                 continue
             out[f.name] = getattr(self, f.name)
         out["model_type"] = "bert"
@@ -159,7 +173,7 @@ class BertConfig:
             out["architectures"] = ["BertForSequenceClassification"]
             out["id2label"] = {str(i): label for i, label in self.id2label.items()}
             out["label2id"] = dict(self.label2id)
-            out["problem_type"] = "single_label_classification"
+            out["problem_type"] = self.problem_type
         else:
             out["architectures"] = ["BertModel"]
         out["bertfit"] = {"classifier_input": self.classifier_input}

@@ -58,10 +58,11 @@ import os
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bertfit.errors import DataError
 
@@ -244,7 +245,7 @@ def read_examples(
     bad row unless ``skip_bad_rows``, and when no row at all is usable.
     """
     _check_max_chars(max_chars)
-    mapping = parse_label_map(label_map) if label_map is not None else None
+    mapping = label_map if label_map is RAW_LABELS else parse_label_map(label_map) if label_map is not None else None
     path_s = os.fspath(path)
     text, used_encoding, fmt = _load(path_s, encoding)
 
@@ -310,7 +311,7 @@ def examples_from_lists(
     _check_max_chars(max_chars)
     if isinstance(texts, (str, bytes)):
         raise DataError("texts must be a sequence of strings, not a single string; wrap it in a list")
-    mapping = parse_label_map(label_map) if label_map is not None else None
+    mapping = label_map if label_map is RAW_LABELS else parse_label_map(label_map) if label_map is not None else None
     texts = list(texts)
     for name, seq in (("labels", labels), ("pairs", pairs)):
         if seq is not None and len(seq) != len(texts):
@@ -563,6 +564,7 @@ def stratified_split(
     examples: list[Example],
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
+    stratum: Callable[[Example], str | None] | None = None,
 ) -> tuple[list[Example], list[Example], list[Example]]:
     """Split into train/validation/test with each label's proportions kept (to within one example).
 
@@ -570,6 +572,8 @@ def stratified_split(
     every split whose fraction is above zero, even where rounding would give it none (so a very small
     label can be more than one example off its proportion); a zero fraction gives an empty list.
     Each split is returned in a seeded random order, so no split is sorted by label.
+    stratum: the group an example is stratified by (default its label; a task gives one for labels
+    that are not single strings, e.g. a multi-label row's rarest label or a regression target's bin).
     """
     fractions = tuple(float(f) for f in fractions)  # type: ignore[assignment]
     if len(fractions) != 3:
@@ -585,7 +589,7 @@ def stratified_split(
     rng = random.Random(seed)
     by_label: dict[str | None, list[Example]] = defaultdict(list)
     for e in examples:
-        by_label[e.label].append(e)
+        by_label[stratum(e) if stratum is not None else e.label].append(e)
 
     splits: tuple[list[Example], list[Example], list[Example]] = ([], [], [])
     # Fixed label order: the result must not depend on which label happens to come first.
@@ -1007,6 +1011,8 @@ class _RowBuilder:
         return _Ok(s)
 
     def _label(self, value: object) -> _Ok | str:
+        if self.label_map is RAW_LABELS:
+            return self._raw_label(value)
         s = None if value is _MISSING else _scalar_to_str(value)
         if isinstance(s, tuple):
             return f"label is {s[0]}, expected a string or a number"
@@ -1024,6 +1030,21 @@ class _RowBuilder:
                 return f"label {_preview(s)} is not in the label map (keys: {shown}); add it to --label-map"
             s = self.label_map[s]
         return _Ok(s)
+
+
+    def _raw_label(self, value: object) -> _Ok | str:
+        """The cell as it is (a stripped string, a number, a JSON list): a task parses it (tasks/)."""
+        if value is _MISSING:
+            return _Ok(None) if not self.require_labels else f"missing key {self.label_col!r}"
+        if value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip()):
+            if not self.require_labels:
+                return _Ok(None)
+            return f"missing label (column {self.label_col!r} is empty)"
+        return _Ok(value.strip() if isinstance(value, str) else value)
+
+
+# Pass as label_map to read labels unparsed: the task (tasks/) turns each into its own label type.
+RAW_LABELS: Any = object()
 
 
 @dataclass(frozen=True)

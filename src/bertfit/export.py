@@ -39,13 +39,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertfit.artifact import read_artifact, write_task
 from bertfit.batching import padded_batches
 from bertfit.errors import BertfitError
-from bertfit.heads import BertForSequenceClassification
 from bertfit.predict import TextClassifier
+from bertfit.tasks import BY_PROBLEM_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -68,41 +68,20 @@ def _require_onnx():
 
 
 class ExportGraph(nn.Module):
-    """The classifier's forward with no data-dependent Python control flow, for tracing."""
+    """The model's own forward on the padded layout, as one static graph for tracing.
 
-    def __init__(self, model: BertForSequenceClassification) -> None:
+    No second copy of the encoder: the head's forward with fast=False (no data-dependent packing;
+    Packing.build takes its static branch while tracing) and the [CLS]-only last layer for heads that
+    need only [CLS] (``needs == "cls"``).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        bert, config = self.model.bert, self.model.config
-        H, nh, hd = config.hidden_size, config.num_attention_heads, config.head_dim
-        emb = bert.embeddings
-        positions = torch.cumsum(torch.ones_like(input_ids[:1]), dim=1) - 1  # (1, T): 0..T-1, traced dynamically
-        x = emb.norm(emb.token(input_ids) + emb.position(positions) + emb.segment(token_type_ids))  # (B, T, H)
-        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # (B, 1, 1, T)
-
-        def heads(t: Tensor) -> Tensor:  # (B, T, H) → (B, nh, T, hd)
-            return t.reshape(t.shape[0], t.shape[1], nh, hd).transpose(1, 2)
-
-        last = len(bert.layers) - 1
-        for i, layer in enumerate(bert.layers):
-            att, ff = layer.attention, layer.feed_forward
-            if i == last:  # only [CLS] is used after the last layer
-                residual = x[:, :1]  # (B, 1, H)
-                q = F.linear(residual, att.qkv.weight[:H], att.qkv.bias[:H])
-                k, v = F.linear(x, att.qkv.weight[H:], att.qkv.bias[H:]).split(H, dim=-1)
-            else:
-                residual = x
-                q, k, v = att.qkv(x).split(H, dim=-1)
-            scores = torch.matmul(heads(q), heads(k).transpose(-1, -2)) * hd**-0.5 + bias
-            ctx = torch.matmul(torch.softmax(scores, dim=-1), heads(v))  # (B, nh, Tq, hd)
-            ctx = ctx.transpose(1, 2).reshape(ctx.shape[0], ctx.shape[2], H)
-            x = att.norm(residual + att.output(ctx))
-            x = ff.norm(x + ff.down(ff.act(ff.up(x))))
-        cls = x[:, 0]  # (B, H)
-        features = bert.pooler(cls) if config.classifier_input == "pooled" else cls
-        return self.model.classifier(features)
+        return self.model(input_ids, attention_mask, token_type_ids, fast=False,
+                          cls_only=getattr(self.model, "needs", "cls") == "cls")
 
 
 def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool = False, opset: int = 17,
@@ -141,6 +120,7 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
     # The directory describes itself: labels, tokenizer, max_length, and what the graph is.
     model.config.save(output)
     source.tokenizer.save(output)
+    write_task(output, source.task, max_length=source.max_length, reading={})
     (output / "train_config.json").write_text(json.dumps({"max_length": source.max_length}) + "\n", encoding="utf-8")
     exported = OnnxClassifier.load(output)
     report = check_export(source, exported, int8=int8, check_file=check_file)
@@ -313,6 +293,7 @@ class OnnxClassifier(TextClassifier):
         self.engine = "onnxruntime"
         self.batch_overhead_tokens = 16  # one graph call costs about as much as this many tokens (adhoc/serve_batches.py)
         self.model = None
+        self.task = BY_PROBLEM_TYPE[config.problem_type](config.labels)  # load() reads the exported task.json
         self._lock = threading.Lock()
 
     @classmethod
@@ -335,8 +316,10 @@ class OnnxClassifier(TextClassifier):
         max_length = 512
         if (directory / "train_config.json").is_file():
             max_length = int(json.loads((directory / "train_config.json").read_text(encoding="utf-8")).get("max_length", 512))
-        return cls(session, config, WordPieceTokenizer.from_dir(directory), max_length=max_length,
-                   name=directory.name, int8=bool(info.get("int8", False)))
+        classifier = cls(session, config, WordPieceTokenizer.from_dir(directory), max_length=max_length,
+                         name=directory.name, int8=bool(info.get("int8", False)))
+        classifier.task = read_artifact(directory, config).task
+        return classifier
 
     def _batches(self, lengths: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
         # The graph computes on the padded batch, so cut where padding costs least (padded_batches).

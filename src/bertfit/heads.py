@@ -1,7 +1,17 @@
-"""Task heads on the encoder. Sequence classification first."""
+"""Heads on the encoder, one class each, behind the HEADS registry.
+
+A head says which encoder outputs it needs (``needs``: "cls" lets the encoder's last layer run on
+[CLS] only; "tokens" needs every position) and which checkpoint tensors are its own (``weight_map``,
+ours → transformers' names), so the loader keeps exactly those (e.g. ``cls.*`` for a masked-LM head)
+and accounts for the rest. The losses mirror transformers' so a saved run trains the same there.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertfit.config import BertConfig
@@ -9,17 +19,23 @@ from bertfit.model import BertModel
 
 
 class BertForSequenceClassification(nn.Module):
-    """Dropout + linear on the sentence vector, one output per class.
+    """Dropout + linear on the sentence vector: one output per class, per label or per target.
 
     The sentence vector is the pooled [CLS] vector by default (the original BERT recipe, and what
     transformers' BertForSequenceClassification computes, so a saved run loads there unchanged);
-    ``classifier_input="cls"`` feeds the raw final [CLS] hidden state instead.
+    ``classifier_input="cls"`` feeds the raw final [CLS] hidden state instead. The same head serves
+    single-label and multi-label classification and regression: ``config.problem_type`` says how its
+    outputs are read (softmax, sigmoid per label, values), exactly as in transformers.
     """
+
+    needs: ClassVar[str] = "cls"
+    weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        if config.num_labels < 2:
-            raise ValueError(f"a classifier needs at least 2 labels, got {config.labels}")
+        minimum = 1 if config.problem_type != "single_label_classification" else 2
+        if config.num_labels < minimum:
+            raise ValueError(f"a {config.problem_type} head needs at least {minimum} labels, got {config.labels}")
         self.config = config
         self.bert = BertModel(config)
         dropout = config.classifier_dropout
@@ -38,8 +54,37 @@ class BertForSequenceClassification(nn.Module):
         token_type_ids: Tensor | None = None,
         *,
         fast: bool = True,
+        cls_only: bool | None = None,
     ) -> Tensor:
-        """Logits (B, num_labels). fast=False runs the plain padded reference path."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, cls_only=fast)
+        """Logits (B, num_labels). fast=False runs the plain padded reference path; cls_only (default:
+        fast) skips the last layer's work for tokens other than [CLS] (the exported graph sets it)."""
+        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, cls_only=fast if cls_only is None else cls_only)
         features = out.pooled if self.config.classifier_input == "pooled" else out.cls
         return self.classifier(self.dropout(features))
+
+
+def sequence_loss(logits: Tensor, targets: Tensor, problem_type: str, *, class_weight: Tensor | None = None,
+                  pos_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(summed loss, weight) of a batch: their ratio is transformers' mean loss for ``problem_type``.
+
+    A sum and its weight instead of a mean, so a step split into micro-batches (accumulation, an
+    out-of-memory retry, several processes) divides by the whole step's weight and gets the same
+    gradient. single-label: Σ w_y · nll over Σ w_y; multi-label: Σ BCE over B·L elements;
+    regression: Σ squared error over B·L elements (transformers' MSELoss squeezes one target).
+    """
+    logits = logits.float()  # the loss in fp32 under autocast too
+    if problem_type == "single_label_classification":
+        total = F.cross_entropy(logits, targets, weight=class_weight, reduction="sum")
+        weight = class_weight[targets].sum() if class_weight is not None else torch.tensor(float(len(targets)))
+        return total, weight
+    if problem_type == "multi_label_classification":
+        total = F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=pos_weight, reduction="sum")
+        return total, torch.tensor(float(targets.numel()))
+    if problem_type == "regression":
+        total = F.mse_loss(logits, targets.float().view_as(logits), reduction="sum")
+        return total, torch.tensor(float(targets.numel()))
+    raise ValueError(f"unknown problem_type {problem_type!r}")
+
+
+# The registry: a task names its head by key. Heads of later tasks (token, span, pretraining) join here.
+HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification}

@@ -19,12 +19,17 @@ import numpy as np
 import torch
 
 from bertfit import data as data_mod
+from bertfit.artifact import write_task
 from bertfit.checkpoints import load_classifier, resolve_model, save_classifier
 from bertfit.data import Example
 from bertfit.errors import BertfitError, DataError
 from bertfit.runs import RunDir, write_json_atomic
+from bertfit.tasks import detect_problem_type, task_class
+from bertfit.tasks.base import Task
+from bertfit.tasks.classify import SingleLabel
+from bertfit.tasks.sequence import label_counts, parse_labels, read_raw, reading_options
 from bertfit.tokenizer import WordPieceTokenizer
-from bertfit.train import EncodedSplit, Trainer, TrainResult, evaluation_metrics, predict_logits, seed_everything
+from bertfit.train import EncodedSplit, Trainer, TrainResult, predict_logits, seed_everything
 from bertfit.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -46,13 +51,28 @@ class PreparedData:
     validation: list[Example]
     test: list[Example]
     summary: dict[str, Any] = field(default_factory=dict)
+    task: Task | None = None
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            self.task = SingleLabel(self.labels)
 
 
-def _read(path: str | Path, config: TrainConfig, require_labels: bool = True) -> tuple[list[Example], Any]:
-    return data_mod.read_examples(
-        path, text_column=config.text_column, pair_column=config.pair_column, label_column=config.label_column,
-        label_map=config.label_map, require_labels=require_labels, skip_bad_rows=config.skip_bad_rows,
-        encoding=config.encoding, max_chars=config.max_chars)
+def _read(path: str | Path, config: TrainConfig, task: type[Task] | Task, options: dict[str, Any],
+          known: Task | None = None) -> tuple[list[Example], Any]:
+    """A labelled file, its labels parsed by ``task`` (and checked against ``known``, a trained task)."""
+    examples, report = read_raw(path, config)
+    examples = parse_labels(task, examples, report, options, skip_bad_rows=config.skip_bad_rows, known=known)
+    return examples, report
+
+
+def choose_task(config: TrainConfig, raw_labels: list[object]) -> type[Task]:
+    """--problem-type, or the one the labels show (logged with the reason)."""
+    if config.problem_type is not None:
+        return task_class(config.problem_type)
+    name, why = detect_problem_type(raw_labels, config.label_separator)
+    logger.info("problem type: %s (detected: %s; --problem-type sets it)", name, why)
+    return task_class(name)
 
 
 def prepare_data(config: TrainConfig) -> PreparedData:
@@ -60,9 +80,15 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     train_path = config.train_file or default_train_file()
     if config.train_file is None:
         logger.info("no --train-file: using the bundled tweets corpus %s", train_path)
-    train, train_report = _read(train_path, config)
+    raw, train_report = read_raw(train_path, config)
+    task_cls = choose_task(config, [e.label for e in raw])
+    options = {**reading_options(config), "label_column": train_report.label_column}
+    train = parse_labels(task_cls, raw, train_report, options, skip_bad_rows=config.skip_bad_rows)
+    task = task_cls.create(task_cls.label_space([e.label for e in train], options), config.to_dict())
+    train = parse_labels(task, train, train_report, options, skip_bad_rows=config.skip_bad_rows, known=task, parse=False)
     reports = [train_report]
-    summary: dict[str, Any] = {"sources": [], "rejected": 0, "rejected_examples": [], "encoding": train_report.encoding}
+    summary: dict[str, Any] = {"sources": [], "rejected": 0, "rejected_examples": [], "encoding": train_report.encoding,
+                               "task": task.name}
     dedupe = None
     if config.deduplicate:
         # Before splitting: a text in both train and test would leak the answer into evaluation.
@@ -72,24 +98,25 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     if config.validation_file or config.test_file:
         validation, test = [], []
         if config.validation_file:
-            validation, report = _read(config.validation_file, config)
+            validation, report = _read(config.validation_file, config, task, options, known=task)
             reports.append(report)
         if config.test_file:
-            test, report = _read(config.test_file, config)
+            test, report = _read(config.test_file, config, task, options, known=task)
             reports.append(report)
     else:
-        train, validation, test = data_mod.stratified_split(train, tuple(config.split), seed=config.seed)
-    labels = data_mod.label_names(train)
-    if len(labels) < 2:
-        raise DataError(f"{train_path}: the training data has only one label ({labels}); a classifier needs at least two")
-    data_mod.check_known_labels(validation, labels, str(config.validation_file or "the validation split"))
-    data_mod.check_known_labels(test, labels, str(config.test_file or "the test split"))
+        train, validation, test = _split(task, train, tuple(config.split), config.seed)
+    # The label space is what survived deduplication and splitting.
+    labels = task_cls.label_space([e.label for e in train], options)
+    if labels != task.labels:
+        task = task_cls.create(labels, config.to_dict())
+    task.check_labels(validation, str(config.validation_file or "the validation split"))
+    task.check_labels(test, str(config.test_file or "the test split"))
     if config.max_train_examples and len(train) > config.max_train_examples:
         keep = config.max_train_examples / len(train)
-        train = data_mod.stratified_split(train, (keep, 1 - keep, 0.0), seed=config.seed)[0]
+        train = _split(task, train, (keep, 1 - keep, 0.0), config.seed)[0]
     if config.max_eval_examples:
-        validation = _subset(validation, config.max_eval_examples, config.seed)
-        test = _subset(test, config.max_eval_examples, config.seed)
+        validation = _subset(task, validation, config.max_eval_examples, config.seed)
+        test = _subset(task, test, config.max_eval_examples, config.seed)
     for report in reports:
         summary["sources"].append(report.summary())
         summary["rejected"] += len(report.rejected)
@@ -97,9 +124,14 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     if dedupe is not None:
         summary["sources"].append("deduplicated: " + dedupe.summary())
     summary["rows"] = {"train": len(train), "validation": len(validation), "test": len(test)}
-    summary["label_counts"] = {name: _counts(split, labels) for name, split in
+    summary["label_counts"] = {name: label_counts(task, [e.label for e in split]) for name, split in
                                (("train", train), ("validation", validation), ("test", test)) if split}
-    return PreparedData(labels, train, validation, test, summary)
+    return PreparedData(task.labels, train, validation, test, summary, task)
+
+
+def _split(task: Task, examples: list[Example], fractions: tuple, seed: int) -> tuple[list[Example], ...]:
+    strata = dict(zip(map(id, examples), task.strata([e.label for e in examples])))
+    return data_mod.stratified_split(examples, fractions, seed=seed, stratum=lambda e: strata[id(e)])
 
 
 def _saved_config(run: RunDir) -> TrainConfig | None:
@@ -113,26 +145,22 @@ def _saved_config(run: RunDir) -> TrainConfig | None:
         raise BertfitError(f"{path} is unreadable ({exc}); pass --overwrite to start the run again") from None
 
 
-def _subset(examples: list[Example], n: int, seed: int) -> list[Example]:
+def _subset(task: Task, examples: list[Example], n: int, seed: int) -> list[Example]:
     if len(examples) <= n:
         return examples
     keep = n / len(examples)
-    return data_mod.stratified_split(examples, (keep, 1 - keep, 0.0), seed=seed)[0]
+    return _split(task, examples, (keep, 1 - keep, 0.0), seed)[0]
 
 
-def _counts(examples: Sequence[Example], labels: Sequence[str]) -> dict[str, int]:
-    counts = {label: 0 for label in labels}
-    for e in examples:
-        counts[e.label] = counts.get(e.label, 0) + 1
-    return counts
-
-
-def encode(tokenizer: WordPieceTokenizer, examples: Sequence[Example], labels: Sequence[str], max_length: int) -> EncodedSplit:
-    index = {label: i for i, label in enumerate(labels)}
+def encode(tokenizer: WordPieceTokenizer, examples: Sequence[Example], task: Task | Sequence[str],
+           max_length: int) -> EncodedSplit:
+    """Token ids and the task's targets (a list of class names means single-label)."""
+    if not isinstance(task, Task):
+        task = SingleLabel(list(task))
     texts = [e.text for e in examples]
     pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
     encoded = tokenizer.encode(texts, pairs, max_length=max_length) if examples else []
-    return EncodedSplit(encoded, [index[e.label] for e in examples])
+    return EncodedSplit(encoded, task.targets([e.label for e in examples]))
 
 
 def length_summary(splits: Sequence[EncodedSplit], max_length: int) -> tuple[dict[str, float], dict[str, Any]]:
@@ -170,6 +198,7 @@ class RunResult:
     report: Path
     train: TrainResult
     wall_time_s: float
+    task: Task | None = None
 
 
 def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
@@ -211,18 +240,22 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     seed_everything(config.seed)
 
     prepared = prepare_data(config)
+    task = prepared.task
     model_dir = resolve_model(config.model)
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
-    train = encode(tokenizer, prepared.train, prepared.labels, config.max_length)
-    validation = encode(tokenizer, prepared.validation, prepared.labels, config.max_length)
-    test = encode(tokenizer, prepared.test, prepared.labels, config.max_length)
+    train = encode(tokenizer, prepared.train, task, config.max_length)
+    validation = encode(tokenizer, prepared.validation, task, config.max_length)
+    test = encode(tokenizer, prepared.test, task, config.max_length)
     stats, truncated = length_summary([train, validation, test], config.max_length)
     prepared.summary["length_tokens"], prepared.summary["truncated"] = stats, truncated
 
-    overrides = {"classifier_input": config.classifier_input}
+    overrides = {"classifier_input": config.classifier_input, "problem_type": task.problem_type}
     if config.classifier_dropout is not None:
         overrides["classifier_dropout"] = config.classifier_dropout
-    model = load_classifier(model_dir, prepared.labels, **overrides)
+    model = load_classifier(model_dir, task.labels, **overrides)
+    task.prepare_training(config.to_dict(), train.targets)
+    if getattr(model, "fresh_head", True):
+        task.init_head(model)
     run.create()  # only now: a run that fails on its data or model leaves no directory behind
     write_json_atomic(run.file("train_config.json"), config.to_dict())
     write_json_atomic(run.file("data.json"), prepared.summary)
@@ -230,10 +263,13 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
                                               (("train", prepared.train), ("validation", prepared.validation),
                                                ("test", prepared.test))})
 
+    reading = {"label_map": config.label_map, "label_separator": config.label_separator}
+
     def save_best(m, step: int) -> None:
         save_classifier(m, run.path, tokenizer=tokenizer)
+        write_task(run.path, task, max_length=config.max_length, reading=reading)
 
-    trainer = Trainer(model, config, train, validation, run, pad_id=tokenizer.pad_id, device=device,
+    trainer = Trainer(model, config, train, validation, run, pad_id=tokenizer.pad_id, device=device, task=task,
                       on_save_best=save_best, callback=callback)
     if resume:
         ckpt = run.latest_good_checkpoint(validate=trainer.validate_checkpoint)
@@ -246,43 +282,50 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     result = trainer.train()
 
     best = load_classifier(run.path, require_head=True).to(device)
+    outputs = {name: predict_logits(best, split.encoded, tokenizer.pad_id, device, config.eval_batch_tokens)
+               for name, split in (("validation", validation), ("test", test)) if len(split)}
+    if "validation" in outputs:
+        # Decision rules (multi-label thresholds) are tuned on validation, then used for test and predict.
+        chosen = task.fit_decisions(outputs["validation"], validation.targets)
+        if chosen:
+            logger.info("decision rule tuned on validation: %s", chosen)
+        write_task(run.path, task, max_length=config.max_length, reading=reading)
     metrics: dict[str, dict[str, Any]] = {}
     mistakes: list[dict[str, Any]] = []
     for name, split, examples in (("validation", validation, prepared.validation), ("test", test, prepared.test)):
-        if not len(split):
+        if name not in outputs:
             continue
-        logits = predict_logits(best, split.encoded, tokenizer.pad_id, device, config.eval_batch_tokens)
-        metrics[name] = evaluation_metrics(logits, split.labels, prepared.labels)
+        metrics[name] = task.evaluate(outputs[name], split.targets)
         # The report shows the test set's mistakes, or validation's when there is no test set.
-        mistakes = confident_mistakes(logits, split.labels, examples, prepared.labels)
+        mistakes = confident_mistakes(task, outputs[name], split.targets, examples)
     write_json_atomic(run.file("metrics.json"), metrics)
     wall = time.perf_counter() - started
-    report = write_run_report(run, config, prepared, result, metrics, mistakes, wall)
-    return RunResult(run.path, metrics, report, result, wall)
+    report = write_run_report(run, config, prepared, result, metrics, mistakes, wall,
+                              outputs={name: (outputs[name], split.targets) for name, split in
+                                       (("validation", validation), ("test", test)) if name in outputs})
+    return RunResult(run.path, metrics, report, result, wall, task)
 
 
-def confident_mistakes(logits: np.ndarray, labels: Sequence[int], examples: Sequence[Example],
-                       names: Sequence[str], limit: int = 20) -> list[dict[str, Any]]:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    proba = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    predicted = proba.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != np.asarray(labels))
-    wrong = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:limit]
-    return [{"text": examples[i].text, "text_pair": examples[i].text_pair, "true": names[labels[i]],
-             "predicted": names[predicted[i]], "confidence": float(proba[i, predicted[i]]), "row": examples[i].row}
-            for i in wrong]
+def confident_mistakes(task: Task, outputs: np.ndarray, targets: np.ndarray, examples: Sequence[Example],
+                       limit: int = 20) -> list[dict[str, Any]]:
+    """The task's worst errors with the texts and rows they came from."""
+    return [{**m, "text": examples[m["index"]].text, "text_pair": examples[m["index"]].text_pair,
+             "row": examples[m["index"]].row} for m in task.mistakes(outputs, targets, limit)]
 
 
 def write_run_report(run: RunDir, config: TrainConfig, prepared: PreparedData, result: TrainResult,
-                     metrics: dict[str, dict[str, Any]], mistakes: list[dict[str, Any]], wall: float) -> Path:
+                     metrics: dict[str, dict[str, Any]], mistakes: list[dict[str, Any]], wall: float,
+                     outputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
     from bertfit.report import ReportInputs, write_report
 
     source = Path(config.train_file).name if config.train_file else "the bundled tweets corpus"
     best = None
     if result.state.best_step is not None:
-        best = {"step": result.state.best_step, "metric": config.metric, "value": result.state.best_value}
+        best = {"step": result.state.best_step, "metric": config.metric or prepared.task.default_metric,
+                "value": result.state.best_value}
     inputs = ReportInputs(
         title=f"bertfit run: {config.model} on {source}", model_name=config.model, labels=prepared.labels,
         data_summary=prepared.summary, settings=config.to_dict(), history=result.history,
-        final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall, notes=result.notes)
+        final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall, notes=result.notes,
+        task=prepared.task, outputs=outputs or {})
     return write_report(run.path, inputs)

@@ -71,6 +71,9 @@ class Packing:
         if attention_mask is None:
             return cls(batch_size, seq_len, None, None, first, fast=unpad)
         mask = attention_mask.bool()
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # An exported graph is one static program: no host sync, no layout decided by the data.
+            return cls(batch_size, seq_len, None, mask[:, None, None, :], first)
         if unpad and mask.device.type != "cpu":
             # On a GPU a batch of tweets is launch-bound, not FLOP-bound: run the padded view (SDPA
             # takes the mask) and skip the host sync that counting real tokens would cost.

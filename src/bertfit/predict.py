@@ -1,4 +1,8 @@
-"""TextClassifier: load a run (or any classifier checkpoint) and predict labels and probabilities.
+"""TextClassifier: load a run (or any classifier checkpoint) and predict, whatever its task.
+
+The model's task (task.json, else config.json's problem_type; see artifact.py) turns outputs into
+records: a label with probabilities (single-label), the labels over their tuned thresholds
+(multi-label), values (regression). ``predictions`` returns those records; ``predict`` the answers.
 
 Prediction sorts texts by length into token-budgeted batches (almost no padding), runs the packed
 fast path under ``torch.inference_mode``, and returns results in input order.
@@ -21,30 +25,25 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from bertfit.artifact import read_artifact
 from bertfit.batching import collate, inference_batches
 from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.cpu_linear import prepack_linears
 from bertfit.errors import BertfitError, CheckpointError, ConfigError
 from bertfit.heads import BertForSequenceClassification
+from bertfit.tasks import BY_PROBLEM_TYPE
+from bertfit.tasks.base import Task
 from bertfit.tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "pytorch", "onnxruntime")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
 
 
 def quantize_int8(model: BertForSequenceClassification) -> torch.nn.Module:
@@ -72,9 +71,10 @@ class TextClassifier:
 
     def __init__(self, model: BertForSequenceClassification, tokenizer: WordPieceTokenizer, *,
                  max_length: int = 512, device: str | torch.device = "cpu", int8: bool = False,
-                 name: str = "model") -> None:
+                 name: str = "model", task: Task | None = None) -> None:
         self.labels = model.config.labels
         self.config = model.config
+        self.task = task if task is not None else BY_PROBLEM_TYPE[model.config.problem_type](self.labels)
         self.tokenizer = tokenizer
         self.max_length = min(max_length, model.config.max_position_embeddings)
         self.device = torch.device(device)
@@ -118,8 +118,6 @@ class TextClassifier:
                 raise BertfitError(f"{run_or_model} is an fp32 ONNX export; for int8 export again with --int8")
             return classifier
         directory = resolve_model(run_or_model)
-        if max_length is None:
-            max_length = _trained_max_length(directory)
         gpu = torch.cuda.is_available() and not int8 and engine != "onnxruntime"
         device = device or ("cuda" if gpu else "cpu")
         on_cpu = torch.device(device).type == "cpu"
@@ -128,11 +126,15 @@ class TextClassifier:
         if engine != "pytorch" and on_cpu:
             classifier = _onnx_runtime_classifier(directory, int8=int8, required=engine == "onnxruntime")
             if classifier is not None:
-                classifier.max_length = min(max_length, classifier.config.max_position_embeddings)
+                artifact = read_artifact(directory, classifier.config)
+                classifier.task = artifact.task
+                classifier.max_length = min(max_length or artifact.max_length, classifier.config.max_position_embeddings)
                 return classifier
         model = load_classifier(directory, require_head=True)
         tokenizer = WordPieceTokenizer.from_dir(directory)
-        return cls(model, tokenizer, max_length=max_length, device=device, int8=int8, name=Path(directory).name)
+        artifact = read_artifact(directory, model.config)
+        return cls(model, tokenizer, max_length=max_length or artifact.max_length, device=device, int8=int8,
+                   name=Path(directory).name, task=artifact.task)
 
     # -- prediction ---------------------------------------------------------------------------
     def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
@@ -162,25 +164,17 @@ class TextClassifier:
         return logits.float().cpu().numpy()
 
     def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> np.ndarray:
-        """(len(texts), num_labels) class probabilities, columns in ``self.labels`` order."""
-        logits = self.predict_logits(texts, pairs, **kw)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        """(len(texts), num_labels) probabilities, columns in ``self.labels`` order: softmax over the
+        classes (single-label) or one sigmoid per label (multi-label); regression has none."""
+        return self.task.probabilities(self.predict_logits(texts, pairs, **kw))
 
-    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list[str]:
-        """The predicted label name of each text, in input order."""
-        proba = self.predict_proba(texts, pairs, **kw)
-        return [self.labels[i] for i in proba.argmax(axis=1)]
+    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list:
+        """Each text's answer, in input order: a label, a list of labels, or a value (regression)."""
+        return [self.task.answer(record) for record in self.predictions(texts, pairs, **kw)]
 
-    def predictions(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list[Prediction]:
-        proba = self.predict_proba(texts, pairs, **kw)
-        out = []
-        for row in proba:
-            best = int(row.argmax())
-            out.append(Prediction(self.labels[best], float(row[best]),
-                                  {label: float(p) for label, p in zip(self.labels, row)}))
-        return out
+    def predictions(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list[dict]:
+        """One record per text, in input order (what predict prints and the server returns)."""
+        return self.task.decode(self.predict_logits(texts, pairs, **kw))
 
 
 def _check_texts(texts: Sequence[str], name: str) -> list[str]:
@@ -213,16 +207,3 @@ def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> 
         logger.warning("%s: ONNX Runtime export failed (%s); predicting with PyTorch (--engine pytorch skips the "
                        "attempt)", directory, exc)
         return None
-
-
-def _trained_max_length(directory: Path) -> int:
-    """The max_length the run was trained with (recorded in train_config), else 512."""
-    import json
-
-    path = Path(directory) / "train_config.json"
-    if path.is_file():
-        try:
-            return int(json.loads(path.read_text(encoding="utf-8")).get("max_length", 512))
-        except (ValueError, TypeError, AttributeError):
-            logger.warning("%s is unreadable; predicting with max_length 512", path)
-    return 512

@@ -4,9 +4,11 @@ best-checkpoint selection, early stopping, exact resume.
 Exactness: the batch order is a function of (seed, epoch) (see batching.epoch_batches), and a
 checkpoint stores the position in it, the optimizer/scheduler state and every RNG state; so a
 resumed run performs bit-for-bit the same steps as an uninterrupted one on the same machine.
-Loss scaling: each micro-batch contributes sum(w_y · nll) / (total weight of the optimizer step),
-so the gradient is the same however a step is split into micro-batches (accumulation, or the
-smaller micro-batches used after an out-of-memory error).
+Task-agnostic: the task (tasks/) owns the loss, the metrics and the selection direction; the loop
+only moves batches. Loss scaling: the task returns each micro-batch's summed loss and the loop divides
+by the whole optimizer step's weight (examples, class weights, label elements), so the gradient is
+the same however a step is split into micro-batches (accumulation, or the smaller micro-batches used
+after an out-of-memory error).
 
 Faults: a non-finite loss or gradient stops training before the weights are updated (TrainingError,
 exit code 3); weights are checked finite before every evaluation, best-model save and checkpoint,
@@ -32,14 +34,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bertfit.batching import Batch, collate, epoch_batches, inference_batches
 from bertfit.embedding_grad import WordEmbeddingGrad, clip_grad_norm
 from bertfit.errors import BertfitError, CheckpointError
-from bertfit.heads import BertForSequenceClassification
-from bertfit.metrics import classification_metrics, predicted_class_share
 from bertfit.runs import LoadedCheckpoint, RunDir
+from bertfit.tasks import BY_PROBLEM_TYPE
+from bertfit.tasks.base import Task
 from bertfit.tokenizer import Encoded
 from bertfit.train_config import TrainConfig
 
@@ -58,7 +59,7 @@ class TrainingError(BertfitError):
 @dataclass
 class EncodedSplit:
     encoded: list[Encoded]
-    labels: list[int]
+    targets: np.ndarray  # the task's targets, one row per example (tasks/base.py)
 
     @property
     def lengths(self) -> list[int]:
@@ -104,28 +105,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def class_weight_vector(config: TrainConfig, labels: Sequence[str], train_labels: Sequence[int]) -> torch.Tensor | None:
-    spec = config.class_weights
-    if spec is None:
-        return None
-    counts = np.bincount(np.asarray(train_labels), minlength=len(labels)).astype(float)
-    if spec == "balanced":
-        # sklearn's "balanced": n / (K · count_k); a class absent from training gets weight 0.
-        weights = np.where(counts > 0, counts.sum() / (len(labels) * np.maximum(counts, 1)), 0.0)
-    elif isinstance(spec, dict):
-        unknown = sorted(set(spec) - set(labels))
-        if unknown:
-            raise BertfitError(f"class_weights names unknown label(s) {unknown}; labels are {list(labels)}")
-        weights = np.array([float(spec.get(label, 1.0)) for label in labels])
-    else:
-        if len(spec) != len(labels):
-            raise BertfitError(f"class_weights has {len(spec)} values but there are {len(labels)} labels {list(labels)}")
-        weights = np.array([float(w) for w in spec])
-    if (weights < 0).any() or not np.isfinite(weights).all():
-        raise BertfitError(f"class_weights must be finite and non-negative, got {weights.tolist()}")
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weight matrices only; never on biases, LayerNorm or embeddings' norm."""
     decay, no_decay = [], []
@@ -165,11 +144,13 @@ def batch_hash(previous: str, group: Sequence[Sequence[int]]) -> str:
 def data_fingerprint(split: EncodedSplit) -> str:
     """SHA-256 of the encoded training data: a resume must see exactly the data the run started with."""
     h = hashlib.sha256()
-    for e, label in zip(split.encoded, split.labels):
+    for e, target in zip(split.encoded, split.targets):
         h.update(np.asarray(e.ids, dtype=np.int64).tobytes())
         h.update(b"/")
         h.update(np.asarray(e.type_ids, dtype=np.int64).tobytes())
-        h.update(f"/{label};".encode("ascii"))
+        # Class ids hash as before the task seam, so runs checkpointed then still resume.
+        text = str(int(target)) if np.ndim(target) == 0 else ",".join(repr(float(v)) for v in np.ravel(target))
+        h.update(f"/{text};".encode("ascii"))
     return h.hexdigest()
 
 
@@ -195,12 +176,20 @@ def _is_number(value: Any) -> bool:
 
 
 class Trainer:
-    def __init__(self, model: BertForSequenceClassification, config: TrainConfig, train: EncodedSplit,
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, train: EncodedSplit,
                  validation: EncodedSplit | None, run: RunDir, *, pad_id: int, device: torch.device,
-                 on_save_best: Callable[[BertForSequenceClassification, int], None] | None = None,
+                 task: Task | None = None,
+                 on_save_best: Callable[[torch.nn.Module, int], None] | None = None,
                  callback: Callable[[dict[str, Any], TrainState, int], None] | None = None) -> None:
         self.model = model.to(device)
+        # Without a task: the one the model's config describes (its problem_type and labels).
+        self.task = task if task is not None else BY_PROBLEM_TYPE[model.config.problem_type](model.config.labels)
+        task = self.task
         self.config = config
+        self.metric = config.metric or task.default_metric
+        if self.metric not in task.metric_names:
+            raise TrainingError(f"--metric {self.metric} does not apply to {task.name}; "
+                                f"choose one of {', '.join(task.metric_names)}")
         self.train_data = train
         self.validation = validation
         self.run = run
@@ -208,10 +197,7 @@ class Trainer:
         self.device = device
         self.on_save_best = on_save_best
         self.callback = callback
-        self.labels = model.config.labels
-        self.class_weights = class_weight_vector(config, self.labels, train.labels)
-        if self.class_weights is not None:
-            self.class_weights = self.class_weights.to(device)
+        task.prepare_training(config.to_dict(), train.targets)
         self.lengths = train.lengths
         batches_per_epoch = math.ceil(len(train) / config.batch_size)
         self.steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
@@ -542,12 +528,11 @@ class Trainer:
     def _optimizer_step(self, group: list[list[int]]) -> tuple[float, int]:
         self.model.train()
         data = self.train_data
-        batches = [collate(data.encoded, idx, data.labels, self.pad_id) for idx in group]
-        labels = torch.cat([b.labels for b in batches])
-        total_weight = float(self.class_weights.cpu()[labels].sum()) if self.class_weights is not None else float(len(labels))
+        batches = [collate(data.encoded, idx, data.targets, self.pad_id) for idx in group]
+        total_weight = sum(float(self.task.loss_weight(b.labels)) for b in batches)
         step = self.state.step + 1
         if total_weight <= 0:
-            raise TrainingError(f"every example of step {step}'s batch has class weight 0, so there is no loss to "
+            raise TrainingError(f"every example of step {step}'s batch has loss weight 0, so there is no loss to "
                                 f"learn from; give every class a positive --class-weights ({self._last_checkpoint_text()})")
         tokens = sum(b.real_tokens for b in batches)
         # A retry after out-of-memory starts from the same random state (dropout), like the first try.
@@ -601,9 +586,9 @@ class Trainer:
                 if self._token_grad is not None:  # after a zeroing (out-of-memory retry) too
                     self._token_grad.touch(micro.input_ids)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
-                    logits = self.forward(micro.input_ids, micro.attention_mask, micro.token_type_ids)
-                loss = F.cross_entropy(logits.float(), micro.labels, weight=self.class_weights, reduction="sum")
-                loss = loss / total_weight  # (weighted) sum over the micro-batch / the whole step's weight
+                    outputs = self.forward(micro.input_ids, micro.attention_mask, micro.token_type_ids)
+                summed, _ = self.task.loss(outputs, micro.labels)
+                loss = summed / total_weight  # the micro-batch's (weighted) sum / the whole step's weight
                 loss.backward()
                 loss_value += float(loss.detach())
         return loss_value
@@ -614,21 +599,17 @@ class Trainer:
         self._check_finite_weights("evaluating")
         logits = predict_logits(self.model, self.validation.encoded, self.pad_id, self.device,
                                 cfg.eval_batch_tokens, bf16=self.use_bf16)
-        metrics = evaluation_metrics(logits, self.validation.labels, self.labels)
+        metrics = self.task.evaluate(logits, self.validation.targets)
         record = {"kind": "eval", "split": "validation", "step": st.step, "epoch": round(st.epoch + 0.0, 4),
-                  **{k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "weighted_f1")}}
-        share = predicted_class_share(np.argmax(logits, axis=1), len(self.labels))
-        if max(share) > 0.95 and len(self.labels) > 1:
-            top = int(np.argmax(share))
-            msg = (f"step {st.step}: the model predicts {self.labels[top]!r} for {max(share):.0%} of the validation "
-                   "set (collapsed to one class); try a lower --lr, class weights, or more steps")
+                  **{k: metrics[k] for k in self.task.headline_metrics}}
+        for warning in self.task.warnings(logits):
+            msg = f"step {st.step}: {warning}"
             logger.warning(msg)
             if msg not in self.notes:
                 self.notes.append(msg)
             record["collapsed"] = True
-        value = metrics[cfg.metric]
-        better = st.best_value is None or (value < st.best_value if cfg.metric == "loss" else value > st.best_value)
-        if better:
+        value = metrics[self.metric]
+        if self.task.better(self.metric, value, st.best_value):
             st.best_value, st.best_step, st.evals_without_improvement = value, st.step, 0
             record["best"] = True
             self._save_best()
@@ -637,13 +618,13 @@ class Trainer:
             if cfg.patience and st.evals_without_improvement >= cfg.patience:
                 st.stopped_early = True
                 record["early_stop"] = True
-                logger.info("early stopping at step %d: no %s improvement in %d evaluations", st.step, cfg.metric, cfg.patience)
+                logger.info("early stopping at step %d: no %s improvement in %d evaluations", st.step, self.metric, cfg.patience)
         self.run.append_log(record)
         if self.callback:
             self.callback(record, st, self.total_steps)
 
 
-def predict_logits(model: BertForSequenceClassification, encoded: Sequence[Encoded], pad_id: int,
+def predict_logits(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: int,
                    device: torch.device, max_tokens: int, bf16: bool = False) -> np.ndarray:
     """Logits for every example, in order, through the length-sorted fast path.
 
@@ -670,11 +651,3 @@ def predict_logits(model: BertForSequenceClassification, encoded: Sequence[Encod
                 pending += [idx[half:], idx[:half]]
     model.train(was_training)
     return out
-
-
-def evaluation_metrics(logits: np.ndarray, labels: Sequence[int], names: Sequence[str]) -> dict[str, Any]:
-    y = np.asarray(labels)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss = float(-log_probs[np.arange(len(y)), y].mean()) if len(y) else float("nan")
-    return classification_metrics(y.tolist(), logits.argmax(axis=1).tolist(), list(names), loss=loss)

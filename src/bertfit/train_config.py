@@ -16,7 +16,10 @@ from bertfit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("macro_f1", "accuracy", "weighted_f1", "loss")
+# Every task's selectable metrics (tasks/*.py metric_names); the task checks its own at the start.
+METRICS = ("macro_f1", "accuracy", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
+           "pearson", "spearman", "r2", "rmse", "mae", "loss")
+PROBLEM_TYPES = ("single-label", "multi-label", "regression")
 # The quick default: a documented subset that fits the README's main job in minutes on 2 CPU cores.
 QUICK = {"max_train_examples": 6000, "epochs": 1.0, "eval_every": 0}
 
@@ -31,6 +34,10 @@ class TrainConfig:
     pair_column: str | None = None
     label_column: str | None = None
     label_map: dict[str, str] | None = None
+    # None: detected from the labels (logged with the reason); see tasks/__init__.py
+    problem_type: str | None = None
+    label_separator: str = ","  # splits a multi-label (or multi-target) cell such as "anger,joy"
+    threshold: float | None = None  # multi-label: one fixed threshold; None = tuned per label on validation
     encoding: str | None = None
     skip_bad_rows: bool = False
     max_chars: int = 100_000
@@ -58,7 +65,7 @@ class TrainConfig:
     # evaluation and selection
     eval_every: int = 0  # steps; 0 = only at the end of each epoch
     eval_each_epoch: bool = True
-    metric: str = "macro_f1"
+    metric: str | None = None  # None: the task's default (macro_f1; pearson for regression)
     patience: int | None = None  # evaluations without improvement before stopping
     eval_batch_tokens: int = 16384
     # run bookkeeping
@@ -93,7 +100,14 @@ class TrainConfig:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.eval_every < 0:
             raise ConfigError("weight_decay, max_grad_norm and eval_every must not be negative")
-        if self.metric not in METRICS:
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {self.problem_type!r}")
+        if not isinstance(self.label_separator, str) or len(self.label_separator) != 1 or self.label_separator.isspace() \
+                and self.label_separator != "\t":
+            raise ConfigError(f"label_separator must be one character, got {self.label_separator!r}")
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1):
+            raise ConfigError(f"threshold must be a number between 0 and 1 (exclusive), got {self.threshold!r}")
+        if self.metric is not None and self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) < 0:
             raise ConfigError(f"split must be three fractions (train, validation, test) summing to 1, got {self.split}")

@@ -1,0 +1,437 @@
+"""The run report: ``report.md`` and a self-contained ``report.html``, with plots.
+
+The report is the first thing a person reads after a run, so it opens with what the reader came
+for: the headline figures, the task's results (its own sections: per-class tables and confusion
+matrices, per-label thresholds, predicted-vs-true plots), the training curves and the worst
+mistakes; then the data, the notes, and the settings last (what differs from the defaults first).
+
+Blocks and renderers live in document.py, plots in plots.py; the task (tasks/) supplies its result
+sections, so this module is the same for every task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertfit.report.document import (
+    Block, Bullets, Cell, Code, Heading, Image, Inline, Paragraph, Strong, Table, finite, flatten, fmt_duration,
+    fmt_fraction, fmt_int, fmt_number, fmt_percent, fmt_score, fmt_setting, render_html, render_markdown, truncate,
+)
+from bertfit.report.plots import (
+    PLOTS_SKIPPED, figure_class, plot_confusion_matrix, plot_training_curves, records, series, smoothed, temp_name,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PLOTS_SKIPPED",
+    "ReportInputs",
+    "plot_confusion_matrix",
+    "plot_training_curves",
+    "write_report",
+]
+
+# Eval rows shown in the training table; longer histories are thinned (the plot shows them all).
+MAX_EVAL_ROWS = 25
+# The summary says which splits' results come first.
+_SPLIT_ORDER = ("train", "validation", "test")
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows; the training loop fills it, ``write_report`` renders it."""
+
+    title: str
+    model_name: str
+    labels: list[str]
+    data_summary: dict
+    settings: dict
+    history: list[dict]
+    final_metrics: dict[str, dict]
+    mistakes: list[dict]
+    best: dict | None = None
+    wall_time_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+    task: Any = None  # the run's Task (tasks/); None: single-label over ``labels``
+    # Per split, (outputs, targets) for plots that need every prediction (regression scatter).
+    outputs: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            from bertfit.tasks.classify import SingleLabel
+
+            self.task = SingleLabel(self.labels)
+
+
+class Plotter:
+    """Draws a task's plots into plots/: a failing plot becomes a note, never a lost report."""
+
+    def __init__(self, plots_dir: Path, model_name: str, notes: list[str]) -> None:
+        self.plots_dir, self.model_name, self.notes = plots_dir, model_name, notes
+        self.available = figure_class() is not None
+        self.note = None if self.available else PLOTS_SKIPPED  # shown where a plot would be
+        self._used: set[str] = set()
+
+    def draw(self, stem: str, what: str, make: Any) -> str | None:
+        """make(path, title) writes a PNG; returns its path relative to the run, or None."""
+        if not self.available:
+            return None
+        stem = _file_stem(stem)
+        while stem in self._used:  # two names that sanitise alike must not share a file
+            stem += "_"
+        self._used.add(stem)
+        path = self.plots_dir / f"{stem}.png"
+        try:
+            written = make(path, f"{self.model_name} · {what}")
+        except Exception as exc:  # noqa: BLE001 - see write_report: never lose the report
+            logger.warning("could not draw the %s: %s", what, exc, exc_info=True)
+            self.notes.append(f"The {what} plot failed: {type(exc).__name__}: {exc}")
+            return None
+        return None if written is None else f"plots/{path.name}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------------
+
+
+def _split_order(splits: Iterable[str]) -> list[str]:
+    names = list(splits)
+    known = [s for s in _SPLIT_ORDER if s in names]
+    return known + [s for s in names if s not in known]
+
+
+def _headline_split(final_metrics: Mapping[str, Any]) -> str | None:
+    for split in ("test", "validation"):
+        if split in final_metrics:
+            return split
+    return next(iter(final_metrics), None)
+
+
+def _file_stem(split: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("._") or "split"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+def _summary(inputs: ReportInputs) -> list[Block]:
+    parts: list[Inline] = [Code(inputs.model_name), " fine-tuned"]
+    rows = (inputs.data_summary or {}).get("rows") or {}
+    if finite(rows.get("train")):
+        parts.append(f" on {fmt_int(rows['train'])} training examples")
+    shown = ", ".join(map(str, inputs.labels[:30])) + (", ..." if len(inputs.labels) > 30 else "")
+    what = "targets" if inputs.task.problem_type == "regression" else "labels"
+    parts.append(f" ({inputs.task.name}) for {len(inputs.labels)} {what} ({shown}). ")
+
+    split = _headline_split(inputs.final_metrics)
+    if split is not None:
+        m = inputs.final_metrics[split]
+        parts.append(f"On the {split} split ({fmt_int(m.get('n', 0))} examples): ")
+        parts += inputs.task.headline(m)
+    else:
+        parts.append("No evaluation results were recorded. ")
+
+    if inputs.best:
+        parts.append(
+            f"Best checkpoint at step {fmt_int(inputs.best.get('step'))} "
+            f"({inputs.best.get('metric', 'metric')} {fmt_score(inputs.best.get('value'))}). "
+        )
+    if finite(inputs.wall_time_s):
+        parts.append(f"Wall time {fmt_duration(float(inputs.wall_time_s))}. ")
+    if inputs.notes:
+        count = len(inputs.notes)
+        parts.append(Strong(f"See {count} note{'s' if count != 1 else ''} at the end."))
+    return [Heading(1, inputs.title), Paragraph(parts)]
+
+
+def _data_section(inputs: ReportInputs) -> list[Block]:
+    data = inputs.data_summary or {}
+    blocks: list[Block] = [Heading(2, "Data")]
+    facts: list[list[Inline]] = []
+    for source in data.get("sources") or []:
+        facts.append([Strong("Source:"), " ", str(source)])
+    if data.get("encoding"):
+        facts.append([Strong("Encoding:"), " ", str(data["encoding"])])
+    if "rejected" in data:
+        fact: list[Inline] = [Strong("Rejected rows:"), " ", fmt_int(data["rejected"])]
+        examples = [str(e) for e in data.get("rejected_examples") or []]
+        if examples:
+            fact.append(", e.g. " + "; ".join(examples[:5]))
+            if len(examples) > 5:
+                fact.append(f" (and {len(examples) - 5} more listed)")
+        facts.append(fact)
+    if "duplicates_removed" in data:
+        facts.append([Strong("Duplicates removed:"), " ", fmt_int(data["duplicates_removed"])])
+    if "conflicting_removed" in data:
+        facts.append(
+            [Strong("Conflicting duplicates removed:"), " ", fmt_int(data["conflicting_removed"]),
+             " (same text, different labels)"]
+        )
+    truncated = data.get("truncated")
+    if isinstance(truncated, Mapping) and "count" in truncated:
+        text = f"{fmt_int(truncated['count'])} texts"
+        if finite(truncated.get("fraction")):
+            text += f" ({fmt_fraction(float(truncated['fraction']))})"
+        if truncated.get("max_length") is not None:
+            text += f" longer than max_length {fmt_int(truncated['max_length'])} tokens"
+        facts.append([Strong("Truncated:"), " ", text])
+    if facts:
+        blocks.append(Bullets(facts))
+
+    rows = data.get("rows") or {}
+    if rows:
+        total = sum(float(n) for n in rows.values() if finite(n))
+        splits = _split_order(rows)
+        blocks.append(Paragraph([Strong("Rows per split")]))
+        blocks.append(
+            Table(
+                ["split", "rows", "share"],
+                [
+                    [s, fmt_int(rows[s]), fmt_percent(float(rows[s]), total) if finite(rows[s]) else "–"]
+                    for s in splits
+                ],
+                ["l", "r", "r"],
+            )
+        )
+
+    label_counts = data.get("label_counts") or {}
+    if label_counts:
+        splits = _split_order(label_counts)
+        # Labels in model order first, then any the data had that the model does not.
+        names = [str(label) for label in inputs.labels]
+        for counts in label_counts.values():
+            names += [str(n) for n in counts if str(n) not in names]
+        totals = {s: sum(float(v) for v in label_counts[s].values() if finite(v)) for s in splits}
+        table_rows: list[list[Cell]] = []
+        for name in names:
+            row: list[Cell] = [name]
+            for s in splits:
+                count = label_counts[s].get(name, 0)
+                share = fmt_percent(float(count), totals[s]) if finite(count) else "–"
+                row.append(f"{fmt_int(count)} ({share})")
+            table_rows.append(row)
+        table_rows.append([Strong("total")] + [Strong(fmt_int(totals[s])) for s in splits])
+        blocks.append(Paragraph([Strong("Label distribution")]))
+        blocks.append(Table(["label", *splits], table_rows, ["l"] + ["r"] * len(splits)))
+
+    lengths = data.get("length_tokens") or {}
+    if lengths:
+        keys = [k for k in ("p50", "p90", "p99", "max", "mean") if k in lengths]
+        keys += [k for k in lengths if k not in keys]
+        blocks.append(Paragraph([Strong("Text length in tokens")]))
+        blocks.append(
+            Table(keys, [[fmt_number(lengths[k]) for k in keys]], ["r"] * len(keys))
+        )
+    if len(blocks) == 1:
+        blocks.append(Paragraph(["No data summary was recorded."], muted=True))
+    return blocks
+
+
+def _settings_section(inputs: ReportInputs) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Settings")]
+    flat = flatten(inputs.settings or {})
+    if flat:
+        blocks.append(
+            Table(["setting", "value"], [[k, fmt_setting(v)] for k, v in flat], ["l", "l"])
+        )
+    else:
+        blocks.append(Paragraph(["No settings were recorded."], muted=True))
+    return blocks
+
+
+def _thin(rows: list[Mapping[str, Any]], keep_step: int | None) -> list[Mapping[str, Any]]:
+    """At most MAX_EVAL_ROWS evenly spaced rows, always keeping the first, last and best."""
+    if len(rows) <= MAX_EVAL_ROWS:
+        return rows
+    n = len(rows)
+    picked = {round(i * (n - 1) / (MAX_EVAL_ROWS - 2)) for i in range(MAX_EVAL_ROWS - 1)}
+    picked |= {i for i, r in enumerate(rows) if r.get("step") == keep_step}
+    return [rows[i] for i in sorted(picked)]
+
+
+def _training_section(
+    inputs: ReportInputs, curves: str | None, plot_note: str | None
+) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Training")]
+    if curves:
+        blocks.append(Image(curves, "Training and validation curves"))
+    elif plot_note:
+        blocks.append(Paragraph([plot_note], muted=True))
+
+    train = records(inputs.history, "train")
+    evals = records(inputs.history, "eval")
+    facts: list[list[Inline]] = []
+    if inputs.best:
+        facts.append(
+            [Strong("Best checkpoint:"), " ",
+             f"step {fmt_int(inputs.best.get('step'))}, "
+             f"{inputs.best.get('metric', 'metric')} = {fmt_score(inputs.best.get('value'))}"]
+        )
+    if finite(inputs.wall_time_s):
+        facts.append([Strong("Wall time:"), " ", fmt_duration(float(inputs.wall_time_s))])
+    if train:
+        last = train[-1]
+        text = f"{len(train):,} logged steps up to step {fmt_int(last['step'])}"
+        if finite(last.get("epoch")):
+            text += f" (epoch {float(last['epoch']):.2f})"
+        facts.append([Strong("Training:"), " ", text])
+        _, losses = series(train, "loss")
+        if losses:
+            smooth = smoothed(losses) or losses
+            facts.append(
+                [Strong("Final training loss:"), " ",
+                 f"{smooth[-1]:.4f}" + (" (smoothed)" if len(smooth) >= 8 else "")]
+            )
+        _, speeds = series(train, "tokens_per_s")
+        if speeds:
+            median = sorted(speeds)[len(speeds) // 2]
+            facts.append([Strong("Throughput:"), " ", f"{median:,.0f} tokens/s (median)"])
+    if facts:
+        blocks.append(Bullets(facts))
+
+    if evals:
+        best_step = inputs.best.get("step") if inputs.best else None
+        shown = _thin(evals, best_step)
+        rows: list[list[Cell]] = []
+        for r in shown:
+            cells: list[Cell] = [
+                fmt_int(r["step"]),
+                f"{float(r['epoch']):.2f}" if finite(r.get("epoch")) else "–",
+                fmt_score(r.get("loss")),
+                fmt_score(r.get("accuracy")),
+                fmt_score(r.get("macro_f1")),
+            ]
+            if best_step is not None and r["step"] == best_step:
+                cells = [Strong(c) if isinstance(c, str) else c for c in cells]
+            rows.append(cells)
+        title = "Validation during training"
+        if len(shown) < len(evals):
+            title += f" ({len(shown)} of {len(evals)} evaluations)"
+        blocks.append(Paragraph([Strong(title)]))
+        blocks.append(
+            Table(["step", "epoch", "loss", "accuracy", "macro-F1"], rows, ["r"] * 5)
+        )
+    if not train and not evals:
+        blocks.append(Paragraph(["No training history was recorded."], muted=True))
+    return blocks
+
+
+def _results_section(inputs: ReportInputs, plots: Plotter) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Results")]
+    if not inputs.final_metrics:
+        blocks.append(Paragraph(["No evaluation results were recorded."], muted=True))
+        return blocks
+    for split in _split_order(inputs.final_metrics):
+        m = inputs.final_metrics[split]
+        blocks.append(Heading(3, f"{split.capitalize()} ({fmt_int(m.get('n', 0))} examples)"))
+        outputs, targets = inputs.outputs.get(split, (None, None))
+        blocks += inputs.task.report_sections(m, split, plots, outputs=outputs, targets=targets)
+    return blocks
+
+
+def _mistakes_section(inputs: ReportInputs) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Most confident mistakes")]
+    if not inputs.mistakes:
+        blocks.append(Paragraph(["No mistakes were recorded."], muted=True))
+        return blocks
+    with_pair = any(m.get("text_pair") for m in inputs.mistakes)
+    with_row = any(m.get("row") is not None for m in inputs.mistakes)
+    score_name = getattr(inputs.task, "mistake_score", "confidence")
+    header = [score_name, "true", "predicted"] + (["row"] if with_row else []) + ["text"]
+    header += ["text pair"] if with_pair else []
+    rows: list[list[Cell]] = []
+    for m in inputs.mistakes:
+        confidence = m.get("score", m.get("confidence"))
+        row: list[Cell] = [
+            f"{float(confidence):.3f}" if finite(confidence) else "–",
+            str(m.get("true", "")),
+            str(m.get("predicted", "")),
+        ]
+        if with_row:
+            row.append(fmt_int(m["row"]) if m.get("row") is not None else "")
+        row.append(truncate(str(m.get("text", ""))))
+        if with_pair:
+            row.append(truncate(str(m["text_pair"])) if m.get("text_pair") else "")
+        rows.append(row)
+    align = ["r", "l", "l"] + (["r"] if with_row else []) + ["l"] + (["l"] if with_pair else [])
+    blocks.append(
+        Paragraph(
+            [f"The {len(rows)} worst predictions ({score_name}, highest first). "
+             "Confident mistakes are often label noise in the data, or a pattern the model missed."],
+        )
+    )
+    blocks.append(Table(header, rows, align))
+    return blocks
+
+
+def _notes_section(notes: Sequence[str]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Notes")]
+    if notes:
+        blocks.append(Bullets([[str(note)] for note in notes]))
+    else:
+        blocks.append(Paragraph(["No warnings."], muted=True))
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_text(path: Path, text: str) -> None:
+    # Atomic replace: a reader (or a crash) never sees half a report.
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_report(run_dir: Path, inputs: ReportInputs) -> Path:
+    """Write ``run_dir/report.md``, ``run_dir/report.html`` and the PNGs under ``run_dir/plots/``.
+
+    Returns the path of ``report.md``. A failing plot is logged and noted in the report rather than
+    raised: the report is written at the end of a run that may have taken hours, and the tables
+    alone still carry every number.
+    """
+    run_dir = Path(run_dir)
+    plots_dir = run_dir / "plots"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    notes = [str(note) for note in inputs.notes]
+
+    plots = Plotter(plots_dir, inputs.model_name, notes)
+    plot_note = plots.note
+    curves = plots.draw("training_curves", "training curves",
+                        lambda path, title: plot_training_curves(inputs.history, path))
+    if not plots.available:
+        logger.warning("matplotlib is not installed; %s", PLOTS_SKIPPED)
+        notes.append(PLOTS_SKIPPED)
+    results = _results_section(inputs, plots)  # draws the task's plots: their failures join the notes
+
+    blocks: list[Block] = []
+    # What the reader came for first (figures, results, curves, mistakes); the data; settings last.
+    blocks += _summary(dataclasses.replace(inputs, notes=notes))
+    blocks += results
+    blocks += _training_section(inputs, curves, plot_note)
+    blocks += _mistakes_section(inputs)
+    blocks += _data_section(inputs)
+    blocks += _notes_section(notes)
+    blocks += _settings_section(inputs)
+
+    md_path = run_dir / "report.md"
+    _write_text(md_path, render_markdown(blocks))
+    _write_text(run_dir / "report.html", render_html(inputs.title, blocks, run_dir))
+    logger.info("wrote %s and %s", md_path, run_dir / "report.html")
+    return md_path

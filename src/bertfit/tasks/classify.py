@@ -1,0 +1,203 @@
+"""Single-label classification: one class per text (or pair), softmax over the classes.
+
+Labels are strings (numbers are read as their text), optionally mapped by --label-map; the classes
+are the training labels, sorted (numerically when they are all numbers). Loss: cross-entropy with
+optional class weights ("balanced" = n / (K · count_k), as scikit-learn). Metrics: accuracy, macro-
+and weighted-F1, per-class precision/recall/F1 and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bertfit import data as data_mod
+from bertfit.errors import ConfigError, DataError
+from bertfit.heads import sequence_loss
+from bertfit.metrics import classification_metrics, format_metrics_table, predicted_class_share
+from bertfit.report.document import Image, Paragraph, Strong, Table, finite, fmt_int, fmt_score
+from bertfit.tasks.base import LabelProblem
+from bertfit.tasks.sequence import SequenceTask, preview, softmax
+
+
+class SingleLabel(SequenceTask):
+    name = "single-label"
+    problem_type = "single_label_classification"
+    metric_names = ("macro_f1", "accuracy", "weighted_f1", "loss")
+    default_metric = "macro_f1"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy", "macro_f1", "weighted_f1")
+    mistake_score = "confidence"
+
+    def configure(self, **state: Any) -> None:
+        super().configure(**state)
+        self.class_weight: Tensor | None = None
+
+    # -- reading ------------------------------------------------------------------------------
+    @classmethod
+    def parse_label(cls, raw: object, options: Mapping[str, Any]) -> Hashable:
+        if isinstance(raw, (list, tuple, dict)):
+            if isinstance(raw, (list, tuple)) and len(raw) == 0:
+                raise LabelProblem("label is an empty list, but single-label classification needs exactly one label")
+            raise LabelProblem(f"label is {preview(raw)}, expected one label; for several labels per text use "
+                               "--problem-type multi-label")
+        if isinstance(raw, bool):
+            text = "true" if raw else "false"
+        elif isinstance(raw, float):
+            if not np.isfinite(raw):
+                raise LabelProblem(f"label is a number ({raw}), expected a string or a finite number")
+            text = str(int(raw)) if raw.is_integer() else str(raw)
+        else:
+            text = str(raw).strip()
+        mapping = options.get("label_map")
+        if mapping is not None:
+            if text not in mapping:
+                keys = data_mod._sort_labels(mapping)
+                shown = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
+                raise LabelProblem(f"label {preview(text)} is not in the label map (keys: {shown}); add it to --label-map")
+            text = mapping[text]
+        return text
+
+    @classmethod
+    def label_space(cls, labels: Sequence[Hashable], options: Mapping[str, Any]) -> list[str]:
+        names = data_mod.label_names(labels)  # type: ignore[arg-type]
+        if len(names) < 2:
+            raise DataError(f"the training data has only one label ({names}); a classifier needs at least two")
+        return names
+
+    def check_labels(self, examples: Sequence[Any], where: str) -> None:
+        # Every unseen class at once, with its rows (a row-level check would stop at the first).
+        data_mod.check_known_labels(examples, self.labels, where)
+
+    @property
+    def _index(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    # -- encoding and training ----------------------------------------------------------------
+    def targets(self, labels: Sequence[Hashable]) -> np.ndarray:
+        index = self._index
+        return np.fromiter((index[label] for label in labels), dtype=np.int64, count=len(labels))
+
+    def prepare_training(self, settings: Mapping[str, Any], train_targets: np.ndarray) -> None:
+        self.class_weight = class_weight_vector(settings.get("class_weights"), self.labels, train_targets)
+
+    def loss_weight(self, targets: Tensor) -> Tensor:
+        if self.class_weight is None:
+            return torch.tensor(float(len(targets)))
+        return self.class_weight.to(targets.device)[targets].sum()
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        weight = self.class_weight
+        if weight is not None and weight.device != outputs.device:
+            weight = self.class_weight = weight.to(outputs.device)
+        return sequence_loss(outputs, targets, self.problem_type, class_weight=weight)
+
+    # -- evaluation and decoding --------------------------------------------------------------
+    def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        y = np.asarray(targets)
+        shifted = outputs - outputs.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss = float(-log_probs[np.arange(len(y)), y].mean()) if len(y) else float("nan")
+        return classification_metrics(y.tolist(), outputs.argmax(axis=1).tolist(), self.labels, loss=loss)
+
+    def warnings(self, outputs: np.ndarray) -> list[str]:
+        share = predicted_class_share(outputs.argmax(axis=1), len(self.labels)) if len(outputs) else [0.0]
+        if max(share) > 0.95 and len(self.labels) > 1:
+            top = self.labels[int(np.argmax(share))]
+            return [f"the model predicts {top!r} for {max(share):.0%} of the validation set (collapsed to one class); "
+                    "try a lower --lr, class weights, or more steps"]
+        return []
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        return softmax(outputs)
+
+    def decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        proba = softmax(outputs)
+        records = []
+        for row in proba:
+            best = int(row.argmax())
+            records.append({"label": self.labels[best], "confidence": float(row[best]),
+                            "probabilities": {label: float(p) for label, p in zip(self.labels, row)}})
+        return records
+
+    def columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        return {"label": record["label"], "confidence": record["confidence"],
+                **{f"prob_{label}": p for label, p in record["probabilities"].items()}}
+
+    def mistakes(self, outputs: np.ndarray, targets: np.ndarray, limit: int = 20) -> list[dict[str, Any]]:
+        proba = softmax(outputs)
+        predicted = proba.argmax(axis=1)
+        wrong = np.flatnonzero(predicted != np.asarray(targets))
+        wrong = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:limit]
+        return [{"index": int(i), "true": self.labels[targets[i]], "predicted": self.labels[predicted[i]],
+                 "score": float(proba[i, predicted[i]])} for i in wrong]
+
+    # -- report -------------------------------------------------------------------------------
+    def format_metrics(self, metrics: Mapping[str, Any]) -> str:
+        return format_metrics_table(metrics)
+
+    def headline(self, m: Mapping[str, Any]) -> list[Any]:
+        parts: list[Any] = ["accuracy ", Strong(fmt_score(m.get("accuracy"))),
+                            f" ({100 * float(m.get('accuracy', 0.0)):.1f}%), macro-F1 ", Strong(fmt_score(m.get("macro_f1"))),
+                            f", weighted-F1 {fmt_score(m.get('weighted_f1'))}. "]
+        scored = [(name, s["f1"]) for name, s in (m.get("per_class") or {}).items() if s.get("support")]
+        if len(scored) > 1:
+            weakest = min(scored, key=lambda item: item[1])
+            parts.append(f"Weakest class: {weakest[0]} (F1 {fmt_score(weakest[1])}). ")
+        return parts
+
+    def report_sections(self, m: Mapping[str, Any], split: str, plots: Any, outputs: Any = None,
+                        targets: Any = None) -> list[Any]:
+        labels = [str(label) for label in m.get("labels") or self.labels]
+        n = m.get("n", 0)
+        rows: list[list[Any]] = [[label, fmt_score(s["precision"]), fmt_score(s["recall"]), fmt_score(s["f1"]),
+                                  fmt_int(s["support"])] for label, s in ((lb, m["per_class"][lb]) for lb in labels)]
+        rows.append([Strong("accuracy"), "", "", Strong(fmt_score(m["accuracy"])), fmt_int(n)])
+        rows.append([Strong("macro avg"), fmt_score(m.get("macro_precision")), fmt_score(m.get("macro_recall")),
+                     Strong(fmt_score(m["macro_f1"])), fmt_int(n)])
+        rows.append([Strong("weighted avg"), fmt_score(m.get("weighted_precision")),
+                     fmt_score(m.get("weighted_recall")), fmt_score(m.get("weighted_f1")), fmt_int(n)])
+        blocks: list[Any] = [Table(["class", "precision", "recall", "F1", "support"], rows, ["l", "r", "r", "r", "r"])]
+        if finite(m.get("loss")):
+            blocks.append(Paragraph([f"Loss: {float(m['loss']):.4f}"]))
+        cm = m.get("confusion_matrix")
+        if cm:
+            norm = m.get("confusion_matrix_normalized")
+            blocks.append(Paragraph([Strong("Confusion matrix"), " (rows: true, columns: predicted)"]))
+            blocks.append(Table(["true \\ predicted", *labels],
+                                [[label, *(fmt_int(c) for c in row)] for label, row in zip(labels, cm)],
+                                ["l"] + ["r"] * len(labels), shade=[[None, *r] for r in norm] if norm else None))
+        if plots is not None:
+            from bertfit.report.plots import plot_confusion_matrix
+
+            image = plots.draw(f"confusion_{split}", f"{split} confusion matrix",
+                               lambda path, title: plot_confusion_matrix(m, path, title))
+            if image is not None:
+                blocks.append(Image(image, f"Confusion matrix ({split})"))
+            elif plots.note:
+                blocks.append(Paragraph([plots.note], muted=True))
+        return blocks
+
+
+def class_weight_vector(spec: Any, labels: Sequence[str], train_targets: np.ndarray) -> torch.Tensor | None:
+    """Per-class loss weights: None, "balanced" (n / (K · count_k); 0 for a class absent from
+    training), a list in label order, or a {label: weight} mapping (unnamed labels weigh 1)."""
+    if spec is None:
+        return None
+    counts = np.bincount(np.asarray(train_targets), minlength=len(labels)).astype(float)
+    if spec == "balanced":
+        weights = np.where(counts > 0, counts.sum() / (len(labels) * np.maximum(counts, 1)), 0.0)
+    elif isinstance(spec, dict):
+        unknown = sorted(set(spec) - set(labels))
+        if unknown:
+            raise ConfigError(f"class_weights names unknown label(s) {unknown}; labels are {list(labels)}")
+        weights = np.array([float(spec.get(label, 1.0)) for label in labels])
+    else:
+        if len(spec) != len(labels):
+            raise ConfigError(f"class_weights has {len(spec)} values but there are {len(labels)} labels {list(labels)}")
+        weights = np.array([float(w) for w in spec])
+    if (weights < 0).any() or not np.isfinite(weights).all():
+        raise ConfigError(f"class_weights must be finite and non-negative, got {weights.tolist()}")
+    return torch.tensor(weights, dtype=torch.float32)

@@ -1,0 +1,292 @@
+"""The task seam: the registry is complete, every task goes read → train → save → load → export with the
+same outputs, the new heads match transformers, and bad labels are row-level errors."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertfit.config import PROBLEM_TYPES, BertConfig
+from bertfit.errors import DataError
+from bertfit.heads import HEADS, BertForSequenceClassification, sequence_loss
+from bertfit.job import fine_tune
+from bertfit.predict import TextClassifier
+from bertfit.tasks import TASKS, detect_problem_type
+from bertfit.tasks.base import Task
+from bertfit.tasks.multilabel import multilabel_metrics, tune_thresholds
+from bertfit.tasks.regression import regression_metrics
+from bertfit.train_config import TrainConfig
+
+from conftest import NEGATIVE, POSITIVE, WORDS
+
+EMOTIONS = {"joy": POSITIVE[:2], "love": POSITIVE[2:], "anger": NEGATIVE[:2], "fear": NEGATIVE[2:]}
+
+
+def _text(rng: random.Random, extra: list[str]) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(3, 10))] + extra
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def _rows(task: str, n: int, seed: int) -> list[dict]:
+    """A small learnable data set for each registered task (a task missing here fails the test below)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        if task == "single-label":
+            label = rng.choice(["positive", "negative"])
+            rows.append({"text": _text(rng, [rng.choice(POSITIVE if label == "positive" else NEGATIVE)]), "label": label})
+        elif task == "multi-label":
+            labels = rng.sample(sorted(EMOTIONS), rng.randint(1, 2))
+            rows.append({"text": _text(rng, [rng.choice(EMOTIONS[e]) for e in labels]), "labels": labels})
+        elif task == "regression":
+            k = rng.randint(0, 3)
+            words = rng.sample(POSITIVE, k) + rng.sample(NEGATIVE, 3 - k)
+            rows.append({"text": _text(rng, words[:2]), "text_pair": _text(rng, words[2:]), "score": k * 5 / 3})
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _train(tmp_path: Path, model_dir: Path, task: str, **settings) -> tuple[Path, list[dict]]:
+    train = _write_jsonl(tmp_path / f"{task}.jsonl", _rows(task, 120, seed=1))
+    test_rows = _rows(task, 24, seed=2)
+    config = TrainConfig(train_file=str(train), model=str(model_dir), output_dir=str(tmp_path / "run"), problem_type=task,
+                         max_steps=6, batch_size=16, eval_every=3, lr=1e-3, threads=1, max_length=32,
+                         pair_column="text_pair" if task == "regression" else None, **settings)
+    fine_tune(config)
+    return tmp_path / "run", test_rows
+
+
+def test_registry_is_complete():
+    from bertfit.config import BertConfig
+
+    assert set(TASKS) == {"single-label", "multi-label", "regression"}
+    for name, cls in TASKS.items():
+        assert issubclass(cls, Task) and cls.name == name and not inspect.isabstract(cls), name
+        assert cls.head in HEADS and cls.problem_type in PROBLEM_TYPES
+        assert cls.default_metric in cls.metric_names and set(cls.headline_metrics) <= set(
+            cls(["a", "b"]).evaluate(np.zeros((2, 2), np.float32), cls(["a", "b"]).targets(_labels_for(cls))))
+        assert _rows(name, 2, 0), f"the contract test has no data for task {name!r}: add it to _rows"
+        HEADS[cls.head](BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                                   problem_type=cls.problem_type).with_labels(["a", "b"]))
+
+
+def _labels_for(cls: type[Task]) -> list:
+    return {"single-label": ["a", "b"], "multi-label": [("a",), ("a", "b")], "regression": [(1.0, 2.0), (0.0, 1.0)]}[cls.name]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_contract_round_trip(task, tmp_path, tiny_model_dir):
+    """read → encode → collate → forward → loss → decode → save → load → export: the same outputs."""
+    pytest.importorskip("onnxruntime")
+    from bertfit.export import export_onnx
+
+    run, rows = _train(tmp_path, tiny_model_dir, task)
+    saved = json.loads((run / "task.json").read_text())
+    assert saved["task"] == task
+    assert json.loads((run / "config.json").read_text())["problem_type"] == TASKS[task].problem_type
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"validation", "test"} and metrics["test"]["n"] > 0
+
+    texts = [r["text"] for r in rows]
+    pairs = [r["text_pair"] for r in rows] if task == "regression" else None
+    torch_model = TextClassifier.load(run, engine="pytorch")
+    assert torch_model.task.name == task and torch_model.task.state() == saved["state"]
+    outputs = torch_model.predict_logits(texts, pairs)
+    assert outputs.shape == (len(texts), len(saved["labels"])) and np.isfinite(outputs).all()
+    records = torch_model.predictions(texts, pairs)
+    assert records == torch_model.task.decode(outputs) and len(records) == len(texts)
+    json.dumps(records)  # what predict prints and the server returns is JSON
+
+    # A fresh process-like load gives the same task state and outputs.
+    again = TextClassifier.load(run, engine="pytorch")
+    np.testing.assert_array_equal(again.predict_logits(texts, pairs), outputs)
+
+    export_onnx(run, tmp_path / "onnx")
+    exported = TextClassifier.load(tmp_path / "onnx")
+    assert exported.engine == "onnxruntime" and exported.task.state() == torch_model.task.state()
+    np.testing.assert_allclose(exported.predict_logits(texts, pairs), outputs, atol=1e-4)
+    assert [r.keys() for r in exported.predictions(texts, pairs)] == [r.keys() for r in records]
+
+
+def _hf_pair(problem_type: str, num_labels: int):
+    transformers = pytest.importorskip("transformers")
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        problem_type=problem_type).with_labels([f"l{i}" for i in range(num_labels)])
+    torch.manual_seed(0)
+    ours = BertForSequenceClassification(config).eval()
+    from bertfit.checkpoints import to_transformers_state_dict
+
+    theirs = transformers.BertForSequenceClassification(transformers.BertConfig(**config.to_dict())).eval()
+    missing, unexpected = theirs.load_state_dict(to_transformers_state_dict(ours), strict=False)
+    assert not unexpected and set(missing) <= {"bert.embeddings.position_ids"}
+    assert theirs.config.problem_type == problem_type
+    return ours, theirs
+
+
+@pytest.mark.parametrize("problem_type,num_labels", [("multi_label_classification", 5), ("regression", 1),
+                                                      ("regression", 3), ("single_label_classification", 3)])
+def test_heads_match_transformers(problem_type, num_labels):
+    ours, theirs = _hf_pair(problem_type, num_labels)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 50, (4, 12), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[3, 4:] = 0
+    types = torch.zeros_like(ids)
+    if problem_type == "multi_label_classification":
+        targets = (torch.rand(4, num_labels, generator=gen) > 0.5).float()
+    elif problem_type == "regression":
+        targets = torch.randn(4, num_labels, generator=gen) * 2 + 1
+    else:
+        targets = torch.randint(0, num_labels, (4,), generator=gen)
+    with torch.no_grad():
+        reference = theirs(input_ids=ids, attention_mask=mask, token_type_ids=types,
+                           labels=targets.squeeze(-1) if num_labels == 1 else targets)
+        for fast in (True, False):
+            logits = ours(ids, mask, types, fast=fast)
+            torch.testing.assert_close(logits, reference.logits, atol=1e-5, rtol=1e-5)
+            summed, weight = sequence_loss(logits, targets, problem_type)
+            torch.testing.assert_close(summed / weight, reference.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_threshold_tuning_finds_the_known_optimum():
+    # Label 0: positives score 0.9/0.8/0.35, negatives 0.4/0.3/0.1 → best F1 keeps the top two (F1 0.8)
+    # unless the cut goes to 0.35 (tp 3, fp 1 → F1 6/7 = 0.857): the optimum is between 0.35 and 0.3.
+    proba = np.array([[0.9, 0.2], [0.8, 0.7], [0.35, 0.6], [0.4, 0.1], [0.3, 0.05], [0.1, 0.65]])
+    targets = np.array([[1, 0], [1, 1], [1, 0], [0, 0], [0, 0], [0, 1]], dtype=np.float32)
+    thresholds = tune_thresholds(proba, targets)
+    assert thresholds[0] == pytest.approx((0.35 + 0.3) / 2)
+    # Label 1: positives 0.7 and 0.65, negative 0.6 between them and 0.2 below: cut at 0.625 (F1 1.0).
+    assert thresholds[1] == pytest.approx((0.65 + 0.6) / 2)
+    f1 = multilabel_metrics(proba >= thresholds, targets, ["a", "b"])["per_label"]
+    assert f1["a"]["f1"] == pytest.approx(6 / 7) and f1["b"]["f1"] == 1.0
+    # A label with no positives keeps 0.5.
+    assert tune_thresholds(proba, np.zeros_like(targets)).tolist() == [0.5, 0.5]
+
+
+def test_multilabel_metrics_match_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for case in range(30):
+        n, k = rng.integers(1, 40), rng.integers(2, 6)  # one column: sklearn reads it as binary, not multi-label
+        true = rng.random((n, k)) < rng.random()
+        pred = rng.random((n, k)) < rng.random()
+        ours = multilabel_metrics(pred, true.astype(np.float32), [str(i) for i in range(k)])
+        for average in ("micro", "macro"):
+            assert ours[f"{average}_f1"] == pytest.approx(metrics.f1_score(true, pred, average=average, zero_division=0))
+        assert ours["hamming_loss"] == pytest.approx(metrics.hamming_loss(true, pred))
+        assert ours["subset_accuracy"] == pytest.approx(metrics.accuracy_score(true, pred))
+        p, r, f, s = metrics.precision_recall_fscore_support(true, pred, average=None, zero_division=0)
+        assert [ours["per_label"][str(i)]["f1"] for i in range(k)] == pytest.approx(list(f))
+        assert [ours["per_label"][str(i)]["support"] for i in range(k)] == list(s)
+        # samples-F1: sklearn scores a row with no true and no predicted labels as zero_division.
+        assert ours["samples_f1"] == pytest.approx(metrics.f1_score(true, pred, average="samples", zero_division=0)), case
+
+
+def test_regression_metrics_match_scipy_and_sklearn():
+    stats = pytest.importorskip("scipy.stats")
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        true = np.round(rng.normal(size=rng.integers(3, 50)) * 2, 1)  # rounding makes ties for Spearman
+        pred = true + rng.normal(size=len(true))
+        ours = regression_metrics(pred, true)
+        assert ours["pearson"] == pytest.approx(stats.pearsonr(pred, true)[0])
+        assert ours["spearman"] == pytest.approx(stats.spearmanr(pred, true)[0])
+        assert ours["rmse"] == pytest.approx(np.sqrt(metrics.mean_squared_error(true, pred)))
+        assert ours["mae"] == pytest.approx(metrics.mean_absolute_error(true, pred))
+        assert ours["r2"] == pytest.approx(metrics.r2_score(true, pred))
+
+
+def test_regression_head_starts_at_the_target_mean_and_outputs_real_values(tmp_path, tiny_model_dir):
+    run, rows = _train(tmp_path, tiny_model_dir, "regression")
+    state = json.loads((run / "task.json").read_text())["state"]
+    scores = [r["score"] for r in _rows("regression", 120, seed=1)]
+    assert 0 < state["target_mean"][0] < 5 and state["target_std"][0] > 0
+    assert state["target_mean"][0] == pytest.approx(np.mean(scores), abs=0.5)  # the training split's mean
+    out = TextClassifier.load(run, engine="pytorch").predict([r["text"] for r in rows], [r["text_pair"] for r in rows])
+    assert all(isinstance(v, float) for v in out) and -2 < np.mean(out) < 7  # real scale, not standardised
+
+
+@pytest.mark.parametrize("problem_type,transformers_type", [("multi-label", "multi_label_classification"),
+                                                            ("regression", "regression")])
+def test_run_directory_loads_in_transformers(problem_type, transformers_type, tmp_path, tiny_model_dir):
+    transformers = pytest.importorskip("transformers")
+    run, rows = _train(tmp_path, tiny_model_dir, problem_type)
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(run, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.problem_type == transformers_type
+    ours = TextClassifier.load(run, engine="pytorch")
+    tok = transformers.AutoTokenizer.from_pretrained(run)
+    texts = [r["text"] for r in rows[:6]]
+    pairs = [r["text_pair"] for r in rows[:6]] if problem_type == "regression" else None
+    enc = tok(texts, pairs, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = model.eval()(**enc).logits.numpy()
+    np.testing.assert_allclose(ours.predict_logits(texts, pairs), theirs, atol=1e-4)
+
+
+def test_problem_type_detection(caplog):
+    assert detect_problem_type([["a", "b"], ["c"]])[0] == "multi-label"
+    assert detect_problem_type(["anger,joy", "joy"])[0] == "multi-label"
+    assert detect_problem_type(["2,10", "27"])[0] == "multi-label"  # GoEmotions' ids
+    assert detect_problem_type(["3.8", "5.000", "0.5"])[0] == "regression"
+    assert detect_problem_type([[1.5, 2.0], [0.0, 1.0]])[0] == "regression"
+    assert detect_problem_type(["1", "2", "5"])[0] == "single-label"  # ratings are classes by default
+    assert detect_problem_type(["negative", "positive"])[0] == "single-label"
+    name, why = detect_problem_type([str(i) for i in range(30)])
+    assert name == "regression" and "30 distinct" in why
+
+
+def test_detected_problem_type_is_logged(tmp_path, tiny_model_dir, caplog):
+    train = _write_jsonl(tmp_path / "ml.jsonl", _rows("multi-label", 60, seed=3))
+    config = TrainConfig(train_file=str(train), model=str(tiny_model_dir), output_dir=str(tmp_path / "run"),
+                         max_steps=2, batch_size=16, threads=1, max_length=32)
+    with caplog.at_level(logging.INFO, logger="bertfit.job"):
+        result = fine_tune(config)
+    assert result.task.name == "multi-label"
+    assert any("problem type: multi-label (detected: 60 labels are JSON lists" in r.getMessage() for r in caplog.records)
+
+
+BAD = [
+    ("multi-label", {"text": "x", "labels": ["joy", "surprise"]}, "label 'surprise' in the list was not seen in training"),
+    ("multi-label", {"text": "x", "labels": [["joy"]]}, "label list holds"),
+    ("multi-label", {"text": "x", "labels": "joy,,anger"}, "empty item"),
+    ("regression", {"text": "x", "text_pair": "y", "score": "high"}, "target 'high' is not a number"),
+    ("regression", {"text": "x", "text_pair": "y", "score": "nan"}, "not a finite number"),
+    ("regression", {"text": "x", "text_pair": "y", "score": "inf"}, "not a finite number"),
+    ("regression", {"text": "x", "text_pair": "y", "score": [1.0, 2.0]}, "2 target value(s), but this task has 1"),
+    ("single-label", {"text": "x", "label": []}, "empty list"),
+    ("single-label", {"text": "x", "label": ["positive", "negative"]}, "expected one label"),
+]
+
+
+@pytest.mark.parametrize("task,row,message", BAD)
+def test_bad_labels_are_row_errors_or_counted_skips(task, row, message, tmp_path, tiny_model_dir):
+    train = _write_jsonl(tmp_path / "train.jsonl", _rows(task, 60, seed=4))
+    valid_rows = _rows(task, 10, seed=5)
+    validation = _write_jsonl(tmp_path / "valid.jsonl", valid_rows[:3] + [row] + valid_rows[3:])
+    base = dict(train_file=str(train), validation_file=str(validation), model=str(tiny_model_dir), problem_type=task,
+                max_steps=1, batch_size=16, threads=1, max_length=32,
+                pair_column="text_pair" if task == "regression" else None)
+    with pytest.raises(DataError) as excinfo:
+        fine_tune(TrainConfig(**base, output_dir=str(tmp_path / "a")))
+    assert "valid.jsonl, row 4: " in str(excinfo.value) and message in str(excinfo.value)
+    assert not (tmp_path / "a").exists()  # nothing written for a run that failed on its data
+    result = fine_tune(TrainConfig(**base, skip_bad_rows=True, output_dir=str(tmp_path / "b")))
+    summary = json.loads((result.run_dir / "data.json").read_text())
+    assert summary["rows"]["validation"] == 10 and summary["rejected"] == 1
+    assert any(message in line for line in summary["rejected_examples"])
