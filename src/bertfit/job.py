@@ -9,7 +9,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,12 +176,12 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path."""
     started = time.perf_counter()
     run = RunDir(config.output_dir)
+    run.check_is_run()  # a file, or a folder bertfit did not create, is refused before anything else
     saved = _saved_config(run)
     has_checkpoints = bool(run.checkpoint_steps())
+    replace = False  # the old run is removed only once the new run's data and model have been read
     if overwrite:
-        if run.path.exists():
-            shutil.rmtree(run.path)
-        resume = False
+        replace, resume = True, False
     elif has_checkpoints:
         if resume and saved is not None:
             config = saved.replace(output_dir=config.output_dir)
@@ -199,8 +198,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
             # Killed before its first checkpoint: nothing to resume, nothing of value to keep.
             logger.warning("%s: an earlier attempt stopped before its first checkpoint; starting it again", run.path)
             config = saved.replace(output_dir=config.output_dir)
-            shutil.rmtree(run.path)
-            resume = False
+            replace, resume = True, False
         else:
             raise BertfitError(f"{run.path} already holds a {'finished ' if finished else ''}run; pass --overwrite "
                                "to replace it, --resume to continue it, or choose another --output-dir")
@@ -223,7 +221,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     if config.classifier_dropout is not None:
         overrides["classifier_dropout"] = config.classifier_dropout
     model = load_classifier(model_dir, prepared.labels, **overrides)
-    run.create()  # only now: a run that fails on its data or model leaves no directory behind
+    run.create(replace=replace)  # only now: a run that fails on its data or model leaves the old one intact
     write_json_atomic(run.file("train_config.json"), config.to_dict())
     write_json_atomic(run.file("data.json"), prepared.summary)
     write_json_atomic(run.file("split.json"), {name: [e.row for e in split] for name, split in
