@@ -51,7 +51,7 @@ def _read(path: str | Path, config: TrainConfig, require_labels: bool = True) ->
     return data_mod.read_examples(
         path, text_column=config.text_column, pair_column=config.pair_column, label_column=config.label_column,
         label_map=config.label_map, require_labels=require_labels, skip_bad_rows=config.skip_bad_rows,
-        encoding=config.encoding, max_chars=config.max_chars)
+        encoding=config.encoding, max_chars=config.max_chars, header=config.header, columns=config.columns)
 
 
 def prepare_data(config: TrainConfig) -> PreparedData:
@@ -209,6 +209,8 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     seed_everything(config.seed)
 
     prepared = prepare_data(config)
+    for warning in prepared.summary.setdefault("warnings", data_mod.empty_split_warnings(prepared.summary["rows"])):
+        logger.warning("%s", warning)  # empty validation/test splits: also in the report and metrics.json
     model_dir = resolve_model(config.model)
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
     train = encode(tokenizer, prepared.train, prepared.labels, config.max_length)
@@ -253,7 +255,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         metrics[name] = evaluation_metrics(logits, split.labels, prepared.labels)
         # The report shows the test set's mistakes, or validation's when there is no test set.
         mistakes = confident_mistakes(logits, split.labels, examples, prepared.labels)
-    write_json_atomic(run.file("metrics.json"), metrics)
+    write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": " ".join(prepared.summary["warnings"])})
     wall = time.perf_counter() - started
     report = write_run_report(run, config, prepared, result, metrics, mistakes, wall)
     return RunResult(run.path, metrics, report, result, wall)
@@ -282,5 +284,6 @@ def write_run_report(run: RunDir, config: TrainConfig, prepared: PreparedData, r
     inputs = ReportInputs(
         title=f"bertfit run: {config.model} on {source}", model_name=config.model, labels=prepared.labels,
         data_summary=prepared.summary, settings=config.to_dict(), history=result.history,
-        final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall, notes=result.notes)
+        final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall,
+        notes=[*prepared.summary.get("warnings", []), *result.notes])
     return write_report(run.path, inputs)
