@@ -332,7 +332,8 @@ def _xlsx_bytes() -> bytes:
         ("d.csv.gz", gzip.compress(b"text,label\na,b\n"), "gzip"),
         ("d.csv", _png_bytes(), "PNG"),
         ("d.csv", _xlsx_bytes(), "xlsx"),
-        ("d.jsonl", b"text,label\n\x00\x01\x02binary", "NUL byte at offset 11"),
+        # many NULs: binary (or UTF-16 without a BOM); a few are row errors (tests/test_hardening.py)
+        ("d.jsonl", b"text,label\n" + b"\x00\x01\x02binary\x00" * 4, "NUL byte at offset 11"),
     ],
 )
 def test_binary_file(tmp_path, name, content, what):
@@ -745,10 +746,11 @@ def test_write_table_keeps_latin1_text_and_writes_utf8(tmp_path):
     assert (tmp_path / "out.csv").read_bytes() == "text,p\r\ncafé,1\r\n".encode("utf-8")
 
 
-def test_write_table_overwrites_existing_column_in_place(tmp_path):
+def test_write_table_keeps_an_existing_column_and_writes_beside_it(tmp_path):
     table = Table(path="x.csv", format="csv", columns=["text", "pred"], rows=[{"text": "a", "pred": "old"}])
-    write_table(table, tmp_path / "o.csv", ["pred", "p"], [{"pred": "new", "p": 0.5}])
-    assert (tmp_path / "o.csv").read_bytes() == b"text,pred,p\r\na,new,0.5\r\n"
+    names = write_table(table, tmp_path / "o.csv", ["pred", "p"], [{"pred": "new", "p": 0.5}])
+    assert names == ["predicted_pred", "p"]
+    assert (tmp_path / "o.csv").read_bytes() == b"text,pred,predicted_pred,p\r\na,old,new,0.5\r\n"
 
 
 def test_write_table_leaves_no_temporary_files(tmp_path):

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,14 @@ TRAIN_HELP: dict[str, str] = {
     "train_file": "labelled training data: .csv, .tsv or .jsonl (default: the bundled tweets corpus)",
     "validation_file": "separate validation file (default: a stratified split of --train-file)",
     "test_file": "separate test file (default: a stratified split of --train-file)",
-    "text_column": "column with the text (default: first of text, sentence, review, content, tweet)",
-    "pair_column": "optional second text column, for sentence-pair classification",
-    "label_column": "column with the label (default: first of label, sentiment, labels, class, target, rating, score)",
+    "text_column": "column with the text (default: first of text, sentence, review, content, tweet); "
+                   "with --no-header a 1-based position, e.g. 3",
+    "pair_column": "optional second text column, for sentence-pair classification (a position with --no-header)",
+    "label_column": "column with the label (default: first of label, sentiment, labels, class, target, rating, "
+                    "score; a position with --no-header)",
+    "header": "--no-header: the file has no header row, its first row is data; name columns by 1-based position "
+              "(--text-column 3 --label-column 2) or with --columns",
+    "columns": "names of a headerless file's columns in order, e.g. id,score,text (implies --no-header)",
     "label_map": "map raw labels to classes, e.g. '1,2=negative;3=neutral;4,5=positive'",
     "encoding": "file encoding (default: UTF-8, falling back to latin-1 with a warning when the file is not UTF-8)",
     "skip_bad_rows": "skip malformed rows (counted and reported) instead of stopping at the first one",
@@ -92,7 +98,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=float, nargs=3 if f.name == "split" else 2, default=None, help=help_text)
         elif f.name == "class_weights":
             parser.add_argument(flag, nargs="+", default=None, help=help_text)
-        elif f.name == "label_map":
+        elif f.name in ("label_map", "columns"):
             parser.add_argument(flag, default=None, help=help_text)
         elif f.name == "problem_type":
             from bertfit.train_config import PROBLEM_TYPES
@@ -116,11 +122,12 @@ def _train(args: argparse.Namespace) -> int:
 
     from bertfit.data import parse_label_map
     from bertfit.job import fine_tune
-    from bertfit.train_config import TrainConfig, read_config_file, resolve_config
+    from bertfit.train_config import TrainConfig, parse_columns, read_config_file, resolve_config
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
     if flags["label_map"] is not None:
         flags["label_map"] = parse_label_map(flags["label_map"])
+    flags["columns"] = parse_columns(flags["columns"])
     if flags["class_weights"] is not None:
         values = flags["class_weights"]
         flags["class_weights"] = "balanced" if values == ["balanced"] else [_float(v, "--class-weights") for v in values]
@@ -154,6 +161,8 @@ def _train(args: argparse.Namespace) -> int:
         if split in result.metrics:
             print(f"\n{split} ({result.metrics[split]['n']} examples)")
             print(result.task.format_metrics(result.metrics[split]))
+    if not result.metrics:
+        print("\nno metrics: the validation and test splits are empty (see metrics.json and the report)")
     print(f"\nrun directory: {result.run_dir}")
     print(f"report: {result.report}")
     print(f"wall time: {result.wall_time_s:.0f} s")
@@ -176,18 +185,48 @@ def add_engine_argument(parser: argparse.ArgumentParser) -> None:
                              "else PyTorch; a GPU always uses PyTorch")
 
 
+def add_header_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--header", action=argparse.BooleanOptionalAction, default=True, help=TRAIN_HELP["header"])
+    parser.add_argument("--columns", help=TRAIN_HELP["columns"])
+
+
+def _header_options(args: argparse.Namespace) -> dict[str, Any]:
+    from bertfit.train_config import parse_columns
+
+    columns = parse_columns(args.columns)
+    return {"header": bool(args.header) and columns is None, "columns": columns}
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a zero or negative budget is refused, not ignored)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if not 1 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 2147483647, got {text[:40]}")
+    return value
+
+
 def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory (or any BERT classifier directory)")
     parser.add_argument("texts", nargs="*", help="texts to classify (put -- before them when one starts with '-'); none, or '-', reads one text per line from stdin")
     parser.add_argument("--file", help="classify a .csv/.tsv/.jsonl file; writes it back with label and probabilities")
     parser.add_argument("--output", help="where to write the labelled file (default: FILE with .predictions before the suffix)")
-    parser.add_argument("--text-column", help="text column of --file (default: text, sentence, review, content, tweet)")
+    parser.add_argument("--text-column", help="text column of --file (default: text, sentence, review, content, tweet; "
+                                              "a 1-based position with --no-header)")
     parser.add_argument("--pair-column", help="second text column of --file, for pair models")
-    parser.add_argument("--encoding", help="encoding of --file (default: UTF-8, latin-1 fallback)")
+    add_header_arguments(parser)
+    parser.add_argument("--csv-guard", action=argparse.BooleanOptionalAction, default=True,
+                        help="in CSV/TSV output, put a ' before cells that start with = + - @ tab or carriage return, "
+                             "so a spreadsheet shows them instead of running them as formulas (default: on; "
+                             "--no-csv-guard writes them unchanged)")
+    parser.add_argument("--encoding", help="encoding of --file and of standard input (default: UTF-8, latin-1 "
+                                           "fallback for --file)")
     parser.add_argument("--int8", action="store_true", help="int8 dynamic quantization (faster on CPU; accuracy cost in benchmarks/RESULTS.md)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_engine_argument(parser)
-    parser.add_argument("--batch-tokens", type=int, default=8192, help="token budget of a prediction batch")
+    parser.add_argument("--batch-tokens", type=positive_int, default=8192, help="token budget of a prediction batch")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
 
@@ -203,7 +242,7 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_file(classifier, args)
     texts = args.texts
     if not texts or texts == ["-"]:
-        texts = [line.rstrip("\r\n") for line in sys.stdin]
+        texts = _stdin_lines(args.encoding)
         args.json = True if not sys.stdout.isatty() else args.json
     predictions = classifier.predictions(texts, max_tokens=args.batch_tokens)
     for text, record in zip(texts, predictions):
@@ -238,30 +277,65 @@ def _short_answer(task: Any, record: dict) -> str:
     return f"{answer:.4g}" if isinstance(answer, float) else str(answer)
 
 
-def _predict_file(classifier, args: argparse.Namespace) -> int:
-    from bertfit.data import TEXT_COLUMNS, read_table, write_table
+def _stdin_lines(encoding: str | None) -> list[str]:
+    """Standard input, one text a line; undecodable bytes are a one-line error, not a traceback."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    codec = encoding or "utf-8"
+    try:
+        text = data.decode(codec)
+    except LookupError:
+        raise BertfitError(f"unknown encoding {encoding!r} (--encoding); use e.g. utf-8, latin-1, cp1252") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BertfitError(f"standard input is not valid {codec}: byte 0x{data[exc.start]:02x} on line {line} "
+                           f"(offset {exc.start}); pass its encoding, e.g. --encoding latin-1") from None
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return [line.rstrip("\r") for line in lines]
 
-    table = read_table(args.file, encoding=args.encoding)
-    lowered = {c.lower(): c for c in table.columns}  # the same matching as training: exact, then any case
-    column = args.text_column or next((lowered[c] for c in TEXT_COLUMNS if c in lowered), None)
-    if column is None or column not in table.columns:
-        raise BertfitError(f"{args.file}: no text column {args.text_column or '(text, sentence, review, content, tweet)'}; "
-                           f"columns found: {', '.join(table.columns)}; pass --text-column")
-    if args.pair_column and args.pair_column not in table.columns:
-        raise BertfitError(f"{args.file}: no column {args.pair_column!r}; columns found: {', '.join(table.columns)}")
+
+def _predict_file(classifier, args: argparse.Namespace) -> int:
+    from bertfit.data import predict_columns, read_table, write_table
+
+    source = Path(args.file)
+    output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
+    _check_output_file(output, source, "--output")
+    table = read_table(args.file, encoding=args.encoding, **_header_options(args))
+    column, pair_column = predict_columns(table, args.text_column, args.pair_column)
     texts = ["" if row.get(column) is None else str(row.get(column)) for row in table.rows]
-    pairs = [str(row.get(args.pair_column) or "") for row in table.rows] if args.pair_column else None
+    pairs = [str(row.get(pair_column) or "") for row in table.rows] if pair_column else None
     empty = sum(1 for t in texts if not t.strip())
     if empty:
         logger.warning("%s: %d rows have an empty %r; they are still labelled (from [CLS] [SEP] alone)", args.file, empty, column)
     predictions = classifier.predictions(texts, pairs, max_tokens=args.batch_tokens)
     extra_columns = classifier.task.output_names()
     extra_rows = [_rounded(classifier.task.columns(record)) for record in predictions]
-    source = Path(args.file)
-    output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
-    write_table(table, output, extra_columns, extra_rows)
+    written = write_table(table, output, extra_columns, extra_rows, csv_guard=args.csv_guard)
+    if written[0] != extra_columns[0]:
+        print(f"the file has its own {extra_columns[0]!r} column (kept): predictions are in {written[0]!r}",
+              file=sys.stderr)
     print(f"labelled {len(predictions)} rows -> {output}")
     return 0
+
+
+def _check_output_file(output: Path, source: Path | None, flag: str) -> None:
+    """An output file must not be the input (also through links or another spelling), nor a directory."""
+    if source is not None:
+        try:
+            same = output.resolve() == source.resolve() or (output.exists() and os.path.samefile(output, source))
+        except OSError:
+            same = False
+        if same:
+            raise BertfitError(f"{flag} {output} is the input file {source}; bertfit never overwrites its input: "
+                               "choose another output file")
+    if output.is_dir():
+        raise BertfitError(f"{flag} {output} is a directory; give a file name, e.g. {output / 'predictions.csv'}")
+    for parent in output.parents:
+        if parent.is_dir():
+            break
+        if parent.exists() or parent.is_symlink():
+            raise BertfitError(f"{flag} {output}: {parent} is not a directory")
 
 
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -272,6 +346,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-column", help=TRAIN_HELP["label_column"])
     parser.add_argument("--label-map", help=TRAIN_HELP["label_map"])
     parser.add_argument("--encoding", help=TRAIN_HELP["encoding"])
+    add_header_arguments(parser)
     parser.add_argument("--skip-bad-rows", action="store_true", help=TRAIN_HELP["skip_bad_rows"])
     parser.add_argument("--int8", action="store_true",
                         help="evaluate the int8 model, and report its cost against fp32 on this file "
@@ -287,9 +362,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
 
     classifier = TextClassifier.load(args.run, int8=args.int8, engine=args.engine)
+    if args.output:
+        _check_output_file(Path(args.output), Path(args.file), "--output")
     task = classifier.task
     settings = {"text_column": args.text_column, "pair_column": args.pair_column, "label_column": args.label_column,
-                "skip_bad_rows": args.skip_bad_rows, "encoding": args.encoding}
+                "skip_bad_rows": args.skip_bad_rows, "encoding": args.encoding, **_header_options(args)}
     examples, report = read_raw(args.file, settings)
     options = reading_options({**_saved_reading(args.run), **({"label_map": args.label_map} if args.label_map else {})})
     examples = parse_labels(task, examples, report, options, skip_bad_rows=args.skip_bad_rows, known=task)
@@ -364,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for i, arg in enumerate(argv, start=1):
+        problem = _undecodable(arg)
+        if problem:
+            print(f"bertfit: error: argument {i} ({arg.encode('utf-8', 'backslashreplace').decode('ascii', 'backslashreplace')[:60]}) "
+                  f"{problem}; bertfit needs UTF-8 arguments (rename the file, or pass texts on standard input "
+                  "with --encoding)", file=sys.stderr)
+            return 2
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras and getattr(args, "command", None) == "predict":
@@ -386,3 +471,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bertfit: interrupted (resume with --resume RUN)", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a permission, a path of the wrong kind: the user's to fix, in one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"bertfit: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+
+
+def _undecodable(arg: str) -> str | None:
+    """Why an argument is not text: bytes that were not UTF-8 arrive as lone surrogates (PEP 383)."""
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds bytes that are not valid UTF-8 (at character {exc.start})"
+    return None

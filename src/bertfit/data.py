@@ -50,6 +50,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import logging
 import math
@@ -78,9 +79,12 @@ __all__ = [
     "Table",
     "check_known_labels",
     "deduplicate",
+    "empty_split_warnings",
     "examples_from_lists",
+    "guard_cell",
     "label_names",
     "parse_label_map",
+    "predict_columns",
     "read_examples",
     "read_table",
     "stratified_split",
@@ -218,6 +222,7 @@ class Table:
     rows: list[dict[str, object]]
     encoding: str = "utf-8"
     row_numbers: list[int] = field(default_factory=list)
+    header: bool = True  # False: the file had no header row; columns are positions (column_1 ...) or --columns
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,8 +241,15 @@ def read_examples(
     skip_bad_rows: bool = False,
     encoding: str | None = None,
     max_chars: int = 100_000,
+    header: bool = True,
+    columns: Sequence[str] | None = None,
 ) -> tuple[list[Example], LoadReport]:
     """Read examples from a CSV, TSV or JSON-lines file.
+
+    ``header=False`` (CLI ``--no-header``): the first row is data, and columns are named by 1-based
+    position (``text_column="3"``) or by ``columns`` (``["id", "score", "text"]``, which implies
+    no header; a first row equal to those names is read as the header). Rows of a headerless file
+    may have extra trailing fields; they are ignored.
 
     Columns default to the first of :data:`TEXT_COLUMNS` / :data:`LABEL_COLUMNS` present (exact
     name first, then case-insensitive). With ``require_labels=False`` a missing label column or an
@@ -248,6 +260,7 @@ def read_examples(
     mapping = label_map if label_map is RAW_LABELS else parse_label_map(label_map) if label_map is not None else None
     path_s = os.fspath(path)
     text, used_encoding, fmt = _load(path_s, encoding)
+    names, header = _header_options(path_s, fmt, header, columns)
 
     if fmt == "jsonl":
         columns, records = _jsonl_columns_and_records(text)
@@ -257,11 +270,11 @@ def read_examples(
             raise DataError(f"{path_s}: no line is a JSON object (row {row}: {err}); JSON lines need "
                             "one object per line, e.g. {\"text\": \"...\", \"label\": \"...\"}")
     else:
-        columns, header_line, records = _csv_header_and_records(path_s, text, _DELIMITERS[fmt])
+        columns, header_line, records = _csv_header_and_records(path_s, text, _DELIMITERS[fmt], header, names)
         _check_unique_columns(path_s, columns, header_line)
 
     text_col, pair_col, label_col = _resolve_columns(
-        path_s, fmt, columns, text_column, pair_column, label_column, require_labels
+        path_s, fmt, columns, text_column, pair_column, label_column, require_labels, header
     )
     builder = _RowBuilder(text_col, pair_col, label_col, mapping, require_labels, max_chars)
     collector = _Collector(path_s, skip_bad_rows, skip_hint="--skip-bad-rows")
@@ -273,7 +286,7 @@ def read_examples(
         wanted = [(name, columns.index(name)) for name in (text_col, pair_col, label_col) if name is not None]
         for row, fields, err in records:
             if err is None:
-                err = _field_count_problem(fields, columns, fmt)
+                err = _field_count_problem(fields, columns, fmt, allow_extra=not header)
             if err is not None:
                 collector.add(row, err)
                 continue
@@ -283,6 +296,8 @@ def read_examples(
     if collector.rows_read == 0:
         if fmt == "jsonl":
             raise DataError(f"{path_s} has no JSON lines with data (only blank lines)")
+        if not header:
+            raise DataError(f"{path_s} has no data rows")
         raise DataError(
             f"{path_s} has a header ({_preview_columns(columns)}) but no data rows; "
             "add rows below the header"
@@ -341,7 +356,8 @@ def examples_from_lists(
     return collector.examples, report
 
 
-def read_table(path: str | os.PathLike, *, encoding: str | None = None) -> Table:
+def read_table(path: str | os.PathLike, *, encoding: str | None = None, header: bool = True,
+               columns: Sequence[str] | None = None) -> Table:
     """Read a file as raw rows, keeping every column and the row order (for prediction output).
 
     Unlike :func:`read_examples` nothing is skipped: a malformed row is a :class:`DataError`,
@@ -349,6 +365,7 @@ def read_table(path: str | os.PathLike, *, encoding: str | None = None) -> Table
     """
     path_s = os.fspath(path)
     text, used_encoding, fmt = _load(path_s, encoding)
+    names, header = _header_options(path_s, fmt, header, columns)
     rows: list[dict[str, object]] = []
     numbers_: list[int] = []
     fix = "every row is kept in the output, so fix or remove that row first"
@@ -360,28 +377,58 @@ def read_table(path: str | os.PathLike, *, encoding: str | None = None) -> Table
             rows.append(obj)
             numbers_.append(row)
     else:
-        columns, header_line, records = _csv_header_and_records(path_s, text, _DELIMITERS[fmt])
+        columns, header_line, records = _csv_header_and_records(path_s, text, _DELIMITERS[fmt], header, names)
         _check_unique_columns(path_s, columns, header_line)
+        base = list(columns)  # a headerless file's extra trailing fields add columns; rows need these
         for row, fields, err in records:
             if err is None:
-                err = _field_count_problem(fields, columns, fmt)
+                err = _field_count_problem(fields, base, fmt, allow_extra=not header)
             if err is not None:
                 raise DataError(f"{path_s}, row {row}: {err}; {fix}")
+            while len(fields) > len(columns):  # a headerless row's extra trailing fields are kept
+                columns.append(f"column_{len(columns) + 1}")
             rows.append(dict(zip(columns, fields)))
             numbers_.append(row)
     if not rows:
         raise DataError(f"{path_s} has no data rows")
-    return Table(path=path_s, format=fmt, columns=columns, rows=rows, encoding=used_encoding, row_numbers=numbers_)
+    return Table(path=path_s, format=fmt, columns=columns, rows=rows, encoding=used_encoding, row_numbers=numbers_,
+                 header=header)
+
+
+def predict_columns(table: Table, text_column: str | None, pair_column: str | None = None) -> tuple[str, str | None]:
+    """The text (and pair) column of a table to predict on, found as :func:`read_examples` finds them."""
+    text_col, pair_col, _ = _resolve_columns(table.path, table.format, list(table.columns), text_column, pair_column,
+                                             None, require_labels=False, header=table.header)
+    return text_col, pair_col
+
+
+#: The first characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
+
+
+def guard_cell(text: str) -> str:
+    """``text`` with a leading ``'`` when it starts like a formula (``=``, ``+``, ``-``, ``@``, tab, CR).
+
+    A plain number (``-0.5``, ``+3``, ``-1e-5``) is no formula and stays as it is. This is OWASP's
+    advice for CSV injection: a spreadsheet shows the cell as text instead of running it.
+    """
+    if text.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.match(text):
+        return "'" + text
+    return text
 
 
 def write_table(
-    table: Table, path: str | os.PathLike, extra_columns: list[str], extra_rows: list[dict]
-) -> None:
+    table: Table, path: str | os.PathLike, extra_columns: list[str], extra_rows: list[dict], *, csv_guard: bool = True,
+) -> list[str]:
     """Write ``table``'s rows with ``extra_columns`` appended, one output row per input row.
 
     The format follows the output suffix (``.csv``, ``.tsv``/``.tab``, ``.jsonl``/``.ndjson``/
     ``.json``), else the table's own. Output is UTF-8, written to a temporary file and renamed,
-    so a crash never leaves half a file. An extra column that already exists is overwritten in place.
+    so a crash never leaves half a file. The input's columns are never replaced: an extra column
+    whose name the input already has (a gold ``label``) is written as ``predicted_label``. Returns
+    the names the extra columns were written under. In CSV/TSV output every cell, header included,
+    that starts like a formula is neutralised (:func:`guard_cell`) unless ``csv_guard=False``.
     """
     if len(extra_rows) != len(table.rows):
         raise ValueError(f"extra_rows has {len(extra_rows)} rows but the table has {len(table.rows)}")
@@ -390,10 +437,19 @@ def write_table(
     fmt = "jsonl" if suffix == ".json" else _SUFFIX_FORMATS.get(suffix, table.format)
     if fmt not in ("csv", "tsv", "jsonl"):
         fmt = "csv"
-    overwritten = [c for c in extra_columns if c in table.columns]
-    if overwritten:
-        logger.warning("%s: overwriting existing column(s) %s with new values", path_s, ", ".join(overwritten))
-    columns = list(table.columns) + [c for c in dict.fromkeys(extra_columns) if c not in table.columns]
+    names: dict[str, str] = {}
+    taken = set(table.columns)
+    for c in dict.fromkeys(extra_columns):
+        name, k = c, 1
+        while name in taken:
+            name, k = (f"predicted_{c}" if k == 1 else f"predicted_{c}_{k}"), k + 1
+        names[c] = name
+        taken.add(name)
+    renamed = [f"{c!r} as {n!r}" for c, n in names.items() if c != n]
+    if renamed:
+        logger.info("%s: the input has its own column(s) of these names, kept; writing %s", path_s, ", ".join(renamed))
+    columns = list(table.columns) + list(names.values())
+    guard = guard_cell if csv_guard else (lambda text: text)
 
     out = Path(path_s)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -404,16 +460,16 @@ def write_table(
             if fmt == "jsonl":
                 for row, extra in zip(table.rows, extra_rows):
                     obj = dict(row)
-                    obj.update({c: extra.get(c) for c in extra_columns})
+                    obj.update({names[c]: extra.get(c) for c in names})
                     f.write(json.dumps(obj, ensure_ascii=False, default=_json_default) + "\n")
             else:
                 # "\r\n" (RFC 4180, the csv default): with "\n" the writer leaves a field holding a
                 # lone "\r" unquoted, and no CSV reader gets that row back intact.
                 writer = csv.writer(f, delimiter=_DELIMITERS[fmt], lineterminator="\r\n")
-                writer.writerow(columns)
+                writer.writerow([guard(c) for c in columns])
                 for row, extra in zip(table.rows, extra_rows):
-                    merged = {**row, **{c: extra.get(c) for c in extra_columns}}
-                    writer.writerow([_cell(merged.get(c)) for c in columns])
+                    merged = {**row, **{names[c]: extra.get(c) for c in names}}
+                    writer.writerow([guard(_cell(merged.get(c))) for c in columns])
         os.replace(tmp, path_s)
     except BaseException:
         try:
@@ -422,6 +478,7 @@ def write_table(
             pass
         raise
     logger.info("wrote %d rows to %s", len(table.rows), path_s)
+    return [names[c] for c in extra_columns]
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,10 +510,10 @@ def parse_label_map(spec: str | Mapping) -> dict[str, str]:
             obj = json.loads(stripped)
         except ValueError as e:
             raise DataError(
-                f"label map {spec!r} starts like JSON but is not valid JSON ({e}); " + _LABEL_MAP_SYNTAX
+                f"label map {_preview(spec, 60)} starts like JSON but is not valid JSON ({e}); " + _LABEL_MAP_SYNTAX
             ) from None
         if not isinstance(obj, dict):
-            raise DataError(f"label map {spec!r} is not a JSON object; " + _LABEL_MAP_SYNTAX)
+            raise DataError(f"label map {_preview(spec, 60)} is not a JSON object; " + _LABEL_MAP_SYNTAX)
         return parse_label_map(obj)
 
     result: dict[str, str] = {}
@@ -467,19 +524,19 @@ def parse_label_map(spec: str | Mapping) -> dict[str, str]:
         keys, eq, value = part.partition("=")
         value = value.strip()
         if not eq or not value or "=" in value:
-            raise DataError(f"label map {spec!r}: cannot read {part!r}; " + _LABEL_MAP_SYNTAX)
+            raise DataError(f"label map {_preview(spec, 60)}: cannot read {_preview(part)}; " + _LABEL_MAP_SYNTAX)
         for key in keys.split(","):
             key = key.strip()
             if not key:
-                raise DataError(f"label map {spec!r}: empty key in {part!r}; " + _LABEL_MAP_SYNTAX)
+                raise DataError(f"label map {_preview(spec, 60)}: empty key in {_preview(part)}; " + _LABEL_MAP_SYNTAX)
             if key in result and result[key] != value:
                 raise DataError(
-                    f"label map {spec!r}: {key!r} is mapped twice ({result[key]!r} and {value!r}); "
+                    f"label map {_preview(spec, 60)}: {key!r} is mapped twice ({result[key]!r} and {value!r}); "
                     "map each key once"
                 )
             result[key] = value
     if not result:
-        raise DataError(f"label map {spec!r} is empty; " + _LABEL_MAP_SYNTAX)
+        raise DataError(f"label map {_preview(spec, 60)} is empty; " + _LABEL_MAP_SYNTAX)
     return result
 
 
@@ -503,11 +560,12 @@ def check_known_labels(examples: Iterable[Example], known: Sequence[str], where:
     if not unseen:
         return
     parts = []
-    for label in _sort_labels(unseen):
+    for label in _sort_labels(unseen)[:_MAX_LISTED]:
         rows = unseen[label]
         shown = ", ".join(str(r) for r in rows[:_MAX_LISTED]) + (", ..." if len(rows) > _MAX_LISTED else "")
-        parts.append(f"{label!r} ({len(rows)} row{'s' if len(rows) != 1 else ''}: {shown})")
-    known_s = ", ".join(repr(k) for k in _sort_labels(known_set)) or "(none)"
+        parts.append(f"{_preview(label)} ({len(rows)} row{'s' if len(rows) != 1 else ''}: {shown})")
+    known_list = _sort_labels(known_set)
+    known_s = ", ".join(_preview(k) for k in known_list[:30]) + (", ..." if len(known_list) > 30 else "") or "(none)"
     raise DataError(
         f"{where}: label{'s' if len(unseen) > 1 else ''} never seen in training: {'; '.join(parts)}. "
         f"Known labels: {known_s}. Map them with --label-map, or remove those rows."
@@ -606,6 +664,20 @@ def stratified_split(
     return splits
 
 
+def empty_split_warnings(rows: Mapping[str, int]) -> list[str]:
+    """Loud warnings for empty validation/test splits (``rows``: split name -> examples), else []."""
+    empty = [name for name in ("validation", "test") if not rows.get(name)]
+    if not empty:
+        return []
+    what = " and ".join(empty)
+    consequence = ("this run has no held-out evaluation at all: metrics.json holds no metrics, and the saved model "
+                   "is the last step's, chosen by nothing") if len(empty) == 2 else \
+        f"there are no {empty[0]} metrics"
+    return [f"WARNING: the {what} split{'s are' if len(empty) == 2 else ' is'} empty (too few rows after "
+            f"deduplication and splitting: {rows.get('train', 0)} training examples); {consequence}. Give more "
+            "rows, larger --split fractions, or --validation-file/--test-file."]
+
+
 def _split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
     """Per-label sizes: rounded (so each is within one of n * fraction), at least one per non-empty split."""
     n_val = int(math.floor(n * fractions[1] + 0.5))
@@ -660,8 +732,11 @@ def _check_not_binary(path: str, data: bytes, encoding: str | None) -> None:
             raise DataError(f"{path} looks like a binary file ({what}), not CSV/TSV/JSONL")
     if encoding is not None or any(data.startswith(bom) for bom, _ in _BOMS):
         return  # UTF-16/32 text is full of NUL bytes; the user (or the BOM) told us what it is
-    nul = data.find(b"\x00", 0, _BINARY_SNIFF_BYTES)
-    if nul >= 0:
+    block = data[:_BINARY_SNIFF_BYTES]
+    nul = block.find(b"\x00")
+    # A few NUL bytes are damage in a text file: the rows holding them are rejected, each with its
+    # row number (skippable). Many (UTF-16 puts one beside every ASCII character) mean another codec.
+    if nul >= 0 and block.count(b"\x00") * 8 > len(block):
         raise DataError(
             f"{path} looks like a binary file (NUL byte at offset {nul}), not CSV/TSV/JSONL. "
             "If it is UTF-16 text without a byte-order mark, pass --encoding utf-16-le (or utf-16-be)"
@@ -775,38 +850,79 @@ def _csv_field_limit(limit: int) -> Iterator[None]:
         csv.field_size_limit(old)
 
 
-def _csv_records(text: str, delimiter: str) -> Iterator[tuple[int, list[str] | None, str | None]]:
-    """Yield (line the record starts on, fields, None) or (line, None, problem); blank lines skipped."""
+class _Lines:
+    """The lines of a text, as an iterator whose position can be set back (to re-read after an error)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines, self.pos = lines, 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _csv_records(
+    text: str, delimiter: str, allow_extra: bool = False, expected: int | None = None,
+) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """Yield (line the record starts on, fields, None) or (line, None, problem); blank lines skipped.
+
+    Every line is accounted for: a record that breaks the quoting rules, or that runs over several
+    lines and has a different number of fields from the first record (fewer, with ``allow_extra``:
+    a quote left open that a later quote happened to close), is a problem of the line it starts on, and
+    reading goes on at the next line, so a quote left open never swallows the rows after it.
+    """
     # Lines end at "\n" (as wc -l, grep -n, sed and vim count them), so a lone "\r" inside a quoted
     # tweet does not shift every later row number; "\r\n" is handled by the csv module. Only a file
     # with no "\n" at all (classic Mac) has its lines end at "\r". No translation: quoted "\r\n" stays.
     newline = "\r" if "\n" not in text else "\n"
-    reader = csv.reader(io.StringIO(text, newline=newline), delimiter=delimiter, strict=True)
-    previous_end = 0
+    source = _Lines(io.StringIO(text, newline=newline).readlines())
+    reader = csv.reader(source, delimiter=delimiter, strict=True)
+    # ``expected``: the field count (default: the first record's, the header's)
     with _csv_field_limit(_CSV_FIELD_LIMIT):
         while True:
+            start = source.pos
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as e:
-                start = previous_end + 1
-                if reader.line_num <= previous_end:
-                    return  # no progress: never loop on the same line
-                previous_end = reader.line_num
-                yield start, None, _csv_problem(e, delimiter)
+                problem = _csv_problem(e, delimiter)
+                if source.pos - start > 1:
+                    problem = (f"a quote left open? A quoted field opened on this row runs over lines {start + 1}-"
+                               f"{source.pos} and breaks there ({str(e)[:80]}); the lines after line {start + 1} "
+                               "are read again as rows of their own")
+                source.pos = start + 1  # the record is this line's problem; the next line is read afresh
+                reader = csv.reader(source, delimiter=delimiter, strict=True)
+                yield start + 1, None, problem
                 continue
-            start = previous_end + 1
-            previous_end = reader.line_num
-            if fields:  # [] is a blank line
-                yield start, fields, None
+            if not fields:  # [] is a blank line
+                continue
+            if any("\x00" in f for f in fields):
+                problem = "the row contains a NUL character (file damage?)"
+            elif (source.pos - start > 1 and expected is not None
+                  and (len(fields) < expected if allow_extra else len(fields) != expected)):
+                problem = (f"a quoted field runs from line {start + 1} to line {source.pos} and leaves the record "
+                           f"with {len(fields)} fields: a quote left open? The lines after line {start + 1} "
+                           "are read again as rows")
+            else:
+                if expected is None:
+                    expected = len(fields)
+                yield start + 1, fields, None
+                continue
+            source.pos = start + 1
+            reader = csv.reader(source, delimiter=delimiter, strict=True)
+            yield start + 1, None, problem
 
 
 def _csv_problem(e: csv.Error, delimiter: str) -> str:
     msg = str(e)
     if "unexpected end of data" in msg:
-        return ('a quoted field starting on this row is never closed (unmatched \'"\'), '
-                "so the rest of the file was read into it")
+        return 'a quoted field starting on this row is never closed (unmatched \'"\')'
     if "expected after" in msg:
         return (f"malformed quoting ({msg}): a quote inside a quoted field must be doubled (\"\"), "
                 "and a field that starts with a quote must end with one")
@@ -818,30 +934,53 @@ def _csv_problem(e: csv.Error, delimiter: str) -> str:
 
 
 def _csv_header_and_records(
-    path: str, text: str, delimiter: str
+    path: str, text: str, delimiter: str, header: bool = True, names: Sequence[str] | None = None,
 ) -> tuple[list[str], int, Iterator[tuple[int, list[str] | None, str | None]]]:
-    records = _csv_records(text, delimiter)
-    for line, fields, err in records:
-        if err is not None:
-            raise DataError(f"{path}, line {line}: cannot read the header: {err}")
-        return fields, line, records
-    raise DataError(f"{path} is empty; expected a header line and rows")
+    """The column names and the data records. ``header=False``: the first row is data; columns are
+    ``names`` or ``column_1 ... column_N`` (N: the first row's field count), and a row may have
+    extra trailing fields (research files often do), which are ignored."""
+    if header and names is None:
+        records = _csv_records(text, delimiter)
+        for line, fields, err in records:
+            if err is not None:
+                raise DataError(f"{path}, line {line}: cannot read the header: {err}")
+            return fields, line, records
+        raise DataError(f"{path} is empty; expected a header line and rows")
+    records = _csv_records(text, delimiter, allow_extra=True, expected=len(names) if names else None)
+    held: list[tuple[int, list[str] | None, str | None]] = []
+    first = None
+    for record in records:
+        held.append(record)
+        if record[1] is not None:
+            first = record
+            break
+    if names is not None:
+        columns = list(names)
+        if first is not None and [f.strip().casefold() for f in first[1]] == [c.casefold() for c in columns]:
+            held.remove(first)  # the file has the header the user described: not a data row
+            logger.info("%s: the first row is the header %s, as --columns says; reading it as one",
+                        path, _preview_columns(columns))
+    elif first is not None:
+        columns = [f"column_{i}" for i in range(1, len(first[1]) + 1)]
+    else:
+        columns = []
+    return columns, 0, itertools.chain(held, records)
 
 
 def _check_unique_columns(path: str, columns: list[str], header_line: int) -> None:
     counts = Counter(columns)
     dups = [name for name, n in counts.items() if n > 1]
     if dups:
-        described = ", ".join(f"{name!r} ({counts[name]} times)" for name in dups)
+        described = ", ".join(f"{_preview(name)} ({counts[name]} times)" for name in dups[:_MAX_LISTED])
         raise DataError(
             f"{path}, line {header_line}: the header names a column more than once: {described}; "
             "give every column a unique name"
         )
 
 
-def _field_count_problem(fields: list[str], columns: list[str], fmt: str) -> str | None:
+def _field_count_problem(fields: list[str], columns: list[str], fmt: str, allow_extra: bool = False) -> str | None:
     n, expected = len(fields), len(columns)
-    if n == expected:
+    if n == expected or (allow_extra and n > expected):
         return None
     what = "tab" if fmt == "tsv" else "comma"
     if n > expected:
@@ -881,23 +1020,82 @@ def _jsonl_columns_and_records(text: str) -> tuple[list[str], list[tuple[int, di
 # --------------------------------------------------------------------------------------------
 
 
+def _header_options(path: str, fmt: str, header: bool, columns: Sequence[str] | None) -> tuple[list[str] | None, bool]:
+    """(column names or None, whether the first row is a header); ``columns`` implies no header."""
+    if columns is not None:
+        if isinstance(columns, str):
+            columns = [c.strip() for c in columns.split(",")]
+        names = [str(c) for c in columns]
+        if not names or not all(n.strip() for n in names) or len(set(names)) != len(names):
+            raise DataError(f"columns {_preview_columns(names)}: give each column a distinct, non-empty name")
+        header = False
+    else:
+        names = None
+    if not header and fmt == "jsonl":
+        raise DataError(f"{path}: JSON lines name their fields in every line; --no-header and --columns apply "
+                        "to CSV and TSV files only")
+    return names, bool(header)
+
+
+def _positional(path: str, columns: list[str], name: str, flag: str) -> str | None:
+    """A headerless file's column named by 1-based position ("3") or by a --columns name."""
+    if name in columns:
+        return name
+    if name.strip().isdigit():
+        i = int(name)
+        if 1 <= i <= len(columns):
+            return columns[i - 1]
+        raise DataError(f"{path}: {flag} {i}: the file has {len(columns)} columns (positions 1 to {len(columns)})")
+    return None
+
+
+def _looks_like_data(columns: Sequence[str]) -> bool:
+    """A header row holds short names; a number, or a sentence, says the first row is data."""
+    for name in columns:
+        text = name.strip()
+        try:
+            float(text)
+            return True
+        except ValueError:
+            pass
+        if len(text) > 40 or len(text.split()) >= 5:
+            return True
+    return False
+
+
 def _resolve_columns(
     path: str, fmt: str, columns: list[str], text_column: str | None, pair_column: str | None,
-    label_column: str | None, require_labels: bool,
+    label_column: str | None, require_labels: bool, header: bool = True,
 ) -> tuple[str, str | None, str | None]:
     what = "keys" if fmt == "jsonl" else "columns"
     found = f"{what} found: {_preview_columns(columns, limit=30)}"
     hint = _delimiter_hint(columns, fmt)
+    if header and fmt != "jsonl" and _looks_like_data(columns):
+        hint += (f". The first row ({_preview_columns(columns, limit=4)}) looks like data, not a header: if the file "
+                 "has no header row, pass --no-header and name columns by 1-based position (--text-column 3 "
+                 "--label-column 2) or list them with --columns id,score,text")
+    elif not header:
+        hint += (". This file has no header: name columns by 1-based position (--text-column 3 --label-column 2) "
+                 "or list them with --columns")
 
     def missing(kind: str, flag: str, name: str | None, candidates: tuple[str, ...] = ()) -> DataError:
         if name is not None:
-            head = f"{path}: no {kind} column {name!r}"
+            head = f"{path}: no {kind} column {_preview(name)}"
+            if header and name.strip().isdigit() and fmt != "jsonl" and "--no-header" not in hint:
+                head += " (a position needs --no-header)"
         else:
             head = f"{path}: no {kind} column found (looked for {', '.join(candidates)})"
         return DataError(f"{head}; {found}. Name the right one with {flag}{hint}")
 
+    if not header:
+        def find(name: str, flag: str) -> str | None:
+            return _positional(path, columns, name, flag)
+    else:
+        def find(name: str, flag: str) -> str | None:
+            return _find_column(path, columns, name)
+
     if text_column is not None:
-        text_col = _find_column(path, columns, text_column)
+        text_col = find(text_column, "--text-column")
         if text_col is None:
             raise missing("text", "--text-column", text_column)
     else:
@@ -907,12 +1105,12 @@ def _resolve_columns(
 
     pair_col = None
     if pair_column is not None:
-        pair_col = _find_column(path, columns, pair_column)
+        pair_col = find(pair_column, "--pair-column")
         if pair_col is None:
             raise missing("pair", "--pair-column", pair_column)
 
     if label_column is not None:
-        label_col = _find_column(path, columns, label_column)
+        label_col = find(label_column, "--label-column")
         if label_col is None:
             raise missing("label", "--label-column", label_column)
     else:
@@ -1017,6 +1215,8 @@ class _RowBuilder:
         if isinstance(s, tuple):
             return f"label is {s[0]}, expected a string or a number"
         s = s.strip() if s is not None else None
+        if s and "\x00" in s:
+            return "label contains a NUL character (file damage?)"
         if not s:
             if not self.require_labels:
                 return _Ok(None)
@@ -1150,7 +1350,7 @@ def _preview(s: str, limit: int = 40) -> str:
 
 
 def _preview_columns(columns: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(repr(c) for c in columns[:limit])
+    shown = ", ".join(_preview(str(c)) for c in columns[:limit])
     return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")
 
 

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,12 +205,12 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path."""
     started = time.perf_counter()
     run = RunDir(config.output_dir)
+    run.check_is_run()  # a file, or a folder bertfit did not create, is refused before anything else
     saved = _saved_config(run)
     has_checkpoints = bool(run.checkpoint_steps())
+    replace = False  # the old run is removed only once the new run's data and model have been read
     if overwrite:
-        if run.path.exists():
-            shutil.rmtree(run.path)
-        resume = False
+        replace, resume = True, False
     elif has_checkpoints:
         if resume and saved is not None:
             config = saved.replace(output_dir=config.output_dir)
@@ -228,8 +227,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
             # Killed before its first checkpoint: nothing to resume, nothing of value to keep.
             logger.warning("%s: an earlier attempt stopped before its first checkpoint; starting it again", run.path)
             config = saved.replace(output_dir=config.output_dir)
-            shutil.rmtree(run.path)
-            resume = False
+            replace, resume = True, False
         else:
             raise BertfitError(f"{run.path} already holds a {'finished ' if finished else ''}run; pass --overwrite "
                                "to replace it, --resume to continue it, or choose another --output-dir")
@@ -241,6 +239,8 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
 
     prepared = prepare_data(config)
     task = prepared.task
+    for warning in prepared.summary.setdefault("warnings", data_mod.empty_split_warnings(prepared.summary["rows"])):
+        logger.warning("%s", warning)  # empty validation/test splits: also in the report and metrics.json
     model_dir = resolve_model(config.model)
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
     train = encode(tokenizer, prepared.train, task, config.max_length)
@@ -256,7 +256,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     task.prepare_training(config.to_dict(), train.targets)
     if getattr(model, "fresh_head", True):
         task.init_head(model)
-    run.create()  # only now: a run that fails on its data or model leaves no directory behind
+    run.create(replace=replace)  # only now: a run that fails on its data or model leaves the old one intact
     write_json_atomic(run.file("train_config.json"), config.to_dict())
     write_json_atomic(run.file("data.json"), prepared.summary)
     write_json_atomic(run.file("split.json"), {name: [e.row for e in split] for name, split in
@@ -298,7 +298,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         metrics[name] = task.evaluate(outputs[name], split.targets)
         # The report shows the test set's mistakes, or validation's when there is no test set.
         mistakes = confident_mistakes(task, outputs[name], split.targets, examples)
-    write_json_atomic(run.file("metrics.json"), metrics)
+    write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": " ".join(prepared.summary["warnings"])})
     wall = time.perf_counter() - started
     report = write_run_report(run, config, prepared, result, metrics, mistakes, wall,
                               outputs={name: (outputs[name], split.targets) for name, split in
@@ -326,6 +326,6 @@ def write_run_report(run: RunDir, config: TrainConfig, prepared: PreparedData, r
     inputs = ReportInputs(
         title=f"bertfit run: {config.model} on {source}", model_name=config.model, labels=prepared.labels,
         data_summary=prepared.summary, settings=config.to_dict(), history=result.history,
-        final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall, notes=result.notes,
-        task=prepared.task, outputs=outputs or {})
+        final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall,
+        notes=[*prepared.summary.get("warnings", []), *result.notes], task=prepared.task, outputs=outputs or {})
     return write_report(run.path, inputs)

