@@ -525,8 +525,8 @@ def test_cli_refuses_inconsistent_limits_and_busy_port(run_dir):
 # Fast, in-process: the batcher on its own, and the optional extra
 # ---------------------------------------------------------------------------------------------
 
-from bertfit.serve_batcher import (DeadlineExceededError, DynamicBatcher,  # noqa: E402
-                                   QueueFullError)
+from bertfit.serve.batcher import (DeadlineExceededError, DynamicBatcher,  # noqa: E402
+                                  QueueFullError)
 
 
 def test_batcher_merges_bounded_batches_and_answers_each_request():
@@ -615,7 +615,9 @@ def test_missing_serve_extra_names_the_fix(monkeypatch):
 
 
 def test_importing_bertfit_serve_needs_neither_fastapi_nor_torch():
-    code = ("import sys, bertfit, bertfit.serve; a = sorted(m for m in ('fastapi', 'uvicorn', 'torch') if m in sys.modules); "
+    # Nor the CLI: bertfit.cli imports the server for its subcommand, never the reverse.
+    code = ("import sys, bertfit, bertfit.serve; a = sorted(m for m in ('fastapi', 'uvicorn', 'torch', 'bertfit.cli') "
+            "if m in sys.modules); "
             "import bertfit.cli; b = sorted(m for m in ('fastapi', 'uvicorn') if m in sys.modules); print(a, b)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[] []", out.stderr
