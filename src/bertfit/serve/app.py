@@ -21,6 +21,7 @@ from bertfit.serve.batcher import DeadlineExceededError, DynamicBatcher, QueueFu
 from bertfit.serve.config import ServeConfig
 from bertfit.serve.host import (FAILED, LOADING, READY, ApiError, ModelHost, _local_model_dir,
                                 parse_predict_request, read_model_info)
+from bertfit.serve.metrics import CLIENT_CLOSED
 from bertfit.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bertfit.serve.metrics import ServeMetrics
 
@@ -31,8 +32,16 @@ logger = logging.getLogger(__name__)
 
 # Paths that get their own label in the metrics; anything else is "other", so that scanners
 # probing random URLs cannot grow the metric families without bound.
-KNOWN_ENDPOINTS = frozenset({"/", "/predict", "/info", "/health", "/ready", "/metrics", "/openapi.json",
-                             "/docs", "/docs/oauth2-redirect", "/redoc"})
+# The API docs page's assets, served from the package (static/docs, see its README) so that /docs
+# works offline; FastAPI's default page loads them from a CDN.
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagger-ui.css": "text/css; charset=utf-8",
+               "favicon-32x32.png": "image/png"}
+KNOWN_ENDPOINTS = frozenset({"/", "/predict", "/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs",
+                             *(f"/docs/{name}" for name in DOCS_ASSETS)})
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer: its own doing, not a server error."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +69,10 @@ def _page() -> tuple[bytes, str]:
 # The application
 # ---------------------------------------------------------------------------------------------
 
+def _docs_asset(name: str) -> bytes:
+    return (importlib.resources.files("bertfit.serve") / "static" / "docs" / name).read_bytes()
+
+
 def _require_serve_extra() -> None:
     try:
         import fastapi  # noqa: F401
@@ -80,9 +93,11 @@ def create_app(config: ServeConfig) -> "FastAPI":
     _require_serve_extra()
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     local_dir = _local_model_dir(config.run)
     host = ModelHost(config, read_model_info(local_dir) if local_dir is not None else None)
@@ -90,7 +105,8 @@ def create_app(config: ServeConfig) -> "FastAPI":
     batcher = DynamicBatcher(host.run_batch, max_batch_size=config.max_batch_size,
                              max_wait_s=config.max_wait_ms / 1000.0, max_queue=config.max_queue,
                              executor=executor)
-    metrics = ServeMetrics(queue_depth=lambda: batcher.queue_depth, ready=lambda: float(host.status == READY))
+    metrics = ServeMetrics(queue_depth=lambda: batcher.queue_depth, ready=lambda: float(host.status == READY),
+                           running=lambda: batcher.running_texts)
     batcher.on_batch = metrics.observe_batch
     page, page_csp = _page()
 
@@ -157,7 +173,9 @@ def create_app(config: ServeConfig) -> "FastAPI":
         504: {"model": ErrorResponse, "description": "no answer within timeout_s"},
     }
 
-    app = FastAPI(title="bertfit", version=_version(), lifespan=lifespan,
+    # docs_url=None: /docs is ours (below), with its assets served from the package; no /redoc,
+    # whose script would come from a CDN too.
+    app = FastAPI(title="bertfit", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text classification with a fine-tuned BERT encoder. "
                               "POST texts to /predict; the web page is at /.")
     app.state.host, app.state.batcher, app.state.metrics, app.state.config = host, batcher, metrics, config
@@ -175,6 +193,13 @@ def create_app(config: ServeConfig) -> "FastAPI":
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": str(exc.detail), "code": code}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientGone)
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: Exception) -> Response:
+        # Nobody reads this answer; its status tells the metrics what happened. One quiet line, no traceback.
+        logger.info("client %s closed the connection %s", _peer(request), str(exc) or "before its answer")
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -235,6 +260,8 @@ def create_app(config: ServeConfig) -> "FastAPI":
 
         try:
             await asyncio.wait_for(read(), timeout=max(0.0, deadline - time.monotonic()))
+        except ClientDisconnect:
+            raise ClientGone(f"while sending its request body ({size} bytes received)") from None
         except asyncio.TimeoutError:
             raise ApiError(408, "body_timeout", f"the request body did not arrive within {config.timeout_s:g} s "
                            "(limit timeout_s)", limit="timeout_s", maximum=config.timeout_s) from None
@@ -264,7 +291,7 @@ def create_app(config: ServeConfig) -> "FastAPI":
                            headers={"Retry-After": "1"})
         texts, pairs = parse_predict_request(await read_body(request, deadline), config)
         try:
-            payload = await batcher.submit(texts, pairs, deadline)
+            payload = await until_disconnect(request, batcher.submit(texts, pairs, deadline))
         except QueueFullError as exc:
             raise ApiError(429, "queue_full", f"server busy: {exc} (limit max_queue); retry shortly",
                            limit="max_queue", maximum=config.max_queue, headers={"Retry-After": "1"}) from None
@@ -274,15 +301,46 @@ def create_app(config: ServeConfig) -> "FastAPI":
                            maximum=config.timeout_s) from None
         except ShuttingDownError:
             raise ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "1"}) from None
+        except ClientGone:
+            raise
         except Exception:  # noqa: BLE001 - the batch logged the traceback; answer this request alone
             raise ApiError(500, "prediction_failed", "prediction failed for this request; see the server log") from None
         return Response(payload, media_type="application/json")
 
-    @app.get("/health", summary="Liveness: the process answers")
+    async def until_disconnect(request: Request, work: Any) -> Any:
+        """``await work``, unless the client hangs up first: then its texts leave the queue
+        (the batcher abandons a cancelled request) and ClientGone is raised."""
+        task = asyncio.ensure_future(work)
+
+        async def disconnected() -> None:
+            # The body was read whole, so the next message is the disconnect. Should a server
+            # send anything else, stop watching (wait forever) rather than spin on it.
+            if (await request.receive())["type"] != "http.disconnect":
+                await asyncio.Event().wait()
+
+        watcher = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not task.done():
+                task.cancel()
+        if task.cancelled() or not task.done():
+            raise ClientGone("while waiting for its answer (its texts leave the queue)")
+        return task.result()
+
+    def get(path: str, **kwargs: Any) -> Any:
+        """GET, and HEAD on the same path (FastAPI routes answer HEAD with 405 otherwise)."""
+        def decorate(endpoint: Any) -> Any:
+            app.head(path, include_in_schema=False)(endpoint)
+            return app.get(path, **kwargs)(endpoint)
+        return decorate
+
+    @get("/health", summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: the model is loaded and warmed up",
+    @get("/ready", summary="Readiness: the model is loaded and warmed up",
              responses={503: {"description": "still loading, or failed to load"}})
     async def ready() -> Response:
         body: dict[str, Any] = {"status": host.status}
@@ -290,7 +348,7 @@ def create_app(config: ServeConfig) -> "FastAPI":
             body["error"] = host.error
         return JSONResponse(body, status_code=200 if host.status == READY else 503)
 
-    @app.get("/info", summary="The model: name, labels, architecture, recorded metrics; and the limits")
+    @get("/info", summary="The model: name, labels, architecture, recorded metrics; and the limits")
     async def info() -> dict[str, Any]:
         i = host.info
         return {
@@ -305,18 +363,41 @@ def create_app(config: ServeConfig) -> "FastAPI":
             "limits": config.limits(),
         }
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
+    @get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {METRICS_CONTENT_TYPE: {}}}})
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    @app.get("/", include_in_schema=False)
+    @get("/", include_in_schema=False)
     async def index() -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers={
             "Content-Security-Policy": page_csp, "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
 
+    @get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="bertfit - API",
+                                   swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
+                                   swagger_favicon_url="/docs/favicon-32x32.png", oauth2_redirect_url=None)
+
+    def docs_asset_route(name: str, media_type: str) -> None:
+        @get(f"/docs/{name}", include_in_schema=False)
+        async def asset() -> Response:
+            # Read once, on first use: 1.9 MB that most servers never send.
+            if name not in assets:
+                assets[name] = _docs_asset(name)
+            return Response(assets[name], media_type=media_type, headers={"Cache-Control": "public, max-age=86400"})
+
+    assets: dict[str, bytes] = {}
+    for name, media_type in DOCS_ASSETS.items():
+        docs_asset_route(name, media_type)
+
     return app
+
+
+def _peer(request: Any) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "(unknown)"
 
 
 def _version() -> str:
@@ -387,6 +468,6 @@ def command(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_texts_per_request=args.max_texts_per_request, max_chars=args.max_chars,
         max_body_bytes=args.max_body_bytes, timeout_s=args.timeout_s, access_log=args.access_log,
-        load_delay_s=args.load_delay_s,
+        gate_file=args.gate_file,
     )
     return serve(config)

@@ -31,7 +31,10 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     timeout_s: float = 10.0
     access_log: bool = False
-    load_delay_s: float = 0.0  # tests only: widen the "loading" window to observe it
+    # Tests only: while this file exists, loading and every batch wait (on the worker thread), so
+    # that a test can hold the server in "loading" or "computing" for as long as it needs to
+    # observe it, whatever the machine's speed.
+    gate_file: str | None = None
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_queue", "max_texts_per_request", "max_chars", "max_body_bytes")
@@ -94,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-s", type=float, default=d.timeout_s,
                         help=f"deadline for one request, queueing included; past it: HTTP 504 (default {d.timeout_s:g})")
     parser.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs time)")
-    parser.add_argument("--load-delay-s", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--gate-file", default=None, help=argparse.SUPPRESS)  # tests only, see ServeConfig
 
 
 def default_threads() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,11 @@ def _check_strings(value: Any, name: str, config: ServeConfig) -> list[str]:
     return value
 
 
+def _preview(text: str, limit: int = 80) -> str:
+    """At most ``limit`` characters of something the client sent, for an error message."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def _json_type(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
@@ -142,14 +148,16 @@ def parse_predict_request(body: bytes, config: ServeConfig) -> tuple[list[str], 
     try:
         payload = json.loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {_preview(str(exc))}") from None
+    except RecursionError:  # "[[[[..." deeper than the parser's stack: a client's mistake, not a 500
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON: it is nested too deeply") from None
     if not isinstance(payload, dict):
         raise ApiError(422, "wrong_type",
                        f'the request body must be a JSON object like {{"texts": ["..."]}}, got {_json_type(payload)}')
     unknown = sorted(set(payload) - {"texts", "pairs"})
     if unknown:
         raise ApiError(422, "unknown_field",
-                       f"unknown field {unknown[0]!r}; the body takes \"texts\" and optionally \"pairs\"")
+                       f"unknown field {_preview(repr(unknown[0]))}; the body takes \"texts\" and optionally \"pairs\"")
     if "texts" not in payload:
         raise ApiError(422, "missing_field", 'missing field "texts" (a list of strings)')
     texts = _check_strings(payload["texts"], "texts", config)
@@ -181,8 +189,7 @@ class ModelHost:
 
     def load(self) -> None:
         """Load and warm up (on the worker thread, so its first real batch runs warm)."""
-        if self.config.load_delay_s > 0:
-            time.sleep(self.config.load_delay_s)
+        self._wait_at_gate()
         import torch
 
         from bertfit.checkpoints import resolve_model
@@ -212,6 +219,7 @@ class ModelHost:
         sorts its texts by length itself. If a call fails, its jobs are retried one by one, so one
         bad request cannot fail the requests it was batched with.
         """
+        self._wait_at_gate()
         out: list[bytes | BaseException] = [b""] * len(jobs)
         for with_pairs in (False, True):
             group = [i for i, job in enumerate(jobs) if (job.pairs is not None) == with_pairs]
@@ -233,6 +241,12 @@ class ModelHost:
             self._trim()  # see _malloc_trim: keeps RSS flat under varying batch shapes
             self._last_trim = time.monotonic()
         return out
+
+    def _wait_at_gate(self) -> None:
+        """Tests only: hold this (worker) thread while ServeConfig.gate_file exists."""
+        gate = self.config.gate_file
+        while gate is not None and os.path.exists(gate):
+            time.sleep(0.005)
 
     def _predict(self, jobs: Sequence[Job]) -> list[bytes]:
         assert self.classifier is not None
