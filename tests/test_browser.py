@@ -95,6 +95,14 @@ def test_type_a_text_and_see_its_label(browser, run_dir, tmp_path, artifacts):
         assert "at least one text" in page.text_content("#error")
         assert not outside, f"the page tried to reach the internet: {outside}"
         assert not problems, problems
+
+        # The API docs render with no internet (their assets come from the package, not a CDN).
+        docs, outside, problems = open_page(browser, srv.url + "/docs")
+        docs.wait_for_selector(".opblock-summary-path[data-path='/predict']")
+        assert docs.locator(".opblock").count() >= 5  # /predict, /health, /ready, /info, /metrics
+        docs.screenshot(path=str(artifacts / "serve-docs.png"), full_page=True)
+        assert not outside, f"/docs tried to reach the internet: {outside}"
+        assert not problems, problems
     finally:
         srv.stop()
 

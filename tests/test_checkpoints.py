@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -206,9 +207,18 @@ def test_missing_and_unexpected_weights_are_named(tmp_path):
         load_classifier(tmp_path)
 
 
-def test_hub_id_offline_fails_fast_with_a_clear_message(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+@pytest.mark.parametrize("offline", ["unreachable hub", "offline mode"])
+def test_hub_id_offline_fails_fast_with_a_clear_message(tmp_path, offline):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "BERTFIT_OFFLINE")}
     env["HF_HOME"] = str(tmp_path / "hf")  # an empty hub cache
+    if offline == "offline mode":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        # Forced, not assumed: the hub is a loopback port that nothing listens on, so the test takes
+        # the no-network path on a machine with a network too.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            env["HF_ENDPOINT"] = f"http://127.0.0.1:{s.getsockname()[1]}"
     code = (
         "from bertfit.checkpoints import resolve_model\n"
         "try:\n    resolve_model('bert-base-cased')\n"
@@ -216,8 +226,9 @@ def test_hub_id_offline_fails_fast_with_a_clear_message(tmp_path):
     )
     # timeout=10: the bound; a hang raises TimeoutExpired and fails the test.
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=10)
-    assert "ModelNotFoundError" in out.stdout
+    assert "ModelNotFoundError" in out.stdout, out.stdout + out.stderr
     assert "'bert-base-cased'" in out.stdout and "local model directory" in out.stdout
+    assert ("offline mode is set" if offline == "offline mode" else "cannot be reached") in out.stdout
 
 
 def test_unknown_names_and_files_are_refused(tmp_path):

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bertfit.engines import add_engine_argument
 from bertfit.errors import BertfitError
 
 logger = logging.getLogger("bertfit")
@@ -174,15 +175,6 @@ def _float(value: str, flag: str) -> float:
         return float(value)
     except ValueError:
         raise BertfitError(f"{flag}: {value!r} is not a number (use 'balanced' or one number per label)") from None
-
-
-def add_engine_argument(parser: argparse.ArgumentParser) -> None:
-    # The choices are bertfit.predict.ENGINES, written out: importing predict would import torch,
-    # and the CLI parses (and answers --help) without it. tests/test_cli.py keeps the two equal.
-    parser.add_argument("--engine", choices=("auto", "pytorch", "onnxruntime"), default="auto",
-                        help="what runs the model: auto (default) is ONNX Runtime on the CPU when installed -- the "
-                             "same fp32 logits, exported once into the cache (~2 s), about half the latency -- "
-                             "else PyTorch; a GPU always uses PyTorch")
 
 
 def add_header_arguments(parser: argparse.ArgumentParser) -> None:

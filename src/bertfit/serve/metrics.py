@@ -13,6 +13,7 @@ from collections import defaultdict
 from typing import Callable, Iterable, Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CLIENT_CLOSED = 499  # the status the app records for a client that hung up before its answer
 
 # Request latency: from 2 ms (health checks) to the default 10 s deadline and beyond.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -105,12 +106,17 @@ class Histogram:
 class ServeMetrics:
     """The server's metric families; ``render()`` gives the /metrics page."""
 
-    def __init__(self, queue_depth: Callable[[], float], ready: Callable[[], float]) -> None:
+    def __init__(self, queue_depth: Callable[[], float], ready: Callable[[], float],
+                 running: Callable[[], float] = lambda: 0.0) -> None:
         self.in_flight = 0  # /predict requests between arrival and answer
         self.requests = Counter("bertfit_http_requests_total", "HTTP requests by endpoint and status code.",
                                 ("endpoint", "code"))
-        self.errors = Counter("bertfit_http_errors_total", "HTTP responses with status >= 400, by status code.",
+        self.errors = Counter("bertfit_http_errors_total", "HTTP responses with status >= 400, by status code "
+                              "(clients that hung up are counted apart, in bertfit_client_disconnects_total).",
                               ("code",))
+        self.disconnects = Counter("bertfit_client_disconnects_total",
+                                   "Requests whose client closed the connection before the answer, by endpoint.",
+                                   ("endpoint",))
         self.latency = Histogram("bertfit_http_request_duration_seconds",
                                  "Time from request start to response end, by endpoint.", LATENCY_BUCKETS,
                                  ("endpoint",))
@@ -121,6 +127,7 @@ class ServeMetrics:
                                        "Time to compute one batch on the worker thread.", BATCH_SECONDS_BUCKETS)
         self.texts = Counter("bertfit_predicted_texts_total", "Texts classified.")
         self.queue_depth = Gauge("bertfit_queue_depth_texts", "Texts waiting for a batch.", queue_depth)
+        self.running = Gauge("bertfit_running_batch_texts", "Texts in the batch being computed.", running)
         self.ready = Gauge("bertfit_model_ready", "1 once the model is loaded and warmed up, else 0.", ready)
         self.in_flight_gauge = Gauge("bertfit_predict_requests_in_flight",
                                      "/predict requests received and not yet answered.", lambda: self.in_flight)
@@ -128,6 +135,9 @@ class ServeMetrics:
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         code = str(status)
         self.requests.inc(endpoint, code)
+        if status == CLIENT_CLOSED:  # the client's doing: neither an error nor a latency anyone saw
+            self.disconnects.inc(endpoint)
+            return
         if status >= 400:
             self.errors.inc(code)
         self.latency.observe(seconds, endpoint)
@@ -139,6 +149,6 @@ class ServeMetrics:
         self.texts.inc(amount=texts)
 
     def render(self) -> str:
-        families = (self.requests, self.errors, self.latency, self.batch_size, self.batch_requests,
-                    self.batch_seconds, self.texts, self.queue_depth, self.in_flight_gauge, self.ready)
+        families = (self.requests, self.errors, self.disconnects, self.latency, self.batch_size, self.batch_requests,
+                    self.batch_seconds, self.texts, self.queue_depth, self.running, self.in_flight_gauge, self.ready)
         return "\n".join(line for family in families for line in family.render()) + "\n"
