@@ -113,11 +113,42 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     again = TextClassifier.load(run, engine="pytorch")
     np.testing.assert_array_equal(again.predict_logits(texts, pairs), outputs)
 
+    _check_served(run, tmp_path, texts, pairs, records)
+
     export_onnx(run, tmp_path / "onnx")
     exported = TextClassifier.load(tmp_path / "onnx")
     assert exported.engine == "onnxruntime" and exported.task.state() == torch_model.task.state()
     np.testing.assert_allclose(exported.predict_logits(texts, pairs), outputs, atol=1e-4)
     assert [r.keys() for r in exported.predictions(texts, pairs)] == [r.keys() for r in records]
+
+
+def _check_served(run: Path, tmp_path: Path, texts: list[str], pairs: list[str] | None, records: list[dict]) -> None:
+    """`bertfit serve RUN` answers /predict with the task's records (the default engine: same to 1e-4)."""
+    pytest.importorskip("fastapi")
+    import httpx
+
+    from test_serve import Server
+
+    server = Server(run, tmp_path / "serve.log")
+    try:
+        server.wait("/ready")
+        body = {"texts": texts, **({"pairs": pairs} if pairs else {})}
+        answer = httpx.post(server.url + "/predict", json=body, timeout=60).json()
+        info = httpx.get(server.url + "/info", timeout=10).json()
+    finally:
+        server.stop()
+    assert answer["task"] == TASKS[json.loads((run / "task.json").read_text())["task"]].name
+    served = answer["predictions"]
+    assert [sorted(r) for r in served] == [sorted(r) for r in records]
+    for got, want in zip(served, records):
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, abs=1e-4)
+            elif isinstance(value, dict):
+                assert got[key] == pytest.approx(value, abs=1e-4)
+            elif key != "labels":  # multi-label: a probability within 1e-4 of its threshold may flip
+                assert got[key] == value
+    assert info["labels"] == json.loads((run / "task.json").read_text())["labels"]
 
 
 def _hf_pair(problem_type: str, num_labels: int):

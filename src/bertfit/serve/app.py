@@ -148,13 +148,20 @@ def create_app(config: ServeConfig) -> "FastAPI":
                                                           "(sentence-pair tasks); same length as texts")
 
     class Prediction(BaseModel):
-        label: str = Field(..., description="the most probable class")
-        confidence: float = Field(..., description="its probability")
-        probabilities: dict[str, float] = Field(..., description="every class's probability")
+        """One text's record; which fields it has depends on the model's task."""
+
+        label: str | None = Field(None, description="single-label: the most probable class")
+        confidence: float | None = Field(None, description="single-label: its probability")
+        labels: list[str] | None = Field(None, description="multi-label: the labels over their thresholds")
+        probabilities: dict[str, float] | None = Field(
+            None, description="classification: every label's probability (softmax, or one sigmoid per label)")
+        value: float | None = Field(None, description="regression with one target: the predicted value")
+        values: dict[str, float] | None = Field(None, description="regression with several targets: each value")
 
     class PredictResponse(BaseModel):
         model: str
-        labels: list[str] = Field(..., description="class names, in the model's order")
+        task: str = Field(..., description="single-label, multi-label or regression")
+        labels: list[str] = Field(..., description="class, label or target names, in the model's order")
         predictions: list[Prediction] = Field(..., description="one per text, in request order")
 
     class ErrorResponse(BaseModel):

@@ -42,8 +42,8 @@ def read_model_info(directory: Path) -> ModelInfo:
     from bertfit.config import BertConfig
 
     config = BertConfig.from_json_file(directory / "config.json")
-    if config.num_labels < 2:
-        raise ConfigError(f"{directory}: config.json has no labels (id2label); this is not a trained classifier")
+    if config.num_labels < (2 if config.problem_type == "single_label_classification" else 1):
+        raise ConfigError(f"{directory}: config.json has no labels (id2label); this is not a trained model")
     train_config = _read_json(directory / "train_config.json")
     metrics = _read_json(directory / "metrics.json")
     base = train_config.get("model") if isinstance(train_config, dict) else None
@@ -205,8 +205,8 @@ class ModelHost:
                                          engine=self.config.engine)
         self.engine = classifier.engine
         # The first forward pass pays for allocator and thread-pool start-up; do it before /ready.
-        classifier.predict_proba(["warm-up"])
-        classifier.predict_proba(["warm-up"], ["pair"])
+        classifier.predict_logits(["warm-up"])
+        classifier.predict_logits(["warm-up"], ["pair"])
         self.classifier = classifier
         logger.info("model %s loaded and warmed up in %.1f s (%s; labels: %s; %d CPU threads)", classifier.name,
                     time.perf_counter() - started, classifier.engine, ", ".join(classifier.labels),
@@ -252,27 +252,21 @@ class ModelHost:
         assert self.classifier is not None
         texts = [t for job in jobs for t in job.texts]
         pairs = [p for job in jobs for p in job.pairs] if jobs[0].pairs is not None else None  # type: ignore[union-attr]
-        proba = self.classifier.predict_proba(texts, pairs, max_batch=self.config.max_batch_size)
-        return prediction_payloads(self.classifier.name, self.classifier.labels, proba.tolist(),
-                                   [len(job.texts) for job in jobs])
+        outputs = self.classifier.predict_logits(texts, pairs, max_batch=self.config.max_batch_size)
+        return prediction_payloads(self.classifier.name, self.classifier.labels, self.classifier.task.decode(outputs),
+                                   [len(job.texts) for job in jobs], task=self.classifier.task.name)
 
 
-def prediction_payloads(model: str, labels: list[str], proba: list[list[float]], sizes: Sequence[int]) -> list[bytes]:
-    """The JSON answer of each request, from the class probabilities of all their texts in order.
-
-    The one place that turns model outputs into what /predict returns (``sizes``: texts per
-    request), kept apart so that a task's own decoding can replace it.
-    """
+def prediction_payloads(model: str, labels: list[str], records: list[dict], sizes: Sequence[int], *,
+                        task: str = "single-label") -> list[bytes]:
+    """The JSON answer of each request, from the task's prediction records of all their texts in order
+    (``sizes``: texts per request). The records come from the task's decode (tasks/), so the server
+    returns what ``bertfit predict`` prints, whatever the task."""
     payloads, start = [], 0
     for size in sizes:
-        predictions = []
-        for row in proba[start:start + size]:
-            best = max(range(len(row)), key=row.__getitem__)
-            predictions.append({"label": labels[best], "confidence": row[best],
-                                "probabilities": dict(zip(labels, row))})
+        payloads.append(json.dumps({"model": model, "task": task, "labels": labels,
+                                    "predictions": records[start:start + size]}, ensure_ascii=False).encode("utf-8"))
         start += size
-        payloads.append(json.dumps({"model": model, "labels": labels, "predictions": predictions},
-                                   ensure_ascii=False).encode("utf-8"))
     return payloads
 
 
