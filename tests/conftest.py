@@ -82,7 +82,7 @@ def write_csv(path: Path, rows, header=("text", "label")) -> Path:
     return path
 
 
-def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
+def build_tiny_model_dir(directory: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     """A random 2-layer BERT with a word-level WordPiece vocabulary, saved like a pretrained encoder."""
     import json
 
@@ -100,7 +100,8 @@ def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
     (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}), encoding="utf-8")
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     model = BertForSequenceClassification(config.with_labels(["x", "y"]))
     state = {k: v for k, v in to_transformers_state_dict(model).items() if not k.startswith("classifier.")}
     save_file(state, str(directory / "model.safetensors"))
@@ -112,6 +113,13 @@ def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def no_dropout_model_dir(tmp_path_factory) -> Path:
+    """The same tiny model with every dropout probability 0 in its config.json: training is then a
+    deterministic function of the batches, so differently split runs can be compared weight by weight."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert-no-dropout"), dropout=0.0)
 
 
 @pytest.fixture(scope="session")

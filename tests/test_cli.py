@@ -99,23 +99,26 @@ def test_predict_file_keeps_every_row_and_column(tweets_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_engines_give_the_same_answers(tweets_run, tmp_path):
-    """The CPU default (ONNX Runtime when installed, exported once into the cache) and --engine pytorch."""
-    import importlib.util
-
+def test_default_engine_is_onnx_runtime_with_pytorch_s_answers(tweets_run, tmp_path):
+    """The CPU default (ONNX Runtime, exported once into the cache) and --engine pytorch. Without
+    onnxruntime the default would be PyTorch too and the comparison empty: skipped, not adapted."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     texts = ["so happy today", "this is awful", "the bus is at 5", "meh " * 40]
     cache = {"BERTFIT_CACHE": str(tmp_path / "cache")}
     pytorch = bertfit("predict", tweets_run, "--json", "--engine", "pytorch", *texts, env_extra=cache)
     assert not (tmp_path / "cache" / "onnx-fp32").exists()  # --engine pytorch never exports
     default = bertfit("predict", tweets_run, "--json", *texts, env_extra=cache)
     assert default.returncode == 0 and pytorch.returncode == 0, default.stderr[-3000:] + pytorch.stderr[-3000:]
+    assert (tmp_path / "cache" / "onnx-fp32").is_dir()  # the default did run ONNX Runtime (exported once)
     a = [json.loads(line) for line in default.stdout.splitlines()]
     b = [json.loads(line) for line in pytorch.stdout.splitlines()]
     assert [x["label"] for x in a] == [x["label"] for x in b] and len(a) == len(texts)
     for x, y in zip(a, b):
         assert all(abs(x["probabilities"][k] - y["probabilities"][k]) <= 1e-5 for k in x["probabilities"])
-    onnx = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-    assert (tmp_path / "cache" / "onnx-fp32").is_dir() == onnx  # the default exported once
+
+
+def test_bad_engine_exits_2(tweets_run):
     bad = bertfit("predict", tweets_run, "--engine", "tensorrt", "x")
     assert bad.returncode == 2 and "invalid choice: 'tensorrt'" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -129,17 +132,30 @@ def test_predict_from_stdin_and_evaluate(tweets_run, tmp_path):
                                                    ("the bus is at 5", "neutral")], header=("text", "sentiment"))
     out = bertfit("evaluate", tweets_run, "--file", labelled, "--output", tmp_path / "m.json")
     assert out.returncode == 0, out.stderr
-    assert "accuracy" in out.stdout and json.loads((tmp_path / "m.json").read_text())["n"] == 3
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n"] == 3 and f"{metrics['accuracy']:.4f}" in out.stdout
+    # the metrics are those of predict's labels for the same file, recomputed here
+    out = bertfit("predict", tweets_run, "--file", labelled, "--output", tmp_path / "p.csv")
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as f:
+        predicted = [row["label"] for row in csv.DictReader(f)]
+    truth = ["positive", "negative", "neutral"]
+    assert metrics["accuracy"] == pytest.approx(sum(p == t for p, t in zip(predicted, truth)) / 3)
+    f1 = []
+    for label in LABELS:
+        tp = sum(p == t == label for p, t in zip(predicted, truth))
+        fp = sum(p == label != t for p, t in zip(predicted, truth))
+        fn = sum(t == label != p for p, t in zip(predicted, truth))
+        f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    assert metrics["macro_f1"] == pytest.approx(sum(f1) / len(f1))
 
 
 @pytest.mark.slow
 def test_int8_reports_its_cost_against_fp32(tweets_run, tmp_path):
     """evaluate --int8 measures agreement and accuracy deltas on the user's file; predict --int8 says
     that it is approximate (on stderr: stdout stays machine-readable)."""
-    import importlib.util
-
-    if importlib.util.find_spec("onnxruntime") is None:
-        pytest.skip("onnxruntime not installed (the export extra)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (the export extra)")
+    pytest.importorskip("onnx", reason="onnx not installed (the export extra)")
     labelled = write_csv(tmp_path / "eval.csv", [("so happy today", "positive"), ("this is awful", "negative"),
                                                    ("the bus is at 5", "neutral"), ("love it", "positive")],
                          header=("text", "sentiment"))
@@ -158,9 +174,18 @@ def test_int8_reports_its_cost_against_fp32(tweets_run, tmp_path):
     assert cost["accuracy_int8"] == int8_metrics["accuracy"]
     assert cost["accuracy_delta"] == pytest.approx(int8_metrics["accuracy"] - fp32_metrics["accuracy"])
     assert cost["macro_f1_delta"] == pytest.approx(int8_metrics["macro_f1"] - fp32_metrics["macro_f1"])
-    assert cost["label_agreement"] * 4 == round(cost["label_agreement"] * 4)  # a fraction of the 4 examples
-    if cost["accuracy_delta"] != 0:
-        assert cost["label_agreement"] < 1
+    # the agreement, recomputed from the two label lists: predict --int8 and predict (fp32) on the file
+    labels = {}
+    for name, flags in (("int8", ["--int8"]), ("fp32", [])):
+        out = bertfit("predict", tweets_run, "--file", labelled, "--output", tmp_path / f"{name}.csv", *flags,
+                      env_extra={"BERTFIT_CACHE": str(tmp_path / "cache")})
+        assert out.returncode == 0, out.stderr[-3000:]
+        with open(tmp_path / f"{name}.csv", newline="", encoding="utf-8") as f:
+            labels[name] = [row["label"] for row in csv.DictReader(f)]
+    assert cost["label_agreement"] == pytest.approx(sum(a == b for a, b in zip(labels["int8"], labels["fp32"])) / 4)
+    truth = ["positive", "negative", "neutral", "positive"]
+    assert cost["accuracy_int8"] == pytest.approx(sum(a == t for a, t in zip(labels["int8"], truth)) / 4)
+    assert cost["accuracy_fp32"] == pytest.approx(sum(a == t for a, t in zip(labels["fp32"], truth)) / 4)
     out = bertfit("predict", tweets_run, "--int8", "so happy today", env_extra={"BERTFIT_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "int8 is approximate" in out.stderr and "bertfit evaluate" in out.stderr

@@ -41,12 +41,28 @@ def test_repacks_after_the_weight_changes_in_place():
     assert torch.allclose(after, expected, atol=1e-5)
 
 
-def test_training_keeps_autograd_through_f_linear():
+@pytest.mark.parametrize("shape", [(3, 8), (2, 5, 8), (SMALL_ROWS + 7, 8)])
+def test_training_gradients_are_f_linear_s(shape):
+    """Outside inference mode PrepackedLinear is F.linear: the same output and the same gradients
+    for the input, the weight and the bias (small inputs included, which oneDNN takes at inference)."""
+    torch.manual_seed(0)
     layer = nn.Sequential(nn.Linear(8, 4))
     prepack_linears(layer)
-    x = torch.randn(3, 8, requires_grad=True)
-    layer[0](x).sum().backward()
-    assert x.grad is not None and layer[0].weight.grad is not None
+    packed = layer[0]
+    assert isinstance(packed, PrepackedLinear)
+    weight = packed.weight.detach().clone().requires_grad_(True)
+    bias = packed.bias.detach().clone().requires_grad_(True)
+    x = torch.randn(shape, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    upstream = torch.randn(*shape[:-1], 4)
+    out = packed(x)
+    expected = F.linear(x_ref, weight, bias)
+    assert torch.equal(out, expected)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-6)
+    assert torch.allclose(packed.weight.grad, weight.grad, atol=1e-6)
+    assert torch.allclose(packed.bias.grad, bias.grad, atol=1e-6)
 
 
 def test_prepacked_classifier_keeps_its_state_dict_and_logits():

@@ -194,3 +194,30 @@ def test_resume_inside_a_logging_window_logs_the_same_mean_loss(tmp_path, tiny_m
     assert [r["step"] for r in resumed.train.history if r["kind"] == "train"] == [4, 8, 12, 14]
     a, b = (load_file(str(r.run_dir / "model.safetensors")) for r in (reference, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_then_resume_is_bit_identical_with_the_default_thread_count(setup, tmp_path):
+    """The claim holds for a given thread count: here the default (every core this process may use,
+    2 or more threads on most machines), not only the one thread of the other tests. Reference and
+    resumed run both use the default; reductions split across threads differ from one thread's, so a
+    run resumed with another --threads is not expected to match bit for bit."""
+    from bertfit.job import configure_threads
+
+    model_dir, csv, _ = setup
+    args = train_args(model_dir, csv, tmp_path / "reference")
+    args = args[: args.index("--threads")]  # no --threads: the default
+    reference = tmp_path / "reference"
+    out = bertfit(args)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before = torch.get_num_threads()
+    default = configure_threads(None)  # what the subprocess chose, computed the same way here
+    torch.set_num_threads(before)
+    assert f"with {default} threads" in out.stderr
+    run = tmp_path / "run"
+    killed = bertfit(args[: args.index("--output-dir") + 1] + [str(run)] + args[args.index("--output-dir") + 2 :],
+                     env={"BERTFIT_KILL_AT_STEP": "17"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    out = bertfit(["--resume", str(run)])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming" in out.stderr and "ignoring" not in out.stderr
+    assert_identical(run, reference)

@@ -14,6 +14,7 @@ from bertfit.predict import TextClassifier
 from bertfit.tasks.classify import class_weight_vector
 from bertfit.train import linear_schedule, param_groups
 from bertfit.train_config import TrainConfig
+from conftest import synthetic_rows, write_csv
 
 
 def tiny_config(tmp_path, model_dir, train_file, **overrides) -> TrainConfig:
@@ -52,16 +53,44 @@ def test_same_seed_gives_identical_metrics_and_weights(tmp_path, tiny_model_dir,
     assert not torch.equal(a["classifier.weight"], c["classifier.weight"])
 
 
-def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_model_dir, synthetic_csv):
-    common = dict(max_steps=6, bucket_window=1, eval_each_epoch=False, lr=1e-4)
-    # dropout off: the two runs draw random numbers in a different order
-    from bertfit.checkpoints import load_classifier  # noqa: F401  (documented: model dir has dropout 0.1)
-    big = fine_tune(tiny_config(tmp_path / "big", tiny_model_dir, synthetic_csv, batch_size=32, grad_accum=1,
-                                classifier_dropout=0.0, **common))
-    small = fine_tune(tiny_config(tmp_path / "small", tiny_model_dir, synthetic_csv, batch_size=16, grad_accum=2,
-                                  classifier_dropout=0.0, **common))
-    assert big.train.state.step == small.train.state.step == 6
-    assert big.train.state.examples_seen == small.train.state.examples_seen == 6 * 32
+def unique_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """n synthetic rows with distinct texts (deduplication keeps them all)."""
+    rows, seen = [], set()
+    for text, label in synthetic_rows(4 * n, seed):
+        if text not in seen:
+            seen.add(text)
+            rows.append((text, label))
+    return rows[:n]
+
+
+def max_weight_difference(a_run, b_run) -> float:
+    a, b = (load_file(str(r.run_dir / "model.safetensors")) for r in (a_run, b_run))
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, no_dropout_model_dir):
+    """k micro-batches of b examples accumulated give the weights of one batch of k·b.
+
+    The 30 training rows make one epoch = one optimizer step in every run (one batch of 30; 2
+    micro-batches of 16 + 14; 4 of 8 + 8 + 8 + 6), so every step sums the gradient of the same 30
+    examples; dropout is 0 in the model's config, so nothing random differs. The uneven last
+    micro-batch matters: a loss averaged per micro-batch would weight its 6 examples like 8."""
+    train = write_csv(tmp_path / "train.csv", unique_rows(30, seed=11))
+    common = dict(validation_file=str(train), max_steps=6, eval_each_epoch=False, lr=1e-3, warmup_ratio=0.0,
+                  save_every=100)
+    runs = {(b, k): fine_tune(tiny_config(tmp_path / f"b{b}k{k}", no_dropout_model_dir, train, batch_size=b,
+                                          grad_accum=k, **common))
+            for b, k in ((32, 1), (16, 2), (8, 4))}
+    for run in runs.values():
+        assert run.train.state.step == 6 and run.train.state.examples_seen == 6 * 30
+    one_batch = runs[(32, 1)]
+    for key in ((16, 2), (8, 4)):
+        assert max_weight_difference(one_batch, runs[key]) <= 1e-6, key
+    # The comparison has teeth: training moved the weights far more than the tolerance.
+    untrained = fine_tune(tiny_config(tmp_path / "one-step", no_dropout_model_dir, train, batch_size=32,
+                                      **{**common, "max_steps": 1}))
+    assert max_weight_difference(one_batch, untrained) > 1e-3
 
 
 def test_sparse_word_embedding_gradient_gives_the_dense_results(tmp_path, tiny_model_dir, synthetic_csv, monkeypatch):
@@ -92,12 +121,39 @@ def test_sparse_word_embedding_gradient_gives_the_dense_results(tmp_path, tiny_m
     assert sparse.metrics == plain.metrics
 
 
-def test_early_stopping_and_max_steps(tmp_path, tiny_model_dir, synthetic_csv):
+def expected_stop(values: list[float], patience: int, lower_is_better: bool = False) -> int | None:
+    """The index of the evaluation at which `patience` stops training: the patience-th in a row
+    that does not beat the best so far (strictly)."""
+    best, without = None, 0
+    for i, v in enumerate(values):
+        if best is None or (v < best if lower_is_better else v > best):
+            best, without = v, 0
+        else:
+            without += 1
+            if without == patience:
+                return i
+    return None
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_early_stopping_counts_evaluations_exactly(tmp_path, tiny_model_dir, synthetic_csv, patience):
+    """lr 1e-6 barely moves the model, so validation accuracy stalls: training must stop at exactly
+    the patience-th evaluation in a row without a strict improvement, and not one step later."""
     result = fine_tune(tiny_config(tmp_path, tiny_model_dir, synthetic_csv, lr=1e-6, epochs=50, eval_every=3,
-                                   patience=2, metric="accuracy"))
-    assert result.train.state.stopped_early
+                                   eval_each_epoch=False, patience=patience, metric="accuracy"))
     evals = [r for r in result.train.history if r["kind"] == "eval"]
-    assert evals[-1].get("early_stop") and result.train.state.step < 50 * 40
+    stop = expected_stop([r["accuracy"] for r in evals], patience)
+    assert stop is not None and stop == len(evals) - 1  # stopped at that evaluation, evaluated no further
+    assert [bool(r.get("early_stop")) for r in evals] == [False] * stop + [True]
+    assert result.train.state.stopped_early
+    assert result.train.state.step == evals[-1]["step"] == 3 * len(evals)  # no training step after the stop
+    assert max(r["step"] for r in result.train.history if r["kind"] == "train") == evals[-1]["step"]
+    best = [r["step"] for r in evals if r.get("best")][-1]
+    assert result.train.state.best_step == best and len(evals) - 1 - evals.index(
+        next(r for r in evals if r["step"] == best)) == patience
+
+
+def test_max_steps_caps_training(tmp_path, tiny_model_dir, synthetic_csv):
     capped = fine_tune(tiny_config(tmp_path / "capped", tiny_model_dir, synthetic_csv, max_steps=7))
     assert capped.train.state.step == 7
 
@@ -128,11 +184,59 @@ def test_class_weights():
         class_weight_vector([1, 2], ["a", "b", "c"], [0])
 
 
-def test_class_weights_change_training(tmp_path, tiny_model_dir, synthetic_csv):
-    plain = fine_tune(tiny_config(tmp_path / "p", tiny_model_dir, synthetic_csv, max_steps=3))
-    weighted = fine_tune(tiny_config(tmp_path / "w", tiny_model_dir, synthetic_csv, max_steps=3, class_weights=[1.0, 5.0]))
-    a, b = (load_file(str(r.run_dir / "model.safetensors"))["classifier.weight"] for r in (plain, weighted))
-    assert not torch.equal(a, b)
+@pytest.mark.parametrize("batch_size, grad_accum", [(24, 1), (8, 3)])
+def test_class_weights_give_the_hand_computed_weighted_loss_and_gradient(tmp_path, no_dropout_model_dir,
+                                                                       batch_size, grad_accum):
+    """One optimizer step over 24 examples with class weights [1, 5] (whole, or as 3 accumulated
+    micro-batches): the logged loss is sum(w_y · nll) / sum(w_y), computed here by hand, and the
+    gradient the optimizer receives is that loss's gradient, computed on a copy of the model."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from bertfit.checkpoints import load_classifier
+    from bertfit.runs import RunDir
+    from bertfit.tokenizer import WordPieceTokenizer
+    from bertfit.train import EncodedSplit, Trainer
+
+    labels = ["negative", "positive"]
+    rows = unique_rows(24, seed=7)
+    texts, y = [t for t, _ in rows], torch.tensor([labels.index(label) for _, label in rows])
+    assert 0 < int(y.sum()) < len(y)  # both classes present, so the weights matter
+    tokenizer = WordPieceTokenizer.from_dir(no_dropout_model_dir)
+    torch.manual_seed(0)
+    model = load_classifier(no_dropout_model_dir, labels)
+    reference = copy.deepcopy(model)
+    config = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, max_steps=1, class_weights=[1.0, 5.0],
+                         max_grad_norm=0.0, log_every=1, max_length=32, output_dir=str(tmp_path / "run"))
+    run = RunDir(config.output_dir)
+    run.create()
+    split = EncodedSplit(tokenizer.encode(texts, max_length=32), y.tolist())
+    trainer = Trainer(model, config, split, None, run, pad_id=tokenizer.pad_id, device=torch.device("cpu"))
+    seen: dict[str, torch.Tensor] = {}
+
+    def capture(optimizer, args, kwargs):  # the gradients the update is made from
+        seen.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    trainer.optimizer.register_step_pre_hook(capture)
+    result = trainer.train()
+    assert result.state.step == 1
+
+    batch = tokenizer(texts, max_length=32)
+    logits = reference.train()(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], fast=False)
+    w = torch.tensor([1.0, 5.0])[y]
+    nll = -torch.log_softmax(logits, dim=-1)[torch.arange(len(y)), y]
+    weighted = (w * nll).sum() / w.sum()
+    logged = next(r["loss"] for r in result.history if r["kind"] == "train")
+    assert logged == pytest.approx(weighted.item(), abs=1e-6)
+    assert abs(nll.mean().item() - weighted.item()) > 1e-3  # the unweighted loss would be told apart
+    weighted.backward()
+    names = ["classifier.weight", "classifier.bias", "bert.pooler.dense.weight"]
+    names += [n for n, _ in reference.named_parameters() if n.startswith("bert.layers.0.")][:2]
+    for name, p in reference.named_parameters():
+        if name in names:
+            assert name in seen, name
+            assert torch.allclose(seen[name], p.grad, rtol=1e-4, atol=1e-7), (name, (seen[name] - p.grad).abs().max())
 
 
 def test_high_learning_rate_warns(tmp_path, tiny_model_dir, synthetic_csv, caplog):

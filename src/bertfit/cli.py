@@ -85,7 +85,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
     parser.add_argument("--quick", action="store_true",
                         help="the README's quick job: 6,000 training examples, 1 epoch (flags still override)")
-    parser.add_argument("--resume", metavar="RUN", help="continue a run from its latest intact checkpoint")
+    parser.add_argument("--resume", metavar="RUN", help="continue a run from its latest intact checkpoint, with the "
+                        "settings saved in it (settings given with --resume that differ are ignored, with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "extra":
@@ -123,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from bertfit.data import parse_label_map
     from bertfit.job import fine_tune
-    from bertfit.train_config import TrainConfig, parse_columns, read_config_file, resolve_config
+    from bertfit.train_config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
     if flags["label_map"] is not None:
@@ -138,6 +139,9 @@ def _train(args: argparse.Namespace) -> int:
     if file_values and isinstance(file_values.get("label_map"), str):
         file_values["label_map"] = parse_label_map(file_values["label_map"])
     config = resolve_config(file_values, flags, quick=args.quick)
+    if args.resume:
+        given = {k for k, v in flags.items() if v is not None} | set(file_values or {}) | (set(QUICK) if args.quick else set())
+        _warn_ignored_on_resume(args.resume, given - {"output_dir"}, config)
 
     bar = None
 
@@ -168,6 +172,24 @@ def _train(args: argparse.Namespace) -> int:
     print(f"report: {result.report}")
     print(f"wall time: {result.wall_time_s:.0f} s")
     return 0
+
+
+def _warn_ignored_on_resume(run: str, given: set[str], config) -> None:
+    """`--resume RUN` continues RUN with the settings it saved (that is what makes it exact): a setting
+    given with it (flag, --config file, --quick) that differs from the saved one is ignored, and named."""
+    from bertfit.train_config import TrainConfig
+
+    path = Path(run) / "train_config.json"
+    try:
+        saved = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    except (OSError, ValueError, BertfitError):
+        return  # nothing readable to resume with: fine_tune says so
+    ignored = sorted(name for name in given if getattr(config, name) != getattr(saved, name))
+    if ignored:
+        shown = ", ".join(f"--{name.replace('_', '-')} {_show(getattr(config, name))} (the run's: "
+                          f"{_show(getattr(saved, name))})" for name in ignored)
+        logger.warning("--resume %s continues the run with the settings saved in %s; ignoring %s. To train with "
+                       "other settings, start a new run (another --output-dir, or --overwrite)", run, path, shown)
 
 
 def _float(value: str, flag: str) -> float:

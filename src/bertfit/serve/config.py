@@ -103,5 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def default_threads() -> int:
     """All cores but one. The model's thread pool spins at every op; if it takes every core it
     fights the event loop (and the tokenizer) for them, and a pool thread that gets descheduled
-    stalls the whole op. On 2 cores, 2 threads under load measured 5-20x slower than 1."""
+    stalls the whole op. On 2 cores under 64 clients, 2 threads served 30.3 req/s and 1 thread 74.8
+    (benchmarks/SERVE_RESULTS.md, "Model threads on 2 cores")."""
     return max(1, (os.cpu_count() or 1) - 1)
