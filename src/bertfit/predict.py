@@ -33,6 +33,7 @@ from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.cpu_linear import prepack_linears
 from bertfit.errors import BertfitError, CheckpointError, ConfigError
 from bertfit.heads import BertForSequenceClassification
+from bertfit.precision import log_prediction_line
 from bertfit.tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -129,9 +130,11 @@ class TextClassifier:
             classifier = _onnx_runtime_classifier(directory, int8=int8, required=engine == "onnxruntime")
             if classifier is not None:
                 classifier.max_length = min(max_length, classifier.config.max_position_embeddings)
+                log_prediction_line(torch.device("cpu"), f"ONNX Runtime {'int8' if int8 else 'fp32'}")
                 return classifier
         model = load_classifier(directory, require_head=True)
         tokenizer = WordPieceTokenizer.from_dir(directory)
+        log_prediction_line(torch.device(device), "PyTorch int8" if int8 else "PyTorch fp32")
         return cls(model, tokenizer, max_length=max_length, device=device, int8=int8, name=Path(directory).name)
 
     # -- prediction ---------------------------------------------------------------------------
