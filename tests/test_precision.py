@@ -35,8 +35,8 @@ def isa(flags, model="Test CPU") -> Isa:
     return Isa(model, frozenset(flags), "AVX512" if "avx512f" in flags else "AVX2")
 
 
-def measured(mkl, onednn=None, bf16=None) -> Measurement:
-    return Measurement(mkl, onednn, bf16, threads=2, seconds=0.1)
+def measured(mkl, onednn=None, bf16=None, cpu_share=1.0) -> Measurement:
+    return Measurement(mkl, onednn, bf16, threads=2, seconds=0.1, cpu_share=cpu_share)
 
 
 # -- the decision, per ISA -----------------------------------------------------------------------
@@ -52,8 +52,10 @@ def test_avx2_only_trains_fp32_on_the_faster_fp32_kernel():
 def test_avx512_without_bf16_routes_fp32_through_onednn_where_it_beats_mkl():
     c = precision.choose(isa(AVX512), measured(211, 420))
     assert (c.bf16, c.fp32_kernel) == (False, "onednn")
-    # within the noise margin MKL (PyTorch's default) stays
+    # within the noise margin MKL (PyTorch's default) stays; so it does when the cores were busy measuring
     assert precision.choose(isa(AVX512), measured(211, 211 * precision.ONEDNN_MIN_SPEEDUP * 0.99)).fp32_kernel == "mkl"
+    busy = precision.choose(isa(AVX512), measured(211, 420, cpu_share=0.5))
+    assert busy.fp32_kernel == "mkl" and "busy" in busy.reason
 
 
 def test_avx512_bf16_trains_bf16_only_where_measured_fast():
@@ -86,7 +88,7 @@ def test_read_isa_from_cpuinfo(tmp_path):
 
 def test_the_measurement_skips_bf16_without_the_instructions():
     m = precision.measure(isa(AVX2), budget=0.0)
-    assert m.bf16 is None and m.fp32_mkl > 0
+    assert m.bf16 is None and m.fp32_mkl > 0 and 0 < m.cpu_share <= 1
     assert (m.fp32_onednn is not None) == onednn_linear_available()
 
 
@@ -146,6 +148,15 @@ def test_the_measurement_is_cached_per_machine(fake_cpu):
     fake_cpu["isa"] = isa(AVX2)
     precision._memo.clear()
     assert not precision.cpu_selection().cached and fake_cpu["calls"] == 3
+    # a measurement taken on busy cores serves this process only: the next one measures again
+    files[0].unlink()
+    fake_cpu["measurement"] = measured(170, 400, cpu_share=0.4)
+    precision._memo.clear()
+    busy = precision.cpu_selection()
+    assert busy.choice.fp32_kernel == "mkl" and not files[0].exists()
+    precision._memo.clear()
+    precision.cpu_selection()
+    assert fake_cpu["calls"] == 5
 
 
 def test_a_resume_keeps_the_checkpoints_precision():
