@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_speed.py                          # CPU, the full run (long)
     .venv/bin/python benchmarks/bench_speed.py --steps 40 --repeats 1   # a quick look
     .venv/bin/python benchmarks/bench_speed.py --device cuda            # GPU: bf16 autocast, SDPA
+    .venv/bin/python benchmarks/bench_speed.py --peaks-only             # ISA, matmul peaks, bertfit's choice (seconds)
 
 Model all-MiniLM-L6-v2 (``minilm-l6``); data the bundled tweets corpus with the split `bertfit
 train` makes (deduplicated, stratified 80/10/10, seed 0), the training examples in the same order
@@ -20,7 +21,15 @@ for every contender. Measured:
    batch_size=32)``, with each one's accuracy and the int8 paths' agreement with the fp32 labels;
 3. each contender's peak RSS (every contender runs in a fresh process of its own);
 4. bertfit's achieved training FLOP/s (6 × non-embedding parameters per real token) as a fraction
-   of the machine's fp32 matmul peak, measured in the same process just before and after training.
+   of the matmul peak of the precision it trains in, measured in the same process just before and
+   after training: fp32, the fastest of torch.matmul (MKL), oneDNN (prepacked) and ONNX Runtime's
+   MatMul (MLAS) where installed; bf16, torch.matmul in bf16 (oneDNN with AVX512-BF16/AMX).
+
+The CPU's instruction sets are printed and recorded (bertfit.precision). Where they include bf16
+(AVX512-BF16 or AMX) the contenders add bertfit forced to fp32 (``bertfit-fp32``: ``--no-bf16``;
+``bertfit`` is the default, which chooses bf16 there when measured fast), transformers' Trainer with
+``bf16=True`` on the CPU (``hf-bf16``), and bf16 prediction in PyTorch (``bertfit-bf16-pytorch``,
+with its label agreement); without bf16 instructions those are left out (bf16 is emulated, slow).
 
 The machine is shared and noisy, so absolute times are not results: contenders are interleaved
 in rotating order and repeated (``--repeats``), each ratio is taken between runs of the same
@@ -43,7 +52,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TRAIN_IMPLS = ("bertfit", "hf", "hf-grouped")
+BF16_TRAIN_IMPLS = ("bertfit-fp32", "hf-bf16")  # only where the CPU has bf16 instructions
 PREDICT_IMPLS = ("bertfit", "bertfit-pytorch", "bertfit-int8", "bertfit-int8-torch", "hf-pipeline")
+BF16_PREDICT_IMPLS = ("bertfit-bf16-pytorch",)
+
+
+def train_impls(device: str) -> tuple[str, ...]:
+    from bertfit.precision import read_isa
+
+    return TRAIN_IMPLS + (BF16_TRAIN_IMPLS if device == "cpu" and read_isa().bf16 else ())
 
 
 # --- measurements shared by the children ----------------------------------------------------
@@ -64,26 +81,77 @@ def load_now() -> float:
     return os.getloadavg()[0]
 
 
-def matmul_peak_gflops(device: str, seconds: float = 1.5) -> float:
-    """Best rate of a large matmul: fp32 on the CPU, bf16 on CUDA (what the training runs in)."""
+def _best_rate(step, flops: float, seconds: float, sync=None) -> float:
+    best, start, reps = float("inf"), time.perf_counter(), 0
+    step()
+    while time.perf_counter() - start < seconds or reps < 5:
+        reps += 1
+        if sync:
+            sync()
+        t = time.perf_counter()
+        step()
+        if sync:
+            sync()
+        best = min(best, time.perf_counter() - t)
+    return flops / best / 1e9
+
+
+def matmul_peak_gflops(device: str, seconds: float = 1.5, bf16: bool | None = None) -> float:
+    """Best rate of a large torch.matmul: bf16 where asked (default: on CUDA), else fp32."""
     import torch
 
     n = 2048 if device == "cpu" else 8192  # 2048 already runs at the 4096 rate on the 2-core CPU
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    dtype = torch.bfloat16 if (device != "cpu" if bf16 is None else bf16) else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    best, start, reps = float("inf"), time.perf_counter(), 0
-    a @ b
-    while time.perf_counter() - start < seconds or reps < 5:
-        reps += 1
-        if device != "cpu":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device != "cpu":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return _best_rate(lambda: a @ b, 2 * n**3, seconds, torch.cuda.synchronize if device != "cpu" else None)
+
+
+def cpu_peaks(seconds: float = 1.0, with_bf16: bool | None = None) -> dict:
+    """GFLOP/s of a 2048² matmul per library on this CPU: fp32 torch (MKL), oneDNN (prepacked weight),
+    ONNX Runtime MatMul (MLAS) where installed; bf16 torch where the ISA has bf16 (or ``with_bf16``).
+    ``fp32`` is the fastest fp32 library: the machine's real fp32 peak."""
+    import numpy as np
+    import torch
+
+    from bertfit.precision import read_isa
+
+    n = 2048
+    flops = 2 * n**3
+    out = {"fp32_torch_mkl": matmul_peak_gflops("cpu", seconds, bf16=False)}
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), n)  # a @ b as a linear layer
+        with torch.inference_mode():
+            out["fp32_onednn"] = _best_rate(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""),
+                                            flops, seconds)
+    if _has("onnxruntime") and _has("onnx"):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+                                  [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feeds = {"a": a.numpy(), "b": np.ascontiguousarray(b.numpy())}
+        out["fp32_onnxruntime"] = _best_rate(lambda: session.run(None, feeds), flops, seconds)
+    fp32 = {k: v for k, v in out.items() if k.startswith("fp32_")}
+    out["fp32"] = max(fp32.values())
+    out["fp32_library"] = max(fp32, key=fp32.get)[len("fp32_"):]
+    if with_bf16 if with_bf16 is not None else read_isa().bf16:
+        out["bf16"] = out["bf16_torch"] = matmul_peak_gflops("cpu", seconds, bf16=True)
+    return out
+
+
+def precision_peak(device: str, bf16: bool) -> float:
+    """The matmul peak of the precision a run trains in."""
+    if device != "cpu":
+        return matmul_peak_gflops(device, bf16=bf16)
+    return cpu_peaks(with_bf16=bf16)["bf16" if bf16 else "fp32"]
 
 
 def prepare(args):
@@ -120,26 +188,29 @@ def train_bertfit(args) -> dict:
     config = TrainConfig(max_steps=args.steps, batch_size=32, lr=args.lr, warmup_ratio=0.1, weight_decay=0.01,
                          max_grad_norm=1.0, max_length=128, seed=0, log_every=50, save_every=10**9,
                          eval_each_epoch=False, device=args.device, threads=args.threads,
-                         bf16=args.device == "cuda", compile=args.compile)
+                         # bertfit: the default (CUDA: bf16; CPU: chosen per machine); bertfit-fp32: --no-bf16
+                         bf16=False if args.impl == "bertfit-fp32" else (True if args.device == "cuda" else None),
+                         compile=args.compile)
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
     train = encode(tokenizer, data.train, data.labels, config.max_length)
     validation = encode(tokenizer, data.validation, data.labels, config.max_length)
     device = torch.device(args.device)
     seed_everything(0)
     model = load_classifier(model_dir, data.labels)
-    peak_before = matmul_peak_gflops(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(tmp)
         run.create()
         trainer = Trainer(model, config, train, None, run, pad_id=tokenizer.pad_id, device=device)
+        bf16 = trainer.use_bf16
+        peak_before = precision_peak(args.device, bf16)
         load_start = load_now()
         start = time.perf_counter()
         result = trainer.train()
         if args.device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    peak_after = matmul_peak_gflops(args.device)
-    logits = predict_logits(model, validation.encoded, tokenizer.pad_id, device, 16384, bf16=args.device == "cuda")
+    peak_after = precision_peak(args.device, bf16)
+    logits = predict_logits(model, validation.encoded, tokenizer.pad_id, device, 16384, bf16=bf16)
     metrics = data.task.evaluate(logits, validation.targets)
     if args.save:
         save_classifier(model, args.save, tokenizer=tokenizer)
@@ -151,7 +222,8 @@ def train_bertfit(args) -> dict:
             "seconds": seconds, "tokens_per_s": tokens / seconds, "examples_per_s": result.state.examples_seen / seconds,
             "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
             "gflops": flops / seconds / 1e9, "matmul_peak_gflops": peak, "matmul_peak_before_after": [peak_before, peak_after],
-            "fraction_of_peak": flops / seconds / 1e9 / peak, "load_at_start": load_start}
+            "fraction_of_peak": flops / seconds / 1e9 / peak, "load_at_start": load_start,
+            "precision": trainer.precision.record()}
 
 
 def train_hf(args, grouped: bool) -> dict:
@@ -203,7 +275,7 @@ def train_hf(args, grouped: bool) -> dict:
             output_dir=tmp, per_device_train_batch_size=32, max_steps=args.steps, learning_rate=args.lr,
             warmup_steps=int(0.1 * args.steps), lr_scheduler_type="linear", weight_decay=0.01, max_grad_norm=1.0,
             seed=0, logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
-            use_cpu=args.device == "cpu", bf16=args.device == "cuda", dataloader_num_workers=0,
+            use_cpu=args.device == "cpu", bf16=args.device == "cuda" or args.impl == "hf-bf16", dataloader_num_workers=0,
             torch_compile=args.compile, **grouping)
         trainer = Trainer(model=model, args=targs, train_dataset=dataset, data_collator=collator,
                           processing_class=tokenizer, callbacks=[clock])
@@ -222,7 +294,7 @@ def train_hf(args, grouped: bool) -> dict:
     return {"steps": trainer.state.global_step, "examples": counted["examples"], "real_tokens": counted["tokens"],
             "seconds": clock.seconds, "tokens_per_s": counted["tokens"] / clock.seconds,
             "examples_per_s": counted["examples"] / clock.seconds, "val_accuracy": float((predicted == y).mean()),
-            "optimizer": str(targs.optim), "load_at_start": clock.load}
+            "optimizer": str(targs.optim), "bf16": bool(targs.bf16), "load_at_start": clock.load}
 
 
 # --- prediction children --------------------------------------------------------------------
@@ -238,11 +310,13 @@ def predictor(args):
         # bertfit is the default (`bertfit predict RUN`): on the CPU, ONNX Runtime fp32; bertfit-int8 is
         # `--int8`, ONNX Runtime int8 -- both exported into the cache before any timed process. The
         # "-pytorch"/"-torch" contenders are `--engine pytorch`: the same models in PyTorch.
+        # "bertfit-bf16-pytorch": the PyTorch engine under CPU bf16 autocast (CPUs with bf16 instructions).
         engine = "pytorch" if args.impl.endswith(("-pytorch", "-torch")) else "auto"
         clf = TextClassifier.load(model_dir, int8="int8" in args.impl, engine=engine, device=args.device)
+        bf16 = args.device == "cuda" or "bf16" in args.impl
 
         def run(texts):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device == "cuda"):
+            with torch.autocast(args.device, dtype=torch.bfloat16, enabled=bf16):
                 return clf.predict(texts)
         run.engine = clf.engine
         return run
@@ -288,7 +362,7 @@ def child(args) -> None:
     setup_threads(args)
     start = time.perf_counter()
     if args.child == "train":
-        out = train_bertfit(args) if args.impl == "bertfit" else train_hf(args, grouped=args.impl == "hf-grouped")
+        out = train_bertfit(args) if args.impl.startswith("bertfit") else train_hf(args, grouped=args.impl == "hf-grouped")
     else:
         out = predict_child(args)
     if args.device == "cuda":
@@ -372,10 +446,19 @@ def parent(args) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-speed-"))
     work.mkdir(parents=True, exist_ok=True)
     args.work = str(work)
+    from bertfit.precision import read_isa
+
+    isa = read_isa()
+    torch.set_num_threads(args.threads)
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": args.device, "threads": args.threads,
-              "work": args.work,
-              "cpu": _cpu_name(), "torch": torch.__version__, "steps": args.steps, "repeats": args.repeats,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "train": [], "predict": []}
+              "work": args.work, "cpu": _cpu_name(), "isa": isa.names(), "torch_capability": isa.torch_capability,
+              "torch": torch.__version__, "steps": args.steps, "repeats": args.repeats,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "train": [], "predict": [],
+              "train_impls": list(train_impls(args.device))}
+    if args.device == "cpu":
+        report["peaks_gflops"] = cpu_peaks()
+        print(f"CPU {isa.summary()}; matmul peaks (GFLOP/s): "
+              + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in report["peaks_gflops"].items()))
     try:
         import transformers
 
@@ -384,12 +467,12 @@ def parent(args) -> None:
         pass
     if previous is not None:
         report.update(train=previous["train"], predict=previous["predict"], command=previous["command"],
-                      started=previous["started"])
+                      started=previous["started"], train_impls=previous.get("train_impls", list(TRAIN_IMPLS)))
     print(f"device {args.device}, {args.threads} thread(s), {args.steps} steps, {args.repeats} repeat(s); work dir {work}")
     model_dir = Path(args.model_dir) if args.model_dir else work / "bertfit-model"
     if not args.skip_train:
         print("training (contenders interleaved, order rotated each repeat):")
-        run_interleaved("train", TRAIN_IMPLS, args, report,
+        run_interleaved("train", report["train_impls"], args, report,
                         lambda impl, r: ["--save", str(model_dir)] if impl == "bertfit" and r == 0 else [])
     if not args.skip_predict:
         if not (model_dir / "config.json").exists():
@@ -397,6 +480,8 @@ def parent(args) -> None:
         onnx = _has("onnxruntime") and _has("onnx")
         # Without ONNX Runtime (or on a GPU) the default path is PyTorch: no separate PyTorch contender.
         impls = [i for i in PREDICT_IMPLS if i not in ("bertfit-int8", "bertfit-pytorch") or onnx]
+        if args.device == "cpu" and isa.bf16:
+            impls[2:2] = BF16_PREDICT_IMPLS
         if args.device == "cuda":
             impls = [i for i in impls if "int8" not in i and i != "bertfit-pytorch"]
         if onnx and args.device != "cuda":  # export the graphs into the cache now, not inside a timed process
@@ -412,26 +497,30 @@ def parent(args) -> None:
 
 
 def summarize(report: dict) -> None:
-    train = [r for r in report["train"] if all(impl in r for impl in TRAIN_IMPLS)]  # complete repeats only
+    train_impls = report.get("train_impls", TRAIN_IMPLS)
+    train = [r for r in report["train"] if all(impl in r for impl in train_impls)]  # complete repeats only
     pred = [r for r in report["predict"] if r and len(r) == len(report["predict"][0])]
     lines = [f"\n== summary ({report['device']}, {report['threads']} thread(s), {report['steps']} steps, "
              f"{len(train)} training / {len(pred)} prediction repeats) =="]
     if train:
-        for impl in TRAIN_IMPLS:
+        for impl in train_impls:
             tps = [r[impl]["tokens_per_s"] for r in train]
             eps = [r[impl]["examples_per_s"] for r in train]
             acc = [r[impl]["val_accuracy"] for r in train]
             rss = [r[impl]["peak_rss_mb"] for r in train]
             lines.append(f"train {impl:11s} real tokens/s {statistics.median(tps):8.0f}  examples/s {statistics.median(eps):6.1f}"
                          f"  val accuracy {statistics.median(acc):.4f}  peak RSS {max(rss):6.0f} MB")
-        for other in ("hf", "hf-grouped"):
+        for other in [i for i in train_impls if i != "bertfit"]:
             med, all_ = median_ratio(train, "bertfit", other, "tokens_per_s")
             lines.append(f"RATIO training real tokens/s bertfit / {other}: {med:.2f}x  (per repeat {[round(x, 2) for x in all_]})")
             acc = statistics.median(r["bertfit"]["val_accuracy"] - r[other]["val_accuracy"] for r in train)
             lines.append(f"      validation accuracy bertfit - {other}: {100 * acc:+.2f} points")
-        frac = [r["bertfit"]["fraction_of_peak"] for r in train]
-        lines.append(f"RATIO bertfit training FLOP/s / matmul peak: {statistics.median(frac):.2f}  (per repeat "
-                     f"{[round(x, 2) for x in frac]}; peak {statistics.median(r['bertfit']['matmul_peak_gflops'] for r in train):.0f} GFLOP/s)")
+        for impl in [i for i in train_impls if i.startswith("bertfit")]:
+            frac = [r[impl]["fraction_of_peak"] for r in train]
+            precision = train[0][impl].get("precision")  # absent in results from before the precision choice
+            kind = ("bf16" if precision["bf16"] else "fp32") if precision else "fp32 (torch.matmul)"
+            lines.append(f"RATIO {impl} training FLOP/s / {kind} matmul peak: {statistics.median(frac):.2f}  (per repeat "
+                         f"{[round(x, 2) for x in frac]}; peak {statistics.median(r[impl]['matmul_peak_gflops'] for r in train):.0f} GFLOP/s)")
     if pred:
         impls = list(pred[0])
         for impl in impls:
@@ -453,6 +542,26 @@ def summarize(report: dict) -> None:
     text = "\n".join(lines)
     print(text)
     report["summary"] = text
+
+
+def peaks_only(args) -> None:
+    """The ISA, the matmul peak per library, and what bertfit chooses here (measured afresh)."""
+    import torch
+
+    from bertfit.precision import MEASURE_SHAPE, cpu_selection
+
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    selection = cpu_selection(refresh=True)
+    print(f"CPU {selection.isa.summary()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+          f"load {load_now():.2f}")
+    for key, value in cpu_peaks().items():
+        print(f"  matmul 2048² {key}: {value:.0f} GFLOP/s" if isinstance(value, float) else f"  {key}: {value}")
+    m = selection.measurement
+    print(f"  bertfit's start-up measurement, one training linear (tokens, in, out) = {MEASURE_SHAPE}, GFLOP/s: "
+          f"fp32 MKL {m.fp32_mkl:.0f}, fp32 oneDNN {m.fp32_onednn or 0:.0f}, bf16 "
+          f"{'not measured (no bf16 ISA)' if m.bf16 is None else f'{m.bf16:.0f}'}; took {m.seconds:.2f} s")
+    print(f"  bertfit's choice: bf16={selection.choice.bf16}, fp32 dense layers {selection.choice.fp32_kernel} "
+          f"({selection.choice.reason})")
 
 
 def _save(report: dict, out: str | None) -> None:
@@ -496,12 +605,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "speed_results.json"), help="write all results as JSON here")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run recorded in --out")
     parser.add_argument("--summarize", metavar="JSON", help="print the summary of a results file and exit")
+    parser.add_argument("--peaks-only", action="store_true",
+                        help="print the CPU's ISA, its matmul peaks per library and bertfit's precision choice; exit")
     parser.add_argument("--child", choices=["train", "predict"], help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.summarize:
         summarize(json.loads(Path(args.summarize).read_text(encoding="utf-8")))
+    elif args.peaks_only:
+        peaks_only(args)
     elif args.child:
         child(args)
     else:

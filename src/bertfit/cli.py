@@ -70,7 +70,7 @@ TRAIN_HELP: dict[str, str] = {
     "keep_checkpoints": "how many recent resumable checkpoints to keep",
     "device": "auto, cpu, cuda or cuda:N",
     "threads": "CPU threads (default: the cores available to this process)",
-    "bf16": "bf16 autocast on CUDA (default: on where supported)",
+    "bf16": "bf16 autocast, fp32 weights (default: on for CUDA with bf16 and CPUs where bf16 measured fast)",
     "compile": "torch.compile the model (pays off on long GPU runs)",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
     "problem_type": "single-label, multi-label or regression (default: detected from the labels, and logged)",

@@ -279,6 +279,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         logger.warning("resuming %s from step %d of %d", run.path, ckpt.step, trainer.total_steps)
     else:
         logger.info("training on %s with %d threads: %d examples, %d steps", device, threads, len(train), trainer.total_steps)
+    write_json_atomic(run.file("precision.json"), trainer.precision.record())  # what this run computes in
     result = trainer.train()
 
     best = load_classifier(run.path, require_head=True).to(device)

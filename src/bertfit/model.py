@@ -25,6 +25,10 @@ Two paths through the same weights:
     one draw from torch's own generator (so seeding and checkpointed RNG state still govern it);
     ``bernoulli_`` costs several times more there. P(drop) = round(p·65536)/65536, within 8e-6 of p.
   - ``cls_only``: the last layer computes queries, attention output and feed-forward for [CLS] only.
+
+Under bf16 autocast (training on CPUs with AVX512-BF16/AMX, see precision.py; CUDA) the linear
+layers and attention products run in bf16 while the residual stream, LayerNorm, the attention
+softmax and the loss stay fp32 (the fp32 residual promotes each sum); both paths hold there too.
 """
 
 from __future__ import annotations
@@ -161,7 +165,8 @@ def cpu_dropout(x: Tensor, p: float) -> Tensor:
     words = np.random.SFC64(seed).random_raw((n + 3) // 4)  # uint64, 4 × 16 bits each
     bits = torch.from_numpy(words.view(np.int16)[:n]).view(x.shape)  # uniform int16
     keep = bits >= round(p * 65536) - 32768
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    # The scale as a Python float: in bf16 a scaled mask would round 1/0.9 to 1.109 (-0.2%).
+    return (x * keep).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Dropout):
@@ -255,13 +260,13 @@ class SelfAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=packing.key_mask, dropout_p=dropout_p)
         # CPU fast path: the explicit product, faster than SDPA's CPU kernels when training (which
         # with dropout fall back to its unfused math) and for short sequences when predicting.
-        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, nh, Tq, T)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float()  # (B, nh, Tq, T); softmax in fp32 under bf16
         scale = self.head_dim**-0.5
         scores = scores * scale if packing.bias is None else torch.add(packing.bias, scores, alpha=scale)
         probs = torch.softmax(scores, dim=-1)
         if dropout_p > 0:
             probs = cpu_dropout(probs, dropout_p)
-        return torch.matmul(probs, v)  # (B, nh, Tq, hd)
+        return torch.matmul(probs.to(v.dtype), v)  # (B, nh, Tq, hd)
 
 
 class FeedForward(nn.Module):

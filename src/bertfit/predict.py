@@ -39,6 +39,7 @@ from bertfit.errors import BertfitError, CheckpointError, ConfigError
 from bertfit.heads import BertForSequenceClassification
 from bertfit.tasks import BY_PROBLEM_TYPE
 from bertfit.tasks.base import Task
+from bertfit.precision import log_prediction_line
 from bertfit.tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -129,10 +130,12 @@ class TextClassifier:
                 artifact = read_artifact(directory, classifier.config)
                 classifier.task = artifact.task
                 classifier.max_length = min(max_length or artifact.max_length, classifier.config.max_position_embeddings)
+                log_prediction_line(torch.device("cpu"), f"ONNX Runtime {'int8' if int8 else 'fp32'}")
                 return classifier
         model = load_classifier(directory, require_head=True)
         tokenizer = WordPieceTokenizer.from_dir(directory)
         artifact = read_artifact(directory, model.config)
+        log_prediction_line(torch.device(device), "PyTorch int8" if int8 else "PyTorch fp32")
         return cls(model, tokenizer, max_length=max_length or artifact.max_length, device=device, int8=int8,
                    name=Path(directory).name, task=artifact.task)
 

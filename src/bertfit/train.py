@@ -38,6 +38,7 @@ import torch
 from bertfit.batching import Batch, collate, epoch_batches, inference_batches
 from bertfit.embedding_grad import WordEmbeddingGrad, clip_grad_norm
 from bertfit.errors import BertfitError, CheckpointError
+from bertfit.precision import apply_kernel, resumed_precision, training_precision
 from bertfit.runs import LoadedCheckpoint, RunDir
 from bertfit.tasks import BY_PROBLEM_TYPE
 from bertfit.tasks.base import Task
@@ -206,7 +207,8 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(self.warmup_steps, self.total_steps))
         self.state = TrainState()
-        self.use_bf16 = device.type == "cuda" and (config.bf16 is not False) and torch.cuda.is_bf16_supported()
+        self.precision = training_precision(config.bf16, device)  # bf16 / kernels chosen per machine; logs one line
+        self.use_bf16 = self.precision.bf16
         self.forward = torch.compile(self.model) if config.compile else self.model
         # CPU: the word embeddings' gradient is kept in one dense buffer that the backward adds a
         # sparse gradient into, and only its touched rows are zeroed and clipped (see embedding_grad).
@@ -258,6 +260,7 @@ class Trainer:
             # the sampler: its position (epoch, batch_in_epoch above) and this epoch's order
             "epoch_order": self._order if self._order_epoch == st.epoch and st.batch_in_epoch else None,
             "notes": list(self.notes),
+            "precision": self.precision.checkpoint_fields(),  # a resume continues in it (exactness)
         }
         return self.model.state_dict(), trainer_state, state
 
@@ -297,6 +300,8 @@ class Trainer:
                 logger.warning("the batch order computed now differs from the checkpoint's (a different NumPy?); "
                                "finishing epoch %d in the checkpoint's order", self.state.epoch)
             self._order, self._order_epoch = order, self.state.epoch
+        self.precision = resumed_precision(self.precision, s.get("precision"))
+        self.use_bf16 = self.precision.bf16
         notes = [n for n in s.get("notes", []) if isinstance(n, str)]
         self.notes = notes + [n for n in self.notes if n not in notes]
         for name, problem in self.run.skipped:
@@ -450,6 +455,7 @@ class Trainer:
     def train(self) -> TrainResult:
         embeddings = self.model.bert.embeddings
         embeddings.sparse_token_grad = self._token_grad is not None
+        apply_kernel(self.model, self.precision)  # fp32 dense layers on oneDNN where measured faster
         if self._token_grad is not None:
             self._token_grad.forget()  # whatever happened to the buffer before, start from all zeros
         self._zero_grad()
@@ -463,6 +469,7 @@ class Trainer:
             ) from None
         finally:  # the model leaves with ordinary dense gradients, for whoever trains it next
             embeddings.sparse_token_grad = False
+            apply_kernel(self.model, None)
             self.optimizer.zero_grad(set_to_none=True)
 
     def _train(self) -> TrainResult:
@@ -585,7 +592,7 @@ class Trainer:
                 micro = micro.to(self.device)
                 if self._token_grad is not None:  # after a zeroing (out-of-memory retry) too
                     self._token_grad.touch(micro.input_ids)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                     outputs = self.forward(micro.input_ids, micro.attention_mask, micro.token_type_ids)
                 summed, _ = self.task.loss(outputs, micro.labels)
                 loss = summed / total_weight  # the micro-batch's (weighted) sum / the whole step's weight
@@ -633,7 +640,7 @@ def predict_logits(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: i
     was_training = model.training
     model.eval()
     out = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         pending = list(reversed(inference_batches([len(e.ids) for e in encoded], max_tokens, 256)))
         while pending:
             idx = pending.pop()

@@ -80,7 +80,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     device: str = "auto"
     threads: int | None = None
-    bf16: bool | None = None  # None: on for CUDA with bf16 support, off on the CPU
+    bf16: bool | None = None  # None: auto (CUDA with bf16; a CPU where bf16 measured fast, see precision.py)
     compile: bool = False
     bucket_window: int = 50
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
