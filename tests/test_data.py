@@ -457,7 +457,7 @@ def test_million_char_text_rejected(tmp_path):
 
 def test_unclosed_quote(tmp_path):
     p = write(tmp_path / "d.csv", 'text,label\nok,a\n"never closed,b\nmore,c\n')
-    with pytest.raises(DataError, match=r"row 3: a quoted field starting on this row is never closed"):
+    with pytest.raises(DataError, match=r"row 3: a quote left open\? A quoted field opened on this row runs over lines 3-4"):
         read_examples(p)
 
 
