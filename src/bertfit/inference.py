@@ -1,0 +1,52 @@
+"""Outputs for every example of an encoded split, through the length-sorted fast path: what
+evaluation during and after training runs (prediction for users goes through predict.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from bertfit.batching import collate, inference_batches
+from bertfit.tokenizer import Encoded
+
+logger = logging.getLogger("bertfit.train")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if isinstance(exc, MemoryError) or (oom_type is not None and isinstance(exc, oom_type)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def predict_logits(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: int,
+                   device: torch.device, max_tokens: int, bf16: bool = False) -> np.ndarray:
+    """Logits for every example, in order, through the length-sorted fast path.
+
+    A batch that runs out of memory is split in halves (and those again) until it fits.
+    """
+    was_training = model.training
+    model.eval()
+    out = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        pending = list(reversed(inference_batches([len(e.ids) for e in encoded], max_tokens, 256)))
+        while pending:
+            idx = pending.pop()
+            try:
+                batch = collate(encoded, idx, None, pad_id).to(device)
+                out[idx] = model(batch.input_ids, batch.attention_mask, batch.token_type_ids).float().cpu().numpy()
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc) or len(idx) == 1:
+                    raise
+                batch = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                half = len(idx) // 2
+                logger.warning("out of memory evaluating a batch of %d texts; splitting it in two", len(idx))
+                pending += [idx[half:], idx[:half]]
+    model.train(was_training)
+    return out
