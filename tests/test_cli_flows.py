@@ -246,8 +246,9 @@ def test_export_int8_with_check_file_reports_figures_recomputable_from_predictio
                       *engine_args[1:], env_extra={"BERTFIT_CACHE": str(tmp_path / "cache")})
         assert out.returncode == 0, out.stderr[-3000:]
     truth = [label for _, label in synthetic_rows(50, seed=9)]
-    int8 = [r["label"] for r in read_rows(tmp_path / "int8.csv")]
-    fp32 = [r["label"] for r in read_rows(tmp_path / "fp32.csv")]
+    # check.csv has its own gold "label" column, so predict writes its labels into "predicted_label"
+    int8 = [r["predicted_label"] for r in read_rows(tmp_path / "int8.csv")]
+    fp32 = [r["predicted_label"] for r in read_rows(tmp_path / "fp32.csv")]
     agreement = sum(a == b for a, b in zip(int8, fp32)) / 50
     assert f"labels agree {100 * agreement:.2f}%" in agree_line
     acc_fp32 = sum(a == t for a, t in zip(fp32, truth)) / 50

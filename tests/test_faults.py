@@ -760,5 +760,5 @@ def test_stale_temporaries_are_swept_at_start(tmp_path):
     (tmp_path / ".model.safetensors.tmp").write_bytes(b"half")
     (tmp_path / "model.safetensors").write_bytes(b"keep me")
     RunDir(tmp_path).create()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bertfit-run", "checkpoints", "model.safetensors"]
     assert list(run.checkpoints.iterdir()) == []

@@ -370,8 +370,6 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from bertfit.predict import TextClassifier
     from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
 
@@ -395,8 +393,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         reference = TextClassifier.load(args.run, device="cpu", engine=args.engine)
         fp32_outputs = reference.predict_logits([e.text for e in examples], pairs)
         fp32_metrics = task.evaluate(fp32_outputs, targets)
-        answers = lambda out: [json.dumps(task.answer(r), sort_keys=True) for r in task.decode(out)]  # noqa: E731
-        agreement = float(np.mean([a == b for a, b in zip(answers(fp32_outputs), answers(outputs))]))
+        what, agreement = task.agreement(fp32_outputs, outputs)
         key = task.default_metric
         cost = {"label_agreement": agreement, f"{key}_fp32": fp32_metrics[key], f"{key}_int8": metrics[key],
                 f"{key}_delta": metrics[key] - fp32_metrics[key]}
@@ -404,7 +401,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             cost.update(accuracy_fp32=fp32_metrics["accuracy"], accuracy_int8=metrics["accuracy"],
                         accuracy_delta=metrics["accuracy"] - fp32_metrics["accuracy"])
         metrics["int8_cost"] = cost
-        print(f"int8 vs fp32 on these {len(targets)} examples: answers agree {100 * agreement:.2f}%, "
+        print(f"int8 vs fp32 on these {len(targets)} examples: {what} {100 * agreement:.2f}%, "
               f"{key} {fp32_metrics[key]:.4f} -> {metrics[key]:.4f} ({100 * cost[f'{key}_delta']:+.2f} points)")
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

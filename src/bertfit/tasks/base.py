@@ -127,6 +127,14 @@ class Task(ABC):
         """The record's answer alone (what ``TextClassifier.predict`` returns per text)."""
         return next(iter(record.values()))
 
+    def agreement(self, reference: np.ndarray, outputs: np.ndarray) -> tuple[str, float]:
+        """How often two models' outputs give the same answer (int8 vs fp32): (what is compared, fraction)."""
+        import json
+
+        same = [json.dumps(self.answer(a), sort_keys=True) == json.dumps(self.answer(b), sort_keys=True)
+                for a, b in zip(self.decode(reference), self.decode(outputs))]
+        return "labels agree", float(np.mean(same)) if same else 1.0
+
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Per-output probabilities, for tasks that have them."""
         from bertfit.errors import BertfitError
