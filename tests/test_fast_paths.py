@@ -201,12 +201,12 @@ onnx_needed = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
 
 @onnx_needed
 def test_onnx_export_fp32_matches_plain_path(tuned_run, plain_logits, test_slice, tmp_path):
-    from bertfit import export
+    from bertfit.cli import export as export_command
     from bertfit.predict import TextClassifier
 
     parser = argparse.ArgumentParser()
-    export.add_arguments(parser)
-    assert export.command(parser.parse_args([str(tuned_run), "--output", str(tmp_path / "fp32")])) == 0
+    export_command.add_arguments(parser)
+    assert export_command.run(parser.parse_args([str(tuned_run), "--output", str(tmp_path / "fp32")])) == 0
     onnx = TextClassifier.load(tmp_path / "fp32")  # an export directory loads like a run
     assert onnx.engine == "onnxruntime" and onnx.model is None and not onnx.int8
     logits = onnx.predict_logits([e.text for e in test_slice])

@@ -28,7 +28,6 @@ reported, never assumed. Needs the ``onnx`` and ``onnxruntime`` packages (extra:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -291,28 +290,3 @@ def reference_logits(classifier, texts: Sequence[str], batch_size: int = 64) -> 
             b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
             out[idx] = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).numpy()
     return out
-
-
-# --- the command line (wired into `bertfit export` by cli.py) ----------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run directory (or any BERT classifier directory)")
-    parser.add_argument("--output", required=True, help="directory to write model.onnx, config and tokenizer into")
-    parser.add_argument("--int8", action="store_true",
-                        help="quantize the weights to int8 (ONNX Runtime dynamic quantization); the label agreement "
-                             "with fp32 is measured and printed")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    parser.add_argument("--check-file", help="labelled .csv/.tsv/.jsonl file: also report both models' accuracy on it")
-
-
-def command(args: argparse.Namespace) -> int:
-    report = export_onnx(args.run, args.output, int8=args.int8, opset=args.opset, check_file=args.check_file)
-    kind = "int8" if args.int8 else "fp32"
-    print(f"exported {kind} ONNX model to {Path(args.output) / MODEL_FILE} ({report['size_mb']:.1f} MB)")
-    print(f"check on {report['texts']} texts vs PyTorch fp32: max |logit diff| {report['max_abs_logit_diff']:.2e}, "
-          f"labels agree {100 * report['label_agreement']:.2f}%")
-    if "accuracy_delta" in report:
-        print(f"accuracy: PyTorch fp32 {report['accuracy_pytorch_fp32']:.4f}, export {report['accuracy_export']:.4f} "
-              f"({100 * report['accuracy_delta']:+.2f} points)")
-    print(f"predict with: bertfit predict {args.output} \"some text\"")
-    return 0
