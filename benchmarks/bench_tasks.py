@@ -220,12 +220,16 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--out", default="benchmarks/task_results.json")
     parser.add_argument("--work", default=None, help="folder for the converted data (default: a temporary one)")
+    parser.add_argument("--max-steps", type=int, help="override every task's steps (a smoke test of the harness)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.max_steps:
+        for task, (problem, _, max_length) in list(TASKS.items()):
+            TASKS[task] = (problem, args.max_steps, max_length)
     if args.child:
         child(args)
         return
@@ -246,6 +250,7 @@ def main() -> None:
                 if (task, seed, impl) in done:
                     continue
                 cmd = [sys.executable, __file__, "--child", "--impl", impl, "--task", task, "--seed", str(seed),
+                       *(["--max-steps", str(args.max_steps)] if args.max_steps else []),
                        "--files", json.dumps({k: str(v) for k, v in files[task].items()})]
                 started = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True)

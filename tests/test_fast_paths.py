@@ -201,14 +201,14 @@ onnx_needed = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
 
 @onnx_needed
 def test_onnx_export_fp32_matches_plain_path(tuned_run, plain_logits, test_slice, tmp_path):
-    from bertfit import export
+    from bertfit.cli import export as export_command
     from bertfit.predict import TextClassifier
 
     parser = argparse.ArgumentParser()
-    export.add_arguments(parser)
-    assert export.command(parser.parse_args([str(tuned_run), "--output", str(tmp_path / "fp32")])) == 0
+    export_command.add_arguments(parser)
+    assert export_command.run(parser.parse_args([str(tuned_run), "--output", str(tmp_path / "fp32")])) == 0
     onnx = TextClassifier.load(tmp_path / "fp32")  # an export directory loads like a run
-    assert isinstance(onnx, export.OnnxClassifier) and not onnx.int8
+    assert onnx.engine == "onnxruntime" and onnx.model is None and not onnx.int8
     logits = onnx.predict_logits([e.text for e in test_slice])
     assert np.abs(logits - plain_logits).max() <= 1e-4
     assert onnx.predict(["what a wonderful day"]) == TextClassifier.load(tuned_run, device="cpu").predict(["what a wonderful day"])
@@ -217,12 +217,11 @@ def test_onnx_export_fp32_matches_plain_path(tuned_run, plain_logits, test_slice
 @onnx_needed
 def test_int8_flag_agrees_with_fp32_on_99_percent(tuned_run, plain_logits, test_slice, tweets, tmp_path, monkeypatch):
     """The int8 path (`--int8`): ONNX Runtime int8, exported once into the cache."""
-    from bertfit.export import OnnxClassifier
     from bertfit.predict import TextClassifier
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
     int8 = TextClassifier.load(tuned_run, int8=True)
-    assert isinstance(int8, OnnxClassifier) and int8.int8
+    assert int8.engine == "onnxruntime" and int8.int8
     exported = next((tmp_path / "cache" / "onnx-int8").iterdir())
     assert (exported / "model.onnx").stat().st_size < 48 * 2**20  # int8 weights (FFN up projections fp32): ~half the 87 MB fp32 graph
     logits = int8.predict_logits([e.text for e in test_slice])
@@ -261,7 +260,7 @@ def test_default_cpu_engine_is_onnx_runtime_with_the_plain_logits(tuned_run, pla
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
     default = TextClassifier.load(tuned_run, device="cpu")
-    assert isinstance(default, export.OnnxClassifier) and default.engine == "onnxruntime" and not default.int8
+    assert default.engine == "onnxruntime" and default.model is None and not default.int8
     assert default.name == Path(tuned_run).name and default.labels == TextClassifier.load(tuned_run, engine="pytorch").labels
     assert np.abs(default.predict_logits([e.text for e in test_slice]) - plain_logits).max() <= 1e-4
     (exported,) = (tmp_path / "cache" / "onnx-fp32").iterdir()

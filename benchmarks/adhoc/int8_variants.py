@@ -6,7 +6,7 @@ import sys, time, shutil, numpy as np, torch, onnx
 from pathlib import Path
 torch.set_num_threads(2)
 from bertfit.predict import TextClassifier
-from bertfit.export import export_onnx, OnnxClassifier
+from bertfit.export import export_onnx
 from bertfit.job import prepare_data
 from bertfit.train_config import TrainConfig
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -43,7 +43,7 @@ variants = {  # name: (which MatMuls stay fp32, quantizer options)
 for name,(f,kw) in variants.items():
     d=base/name; shutil.copytree(base/"fp32", d)
     quantize_dynamic(str(base/"fp32"/"model.onnx"), str(d/"model.onnx"), per_channel=True, nodes_to_exclude=[n for n,k,l in mm if f(k,l)], **kw)
-    c=OnnxClassifier.load(d)
+    c=TextClassifier.load(d)  # an export directory: ONNX Runtime
     if name in ("first-layer", "first-layer+up"):
         for mb in (1, 4):
             b=c.predict_logits(texts, max_batch=mb); s=time.perf_counter(); c.predict_logits(texts[:1000], max_batch=mb); t=1000/(time.perf_counter()-s)

@@ -6,8 +6,8 @@ import sys, time, logging; logging.disable(logging.WARNING)
 import torch; torch.set_num_threads(2)
 from bertfit.job import prepare_data
 from bertfit.train_config import TrainConfig
-from bertfit.export import OnnxClassifier
-clf = OnnxClassifier.load(sys.argv[1])
+from bertfit.predict import TextClassifier
+clf = TextClassifier.load(sys.argv[1])  # an export directory: ONNX Runtime
 texts = [e.text for e in prepare_data(TrainConfig(seed=0)).test[:2000]]
 clf.predict(texts[:200])
 for r in range(3):

@@ -1,7 +1,7 @@
 """Batching on the padded ONNX Runtime graph vs PyTorch's packed path: texts/s on serve-like batches
 (40 draws of 32 random test tweets, each predicted in one call with max_batch=32, as `bertfit serve`
 does) and in bulk (2,000 tweets in one call), for several per-call overheads of `padded_batches`
-(OnnxClassifier.batch_overhead_tokens), 2 rounds in one process; first, the padding each batching adds:
+(OnnxEngine.batch_overhead_tokens, onnx_runtime.py), 2 rounds in one process; first, the padding each batching adds:
   BERTFIT_CACHE=... .venv/bin/python benchmarks/adhoc/serve_batches.py MODEL_DIR THREADS"""
 import sys, time, random, logging; logging.disable(logging.WARNING)
 import torch; torch.set_num_threads(int(sys.argv[2]))
@@ -28,6 +28,6 @@ def t(f, bs):
 for r in range(2):
     out = [f"pytorch serve32 {round(t(pt.predict_logits, batches))} bulk {round(t(pt.predict_logits, [texts]))}"]
     for a in (0, 16, 32, 64, 128):
-        ox.batch_overhead_tokens = a
+        ox.backend.batch_overhead_tokens = a
         out.append(f"ort a{a} serve32 {round(t(lambda b: ox.predict_logits(b, max_batch=32), batches))} bulk {round(t(ox.predict_logits, [texts]))}")
     print(" | ".join(out), flush=True)

@@ -134,3 +134,15 @@ def collate(encoded: Sequence[Encoded], indices: Sequence[int], labels: Sequence
     label_tensor = None if labels is None else torch.from_numpy(np.ascontiguousarray(np.asarray(labels)[list(indices)]))
     return Batch(torch.from_numpy(ids), torch.from_numpy(real.astype(np.int64)), torch.from_numpy(types),
                  label_tensor, list(indices))
+
+
+def engine_logits(engine, encoded: Sequence[Encoded], width: int, pad_id: int, *, max_tokens: int,
+                  max_batch: int) -> np.ndarray:
+    """(len(encoded), width) outputs of a prediction engine, in input order: the engine cuts the
+    texts into its own batches (``engine.batches``) and runs each (``engine.run``). The one loop
+    the predictor and the export check share, whatever runs the model (PyTorch, ONNX Runtime)."""
+    out = np.zeros((len(encoded), width), dtype=np.float32)
+    lengths = [len(e.ids) for e in encoded]
+    for indices in engine.batches(lengths, max_tokens, max_batch):
+        out[indices] = engine.run(collate(encoded, indices, None, pad_id))
+    return out

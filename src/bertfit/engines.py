@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+# What runs the model (see predict.TextClassifier.load): "auto" is ONNX Runtime on the CPU when
+# onnx and onnxruntime are installed, else PyTorch; a GPU always uses PyTorch.
+ENGINES = ("auto", "pytorch", "onnxruntime")
+
 
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:
-    # The choices are bertfit.predict.ENGINES, written out: importing predict would import torch,
-    # and the CLI parses (and answers --help) without it. tests/test_cli.py keeps the two equal.
-    parser.add_argument("--engine", choices=("auto", "pytorch", "onnxruntime"), default="auto",
+    # Here, not in predict: importing predict would import torch, and the CLI parses (and answers
+    # --help) without it.
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="what runs the model: auto (default) is ONNX Runtime on the CPU when installed -- the "
                              "same fp32 logits, exported once into the cache (~2 s), about half the latency -- "
                              "else PyTorch; a GPU always uses PyTorch")

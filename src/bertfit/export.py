@@ -4,7 +4,7 @@
 
 DIR is a self-describing model directory: ``model.onnx``, config.json (labels), the tokenizer, and
 train_config.json (max_length); ``TextClassifier.load(DIR)`` / ``bertfit predict DIR`` run it through
-ONNX Runtime (:class:`OnnxClassifier`). ``--int8`` quantizes the weight matrices to int8, per output
+ONNX Runtime (onnx_runtime.py). ``--int8`` quantizes the weight matrices to int8, per output
 channel (ONNX Runtime dynamic quantization: activations quantized per batch at run time), about
 2.5× smaller (35 vs 87 MiB for MiniLM). On the CPU, ``TextClassifier.load(run)`` (``bertfit
 predict``, ``serve``, ``evaluate``) runs the same graphs, exported once into a cache
@@ -28,12 +28,12 @@ reported, never assumed. Needs the ``onnx`` and ``onnxruntime`` packages (extra:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -42,14 +42,14 @@ import torch
 from torch import Tensor, nn
 
 from bertfit.artifact import read_artifact, write_task
-from bertfit.batching import padded_batches
+from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.errors import BertfitError
-from bertfit.predict import TextClassifier
-from bertfit.tasks import BY_PROBLEM_TYPE
+from bertfit.onnx_runtime import MODEL_FILE, OnnxExport, load_export, require_onnx
+from bertfit.tasks.base import Task
+from bertfit.tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
 PROBES = [
     "I love this, best day ever!", "worst service I have had in years", "the meeting is at 3pm",
     "not sure how I feel about the new update", "@friend thanks so much :)", "ugh, stuck in traffic again",
@@ -57,14 +57,29 @@ PROBES = [
 ]
 
 
-def _require_onnx():
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime
-    except ImportError:
-        raise BertfitError("ONNX export needs the onnx and onnxruntime packages: "
-                           "pip install 'bertfit[export]' (or: pip install onnx onnxruntime)") from None
-    return onnxruntime
+@dataclass
+class Source:
+    """The PyTorch model an export is made from (and checked against), with what reading it needs."""
+
+    model: nn.Module
+    tokenizer: WordPieceTokenizer
+    max_length: int
+    task: Task
+
+    @property
+    def labels(self) -> list[str]:
+        return self.model.config.labels
+
+    @classmethod
+    def load(cls, run: str | os.PathLike) -> "Source":
+        """A run directory (or any BERT classifier directory / hub id), on the CPU, in eval mode."""
+        if (Path(run) / MODEL_FILE).is_file() and not (Path(run) / "model.safetensors").is_file():
+            raise BertfitError(f"{run} is already an ONNX export; export from the run directory it came from")
+        directory = resolve_model(run)
+        model = load_classifier(directory, require_head=True).eval()
+        artifact = read_artifact(directory, model.config)
+        return cls(model, WordPieceTokenizer.from_dir(directory), task=artifact.task,
+                   max_length=min(artifact.max_length, model.config.max_position_embeddings))
 
 
 class ExportGraph(nn.Module):
@@ -87,10 +102,8 @@ class ExportGraph(nn.Module):
 def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool = False, opset: int = 17,
                 check_file: str | None = None) -> dict:
     """Write ``output``/model.onnx (+ config and tokenizer) and check it; returns the check's figures."""
-    ort = _require_onnx()
-    source = TextClassifier.load(run, device="cpu", engine="pytorch")
-    if source.model is None:
-        raise BertfitError(f"{run} is already an ONNX export; export from the run directory it came from")
+    ort = require_onnx()
+    source = Source.load(run)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model = source.model
@@ -122,7 +135,7 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
     source.tokenizer.save(output)
     write_task(output, source.task, max_length=source.max_length, reading={})
     (output / "train_config.json").write_text(json.dumps({"max_length": source.max_length}) + "\n", encoding="utf-8")
-    exported = OnnxClassifier.load(output)
+    exported = load_export(output)
     report = check_export(source, exported, int8=int8, check_file=check_file)
     report.update(int8=int8, opset=opset, onnxruntime=ort.__version__, size_mb=target.stat().st_size / 2**20)
     (output / "export.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -156,13 +169,13 @@ EXPORT_FORMAT = 1  # part of the cache key: bump when ExportGraph or the quantiz
 CACHE_KEEP = 8  # exports kept per kind (fp32, int8), least recently used dropped: ~87 MB each for MiniLM
 
 
-def cached_export(run: str | os.PathLike, *, int8: bool = False) -> "OnnxClassifier":
-    """The ONNX Runtime classifier (fp32 or int8) for a run, exported once into the cache, keyed by
+def cached_export(run: str | os.PathLike, *, int8: bool = False) -> OnnxExport:
+    """The ONNX Runtime model (fp32 or int8) of a run, exported once into the cache, keyed by
     the weights, config and export format; the least recently used exports beyond CACHE_KEEP are
     removed. The first call costs one export (~2 s for MiniLM on 2 cores, checked against PyTorch)."""
     import hashlib
 
-    from bertfit.checkpoints import cache_dir, resolve_model
+    from bertfit.checkpoints import cache_dir
 
     directory = resolve_model(run)
     digest = hashlib.sha256(f"bertfit-export-{EXPORT_FORMAT}".encode())
@@ -189,9 +202,9 @@ def cached_export(run: str | os.PathLike, *, int8: bool = False) -> "OnnxClassif
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         _prune(kind, keep=CACHE_KEEP, current=target)
-    classifier = OnnxClassifier.load(target)
-    classifier.name = Path(directory).name
-    return classifier
+    exported = load_export(target)
+    exported.name = Path(directory).name
+    return exported
 
 
 def _prune(kind: Path, *, keep: int, current: Path) -> None:
@@ -235,9 +248,11 @@ class _quiet_export:
         return self._ctx.__exit__(*exc)
 
 
-def check_export(reference: TextClassifier, exported: "OnnxClassifier", *, int8: bool,
+def check_export(reference, exported, *, int8: bool,
                  check_file: str | None = None) -> dict:
-    """Compare the export with the PyTorch plain path: logits on probe texts, optionally accuracy."""
+    """Compare the export with the PyTorch plain path: logits on probe texts, optionally accuracy.
+    ``reference``: a :class:`Source` or a PyTorch TextClassifier; ``exported``: anything with
+    ``predict_logits`` (an :class:`~bertfit.onnx_runtime.OnnxExport`, an ONNX Runtime TextClassifier)."""
     texts = list(PROBES)
     labels = None
     if check_file:
@@ -261,9 +276,10 @@ def check_export(reference: TextClassifier, exported: "OnnxClassifier", *, int8:
     return report
 
 
-def reference_logits(classifier: TextClassifier, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def reference_logits(classifier, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Logits of the PyTorch plain path (padded, SDPA) in batches of ``batch_size`` in input order:
-    the reference every fast path and export is compared with."""
+    the reference every fast path and export is compared with. ``classifier``: anything with the
+    PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a TextClassifier, a Source)."""
     from bertfit.batching import collate
 
     encoded = classifier.tokenizer.encode(list(texts), max_length=classifier.max_length)
@@ -274,85 +290,3 @@ def reference_logits(classifier: TextClassifier, texts: Sequence[str], batch_siz
             b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
             out[idx] = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).numpy()
     return out
-
-
-class OnnxClassifier(TextClassifier):
-    """A TextClassifier whose batches run through ONNX Runtime (an exported model directory)."""
-
-    def __init__(self, session, config, tokenizer, *, max_length: int, name: str, int8: bool) -> None:
-        import threading
-
-        self.session = session
-        self.config = config
-        self.labels = config.labels
-        self.tokenizer = tokenizer
-        self.max_length = min(max_length, config.max_position_embeddings)
-        self.device = torch.device("cpu")
-        self.int8 = int8
-        self.name = name
-        self.engine = "onnxruntime"
-        self.batch_overhead_tokens = 16  # one graph call costs about as much as this many tokens (adhoc/serve_batches.py)
-        self.model = None
-        self.task = BY_PROBLEM_TYPE[config.problem_type](config.labels)  # load() reads the exported task.json
-        self._lock = threading.Lock()
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, *, threads: int | None = None, **_ignored) -> "OnnxClassifier":
-        ort = _require_onnx()
-        from bertfit.checkpoints import load_config
-        from bertfit.tokenizer import WordPieceTokenizer
-
-        directory = Path(directory)
-        if not (directory / MODEL_FILE).is_file():
-            raise BertfitError(f"{directory}: no {MODEL_FILE}; create one with: bertfit export RUN --output {directory}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(directory / MODEL_FILE), options, providers=["CPUExecutionProvider"])
-        config = load_config(directory)
-        info = {}
-        if (directory / "export.json").is_file():
-            info = json.loads((directory / "export.json").read_text(encoding="utf-8"))
-        max_length = 512
-        if (directory / "train_config.json").is_file():
-            max_length = int(json.loads((directory / "train_config.json").read_text(encoding="utf-8")).get("max_length", 512))
-        classifier = cls(session, config, WordPieceTokenizer.from_dir(directory), max_length=max_length,
-                         name=directory.name, int8=bool(info.get("int8", False)))
-        classifier.task = read_artifact(directory, config).task
-        return classifier
-
-    def _batches(self, lengths: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
-        # The graph computes on the padded batch, so cut where padding costs least (padded_batches).
-        # At most 16 texts: ONNX Runtime runs ~25% faster (int8) and ~10% (fp32) on batches of 16
-        # tweets than of 128, activations staying in cache (SPEED_RESULTS.md).
-        return padded_batches(lengths, max_tokens, min(max_batch, 16), self.batch_overhead_tokens)
-
-    def _batch_logits(self, batch) -> np.ndarray:
-        feeds = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy(),
-                 "token_type_ids": batch.token_type_ids.numpy()}
-        return self.session.run(["logits"], feeds)[0]
-
-
-# --- the command line (wired into `bertfit export` by cli.py) ----------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run directory (or any BERT classifier directory)")
-    parser.add_argument("--output", required=True, help="directory to write model.onnx, config and tokenizer into")
-    parser.add_argument("--int8", action="store_true",
-                        help="quantize the weights to int8 (ONNX Runtime dynamic quantization); the label agreement "
-                             "with fp32 is measured and printed")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    parser.add_argument("--check-file", help="labelled .csv/.tsv/.jsonl file: also report both models' accuracy on it")
-
-
-def command(args: argparse.Namespace) -> int:
-    report = export_onnx(args.run, args.output, int8=args.int8, opset=args.opset, check_file=args.check_file)
-    kind = "int8" if args.int8 else "fp32"
-    print(f"exported {kind} ONNX model to {Path(args.output) / MODEL_FILE} ({report['size_mb']:.1f} MB)")
-    print(f"check on {report['texts']} texts vs PyTorch fp32: max |logit diff| {report['max_abs_logit_diff']:.2e}, "
-          f"labels agree {100 * report['label_agreement']:.2f}%")
-    if "accuracy_delta" in report:
-        print(f"accuracy: PyTorch fp32 {report['accuracy_pytorch_fp32']:.4f}, export {report['accuracy_export']:.4f} "
-              f"({100 * report['accuracy_delta']:+.2f} points)")
-    print(f"predict with: bertfit predict {args.output} \"some text\"")
-    return 0

@@ -32,11 +32,14 @@ import numpy as np
 import torch
 
 from bertfit.artifact import read_artifact
-from bertfit.batching import collate, inference_batches
+from bertfit.batching import engine_logits, inference_batches
 from bertfit.checkpoints import load_classifier, resolve_model
+from bertfit.config import BertConfig
 from bertfit.cpu_linear import prepack_linears
+from bertfit.engines import ENGINES
 from bertfit.errors import BertfitError, CheckpointError, ConfigError
 from bertfit.heads import BertForSequenceClassification
+from bertfit.onnx_runtime import OnnxEngine, OnnxExport, load_export
 from bertfit.tasks import BY_PROBLEM_TYPE
 from bertfit.tasks.base import Task
 from bertfit.precision import log_prediction_line
@@ -44,7 +47,7 @@ from bertfit.tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("auto", "pytorch", "onnxruntime")
+__all__ = ["ENGINES", "TextClassifier", "TorchEngine", "quantize_int8"]
 
 
 def quantize_int8(model: BertForSequenceClassification) -> torch.nn.Module:
@@ -67,21 +70,16 @@ def quantize_int8(model: BertForSequenceClassification) -> torch.nn.Module:
         return quantize_dynamic(model, encoder, dtype=torch.qint8)
 
 
-class TextClassifier:
-    """A fine-tuned classifier with its tokenizer, ready to predict."""
+class TorchEngine:
+    """Runs batches through the PyTorch model: the packed fast path, on ``device``; on the CPU with
+    prepacked linears, or PyTorch dynamic int8 quantization (``int8``)."""
 
-    def __init__(self, model: BertForSequenceClassification, tokenizer: WordPieceTokenizer, *,
-                 max_length: int = 512, device: str | torch.device = "cpu", int8: bool = False,
-                 name: str = "model", task: Task | None = None) -> None:
-        self.labels = model.config.labels
-        self.config = model.config
-        self.task = task if task is not None else BY_PROBLEM_TYPE[model.config.problem_type](self.labels)
-        self.tokenizer = tokenizer
-        self.max_length = min(max_length, model.config.max_position_embeddings)
+    name = "pytorch"
+
+    def __init__(self, model: BertForSequenceClassification, *, device: str | torch.device = "cpu",
+                 int8: bool = False) -> None:
         self.device = torch.device(device)
         self.int8 = int8
-        self.name = name
-        self.engine = "pytorch"
         model = model.eval().to(self.device)
         if int8:
             model = quantize_int8(model)
@@ -92,7 +90,59 @@ class TextClassifier:
             logger.warning("int8 with PyTorch dynamic quantization: not exact; on tweets ~97-98% of labels agree with "
                            "fp32 (ONNX Runtime int8, used when onnxruntime is installed: ~99%); "
                            "see benchmarks/SPEED_RESULTS.md")
+
+    def batches(self, lengths: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+        # The packed fast path runs its dense layers on real tokens only: padding costs little.
+        return inference_batches(lengths, max_tokens, max_batch)
+
+    def run(self, batch) -> np.ndarray:
+        batch = batch.to(self.device)
+        logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        return logits.float().cpu().numpy()
+
+
+class TextClassifier:
+    """A fine-tuned model with its tokenizer and task, ready to predict, whatever runs it.
+
+    ``model`` is a BertForSequenceClassification (run by a :class:`TorchEngine` on ``device``,
+    int8 if asked) or an engine object (``onnx_runtime.OnnxEngine``; then pass ``config``). The
+    engine object is ``backend``; ``engine`` is its name, "pytorch" or "onnxruntime".
+    """
+
+    def __init__(self, model: "BertForSequenceClassification | TorchEngine | OnnxEngine", tokenizer: WordPieceTokenizer,
+                 *, max_length: int = 512, device: str | torch.device = "cpu", int8: bool = False,
+                 name: str = "model", task: Task | None = None, config: BertConfig | None = None) -> None:
+        self.backend = TorchEngine(model, device=device, int8=int8) if isinstance(model, torch.nn.Module) else model
+        self.config = config if config is not None else self.backend.model.config
+        self.labels = self.config.labels
+        self.task = task if task is not None else BY_PROBLEM_TYPE[self.config.problem_type](self.labels)
+        self.tokenizer = tokenizer
+        self.max_length = min(max_length, self.config.max_position_embeddings)
+        self.name = name
         self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> str:
+        return self.backend.name
+
+    @property
+    def int8(self) -> bool:
+        return self.backend.int8
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The PyTorch module (None when ONNX Runtime runs an exported graph)."""
+        return self.backend.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @classmethod
+    def from_export(cls, loaded: OnnxExport) -> "TextClassifier":
+        """The predictor over an export directory loaded by ``onnx_runtime.load_export``."""
+        return cls(loaded.engine, loaded.tokenizer, max_length=loaded.max_length, name=loaded.name,
+                   task=loaded.task, config=loaded.config)
 
     @classmethod
     def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
@@ -107,14 +157,12 @@ class TextClassifier:
         if engine not in ENGINES:
             raise BertfitError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
         if (Path(run_or_model) / "model.onnx").is_file() and not (Path(run_or_model) / "model.safetensors").is_file():
-            from bertfit.export import OnnxClassifier
-
             if device not in (None, "cpu"):
                 raise BertfitError(f"{run_or_model} is an ONNX export, which runs on the CPU; drop --device")
             if engine == "pytorch":
                 raise BertfitError(f"{run_or_model} is an ONNX export, which runs with ONNX Runtime; "
                                    "for PyTorch, load the run directory it was exported from")
-            classifier = OnnxClassifier.load(run_or_model)
+            classifier = cls.from_export(load_export(run_or_model))
             if int8 and not classifier.int8:
                 raise BertfitError(f"{run_or_model} is an fp32 ONNX export; for int8 export again with --int8")
             return classifier
@@ -150,21 +198,9 @@ class TextClassifier:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         encoded = self.tokenizer.encode(texts, pairs, max_length=self.max_length)
-        lengths = [len(e.ids) for e in encoded]
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         with self._lock, torch.inference_mode():
-            for indices in self._batches(lengths, max_tokens, max_batch):
-                out[indices] = self._batch_logits(collate(encoded, indices, None, self.tokenizer.pad_id))
-        return out
-
-    def _batches(self, lengths: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
-        # The packed fast path runs its dense layers on real tokens only: padding costs little.
-        return inference_batches(lengths, max_tokens, max_batch)
-
-    def _batch_logits(self, batch) -> np.ndarray:
-        batch = batch.to(self.device)
-        logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        return logits.float().cpu().numpy()
+            return engine_logits(self.backend, encoded, len(self.labels), self.tokenizer.pad_id,
+                                 max_tokens=max_tokens, max_batch=max_batch)
 
     def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> np.ndarray:
         """(len(texts), num_labels) probabilities, columns in ``self.labels`` order: softmax over the
@@ -201,7 +237,10 @@ def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> 
     from bertfit.export import cached_export
 
     try:
-        return cached_export(directory, int8=int8)
+        exported = cached_export(directory, int8=int8)
+        classifier = TextClassifier.from_export(exported)
+        classifier.name = Path(directory).name
+        return classifier
     except (CheckpointError, ConfigError):
         raise  # the model directory itself is unusable: PyTorch would fail the same way
     except Exception as exc:  # noqa: BLE001 -- ONNX Runtime is an optimisation: PyTorch is the reference path

@@ -7,9 +7,8 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from bertfit.engines import add_engine_argument
+from bertfit.engines import ENGINES, add_engine_argument
 from bertfit.errors import ConfigError
-
 
 
 @dataclass(frozen=True)
@@ -46,8 +45,6 @@ class ServeConfig:
             raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
         if not (0 < self.timeout_s <= 3600) or not math.isfinite(self.timeout_s):
             raise ConfigError(f"--timeout-s must be above 0 and at most 3600, got {self.timeout_s!r}")
-        from bertfit.predict import ENGINES  # the server imports torch to load the model anyway
-
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.threads is not None and self.threads < 1:

@@ -1,0 +1,121 @@
+"""What several commands share: the help of the training settings (evaluate and predict read files
+with the same options), the header flags, argument types, and the output-file check."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from bertfit.errors import BertfitError
+
+# Help for every training setting; the flag is the field name with dashes.
+TRAIN_HELP: dict[str, str] = {
+    "train_file": "labelled training data: .csv, .tsv or .jsonl (default: the bundled tweets corpus)",
+    "validation_file": "separate validation file (default: a stratified split of --train-file)",
+    "test_file": "separate test file (default: a stratified split of --train-file)",
+    "text_column": "column with the text (default: first of text, sentence, review, content, tweet); "
+                   "with --no-header a 1-based position, e.g. 3",
+    "pair_column": "optional second text column, for sentence-pair classification (a position with --no-header)",
+    "label_column": "column with the label (default: first of label, sentiment, labels, class, target, rating, "
+                    "score; a position with --no-header)",
+    "header": "--no-header: the file has no header row, its first row is data; name columns by 1-based position "
+              "(--text-column 3 --label-column 2) or with --columns",
+    "columns": "names of a headerless file's columns in order, e.g. id,score,text (implies --no-header)",
+    "label_map": "map raw labels to classes, e.g. '1,2=negative;3=neutral;4,5=positive'",
+    "encoding": "file encoding (default: UTF-8, falling back to latin-1 with a warning when the file is not UTF-8)",
+    "skip_bad_rows": "skip malformed rows (counted and reported) instead of stopping at the first one",
+    "max_chars": "reject texts longer than this many characters",
+    "split": "train/validation/test fractions when only one file is given, e.g. 0.8 0.1 0.1",
+    "deduplicate": "drop repeated texts before splitting (texts with conflicting labels are dropped entirely)",
+    "max_train_examples": "train on a seeded, stratified subset of this many examples",
+    "max_eval_examples": "evaluate on a seeded, stratified subset of this many validation/test examples",
+    "model": "pretrained model: a directory, a hub id, or 'minilm-l6' (bundled all-MiniLM-L6-v2)",
+    "max_length": "truncate texts to this many tokens (at most 512)",
+    "classifier_input": "'pooled' (tanh pooler, as transformers does) or 'cls' (raw [CLS] vector)",
+    "classifier_dropout": "dropout before the classifier (default: the model's hidden dropout)",
+    "epochs": "passes over the training data (fractions allowed)",
+    "max_steps": "stop after this many optimizer steps (overrides --epochs)",
+    "batch_size": "examples per micro-batch",
+    "grad_accum": "micro-batches per optimizer step (effective batch = batch-size x grad-accum)",
+    "lr": "peak learning rate (BERT fine-tuning: 2e-5 to 5e-5)",
+    "weight_decay": "AdamW weight decay (not applied to biases and LayerNorm)",
+    "warmup_ratio": "fraction of steps with linear warmup, then linear decay to 0",
+    "max_grad_norm": "clip gradients to this global norm (0: no clipping)",
+    "adam_betas": "AdamW betas",
+    "adam_eps": "AdamW epsilon",
+    "class_weights": "'balanced', or one weight per label in label order, e.g. 1 2 1",
+    "eval_every": "evaluate on validation every N steps (0: only at each epoch's end)",
+    "eval_each_epoch": "evaluate at the end of every epoch",
+    "metric": "validation metric that picks the best checkpoint: macro_f1, accuracy, weighted_f1, loss",
+    "patience": "stop after this many evaluations without improvement",
+    "eval_batch_tokens": "token budget of an evaluation batch",
+    "output_dir": "the run directory (model, metrics, report, checkpoints)",
+    "seed": "seed for splits, shuffling, dropout and initialisation",
+    "log_every": "log training loss every N steps",
+    "save_every": "write a resumable checkpoint every N steps (and at every evaluation)",
+    "keep_checkpoints": "how many recent resumable checkpoints to keep",
+    "device": "auto, cpu, cuda or cuda:N",
+    "threads": "CPU threads (default: the cores available to this process)",
+    "bf16": "bf16 autocast, fp32 weights (default: on for CUDA with bf16 and CPUs where bf16 measured fast)",
+    "compile": "torch.compile the model (pays off on long GPU runs)",
+    "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
+    "problem_type": "single-label, multi-label or regression (default: detected from the labels, and logged)",
+    "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",
+    "threshold": "multi-label: one fixed decision threshold for every label (default: tuned per label on validation)",
+}
+
+
+def add_header_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--header", action=argparse.BooleanOptionalAction, default=True, help=TRAIN_HELP["header"])
+    parser.add_argument("--columns", help=TRAIN_HELP["columns"])
+
+
+def header_options(args: argparse.Namespace) -> dict[str, Any]:
+    from bertfit.train_config import parse_columns
+
+    columns = parse_columns(args.columns)
+    return {"header": bool(args.header) and columns is None, "columns": columns}
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a zero or negative budget is refused, not ignored)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if not 1 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 2147483647, got {text[:40]}")
+    return value
+
+
+def check_output_file(output: Path, source: Path | None, flag: str) -> None:
+    """An output file must not be the input (also through links or another spelling), nor a directory."""
+    if source is not None:
+        try:
+            same = output.resolve() == source.resolve() or (output.exists() and os.path.samefile(output, source))
+        except OSError:
+            same = False
+        if same:
+            raise BertfitError(f"{flag} {output} is the input file {source}; bertfit never overwrites its input: "
+                               "choose another output file")
+    if output.is_dir():
+        raise BertfitError(f"{flag} {output} is a directory; give a file name, e.g. {output / 'predictions.csv'}")
+    for parent in output.parents:
+        if parent.is_dir():
+            break
+        if parent.exists() or parent.is_symlink():
+            raise BertfitError(f"{flag} {output}: {parent} is not a directory")
+
+
+def module_doc(name: str) -> str | None:
+    """A bertfit module's docstring, read from its source without importing it: the export and serve
+    commands show their library module's docstring in --help, and bertfit.export imports torch."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)

@@ -1,0 +1,82 @@
+"""`bertfit evaluate`: score a trained run on a labelled file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bertfit.cli.common import TRAIN_HELP, add_header_arguments, check_output_file, header_options
+from bertfit.engines import add_engine_argument
+
+HELP = "score a trained model on a labelled file"
+DESCRIPTION = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run directory (or any BERT classifier directory)")
+    parser.add_argument("--file", required=True, help="labelled .csv/.tsv/.jsonl file")
+    parser.add_argument("--text-column", help=TRAIN_HELP["text_column"])
+    parser.add_argument("--pair-column", help=TRAIN_HELP["pair_column"])
+    parser.add_argument("--label-column", help=TRAIN_HELP["label_column"])
+    parser.add_argument("--label-map", help=TRAIN_HELP["label_map"])
+    parser.add_argument("--encoding", help=TRAIN_HELP["encoding"])
+    add_header_arguments(parser)
+    parser.add_argument("--skip-bad-rows", action="store_true", help=TRAIN_HELP["skip_bad_rows"])
+    parser.add_argument("--int8", action="store_true",
+                        help="evaluate the int8 model, and report its cost against fp32 on this file "
+                             "(label agreement, accuracy and macro-F1 deltas)")
+    add_engine_argument(parser)
+    parser.add_argument("--output", help="write the metrics as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from bertfit.predict import TextClassifier
+    from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
+
+    classifier = TextClassifier.load(args.run, int8=args.int8, engine=args.engine)
+    if args.output:
+        check_output_file(Path(args.output), Path(args.file), "--output")
+    task = classifier.task
+    settings = {"text_column": args.text_column, "pair_column": args.pair_column, "label_column": args.label_column,
+                "skip_bad_rows": args.skip_bad_rows, "encoding": args.encoding, **header_options(args)}
+    examples, report = read_raw(args.file, settings)
+    options = reading_options({**_saved_reading(args.run), **({"label_map": args.label_map} if args.label_map else {})})
+    examples = parse_labels(task, examples, report, options, skip_bad_rows=args.skip_bad_rows, known=task)
+    task.check_labels(examples, args.file)
+    pairs = [e.text_pair or "" for e in examples] if args.pair_column else None
+    outputs = classifier.predict_logits([e.text for e in examples], pairs)
+    targets = task.targets([e.label for e in examples])
+    metrics = task.evaluate(outputs, targets)
+    print(report.summary())
+    print(task.format_metrics(metrics))
+    if args.int8:  # int8 is approximate: measure what it costs on the user's own data, never stay silent
+        reference = TextClassifier.load(args.run, device="cpu", engine=args.engine)
+        fp32_outputs = reference.predict_logits([e.text for e in examples], pairs)
+        fp32_metrics = task.evaluate(fp32_outputs, targets)
+        what, agreement = task.agreement(fp32_outputs, outputs)
+        key = task.default_metric
+        cost = {"label_agreement": agreement, f"{key}_fp32": fp32_metrics[key], f"{key}_int8": metrics[key],
+                f"{key}_delta": metrics[key] - fp32_metrics[key]}
+        if "accuracy" in metrics:
+            cost.update(accuracy_fp32=fp32_metrics["accuracy"], accuracy_int8=metrics["accuracy"],
+                        accuracy_delta=metrics["accuracy"] - fp32_metrics["accuracy"])
+        metrics["int8_cost"] = cost
+        print(f"int8 vs fp32 on these {len(targets)} examples: {what} {100 * agreement:.2f}%, "
+              f"{key} {fp32_metrics[key]:.4f} -> {metrics[key]:.4f} ({100 * cost[f'{key}_delta']:+.2f} points)")
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {args.output}")
+    return 0
+
+
+def _saved_reading(run: str) -> dict[str, Any]:
+    """The label map and separator a run was trained with (task.json), so evaluate reads labels alike."""
+    path = Path(run) / "task.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("reading") or {}) if path.is_file() else {}
+    except (ValueError, AttributeError):
+        return {}

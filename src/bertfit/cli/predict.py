@@ -1,0 +1,130 @@
+"""`bertfit predict`: label texts from arguments, a file, or standard input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from bertfit.cli.common import add_header_arguments, check_output_file, header_options, positive_int
+from bertfit.engines import add_engine_argument
+from bertfit.errors import BertfitError
+
+logger = logging.getLogger("bertfit")
+
+HELP = "label texts with a trained model"
+DESCRIPTION = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run directory (or any BERT classifier directory)")
+    parser.add_argument("texts", nargs="*", help="texts to classify (put -- before them when one starts with '-'); none, or '-', reads one text per line from stdin")
+    parser.add_argument("--file", help="classify a .csv/.tsv/.jsonl file; writes it back with label and probabilities")
+    parser.add_argument("--output", help="where to write the labelled file (default: FILE with .predictions before the suffix)")
+    parser.add_argument("--text-column", help="text column of --file (default: text, sentence, review, content, tweet; "
+                                              "a 1-based position with --no-header)")
+    parser.add_argument("--pair-column", help="second text column of --file, for pair models")
+    add_header_arguments(parser)
+    parser.add_argument("--csv-guard", action=argparse.BooleanOptionalAction, default=True,
+                        help="in CSV/TSV output, put a ' before cells that start with = + - @ tab or carriage return, "
+                             "so a spreadsheet shows them instead of running them as formulas (default: on; "
+                             "--no-csv-guard writes them unchanged)")
+    parser.add_argument("--encoding", help="encoding of --file and of standard input (default: UTF-8, latin-1 "
+                                           "fallback for --file)")
+    parser.add_argument("--int8", action="store_true", help="int8 dynamic quantization (faster on CPU; accuracy cost in benchmarks/RESULTS.md)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_engine_argument(parser)
+    parser.add_argument("--batch-tokens", type=positive_int, default=8192, help="token budget of a prediction batch")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bertfit.predict import TextClassifier
+
+    classifier = TextClassifier.load(args.run, int8=args.int8, device=args.device, engine=args.engine)
+    if args.int8:
+        logger.warning("int8 is approximate (tweets: ~99%% of labels as fp32, accuracy within ~0.3 points; "
+                       "benchmarks/RESULTS.md); measure it on your data: bertfit evaluate %s --int8 --file LABELLED",
+                       args.run)
+    if args.file:
+        return _predict_file(classifier, args)
+    texts = args.texts
+    if not texts or texts == ["-"]:
+        texts = _stdin_lines(args.encoding)
+        args.json = True if not sys.stdout.isatty() else args.json
+    predictions = classifier.predictions(texts, max_tokens=args.batch_tokens)
+    for text, record in zip(texts, predictions):
+        if args.json:
+            print(json.dumps({"text": text, **_rounded(record)}, ensure_ascii=False))
+        else:
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            print(f"{_short_answer(classifier.task, record):<12}  {shown}")
+    return 0
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 6 decimals, through nested records (probabilities, values)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _short_answer(task: Any, record: dict) -> str:
+    """One record on one terminal line: "positive  0.912", "anger,joy", "3.41"."""
+    if "confidence" in record:
+        return f"{record['label']:<12} {record['confidence']:6.3f}"
+    answer = task.answer(record)
+    if isinstance(answer, list):
+        return ",".join(answer) or "(none)"
+    if isinstance(answer, dict):
+        return " ".join(f"{k}={v:.4g}" for k, v in answer.items())
+    return f"{answer:.4g}" if isinstance(answer, float) else str(answer)
+
+
+def _stdin_lines(encoding: str | None) -> list[str]:
+    """Standard input, one text a line; undecodable bytes are a one-line error, not a traceback."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+    codec = encoding or "utf-8"
+    try:
+        text = data.decode(codec)
+    except LookupError:
+        raise BertfitError(f"unknown encoding {encoding!r} (--encoding); use e.g. utf-8, latin-1, cp1252") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BertfitError(f"standard input is not valid {codec}: byte 0x{data[exc.start]:02x} on line {line} "
+                           f"(offset {exc.start}); pass its encoding, e.g. --encoding latin-1") from None
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return [line.rstrip("\r") for line in lines]
+
+
+def _predict_file(classifier, args: argparse.Namespace) -> int:
+    from bertfit.data import predict_columns, read_table, write_table
+
+    source = Path(args.file)
+    output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
+    check_output_file(output, source, "--output")
+    table = read_table(args.file, encoding=args.encoding, **header_options(args))
+    column, pair_column = predict_columns(table, args.text_column, args.pair_column)
+    texts = ["" if row.get(column) is None else str(row.get(column)) for row in table.rows]
+    pairs = [str(row.get(pair_column) or "") for row in table.rows] if pair_column else None
+    empty = sum(1 for t in texts if not t.strip())
+    if empty:
+        logger.warning("%s: %d rows have an empty %r; they are still labelled (from [CLS] [SEP] alone)", args.file, empty, column)
+    predictions = classifier.predictions(texts, pairs, max_tokens=args.batch_tokens)
+    extra_columns = classifier.task.output_names()
+    extra_rows = [_rounded(classifier.task.columns(record)) for record in predictions]
+    written = write_table(table, output, extra_columns, extra_rows, csv_guard=args.csv_guard)
+    if written[0] != extra_columns[0]:
+        print(f"the file has its own {extra_columns[0]!r} column (kept): predictions are in {written[0]!r}",
+              file=sys.stderr)
+    print(f"labelled {len(predictions)} rows -> {output}")
+    return 0

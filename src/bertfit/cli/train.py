@@ -1,0 +1,140 @@
+"""`bertfit train`: fine-tune a model on a labelled file (default: MiniLM on the bundled tweets)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from bertfit.cli.common import TRAIN_HELP
+from bertfit.errors import BertfitError
+
+logger = logging.getLogger("bertfit")
+
+HELP = "fine-tune a model on labelled texts"
+DESCRIPTION = ("Fine-tune a BERT encoder for text classification. Settings resolve as "
+               "defaults -> --config file -> flags; the result is saved in the run directory.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from bertfit.train_config import TrainConfig
+
+    parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the README's quick job: 6,000 training examples, 1 epoch (flags still override)")
+    parser.add_argument("--resume", metavar="RUN", help="continue a run from its latest intact checkpoint, with the "
+                        "settings saved in it (settings given with --resume that differ are ignored, with a warning)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"{TRAIN_HELP[f.name]} (default: {_show(default)})"
+        if f.type in ("bool", "bool | None"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name in ("split", "adam_betas"):
+            parser.add_argument(flag, type=float, nargs=3 if f.name == "split" else 2, default=None, help=help_text)
+        elif f.name == "class_weights":
+            parser.add_argument(flag, nargs="+", default=None, help=help_text)
+        elif f.name in ("label_map", "columns"):
+            parser.add_argument(flag, default=None, help=help_text)
+        elif f.name == "problem_type":
+            from bertfit.train_config import PROBLEM_TYPES
+
+            parser.add_argument(flag, choices=PROBLEM_TYPES, default=None, help=help_text)
+        else:
+            kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from bertfit.data import parse_label_map
+    from bertfit.job import fine_tune
+    from bertfit.train_config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
+    if flags["label_map"] is not None:
+        flags["label_map"] = parse_label_map(flags["label_map"])
+    flags["columns"] = parse_columns(flags["columns"])
+    if flags["class_weights"] is not None:
+        values = flags["class_weights"]
+        flags["class_weights"] = "balanced" if values == ["balanced"] else [_float(v, "--class-weights") for v in values]
+    if args.resume:
+        flags["output_dir"] = args.resume
+    file_values = read_config_file(args.config) if args.config else None
+    if file_values and isinstance(file_values.get("label_map"), str):
+        file_values["label_map"] = parse_label_map(file_values["label_map"])
+    config = resolve_config(file_values, flags, quick=args.quick)
+    if args.resume:
+        given = {k for k, v in flags.items() if v is not None} | set(file_values or {}) | (set(QUICK) if args.quick else set())
+        _warn_ignored_on_resume(args.resume, given - {"output_dir"}, config)
+
+    bar = None
+
+    def progress(record: dict[str, Any], state, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=state.step if record["kind"] == "train" else 0, unit="step",
+                       desc="fine-tuning", dynamic_ncols=True, file=sys.stderr, disable=args.quiet)
+        if record["kind"] == "train":
+            bar.update(state.step - bar.n)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                            tok_s=f"{record['tokens_per_s']:.0f}", ex_s=f"{record['examples_per_s']:.1f}")
+        else:
+            shown = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in record.items()
+                              if k not in ("kind", "split", "step", "epoch") and isinstance(v, float))
+            bar.write(f"step {record['step']}: validation {shown}{'  (best)' if record.get('best') else ''}")
+
+    result = fine_tune(config, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)
+    if bar is not None:
+        bar.close()
+    for split in ("validation", "test"):
+        if split in result.metrics:
+            print(f"\n{split} ({result.metrics[split]['n']} examples)")
+            print(result.task.format_metrics(result.metrics[split]))
+    if not result.metrics:
+        print("\nno metrics: the validation and test splits are empty (see metrics.json and the report)")
+    print(f"\nrun directory: {result.run_dir}")
+    print(f"report: {result.report}")
+    print(f"wall time: {result.wall_time_s:.0f} s")
+    return 0
+
+
+def _warn_ignored_on_resume(run: str, given: set[str], config) -> None:
+    """`--resume RUN` continues RUN with the settings it saved (that is what makes it exact): a setting
+    given with it (flag, --config file, --quick) that differs from the saved one is ignored, and named."""
+    from bertfit.train_config import TrainConfig
+
+    path = Path(run) / "train_config.json"
+    try:
+        saved = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    except (OSError, ValueError, BertfitError):
+        return  # nothing readable to resume with: fine_tune says so
+    ignored = sorted(name for name in given if getattr(config, name) != getattr(saved, name))
+    if ignored:
+        shown = ", ".join(f"--{name.replace('_', '-')} {_show(getattr(config, name))} (the run's: "
+                          f"{_show(getattr(saved, name))})" for name in ignored)
+        logger.warning("--resume %s continues the run with the settings saved in %s; ignoring %s. To train with "
+                       "other settings, start a new run (another --output-dir, or --overwrite)", run, path, shown)
+
+
+def _float(value: str, flag: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise BertfitError(f"{flag}: {value!r} is not a number (use 'balanced' or one number per label)") from None
