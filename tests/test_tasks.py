@@ -121,6 +121,17 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     np.testing.assert_allclose(exported.predict_logits(texts, pairs), outputs, atol=1e-4)
     assert [r.keys() for r in exported.predictions(texts, pairs)] == [r.keys() for r in records]
 
+    # int8, checked on a labelled file with the task's own metric and agreement
+    check = _write_jsonl(tmp_path / "check.jsonl", rows)
+    report = export_onnx(run, tmp_path / "int8", int8=True, check_file=str(check))
+    metric = report["metric"]
+    assert metric == ("accuracy" if task == "single-label" else TASKS[task].default_metric)
+    got = TextClassifier.load(tmp_path / "int8").predict_logits(texts, pairs)
+    truth = torch_model.task.targets([torch_model.task.parse_label(r.get("label", r.get("labels", r.get("score"))), {})
+                                      for r in rows])
+    assert report[f"{metric}_export"] == pytest.approx(torch_model.task.evaluate(got, truth)[metric])
+    assert report[f"{metric}_pytorch_fp32"] == pytest.approx(torch_model.task.evaluate(outputs, truth)[metric], abs=1e-6)
+
 
 def _check_served(run: Path, tmp_path: Path, texts: list[str], pairs: list[str] | None, records: list[dict]) -> None:
     """`bertfit serve RUN` answers /predict with the task's records (the default engine: same to 1e-4)."""

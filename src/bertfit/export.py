@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -65,6 +65,7 @@ class Source:
     tokenizer: WordPieceTokenizer
     max_length: int
     task: Task
+    reading: dict = field(default_factory=dict)  # how the run read its labels (label map, separator)
 
     @property
     def labels(self) -> list[str]:
@@ -79,7 +80,7 @@ class Source:
         model = load_classifier(directory, require_head=True).eval()
         artifact = read_artifact(directory, model.config)
         return cls(model, WordPieceTokenizer.from_dir(directory), task=artifact.task,
-                   max_length=min(artifact.max_length, model.config.max_position_embeddings))
+                   max_length=min(artifact.max_length, model.config.max_position_embeddings), reading=artifact.reading)
 
 
 class ExportGraph(nn.Module):
@@ -253,36 +254,43 @@ def check_export(reference, exported, *, int8: bool,
     """Compare the export with the PyTorch plain path: logits on probe texts, optionally accuracy.
     ``reference``: a :class:`Source` or a PyTorch TextClassifier; ``exported``: anything with
     ``predict_logits`` (an :class:`~bertfit.onnx_runtime.OnnxExport`, an ONNX Runtime TextClassifier)."""
-    texts = list(PROBES)
-    labels = None
+    texts, pairs, targets = list(PROBES), None, None
+    task = getattr(reference, "task", None)
     if check_file:
-        from bertfit.data import read_examples
+        from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
 
-        examples, _ = read_examples(check_file)
+        examples, read_report = read_raw(check_file, getattr(reference, "reading", {}))  # the run's columns
+        examples = parse_labels(task, examples, read_report, reading_options(getattr(reference, "reading", {})),
+                                skip_bad_rows=False, known=task)
+        task.check_labels(examples, check_file)
         texts = [e.text for e in examples]
-        labels = [e.label for e in examples]
-    ref = reference_logits(reference, texts)
-    got = exported.predict_logits(texts)
+        if any(e.text_pair is not None for e in examples):
+            pairs = [e.text_pair or "" for e in examples]
+        targets = task.targets([e.label for e in examples])
+    ref = reference_logits(reference, texts, pairs=pairs)
+    got = exported.predict_logits(texts, pairs)
+    what, agreement = task.agreement(ref, got) if task is not None else ("labels agree", float((ref.argmax(1) == got.argmax(1)).mean()))
     report = {"texts": len(texts), "max_abs_logit_diff": float(np.abs(ref - got).max()),
-              "label_agreement": float((ref.argmax(1) == got.argmax(1)).mean())}
-    if labels is not None:
-        names = np.array(reference.labels)
-        report["accuracy_pytorch_fp32"] = float((names[ref.argmax(1)] == np.array(labels)).mean())
-        report["accuracy_export"] = float((names[got.argmax(1)] == np.array(labels)).mean())
-        report["accuracy_delta"] = report["accuracy_export"] - report["accuracy_pytorch_fp32"]
+              "label_agreement": agreement, "agreement": what}
+    if targets is not None:  # the task's own metric of both models on the user's labelled file
+        before, after = task.evaluate(ref, targets), task.evaluate(got, targets)
+        metric = "accuracy" if "accuracy" in before else task.default_metric
+        report.update({"metric": metric, f"{metric}_pytorch_fp32": before[metric], f"{metric}_export": after[metric],
+                       f"{metric}_delta": after[metric] - before[metric]})
     if not int8 and report["max_abs_logit_diff"] > 1e-4:
         raise BertfitError(f"the ONNX export differs from PyTorch by {report['max_abs_logit_diff']:.2e} in the logits "
                            "(more than 1e-4); this is a bug, please report it")
     return report
 
 
-def reference_logits(classifier, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def reference_logits(classifier, texts: Sequence[str], batch_size: int = 64, *,
+                     pairs: Sequence[str] | None = None) -> np.ndarray:
     """Logits of the PyTorch plain path (padded, SDPA) in batches of ``batch_size`` in input order:
     the reference every fast path and export is compared with. ``classifier``: anything with the
     PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a TextClassifier, a Source)."""
     from bertfit.batching import collate
 
-    encoded = classifier.tokenizer.encode(list(texts), max_length=classifier.max_length)
+    encoded = classifier.tokenizer.encode(list(texts), None if pairs is None else list(pairs), max_length=classifier.max_length)
     out = np.zeros((len(texts), len(classifier.labels)), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):

@@ -263,7 +263,9 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
                                               (("train", prepared.train), ("validation", prepared.validation),
                                                ("test", prepared.test))})
 
-    reading = {"label_map": config.label_map, "label_separator": config.label_separator}
+    # How this run read its files: export --check-file and evaluate read labelled files the same way.
+    reading = {"label_map": config.label_map, "label_separator": config.label_separator,
+               "text_column": config.text_column, "pair_column": config.pair_column, "label_column": config.label_column}
 
     def save_best(m, step: int) -> None:
         save_classifier(m, run.path, tokenizer=tokenizer)

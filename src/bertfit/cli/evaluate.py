@@ -32,7 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from bertfit.predict import TextClassifier
     from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
@@ -41,13 +40,18 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         check_output_file(Path(args.output), Path(args.file), "--output")
     task = classifier.task
-    settings = {"text_column": args.text_column, "pair_column": args.pair_column, "label_column": args.label_column,
+    saved = _saved_reading(args.run)  # the columns the run was trained on, unless flags say otherwise
+    settings = {"text_column": args.text_column or saved.get("text_column"),
+                "pair_column": args.pair_column or saved.get("pair_column"),
+                "label_column": args.label_column or saved.get("label_column"),
                 "skip_bad_rows": args.skip_bad_rows, "encoding": args.encoding, **header_options(args)}
+    if not settings["header"]:  # positions given with --no-header are the user's, not the run's names
+        settings.update(text_column=args.text_column, pair_column=args.pair_column, label_column=args.label_column)
     examples, report = read_raw(args.file, settings)
-    options = reading_options({**_saved_reading(args.run), **({"label_map": args.label_map} if args.label_map else {})})
+    options = reading_options({**saved, **({"label_map": args.label_map} if args.label_map else {})})
     examples = parse_labels(task, examples, report, options, skip_bad_rows=args.skip_bad_rows, known=task)
     task.check_labels(examples, args.file)
-    pairs = [e.text_pair or "" for e in examples] if args.pair_column else None
+    pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
     outputs = classifier.predict_logits([e.text for e in examples], pairs)
     targets = task.targets([e.label for e in examples])
     metrics = task.evaluate(outputs, targets)

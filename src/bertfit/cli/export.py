@@ -28,9 +28,10 @@ def run(args: argparse.Namespace) -> int:
     kind = "int8" if args.int8 else "fp32"
     print(f"exported {kind} ONNX model to {Path(args.output) / MODEL_FILE} ({report['size_mb']:.1f} MB)")
     print(f"check on {report['texts']} texts vs PyTorch fp32: max |logit diff| {report['max_abs_logit_diff']:.2e}, "
-          f"labels agree {100 * report['label_agreement']:.2f}%")
-    if "accuracy_delta" in report:
-        print(f"accuracy: PyTorch fp32 {report['accuracy_pytorch_fp32']:.4f}, export {report['accuracy_export']:.4f} "
-              f"({100 * report['accuracy_delta']:+.2f} points)")
+          f"{report['agreement']} {100 * report['label_agreement']:.2f}%")
+    if "metric" in report:
+        m = report["metric"]
+        print(f"{m}: PyTorch fp32 {report[m + '_pytorch_fp32']:.4f}, export {report[m + '_export']:.4f} "
+              f"({100 * report[m + '_delta']:+.2f} points)")
     print(f"predict with: bertfit predict {args.output} \"some text\"")
     return 0
