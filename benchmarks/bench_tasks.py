@@ -29,8 +29,8 @@ from pathlib import Path
 
 TASKS = {
     # name: (problem type, steps, max_length)
-    "goemotions": ("multi-label", 500, 64),
-    "stsb": ("regression", 360, 128),
+    "goemotions": ("multi-label", 400, 64),
+    "stsb": ("regression", 270, 128),
 }
 CONTENDERS = ("bertfit", "transformers")
 BATCH, LR, WARMUP, WEIGHT_DECAY = 32, 5e-5, 0.1, 0.01

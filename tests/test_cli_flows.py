@@ -109,15 +109,21 @@ def test_sentence_pair_model_trains_evaluates_and_predicts(tmp_path, tiny_model_
                   "--output", tmp_path / "p.csv")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = read_rows(tmp_path / "p.csv")
-    # evaluate's accuracy is the one recomputed from predict's labels (written over the file's own
-    # label column) for the same pairs
+    # evaluate's accuracy is the one recomputed from predict's labels (written beside the file's own
+    # gold label column, as predicted_label) for the same pairs
     truth = [label for _, _, label in pair_rows(60, seed=2)]
-    assert sum(r["label"] == t for r, t in zip(rows, truth)) / 60 == pytest.approx(metrics["accuracy"])
+    assert sum(r["predicted_label"] == t for r, t in zip(rows, truth)) / 60 == pytest.approx(metrics["accuracy"])
+
+    # evaluate reads the run's own columns when none are given: the pair too, never silently dropped.
+    out = bertfit("evaluate", run, "--file", held_out, "--output", tmp_path / "default.json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "default.json").read_text())["accuracy"] == metrics["accuracy"]
 
     # Without the pair, the same model sees only filler: the pair column is what it learned from.
-    out = bertfit("evaluate", run, "--file", held_out, "--text-column", "premise", "--output", tmp_path / "single.json")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads((tmp_path / "single.json").read_text())["accuracy"] < metrics["accuracy"] - 0.2
+    from bertfit.predict import TextClassifier
+
+    alone = TextClassifier.load(run, engine="pytorch").predict([p for p, _, _ in pair_rows(60, seed=2)])
+    assert sum(a == t for a, t in zip(alone, truth)) / 60 < metrics["accuracy"] - 0.2
 
 
 # --- interrupts and exit codes ----------------------------------------------------------------
