@@ -263,6 +263,18 @@ def test_regression_head_starts_at_the_target_mean_and_outputs_real_values(tmp_p
     assert all(isinstance(v, float) for v in out) and -2 < np.mean(out) < 7  # real scale, not standardised
 
 
+def test_multilabel_head_starts_at_the_label_prior():
+    task = TASKS["multi-label"](["a", "b", "c"])
+    targets = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]], dtype=np.float32)
+    task.prepare_training({}, targets)
+    model = BertForSequenceClassification(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=8,
+                                                     problem_type="multi_label_classification").with_labels(task.labels))
+    task.init_head(model)
+    p = torch.sigmoid(model.classifier.bias)  # the fresh head's prediction before any step
+    torch.testing.assert_close(p, torch.tensor([0.75, 0.25, 1e-4]), atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("problem_type,transformers_type", [("multi-label", "multi_label_classification"),
                                                             ("regression", "regression")])
 def test_run_directory_loads_in_transformers(problem_type, transformers_type, tmp_path, tiny_model_dir):

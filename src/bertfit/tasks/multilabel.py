@@ -49,6 +49,7 @@ class MultiLabel(SequenceTask):
         self.thresholds = np.asarray(thresholds, dtype=np.float64) if thresholds is not None else None
         self.separator = separator
         self.pos_weight: Tensor | None = None
+        self.prevalence: np.ndarray | None = None  # each label's share of the training rows
 
     def state(self) -> dict[str, Any]:
         return {"thresholds": None if self.thresholds is None else self.thresholds.tolist(),
@@ -109,6 +110,7 @@ class MultiLabel(SequenceTask):
         return out
 
     def prepare_training(self, settings: Mapping[str, Any], train_targets: np.ndarray) -> None:
+        self.prevalence = train_targets.mean(axis=0).astype(np.float64) if len(train_targets) else None
         spec = settings.get("class_weights")
         if spec is None:
             self.pos_weight = None
@@ -128,6 +130,16 @@ class MultiLabel(SequenceTask):
         if (weights < 0).any() or not np.isfinite(weights).all():
             raise ConfigError(f"class_weights must be finite and non-negative, got {weights.tolist()}")
         self.pos_weight = torch.tensor(weights, dtype=torch.float32)
+
+    def init_head(self, model: Any) -> None:
+        """Start each label's bias at the log-odds of its share of the training rows: a fresh head
+        then predicts the prior (loss ~0.15 on 28 rare labels instead of 0.69), so the first hundreds
+        of steps are not spent pushing every bias down before anything else is learned."""
+        if self.prevalence is None:
+            return
+        p = np.clip(self.prevalence, 1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            model.classifier.bias.copy_(torch.tensor(np.log(p / (1 - p)), dtype=torch.float32))
 
     def loss(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         weight = self.pos_weight
