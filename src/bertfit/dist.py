@@ -309,6 +309,10 @@ def init(device: torch.device) -> Dist:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     backend = "nccl" if device.type == "cuda" else "gloo"
     owns = False
+    if backend == "nccl" and local_rank >= torch.cuda.device_count():
+        raise DistributedError(f"rank {rank} is local rank {local_rank} on its machine, which has "
+                               f"{torch.cuda.device_count()} GPU(s): launch at most that many processes per machine, "
+                               "or train on CPUs with --device cpu")
     if not torch.distributed.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
