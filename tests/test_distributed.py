@@ -287,3 +287,19 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_model_dir)
         fine_tune(config)
         runs[checkpointing] = last_weights(tmp_path / str(checkpointing))
     assert max(float((runs[True][k] - runs[False][k]).abs().max()) for k in runs[False]) <= 1e-6
+
+
+def test_nproc_mistakes_are_one_line_errors(tmp_path):
+    out = bertfit(["--nproc", "0", "--output-dir", str(tmp_path / "run")], timeout=60)
+    assert out.returncode == 2 and "--nproc must be at least 1" in out.stderr and "Traceback" not in out.stderr
+    out = bertfit(["--nproc", "2", "--output-dir", str(tmp_path / "run")], timeout=60, WORLD_SIZE="2", RANK="0")
+    assert out.returncode == 2 and "under torchrun leave it out" in out.stderr
+    out = bertfit(["--dist-timeout", "0", "--output-dir", str(tmp_path / "run")], timeout=60)
+    assert out.returncode == 2 and "--dist-timeout must be a positive number" in out.stderr
+
+
+def test_without_option_drops_only_the_launchers_flag():
+    from bertfit.launch import without_option
+
+    assert without_option(["-q", "train", "--nproc", "2", "--batch-size", "4", "--nproc=3"], "--nproc") == \
+        ["-q", "train", "--batch-size", "4"]
