@@ -243,7 +243,7 @@ def test_a_killed_rank_ends_the_job_naming_it(reference):
 
 def test_a_hung_rank_ends_the_job_naming_it(reference):
     base, args = reference
-    out = bertfit(args(base / "rank-hung") + ["--dist-timeout", "8"], BERTFIT_HANG_AT_STEP="3", BERTFIT_FAULT_RANK="1")
+    out = bertfit(args(base / "rank-hung") + ["--dist-timeout", "12"], BERTFIT_HANG_AT_STEP="3", BERTFIT_FAULT_RANK="1")
     assert out.returncode == 4, out.stderr[-3000:]
     # rank 0 timed out in step 4's first collective and named the rank that never arrived
     assert "rank 0 of 2" in out.stderr and "rank 1 (its last collective was" in out.stderr, out.stderr[-3000:]

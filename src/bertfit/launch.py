@@ -61,8 +61,18 @@ def launch(nproc: int, argv: Sequence[str], timeout_s: float | None = None) -> i
 
 
 def describe_failure(exc, nproc: int) -> tuple[str, int]:
-    """The launcher's failure report in one sentence (which rank ended first, and how), and an exit code."""
-    rank, failure = exc.get_first_failure()
+    """The launcher's failure report in one sentence (the rank that caused it, and how), and an exit code.
+
+    The launcher stamps failures in whole seconds, so "first" is often a tie: the cause is the rank
+    killed by a signal other than the launcher's own SIGTERM, else one that failed with its own error,
+    before one that only lost its peers (exit code 4, DistributedError)."""
+    def blame(item):
+        rank, failure = item
+        if failure.exitcode < 0:
+            return (1 if failure.signal_name() == "SIGTERM" else -1, rank)
+        return (0 if failure.exitcode != DistributedError.exit_code else 0.5, rank)
+
+    rank, failure = min(exc.failures.items(), key=blame)
     if failure.exitcode < 0:
         how = f"was killed by {failure.signal_name()}"
     else:
