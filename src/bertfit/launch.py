@@ -44,7 +44,8 @@ def launch(nproc: int, argv: Sequence[str], timeout_s: float | None = None) -> i
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
     if timeout_s is not None:
         os.environ[TIMEOUT_ENV] = str(timeout_s)
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    # The launcher's own per-process log lines repeat what describe_failure says in one line.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--monitor-interval", "0.2",
                                          "-m", "bertfit", *argv])
     logger.info("launching %d processes on this machine (torch.distributed.run, %s)", nproc,
