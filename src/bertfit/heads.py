@@ -86,5 +86,65 @@ def sequence_loss(logits: Tensor, targets: Tensor, problem_type: str, *, class_w
     raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
+class BertForTokenClassification(nn.Module):
+    """Dropout + linear on every token's final hidden state: (B, T, num_labels), as transformers'
+    BertForTokenClassification (same ``classifier.*`` names, so a run loads there unchanged).
+
+    It needs every position, so the encoder's [CLS]-only last layer never applies; padding removal
+    still does (the encoder returns zeros at padding, whose logits the caller ignores).
+    """
+
+    needs: ClassVar[str] = "tokens"
+    weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
+    architecture: ClassVar[str] = "BertForTokenClassification"
+    uses_pooler: ClassVar[bool] = False  # saved without it, as transformers' token head has none
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        if config.num_labels < 2:
+            raise ValueError(f"a token-classification head needs at least two tags, got {config.labels}")
+        self.config = config
+        self.bert = BertModel(config)
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.reset_classifier()
+
+    def reset_classifier(self) -> None:
+        nn.init.normal_(self.classifier.weight, std=self.config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        fast: bool = True,
+        cls_only: bool | None = None,
+    ) -> Tensor:
+        """Logits (B, T, num_labels). cls_only is accepted for the common signature and must be falsy."""
+        if cls_only:
+            raise ValueError("a token head needs every position; cls_only does not apply")
+        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, cls_only=False)
+        return self.classifier(self.dropout(out.last_hidden_state))  # (B, T, L)
+
+
+def token_loss(logits: Tensor, targets: Tensor, *, class_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(summed loss, weight) over the labelled tokens (targets -100 are ignored): the ratio is
+    transformers' mean cross-entropy; with class weights, Σ w_y · nll over Σ w_y as torch computes it."""
+    flat_logits = logits.float().reshape(-1, logits.shape[-1])
+    flat = targets.reshape(-1)
+    total = F.cross_entropy(flat_logits, flat, weight=class_weight, ignore_index=-100, reduction="sum")
+    return total, token_loss_weight(flat, class_weight)
+
+
+def token_loss_weight(targets: Tensor, class_weight: Tensor | None = None) -> Tensor:
+    labelled = targets[targets != -100]
+    if class_weight is None:
+        return torch.tensor(float(labelled.numel()))
+    return class_weight.to(labelled.device)[labelled].sum().float().cpu()
+
+
 # The registry: a task names its head by key. Heads of later tasks (token, span, pretraining) join here.
-HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification}
+HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification}
