@@ -29,6 +29,7 @@ class BertForSequenceClassification(nn.Module):
     """
 
     needs: ClassVar[str] = "cls"
+    problem_types: ClassVar[tuple[str, ...]] = ("single_label_classification", "multi_label_classification", "regression")
     weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
 
     def __init__(self, config: BertConfig) -> None:
@@ -95,6 +96,7 @@ class BertForTokenClassification(nn.Module):
     """
 
     needs: ClassVar[str] = "tokens"
+    problem_types: ClassVar[tuple[str, ...]] = ("token_classification",)
     weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
     architecture: ClassVar[str] = "BertForTokenClassification"
     uses_pooler: ClassVar[bool] = False  # saved without it, as transformers' token head has none
