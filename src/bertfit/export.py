@@ -46,6 +46,7 @@ from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.errors import BertfitError
 from bertfit.onnx_runtime import MODEL_FILE, OnnxExport, load_export, require_onnx
 from bertfit.tasks.base import Task
+from bertfit.tasks.sequence import reading_options
 from bertfit.tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
     batch = collate(example, [0, 1], None, source.tokenizer.pad_id)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    axes["logits"] = {0: "batch"}
+    # A token head's output has a row per position: (batch, sequence, labels).
+    axes["logits"] = {0: "batch", 1: "sequence"} if getattr(model, "needs", "cls") == "tokens" else {0: "batch"}
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / MODEL_FILE
         with torch.no_grad(), _quiet_export():
@@ -251,29 +253,25 @@ class _quiet_export:
 
 def check_export(reference, exported, *, int8: bool,
                  check_file: str | None = None) -> dict:
-    """Compare the export with the PyTorch plain path: logits on probe texts, optionally accuracy.
-    ``reference``: a :class:`Source` or a PyTorch TextClassifier; ``exported``: anything with
-    ``predict_logits`` (an :class:`~bertfit.onnx_runtime.OnnxExport`, an ONNX Runtime TextClassifier)."""
-    texts, pairs, targets = list(PROBES), None, None
-    task = getattr(reference, "task", None)
+    """Compare the export with the PyTorch plain path: outputs on probe texts, optionally the task's metric.
+    ``reference``: a :class:`Source` or a PyTorch TextClassifier; ``exported``: anything with ``outputs``
+    of features (an :class:`~bertfit.onnx_runtime.OnnxExport`). The task encodes the inputs (windows,
+    alignment) and gathers the outputs back per example, so every task is checked the same way."""
+    task = reference.task
     if check_file:
-        from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
-
-        examples, read_report = read_raw(check_file, getattr(reference, "reading", {}))  # the run's columns
-        examples = parse_labels(task, examples, read_report, reading_options(getattr(reference, "reading", {})),
-                                skip_bad_rows=False, known=task)
+        examples, _ = type(task).read(check_file, getattr(reference, "reading", {}),
+                                      reading_options(getattr(reference, "reading", {})), known=task)
         task.check_labels(examples, check_file)
-        texts = [e.text for e in examples]
-        if any(e.text_pair is not None for e in examples):
-            pairs = [e.text_pair or "" for e in examples]
-        targets = task.targets([e.label for e in examples])
-    ref = reference_logits(reference, texts, pairs=pairs)
-    got = exported.predict_logits(texts, pairs)
-    what, agreement = task.agreement(ref, got) if task is not None else ("labels agree", float((ref.argmax(1) == got.argmax(1)).mean()))
-    report = {"texts": len(texts), "max_abs_logit_diff": float(np.abs(ref - got).max()),
+    else:
+        examples = task.inputs(list(PROBES))
+    split = task.encode(reference.tokenizer, examples, reference.max_length)
+    ref = task.gather(split, reference_outputs(reference, split.encoded))
+    got = task.gather(split, exported.feature_outputs(split.encoded))
+    what, agreement = task.agreement(ref, got)
+    report = {"texts": len(examples), "max_abs_logit_diff": max_abs_diff(ref, got),
               "label_agreement": agreement, "agreement": what}
-    if targets is not None:  # the task's own metric of both models on the user's labelled file
-        before, after = task.evaluate(ref, targets), task.evaluate(got, targets)
+    if check_file and split.gold is not None:  # the task's own metric of both models on the user's labelled file
+        before, after = task.evaluate(ref, split.gold), task.evaluate(got, split.gold)
         metric = "accuracy" if "accuracy" in before else task.default_metric
         report.update({"metric": metric, f"{metric}_pytorch_fp32": before[metric], f"{metric}_export": after[metric],
                        f"{metric}_delta": after[metric] - before[metric]})
@@ -281,6 +279,32 @@ def check_export(reference, exported, *, int8: bool,
         raise BertfitError(f"the ONNX export differs from PyTorch by {report['max_abs_logit_diff']:.2e} in the logits "
                            "(more than 1e-4); this is a bug, please report it")
     return report
+
+
+def max_abs_diff(a, b) -> float:
+    """Largest |a - b| over outputs that are arrays or lists of per-example arrays (token tasks)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return float(np.abs(a - b).max()) if a.size else 0.0
+    diffs = [float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(a, b) if np.asarray(x).size]
+    return max(diffs, default=0.0)
+
+
+def reference_outputs(classifier, encoded: Sequence, batch_size: int = 64):
+    """The PyTorch plain path's outputs per feature, in order: an (N, L) array, or for a head with an
+    output per token a list of (len(ids), L) arrays (real tokens only)."""
+    from bertfit.batching import collate
+
+    per_token = getattr(classifier.model, "needs", "cls") == "tokens"
+    rows: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            idx = list(range(start, min(start + batch_size, len(encoded))))
+            b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
+            out = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).float().numpy()
+            rows += [out[r, : len(encoded[i].ids)] if per_token else out[r] for r, i in enumerate(idx)]
+    if per_token:
+        return rows
+    return np.stack(rows) if rows else np.zeros((0, len(classifier.labels)), dtype=np.float32)
 
 
 def reference_logits(classifier, texts: Sequence[str], batch_size: int = 64, *,

@@ -12,7 +12,6 @@ end exclusive, for pre-tokenised input), score the mean of the entity's words' t
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -46,6 +45,7 @@ class NER(Task):
     default_metric = "f1"
     headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "f1", "precision", "recall", "token_accuracy")
     mistake_score = "confidence"
+    input_columns: ClassVar[tuple[str, ...]] = ("tokens",)  # predict --file: pre-tokenised rows
 
     def configure(self, label_all_subwords: bool = False, window_stride: int | None = None, **state: Any) -> None:
         super().configure(**state)
@@ -227,7 +227,13 @@ class NER(Task):
         return record["entities"]
 
     def columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        return {"entities": json.dumps(record["entities"], ensure_ascii=False)}
+        # A list: JSON lines keep it as a list, CSV/TSV cells hold its JSON text.
+        return {"entities": record["entities"]}
+
+    def display(self, record: Mapping[str, Any]) -> str:
+        """One terminal line: each entity as TYPE "text" [start:end] score."""
+        shown = [f'{e["type"]} "{e["text"]}" [{e["start"]}:{e["end"]}] {e["score"]:.3f}' for e in record["entities"]]
+        return "; ".join(shown) or "(no entities)"
 
     def output_names(self) -> list[str]:
         return ["entities"]

@@ -43,13 +43,13 @@ class Sentence:
     words: tuple[str, ...]
     spans: tuple[tuple[int, int], ...]
     text: str
-    tags: tuple[str, ...] | None = None
+    label: tuple[str, ...] | None = None  # the IOB2 tags ("label": the Task contract's name for a target)
     row: int = 0
     pretokenized: bool = False
 
     @property
-    def label(self) -> tuple[str, ...] | None:  # the Task contract's name for an example's target
-        return self.tags
+    def tags(self) -> tuple[str, ...] | None:
+        return self.label
 
     @property
     def text_pair(self) -> None:
