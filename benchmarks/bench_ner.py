@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,17 @@ SETS = {  # name: (train, test, steps)
 }
 CONTENDERS = ("bertfit", "transformers")
 STEPS, BATCH, LR, WARMUP, WEIGHT_DECAY, MAX_LENGTH = 150, 16, 1e-4, 0.1, 0.01, 128
-PREDICT_TEXTS = 400
+PREDICT_TEXTS = 300
+TEST_LIMIT = 500  # the first N test sentences, for both contenders (the budget; stated in RESULTS.md)
+
+
+def limited_test(path: str, work: Path) -> str:
+    """The first TEST_LIMIT sentences of a CoNLL test file (blank-line separated), as a file."""
+    text = Path(path).read_text(encoding="utf-8").replace("\r\n", "\n")
+    blocks = [b for b in re.split(r"\n[ \t]*\n", text) if b.strip()]
+    target = work / "test.conll"
+    target.write_text("\n\n".join(blocks[:TEST_LIMIT]) + "\n", encoding="utf-8")
+    return str(target)
 
 
 def run_bertfit(name: str, files: dict, seed: int, work: Path, predict: bool) -> dict:
@@ -41,7 +52,7 @@ def run_bertfit(name: str, files: dict, seed: int, work: Path, predict: bool) ->
     from bertfit.train_config import TrainConfig
 
     run_dir = work / "run"
-    config = TrainConfig(train_file=files["train"], test_file=files["test"], problem_type="ner",
+    config = TrainConfig(train_file=files["train"], test_file=limited_test(files["test"], work), problem_type="ner",
                          model="minilm-l6", max_steps=STEPS, batch_size=BATCH, lr=LR, warmup_ratio=WARMUP,
                          weight_decay=WEIGHT_DECAY, max_length=MAX_LENGTH, seed=seed, eval_every=STEPS,
                          save_every=10**6, deduplicate=False, split=(1.0, 0.0, 0.0), output_dir=str(run_dir))
@@ -52,7 +63,7 @@ def run_bertfit(name: str, files: dict, seed: int, work: Path, predict: bool) ->
            "steps": result.train.state.step,
            "test": {"f1": test["f1"], "precision": test["precision"], "recall": test["recall"]}}
     if predict:
-        out["predict"] = compare_prediction(run_dir, files["test"])
+        out["predict"] = compare_prediction(run_dir, config.test_file)
     return out
 
 
@@ -66,7 +77,7 @@ def compare_prediction(run_dir: Path, test_file: str) -> dict:
     from bertfit.tasks.ner_data import read_ner_file
 
     transformers.logging.set_verbosity_error()
-    sentences, _ = read_ner_file(test_file)
+    sentences, _ = read_ner_file(test_file)  # the limited copy: its first PREDICT_TEXTS sentences
     texts = [s.text for s in sentences[:PREDICT_TEXTS]]
     model = bertfit.load(run_dir)
     model.predict(texts[:8])  # warm-up (first-call set-up is not throughput)
@@ -102,6 +113,7 @@ def run_transformers(name: str, files: dict, seed: int, work: Path, predict: boo
     model_dir = resolve_model("minilm-l6")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = {split: read_ner_file(files[split])[0] for split in ("train", "test")}
+    data["test"] = data["test"][:TEST_LIMIT]
     types = sorted({t[2:] for s in data["train"] for t in s.tags if t != "O"})
     labels = ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
     index = {label: i for i, label in enumerate(labels)}
@@ -187,7 +199,8 @@ def _mean_std(values: list[float]) -> str:
 def summarize(results: list[dict]) -> str:
     lines = []
     for name in SETS:
-        lines.append(f"\n## {name} ({STEPS} steps, batch {BATCH}, lr {LR}, max_length {MAX_LENGTH})")
+        lines.append(f"\n## {name} ({STEPS} steps, batch {BATCH}, lr {LR}, max_length {MAX_LENGTH}, "
+                     f"first {TEST_LIMIT} test sentences)")
         for impl in CONTENDERS:
             mine = [r for r in results if r["set"] == name and r["impl"] == impl]
             if mine:
@@ -211,12 +224,13 @@ def summarize(results: list[dict]) -> str:
 
 
 def main() -> None:
-    global STEPS
+    global STEPS, TEST_LIMIT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--test-limit", type=int, default=TEST_LIMIT)
     parser.add_argument("--out", default="benchmarks/ner_results.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--predict", action="store_true", help=argparse.SUPPRESS)
@@ -225,7 +239,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    STEPS = args.steps
+    STEPS, TEST_LIMIT = args.steps, args.test_limit
     if args.child:
         child(args)
         return
@@ -244,7 +258,7 @@ def main() -> None:
                     continue
                 predict = impl == "bertfit" and seed == args.seeds[0]
                 cmd = [sys.executable, __file__, "--child", "--impl", impl, "--set", name, "--seed", str(seed),
-                       "--steps", str(STEPS), *(["--predict"] if predict else []), "--files", json.dumps(files)]
+                       "--steps", str(STEPS), "--test-limit", str(TEST_LIMIT), *(["--predict"] if predict else []), "--files", json.dumps(files)]
                 started = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -254,7 +268,7 @@ def main() -> None:
                 result = {"set": name, "seed": seed, "impl": impl, **json.loads(line[7:]),
                           "process_s": time.perf_counter() - started}
                 results.append(result)
-                out.write_text(json.dumps({"machine": machine, "steps": STEPS, "results": results}, indent=2) + "\n")
+                out.write_text(json.dumps({"machine": machine, "steps": STEPS, "test_limit": TEST_LIMIT, "results": results}, indent=2) + "\n")
                 print(f"{name} seed {seed} {impl}: {result['test']} {result['tokens_per_s']:.0f} tok/s "
                       f"({result['process_s']:.0f} s)", flush=True)
     print(summarize(results))

@@ -46,7 +46,6 @@ from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.errors import BertfitError
 from bertfit.onnx_runtime import MODEL_FILE, OnnxExport, load_export, require_onnx
 from bertfit.tasks.base import Task
-from bertfit.tasks.sequence import reading_options
 from bertfit.tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
     batch = collate(example, [0, 1], None, source.tokenizer.pad_id)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    # A token head's output has a row per position: (batch, sequence, labels).
+    # A head with an output per token (needs "tokens") has a sequence axis in its output too.
     axes["logits"] = {0: "batch", 1: "sequence"} if getattr(model, "needs", "cls") == "tokens" else {0: "batch"}
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / MODEL_FILE
@@ -253,25 +252,33 @@ class _quiet_export:
 
 def check_export(reference, exported, *, int8: bool,
                  check_file: str | None = None) -> dict:
-    """Compare the export with the PyTorch plain path: outputs on probe texts, optionally the task's metric.
-    ``reference``: a :class:`Source` or a PyTorch TextClassifier; ``exported``: anything with ``outputs``
-    of features (an :class:`~bertfit.onnx_runtime.OnnxExport`). The task encodes the inputs (windows,
-    alignment) and gathers the outputs back per example, so every task is checked the same way."""
-    task = reference.task
+    """Compare the export with the PyTorch plain path on probe inputs (and optionally the task's
+    metric on a labelled file). ``reference``: a :class:`Source` or a PyTorch TextClassifier;
+    ``exported``: an :class:`~bertfit.onnx_runtime.OnnxExport`. Whatever the task, the comparison
+    is on the model's raw outputs per feature (per text, or per token for token heads)."""
+    from bertfit.batching import engine_logits
+
+    task: Task = reference.task
+    gold = None
     if check_file:
-        examples, _ = type(task).read(check_file, getattr(reference, "reading", {}),
-                                      reading_options(getattr(reference, "reading", {})), known=task)
+        from bertfit.tasks.sequence import reading_options
+
+        reading = getattr(reference, "reading", {}) or {}
+        examples, _ = type(task).read(check_file, reading, reading_options(reading), known=task)  # the run's columns
         task.check_labels(examples, check_file)
     else:
-        examples = task.inputs(list(PROBES))
+        examples = task.inputs(task.probe_inputs(PROBES))
     split = task.encode(reference.tokenizer, examples, reference.max_length)
-    ref = task.gather(split, reference_outputs(reference, split.encoded))
-    got = task.gather(split, exported.feature_outputs(split.encoded))
-    what, agreement = task.agreement(ref, got)
-    report = {"texts": len(examples), "max_abs_logit_diff": max_abs_diff(ref, got),
-              "label_agreement": agreement, "agreement": what}
-    if check_file and split.gold is not None:  # the task's own metric of both models on the user's labelled file
-        before, after = task.evaluate(ref, split.gold), task.evaluate(got, split.gold)
+    ref = reference_logits(reference, split=split)
+    got = engine_logits(exported.engine, split.encoded, len(reference.labels), reference.tokenizer.pad_id,
+                        max_tokens=8192, max_batch=64)
+    diff = max((float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(ref, got) if np.size(a)), default=0.0)
+    ref_out, got_out = task.gather(split, ref), task.gather(split, got)
+    what, agreement = task.agreement(ref_out, got_out, split)
+    report = {"texts": len(examples), "max_abs_logit_diff": diff, "label_agreement": agreement, "agreement": what}
+    if check_file:  # the task's own metric of both models on the user's labelled file
+        gold = split.gold
+        before, after = task.evaluate(ref_out, gold), task.evaluate(got_out, gold)
         metric = "accuracy" if "accuracy" in before else task.default_metric
         report.update({"metric": metric, f"{metric}_pytorch_fp32": before[metric], f"{metric}_export": after[metric],
                        f"{metric}_delta": after[metric] - before[metric]})
@@ -281,44 +288,29 @@ def check_export(reference, exported, *, int8: bool,
     return report
 
 
-def max_abs_diff(a, b) -> float:
-    """Largest |a - b| over outputs that are arrays or lists of per-example arrays (token tasks)."""
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        return float(np.abs(a - b).max()) if a.size else 0.0
-    diffs = [float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(a, b) if np.asarray(x).size]
-    return max(diffs, default=0.0)
-
-
-def reference_outputs(classifier, encoded: Sequence, batch_size: int = 64):
-    """The PyTorch plain path's outputs per feature, in order: an (N, L) array, or for a head with an
-    output per token a list of (len(ids), L) arrays (real tokens only)."""
+def reference_logits(classifier, texts: Sequence[str] | None = None, batch_size: int = 64, *,
+                     pairs: Sequence[str] | None = None, split=None) -> "np.ndarray | list[np.ndarray]":
+    """Outputs of the PyTorch plain path (padded, SDPA) in batches of ``batch_size`` in input order:
+    the reference every fast path and export is compared with. ``classifier``: anything with the
+    PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a TextClassifier, a Source).
+    Either ``texts`` (and ``pairs``), or ``split``: features the task encoded. A head with an output
+    per token gives one (len(ids), L) array per feature."""
     from bertfit.batching import collate
 
-    per_token = getattr(classifier.model, "needs", "cls") == "tokens"
-    rows: list[np.ndarray] = []
+    if split is not None:
+        encoded = split.encoded
+    else:
+        encoded = classifier.tokenizer.encode(list(texts), None if pairs is None else list(pairs),
+                                              max_length=classifier.max_length)
+    rows = []
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
             idx = list(range(start, min(start + batch_size, len(encoded))))
             b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
             out = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).float().numpy()
-            rows += [out[r, : len(encoded[i].ids)] if per_token else out[r] for r, i in enumerate(idx)]
-    if per_token:
+            rows += [out[row, : len(encoded[i].ids)] if out.ndim == 3 else out[row] for row, i in enumerate(idx)]
+    if rows and rows[0].ndim == 2:
         return rows
     return np.stack(rows) if rows else np.zeros((0, len(classifier.labels)), dtype=np.float32)
 
 
-def reference_logits(classifier, texts: Sequence[str], batch_size: int = 64, *,
-                     pairs: Sequence[str] | None = None) -> np.ndarray:
-    """Logits of the PyTorch plain path (padded, SDPA) in batches of ``batch_size`` in input order:
-    the reference every fast path and export is compared with. ``classifier``: anything with the
-    PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a TextClassifier, a Source)."""
-    from bertfit.batching import collate
-
-    encoded = classifier.tokenizer.encode(list(texts), None if pairs is None else list(pairs), max_length=classifier.max_length)
-    out = np.zeros((len(texts), len(classifier.labels)), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(encoded), batch_size):
-            idx = list(range(start, min(start + batch_size, len(encoded))))
-            b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
-            out[idx] = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).numpy()
-    return out

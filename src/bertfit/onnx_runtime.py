@@ -83,12 +83,6 @@ class OnnxExport:
     def int8(self) -> bool:
         return self.engine.int8
 
-    def feature_outputs(self, encoded: Sequence, *, max_tokens: int = 8192, max_batch: int = 128):
-        """The graph's outputs for encoded features in input order (export.check_export compares them):
-        (N, L), or a list of (len(ids), L) arrays for a token head."""
-        return engine_logits(self.engine, list(encoded), len(self.labels), self.tokenizer.pad_id,
-                             max_tokens=max_tokens, max_batch=max_batch)
-
     def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
                        max_tokens: int = 8192, max_batch: int = 128) -> np.ndarray:
         """The graph's outputs for ``texts`` in input order (export.check_export compares them)."""

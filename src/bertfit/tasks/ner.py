@@ -238,7 +238,7 @@ class NER(Task):
     def output_names(self) -> list[str]:
         return ["entities"]
 
-    def agreement(self, reference: Any, outputs: Any) -> tuple[str, float]:
+    def agreement(self, reference: Any, outputs: Any, split: Any = None) -> tuple[str, float]:
         a, b = self.predicted_tags(reference), self.predicted_tags(outputs)
         words = sum(len(x) for x in a)
         same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
