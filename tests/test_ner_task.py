@@ -165,3 +165,49 @@ def test_unknown_types_in_validation_are_named(tmp_path, ner_model_dir):
                          problem_type="ner", model=str(ner_model_dir), max_steps=2, output_dir=str(tmp_path / "run"))
     with pytest.raises(DataError, match=r"'COMPANY' \(line 3\)"):
         fine_tune(config)
+
+
+def test_resume_class_weights_and_early_stopping(tmp_path, ner_model_dir):
+    """An interrupted NER run resumes to the same weights and history; class weights and early stopping
+    on entity micro-F1 (the default metric) work as for the classifier."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bertfit.job import fine_tune
+    from bertfit.train import Trainer
+    from bertfit.train_config import TrainConfig
+
+    train = write_conll(tmp_path / "train.conll", 120, 4)
+    dev = write_conll(tmp_path / "dev.conll", 30, 5)
+    config = TrainConfig(train_file=str(train), validation_file=str(dev), problem_type="ner", model=str(ner_model_dir),
+                         max_steps=16, batch_size=8, lr=3e-3, max_length=16, window_stride=6, eval_every=4,
+                         save_every=3, log_every=4, class_weights="balanced", patience=50, threads=1,
+                         output_dir=str(tmp_path / "a"))
+    reference = fine_tune(config)
+    assert reference.task.class_weight is not None and reference.task.class_weight[0] < reference.task.class_weight[1]
+    evals = [r for r in reference.train.history if r["kind"] == "eval"]
+    assert evals and all("f1" in r for r in evals)
+    assert json.loads((reference.run_dir / "task.json").read_text())["state"]["window_stride"] == 6
+    interrupted = config.replace(output_dir=str(tmp_path / "b"))
+    real_step, calls = Trainer._optimizer_step, {"n": 0}
+
+    def dying_step(self, group):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real_step(self, group)
+
+    Trainer._optimizer_step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fine_tune(interrupted)
+    finally:
+        Trainer._optimizer_step = real_step
+    resumed = fine_tune(interrupted, resume=True)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "examples_per_s")} for r in h]  # noqa: E731
+    assert strip(resumed.train.history) == strip(reference.train.history)
+    a, b = (load_file(str(r.run_dir / "model.safetensors")) for r in (reference, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Early stopping: with patience 1 a run stops at the first evaluation that does not improve entity F1.
+    stopped = fine_tune(config.replace(output_dir=str(tmp_path / "c"), patience=1, max_steps=200, lr=1e-2))
+    assert stopped.train.state.step < 200
