@@ -117,3 +117,19 @@ def test_tags_from_entities_cut_words():
 def test_empty_file(tmp_path):
     with pytest.raises(DataError, match="empty"):
         read_ner_file(write(tmp_path, "empty.conll", "\n\n"))
+
+
+def test_real_files_wnut17_and_ncbi_disease():
+    """Slices of the real files (tests/data/ner/NOTICE.md): WNUT-17 separates some sentences with a line
+    holding only a tab; both are IOB2 with B-/I- tags; every sentence is read."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "ner"
+    wnut, report = read_ner_file(data / "wnut17_train_head.conll")
+    assert report.rows_read == report.rows_used == 25 and not report.rejected and report.scheme == "iob2"
+    assert {t[2:] for s in wnut for t in s.tags if t != "O"} <= {"person", "location", "group", "creative-work",
+                                                                 "corporation", "product"}
+    ncbi, report = read_ner_file(data / "ncbi_disease_train_head.tsv")
+    assert report.rows_used == 25 and {t for s in ncbi for t in s.tags} == {"O", "B-Disease", "I-Disease"}
+    assert sum(len(s.words) for s in ncbi) == sum(1 for line in (data / "ncbi_disease_train_head.tsv").read_text(
+        encoding="utf-8").splitlines() if line.strip())
