@@ -274,7 +274,8 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
 
     # How this run read its files: export --check-file and evaluate read labelled files the same way.
     reading = {"label_map": config.label_map, "label_separator": config.label_separator,
-               "text_column": config.text_column, "pair_column": config.pair_column, "label_column": config.label_column}
+               "text_column": config.text_column, "pair_column": config.pair_column, "label_column": config.label_column,
+               "tag_column": config.tag_column, "tag_scheme": config.tag_scheme}
 
     def save_best(m, step: int) -> None:
         save_classifier(m, run.path, tokenizer=tokenizer)

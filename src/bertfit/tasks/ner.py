@@ -98,6 +98,12 @@ class NER(Task):
             raise DataError(f"{where}: entity type(s) the training data does not have: {shown}. Known types: "
                             f"{', '.join(self.types)}. Fix the tags, or add examples of them to the training file")
 
+    def label_summary(self, labels: Sequence[Hashable]) -> dict[str, int]:
+        """Words per tag (B-X counts the entities of type X) for the data summary."""
+        from collections import Counter
+
+        return dict(Counter(tag for tags in labels if tags is not None for tag in tags))
+
     def strata(self, labels: Sequence[Hashable]) -> list[str | None]:
         # Split files by whether a sentence has an entity (the rare class of sentences).
         return [None if tags is None else str(any(t != OUTSIDE for t in tags)) for tags in labels]
