@@ -93,6 +93,11 @@ def test_predict_offsets_point_into_the_input(ner_run):
     assert {(e["type"], e["start"], e["end"], e["text"]) for e in tokens["entities"]} == {
         ("PER", 2, 4, "mary jones"), ("LOC", 5, 6, "rome")}
     assert model.predictions([""])[0]["entities"] == []
+    # The Python API's answer per text is its entity list.
+    import bertfit
+
+    (answer,) = bertfit.load(ner_run.run_dir, engine="pytorch").predict([text])
+    assert [{**e, "score": pytest.approx(e["score"], abs=1e-5)} for e in record["entities"]] == answer
 
 
 def test_long_sentence_is_windowed_not_truncated(ner_run):
