@@ -18,7 +18,26 @@ from bertfit.config import BertConfig
 from bertfit.model import BertModel
 
 
-class BertForSequenceClassification(nn.Module):
+class _LinearHead(nn.Module):
+    """The encoder, dropout and one linear layer: what every classification head is made of."""
+
+    def __init__(self, config: BertConfig, minimum: int, what: str) -> None:
+        super().__init__()
+        if config.num_labels < minimum:
+            raise ValueError(f"a {what} head needs at least {minimum} labels, got {config.labels}")
+        self.config = config
+        self.bert = BertModel(config)
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.reset_classifier()
+
+    def reset_classifier(self) -> None:
+        nn.init.normal_(self.classifier.weight, std=self.config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+
+class BertForSequenceClassification(_LinearHead):
     """Dropout + linear on the sentence vector: one output per class, per label or per target.
 
     The sentence vector is the pooled [CLS] vector by default (the original BERT recipe, and what
@@ -33,20 +52,7 @@ class BertForSequenceClassification(nn.Module):
     weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
 
     def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        minimum = 1 if config.problem_type != "single_label_classification" else 2
-        if config.num_labels < minimum:
-            raise ValueError(f"a {config.problem_type} head needs at least {minimum} labels, got {config.labels}")
-        self.config = config
-        self.bert = BertModel(config)
-        dropout = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.reset_classifier()
-
-    def reset_classifier(self) -> None:
-        nn.init.normal_(self.classifier.weight, std=self.config.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        super().__init__(config, 1 if config.problem_type != "single_label_classification" else 2, config.problem_type)
 
     def forward(
         self,
@@ -87,7 +93,7 @@ def sequence_loss(logits: Tensor, targets: Tensor, problem_type: str, *, class_w
     raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
-class BertForTokenClassification(nn.Module):
+class BertForTokenClassification(_LinearHead):
     """Dropout + linear on every token's final hidden state: (B, T, num_labels), as transformers'
     BertForTokenClassification (same ``classifier.*`` names, so a run loads there unchanged).
 
@@ -102,19 +108,7 @@ class BertForTokenClassification(nn.Module):
     uses_pooler: ClassVar[bool] = False  # saved without it, as transformers' token head has none
 
     def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        if config.num_labels < 2:
-            raise ValueError(f"a token-classification head needs at least two tags, got {config.labels}")
-        self.config = config
-        self.bert = BertModel(config)
-        dropout = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.reset_classifier()
-
-    def reset_classifier(self) -> None:
-        nn.init.normal_(self.classifier.weight, std=self.config.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        super().__init__(config, 2, "token-classification")
 
     def forward(
         self,
