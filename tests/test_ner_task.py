@@ -216,3 +216,39 @@ def test_resume_class_weights_and_early_stopping(tmp_path, ner_model_dir):
     # Early stopping: with patience 1 a run stops at the first evaluation that does not improve entity F1.
     stopped = fine_tune(config.replace(output_dir=str(tmp_path / "c"), patience=1, max_steps=200, lr=1e-2))
     assert stopped.train.state.step < 200
+
+
+@pytest.mark.slow
+def test_pipeline_agrees_on_real_subwords(tmp_path, minilm_dir):
+    """MiniLM's WordPiece splits words into subwords, lowercases and strips accents: with a random token
+    head (many entities of every shape), bertfit and pipeline(aggregation_strategy="first") still
+    find the same entities with the same offsets and scores."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from bertfit.artifact import write_task
+    from bertfit.checkpoints import load_classifier, save_classifier
+    from bertfit.predict import TextClassifier
+    from bertfit.tasks.ner import NER, tag_names
+    from bertfit.tokenizer import WordPieceTokenizer
+
+    task = NER(tag_names(["DIS", "GENE", "LOC"]))
+    torch.manual_seed(3)
+    model = load_classifier(minilm_dir, task.labels, problem_type="token_classification")
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 0.5)  # confident, varied tags
+    save_classifier(model, tmp_path / "run", tokenizer=WordPieceTokenizer.from_dir(minilm_dir))
+    write_task(tmp_path / "run", task, max_length=128, reading={})
+    texts = ["Germline mutations in BRCA1 predispose to hereditary breast-ovarian cancer.",
+             "Zoë Saldaña visited Café Müller in Zürich, then São Paulo.",
+             "The adenomatous polyposis coli (APC) tumour-suppressor protein controls the Wnt pathway."]
+    ours = TextClassifier.load(tmp_path / "run", engine="pytorch").predictions(texts)
+    hf = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "run")
+    pipe = transformers.pipeline("token-classification", model=hf,
+                                 tokenizer=transformers.AutoTokenizer.from_pretrained(tmp_path / "run"),
+                                 aggregation_strategy="first")
+    assert sum(len(r["entities"]) for r in ours) > 6
+    for text, record, theirs in zip(texts, ours, pipe(texts)):
+        assert [(e["type"], e["start"], e["end"], e["text"]) for e in record["entities"]] == \
+            [(e["entity_group"], e["start"], e["end"], text[e["start"]:e["end"]]) for e in theirs]
+        assert [e["score"] for e in record["entities"]] == pytest.approx([float(e["score"]) for e in theirs], abs=1e-4)
