@@ -22,7 +22,7 @@ from bertfit.errors import DataError
 from bertfit.heads import token_loss, token_loss_weight
 from bertfit.tasks.base import LabelProblem, Task
 from bertfit.tasks.entities import OUTSIDE, entity_metrics, spans, split_tag, type_confusion
-from bertfit.tasks.ner_data import Sentence, from_text, from_tokens, known_types, read_ner_file
+from bertfit.tasks.ner_data import Sentence, from_text, from_tokens, read_ner_file
 from bertfit.tasks.ner_encode import IGNORE, encode_windows, stitch
 
 

@@ -21,7 +21,7 @@ import json
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from bertfit.errors import DataError
 from bertfit.examples import Rejection
@@ -364,6 +364,3 @@ def _json_sentence(obj: dict, number: int) -> tuple:
         return ("text", (from_text(text, number), entities), None, number)
     raise ValueError("neither tokens + tags nor text + entities")
 
-
-def known_types(sentences: Iterable[Sentence]) -> set[str]:
-    return {split_tag(t)[1] for s in sentences for t in (s.tags or ()) if t != OUTSIDE}
