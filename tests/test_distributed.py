@@ -79,12 +79,24 @@ def regression(path: Path) -> dict:
             "pair_column": "text_pair"}
 
 
+def ner(path: Path) -> dict:
+    """Sentiment words are the entities (B-POS / B-NEG): the loss is per token, normalised globally."""
+    rng = random.Random(6)
+    rows = []
+    for _ in range(130):
+        words = _text(rng, [rng.choice(POSITIVE), rng.choice(NEGATIVE)]).split()
+        tags = ["B-POS" if w in POSITIVE else "B-NEG" if w in NEGATIVE else "O" for w in words]
+        rows.append({"text": " ".join(words), "tokens": words, "tags": tags})
+    return {"train_file": str(_jsonl(path / "ner.jsonl", rows)), "problem_type": "ner"}
+
+
 # Each maker writes a small learnable file for its task into the folder and returns the TrainConfig
 # fields that read it (train_file, problem_type, columns...).
 MAKERS: dict[str, Callable[[Path], dict]] = {
     "single-label": single_label,
     "multi-label": multi_label,
     "regression": regression,
+    "ner": ner,
 }
 
 
