@@ -42,9 +42,9 @@ def overhead(steps: int, repeats: int) -> dict:
             for name in results:  # alternated, so drift hits both
                 two = name.startswith("2")
                 run = Path(tmp) / f"{rep}-{int(two)}"
-                command = [sys.executable, "-m", "bertfit", "train", "--model", "minilm-l6", "--max-train-examples", "3000",
+                command = [sys.executable, "-m", "bertfit", "--quiet", "train", "--model", "minilm-l6", "--max-train-examples", "3000",
                            "--max-eval-examples", "64", "--max-steps", str(steps), "--log-every", str(steps // 4),
-                           "--eval-every", "0", "--save-every", "100000", "--output-dir", str(run), "--quiet",
+                           "--eval-every", "0", "--save-every", "100000", "--output-dir", str(run),
                            "--batch-size", "16" if two else "32", "--threads", "1" if two else "2"]
                 if two:
                     command += ["--nproc", "2"]
