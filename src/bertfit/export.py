@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from bertfit.artifact import read_artifact, write_task
+from bertfit.windows import LongText
 from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.errors import BertfitError
 from bertfit.onnx_runtime import MODEL_FILE, OnnxExport, load_export, require_onnx
@@ -66,6 +67,7 @@ class Source:
     max_length: int
     task: Task
     reading: dict = field(default_factory=dict)  # how the run read its labels (label map, separator)
+    long_text: LongText = field(default_factory=LongText)  # how the run reads long texts (windows.py)
 
     @property
     def labels(self) -> list[str]:
@@ -80,7 +82,8 @@ class Source:
         model = load_classifier(directory, require_head=True).eval()
         artifact = read_artifact(directory, model.config)
         return cls(model, WordPieceTokenizer.from_dir(directory), task=artifact.task,
-                   max_length=min(artifact.max_length, model.config.max_position_embeddings), reading=artifact.reading)
+                   max_length=min(artifact.max_length, model.config.max_position_embeddings), reading=artifact.reading,
+                   long_text=artifact.long_text)
 
 
 class ExportGraph(nn.Module):
@@ -134,7 +137,7 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
     # The directory describes itself: labels, tokenizer, max_length, and what the graph is.
     model.config.save(output)
     source.tokenizer.save(output)
-    write_task(output, source.task, max_length=source.max_length, reading={})
+    write_task(output, source.task, max_length=source.max_length, reading={}, long_text=source.long_text)
     (output / "train_config.json").write_text(json.dumps({"max_length": source.max_length}) + "\n", encoding="utf-8")
     exported = load_export(output)
     report = check_export(source, exported, int8=int8, check_file=check_file)
@@ -290,11 +293,15 @@ def reference_logits(classifier, texts: Sequence[str], batch_size: int = 64, *,
     PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a TextClassifier, a Source)."""
     from bertfit.batching import collate
 
-    encoded = classifier.tokenizer.encode(list(texts), None if pairs is None else list(pairs), max_length=classifier.max_length)
-    out = np.zeros((len(texts), len(classifier.labels)), dtype=np.float32)
+    from bertfit import windows
+
+    features = windows.encode(classifier.tokenizer, list(texts), None if pairs is None else list(pairs),
+                              classifier.max_length, getattr(classifier, "long_text", None))
+    encoded = features.encoded
+    out = np.zeros((len(encoded), len(classifier.labels)), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
             idx = list(range(start, min(start + batch_size, len(encoded))))
             b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
             out[idx] = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).numpy()
-    return out
+    return features.gather(out)

@@ -30,6 +30,8 @@ from bertfit.tasks.sequence import label_counts, parse_labels, read_raw, reading
 from bertfit.tokenizer import WordPieceTokenizer
 from bertfit.train import EncodedSplit, Trainer, TrainResult, predict_logits, seed_everything
 from bertfit.train_config import TrainConfig
+from bertfit import windows
+from bertfit.windows import LongText
 
 logger = logging.getLogger(__name__)
 
@@ -152,14 +154,15 @@ def _subset(task: Task, examples: list[Example], n: int, seed: int) -> list[Exam
 
 
 def encode(tokenizer: WordPieceTokenizer, examples: Sequence[Example], task: Task | Sequence[str],
-           max_length: int) -> EncodedSplit:
-    """Token ids and the task's targets (a list of class names means single-label)."""
+           max_length: int, long_text: LongText | None = None) -> EncodedSplit:
+    """Token ids (long texts read by ``long_text``, windows.py) and the task's targets (a list of class
+    names means single-label)."""
     if not isinstance(task, Task):
         task = SingleLabel(list(task))
     texts = [e.text for e in examples]
     pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
-    encoded = tokenizer.encode(texts, pairs, max_length=max_length) if examples else []
-    return EncodedSplit(encoded, task.targets([e.label for e in examples]))
+    features = windows.encode(tokenizer, texts, pairs, max_length, long_text)
+    return EncodedSplit(features.encoded, task.targets([e.label for e in examples]), features)
 
 
 def length_summary(splits: Sequence[EncodedSplit], max_length: int) -> tuple[dict[str, float], dict[str, Any]]:
@@ -243,11 +246,13 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         logger.warning("%s", warning)  # empty validation/test splits: also in the report and metrics.json
     model_dir = resolve_model(config.model)
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
-    train = encode(tokenizer, prepared.train, task, config.max_length)
-    validation = encode(tokenizer, prepared.validation, task, config.max_length)
-    test = encode(tokenizer, prepared.test, task, config.max_length)
+    long_text = LongText.from_settings(config)
+    train = encode(tokenizer, prepared.train, task, config.max_length, long_text)
+    validation = encode(tokenizer, prepared.validation, task, config.max_length, long_text)
+    test = encode(tokenizer, prepared.test, task, config.max_length, long_text)
     stats, truncated = length_summary([train, validation, test], config.max_length)
     prepared.summary["length_tokens"], prepared.summary["truncated"] = stats, truncated
+    prepared.summary["long_text"] = windows.summary([s.features for s in (train, validation, test)], config.max_length)
 
     overrides = {"classifier_input": config.classifier_input, "problem_type": task.problem_type}
     if config.classifier_dropout is not None:
@@ -269,7 +274,7 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
 
     def save_best(m, step: int) -> None:
         save_classifier(m, run.path, tokenizer=tokenizer)
-        write_task(run.path, task, max_length=config.max_length, reading=reading)
+        write_task(run.path, task, max_length=config.max_length, reading=reading, long_text=long_text)
 
     trainer = Trainer(model, config, train, validation, run, pad_id=tokenizer.pad_id, device=device, task=task,
                       on_save_best=save_best, callback=callback)
@@ -288,11 +293,15 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     outputs = {name: predict_logits(best, split.encoded, tokenizer.pad_id, device, config.eval_batch_tokens)
                for name, split in (("validation", validation), ("test", test)) if len(split)}
     if "validation" in outputs:
+        if config.calibrate:  # probabilities calibrated on validation (calibration.py), then used everywhere
+            fitted = task.calibrate(outputs["validation"], validation.targets)
+            if fitted:
+                logger.info("calibration fitted on validation: %s", fitted)
         # Decision rules (multi-label thresholds) are tuned on validation, then used for test and predict.
         chosen = task.fit_decisions(outputs["validation"], validation.targets)
         if chosen:
             logger.info("decision rule tuned on validation: %s", chosen)
-        write_task(run.path, task, max_length=config.max_length, reading=reading)
+        write_task(run.path, task, max_length=config.max_length, reading=reading, long_text=long_text)
     metrics: dict[str, dict[str, Any]] = {}
     mistakes: list[dict[str, Any]] = []
     for name, split, examples in (("validation", validation, prepared.validation), ("test", test, prepared.test)):

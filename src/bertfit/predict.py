@@ -44,6 +44,8 @@ from bertfit.tasks import BY_PROBLEM_TYPE
 from bertfit.tasks.base import Task
 from bertfit.precision import log_prediction_line
 from bertfit.tokenizer import WordPieceTokenizer
+from bertfit.windows import LongText
+from bertfit import windows
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +113,15 @@ class TextClassifier:
 
     def __init__(self, model: "BertForSequenceClassification | TorchEngine | OnnxEngine", tokenizer: WordPieceTokenizer,
                  *, max_length: int = 512, device: str | torch.device = "cpu", int8: bool = False,
-                 name: str = "model", task: Task | None = None, config: BertConfig | None = None) -> None:
+                 name: str = "model", task: Task | None = None, config: BertConfig | None = None,
+                 long_text: LongText | None = None) -> None:
         self.backend = TorchEngine(model, device=device, int8=int8) if isinstance(model, torch.nn.Module) else model
         self.config = config if config is not None else self.backend.model.config
         self.labels = self.config.labels
         self.task = task if task is not None else BY_PROBLEM_TYPE[self.config.problem_type](self.labels)
         self.tokenizer = tokenizer
         self.max_length = min(max_length, self.config.max_position_embeddings)
+        self.long_text = long_text or LongText()  # how the model was trained to read long texts (windows.py)
         self.name = name
         self._lock = threading.Lock()
 
@@ -142,7 +146,7 @@ class TextClassifier:
     def from_export(cls, loaded: OnnxExport) -> "TextClassifier":
         """The predictor over an export directory loaded by ``onnx_runtime.load_export``."""
         return cls(loaded.engine, loaded.tokenizer, max_length=loaded.max_length, name=loaded.name,
-                   task=loaded.task, config=loaded.config)
+                   task=loaded.task, config=loaded.config, long_text=loaded.long_text)
 
     @classmethod
     def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
@@ -177,6 +181,7 @@ class TextClassifier:
             if classifier is not None:
                 artifact = read_artifact(directory, classifier.config)
                 classifier.task = artifact.task
+                classifier.long_text = artifact.long_text
                 classifier.max_length = min(max_length or artifact.max_length, classifier.config.max_position_embeddings)
                 log_prediction_line(torch.device("cpu"), f"ONNX Runtime {'int8' if int8 else 'fp32'}")
                 return classifier
@@ -185,7 +190,7 @@ class TextClassifier:
         artifact = read_artifact(directory, model.config)
         log_prediction_line(torch.device(device), "PyTorch int8" if int8 else "PyTorch fp32")
         return cls(model, tokenizer, max_length=max_length or artifact.max_length, device=device, int8=int8,
-                   name=Path(directory).name, task=artifact.task)
+                   name=Path(directory).name, task=artifact.task, long_text=artifact.long_text)
 
     # -- prediction ---------------------------------------------------------------------------
     def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
@@ -197,10 +202,12 @@ class TextClassifier:
                 raise BertfitError(f"got {len(texts)} texts but {len(pairs)} pairs; they must match one to one")
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        encoded = self.tokenizer.encode(texts, pairs, max_length=self.max_length)
+        # Long texts are read as the model was trained (head/tail/head+tail, or windows aggregated per text).
+        features = windows.encode(self.tokenizer, texts, pairs, self.max_length, self.long_text)
         with self._lock, torch.inference_mode():
-            return engine_logits(self.backend, encoded, len(self.labels), self.tokenizer.pad_id,
-                                 max_tokens=max_tokens, max_batch=max_batch)
+            outputs = engine_logits(self.backend, features.encoded, len(self.labels), self.tokenizer.pad_id,
+                                    max_tokens=max_tokens, max_batch=max_batch)
+        return features.gather(outputs)
 
     def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> np.ndarray:
         """(len(texts), num_labels) probabilities, columns in ``self.labels`` order: softmax over the

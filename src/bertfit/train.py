@@ -62,6 +62,7 @@ class TrainingError(BertfitError):
 class EncodedSplit:
     encoded: list[Encoded]
     targets: np.ndarray  # the task's targets, one row per example (tasks/base.py)
+    features: Any = None  # windows.Features: how long texts were read (the data summary reports it)
 
     @property
     def lengths(self) -> list[int]:

@@ -52,6 +52,13 @@ class TrainConfig:
     # model
     model: str = "minilm-l6"
     max_length: int = 128
+    # long texts (windows.py): which tokens of a text longer than max_length are read
+    truncation: str = "head"
+    head_tokens: int = 128
+    long_text: str = "truncate"
+    window_stride: int | None = None
+    window_aggregate: str = "mean"
+    max_windows: int = 8
     classifier_input: str = "pooled"
     classifier_dropout: float | None = None
     # optimisation
@@ -71,10 +78,12 @@ class TrainConfig:
     eval_each_epoch: bool = True
     metric: str | None = None  # None: the task's default (macro_f1; pearson for regression)
     patience: int | None = None  # evaluations without improvement before stopping
+    calibrate: bool = True  # fit a temperature / Platt scaling on validation after training (calibration.py)
     eval_batch_tokens: int = 16384
     # run bookkeeping
     output_dir: str = "runs/latest"
     seed: int = 0
+    seeds: int = 1  # the same job with seeds seed, seed+1, ...; the best-validation model is kept (seeds.py)
     log_every: int = 10
     save_every: int = 200  # steps between resumable checkpoints (also at every evaluation)
     keep_checkpoints: int = 2
@@ -127,6 +136,9 @@ class TrainConfig:
         if not isinstance(self.label_separator, str) or len(self.label_separator) != 1 or (
                 self.label_separator.isspace() and self.label_separator != "\t"):
             raise ConfigError(f"label_separator must be one character, got {_show(self.label_separator)}")
+        from bertfit.windows import LongText
+
+        LongText.from_settings(self).check(self.max_length)
         if self.classifier_input not in ("pooled", "cls"):
             raise ConfigError(f"classifier_input must be 'pooled' or 'cls', got {_show(self.classifier_input)}")
         self._check_class_weights()
@@ -258,6 +270,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "keep_checkpoints": (1, 1_000_000), "bucket_window": (1, 1_000_000), "max_steps": (1, _INT_MAX),
     "max_train_examples": (1, _INT_MAX), "max_eval_examples": (1, _INT_MAX), "patience": (1, _INT_MAX),
     "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1),
+    "head_tokens": (1, 512), "window_stride": (1, 512), "max_windows": (1, 1024), "seeds": (1, 100),
 }
 #: Real-number settings: (low, high, whether high itself is excluded); low is always included,
 #: except for the settings in _POSITIVE, which must be above it.
@@ -267,10 +280,10 @@ _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "classifier_dropout": (0.0, 1.0, True), "threshold": (0.0, 1.0, True),
 }
 _POSITIVE = {"epochs", "lr", "adam_eps", "threshold"}
-_OPTIONAL = {"threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience", "threads", "classifier_dropout",
+_OPTIONAL = {"window_stride", "threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience", "threads", "classifier_dropout",
              "train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding"}
-_BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header")
-_STRINGS = ("train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding",
+_BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header", "calibrate")
+_STRINGS = ("truncation", "long_text", "window_aggregate", "train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding",
             "model", "output_dir")
 
 

@@ -32,7 +32,20 @@ TRAIN_HELP: dict[str, str] = {
     "max_train_examples": "train on a seeded, stratified subset of this many examples",
     "max_eval_examples": "evaluate on a seeded, stratified subset of this many validation/test examples",
     "model": "pretrained model: a directory, a hub id, or 'minilm-l6' (bundled all-MiniLM-L6-v2)",
-    "max_length": "truncate texts to this many tokens (at most 512)",
+    "max_length": "tokens the model reads per sequence, [CLS] and [SEP] included (at most 512)",
+    "truncation": "which tokens of a longer text are kept: head (the first), tail (the last), or head+tail "
+                  "(the first --head-tokens and the last that fit; Sun et al. 2019); pairs cut the longer side",
+    "head_tokens": "with --truncation head+tail: how many tokens of the head are kept",
+    "long_text": "truncate (keep --truncation's tokens) or windows (read every token in overlapping windows; the "
+                 "text's prediction aggregates the windows' logits)",
+    "window_stride": "with --long-text windows: tokens between window starts (default: half a window)",
+    "window_aggregate": "with --long-text windows: mean or max of the windows' logits",
+    "max_windows": "with --long-text windows: at most this many windows per text, spread evenly over it "
+                   "(bounds training memory: a text's windows are trained together)",
+    "calibrate": "after training, fit a temperature (single-label) or per-label Platt scaling (multi-label) on "
+                 "validation, so predicted probabilities are calibrated (--no-calibrate: raw softmax)",
+    "seeds": "train the same job with this many seeds (--seed, --seed+1, ...); metrics as mean +- std, the "
+             "model with the best validation score is kept",
     "classifier_input": "'pooled' (tanh pooler, as transformers does) or 'cls' (raw [CLS] vector)",
     "classifier_dropout": "dropout before the classifier (default: the model's hidden dropout)",
     "epochs": "passes over the training data (fractions allowed)",

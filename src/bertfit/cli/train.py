@@ -20,6 +20,11 @@ DESCRIPTION = ("Fine-tune a BERT encoder for text classification. Settings resol
                "defaults -> --config file -> flags; the result is saved in the run directory.")
 
 
+# The long-text settings' values (windows.py; repeated here so that --help does not import numpy).
+CHOICES = {"truncation": ("head", "tail", "head+tail"), "long_text": ("truncate", "windows"),
+           "window_aggregate": ("mean", "max")}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from bertfit.train_config import TrainConfig
 
@@ -47,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             from bertfit.train_config import PROBLEM_TYPES
 
             parser.add_argument(flag, choices=PROBLEM_TYPES, default=None, help=help_text)
+        elif f.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[f.name], default=None, help=help_text)
         else:
             kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)

@@ -154,6 +154,19 @@ def _summary(inputs: ReportInputs) -> list[Block]:
     return [Heading(1, inputs.title), Paragraph(parts)]
 
 
+def _long_text_fact(s: Mapping[str, Any]) -> str:
+    """How the run read texts longer than max_length, and how many texts that affected."""
+    texts = fmt_int(s.get("texts", 0))
+    if s["strategy"] == "windows":
+        return (f"windows (up to {fmt_int(s.get('max_windows'))} per text, logits aggregated by "
+                f"{s.get('window_aggregate')}): {fmt_int(s.get('split_into_windows', 0))} of {texts} texts read in "
+                f"several windows ({fmt_int(s.get('windows', 0))} windows in all); {fmt_int(s.get('cut', 0))} "
+                "still cut at the cap on windows")
+    what = {"head": "the first tokens kept", "tail": "the last tokens kept",
+            "head+tail": f"the first {s.get('head_tokens')} and the last tokens kept"}.get(s["strategy"], s["strategy"])
+    return f"{s['strategy']} ({what}): {fmt_int(s.get('cut', 0))} of {texts} texts cut"
+
+
 def _data_section(inputs: ReportInputs) -> list[Block]:
     data = inputs.data_summary or {}
     blocks: list[Block] = [Heading(2, "Data")]
@@ -185,6 +198,9 @@ def _data_section(inputs: ReportInputs) -> list[Block]:
         if truncated.get("max_length") is not None:
             text += f" longer than max_length {fmt_int(truncated['max_length'])} tokens"
         facts.append([Strong("Truncated:"), " ", text])
+    long_text = data.get("long_text")
+    if isinstance(long_text, Mapping) and long_text.get("strategy"):
+        facts.append([Strong("Long texts:"), " ", _long_text_fact(long_text)])
     if facts:
         blocks.append(Bullets(facts))
 

@@ -109,6 +109,11 @@ class Task(ABC):
         """After training, on validation outputs: tune decision rules (thresholds); returns what it chose."""
         return {}
 
+    def calibrate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """After training, on validation outputs: fit how raw outputs become calibrated probabilities
+        (a temperature, Platt scaling; kept in ``state()``); returns what it fitted. Default: nothing."""
+        return {}
+
     def warnings(self, outputs: np.ndarray) -> list[str]:
         """Problems visible in a set of outputs (e.g. a model that collapsed to one class)."""
         return []
