@@ -201,11 +201,26 @@ class RunResult:
     train: TrainResult
     wall_time_s: float
     task: Task | None = None
+    report_inputs: Any = None  # what the report was rendered from (seeds.py re-renders the best seed's)
 
 
 def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
               callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
-    """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path."""
+    """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path.
+    With ``config.seeds`` > 1: once per seed, the best validation model kept (seeds.py)."""
+    if resume and not overwrite:  # `--resume RUN` of a multi-seed run continues it with its saved settings
+        saved = _saved_config(RunDir(config.output_dir))
+        if saved is not None and saved.seeds > 1:
+            config = saved.replace(output_dir=config.output_dir)
+    if config.seeds > 1:
+        from bertfit.seeds import run_seeds
+
+        return run_seeds(config, _fine_tune_one, resume=resume, overwrite=overwrite, callback=callback)
+    return _fine_tune_one(config, resume=resume, overwrite=overwrite, callback=callback)
+
+
+def _fine_tune_one(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                   callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
     started = time.perf_counter()
     run = RunDir(config.output_dir)
     run.check_is_run()  # a file, or a folder bertfit did not create, is refused before anything else
@@ -312,10 +327,13 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         mistakes = confident_mistakes(task, outputs[name], split.targets, examples)
     write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": " ".join(prepared.summary["warnings"])})
     wall = time.perf_counter() - started
-    report = write_run_report(run, config, prepared, result, metrics, mistakes, wall,
-                              outputs={name: (outputs[name], split.targets) for name, split in
-                                       (("validation", validation), ("test", test)) if name in outputs})
-    return RunResult(run.path, metrics, report, result, wall, task)
+    inputs = report_inputs(config, prepared, result, metrics, mistakes, wall,
+                           outputs={name: (outputs[name], split.targets) for name, split in
+                                    (("validation", validation), ("test", test)) if name in outputs})
+    from bertfit.report import write_report
+
+    report = write_report(run.path, inputs)
+    return RunResult(run.path, metrics, report, result, wall, task, inputs)
 
 
 def confident_mistakes(task: Task, outputs: np.ndarray, targets: np.ndarray, examples: Sequence[Example],
@@ -325,10 +343,11 @@ def confident_mistakes(task: Task, outputs: np.ndarray, targets: np.ndarray, exa
              "row": examples[m["index"]].row} for m in task.mistakes(outputs, targets, limit)]
 
 
-def write_run_report(run: RunDir, config: TrainConfig, prepared: PreparedData, result: TrainResult,
-                     metrics: dict[str, dict[str, Any]], mistakes: list[dict[str, Any]], wall: float,
-                     outputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
-    from bertfit.report import ReportInputs, write_report
+def report_inputs(config: TrainConfig, prepared: PreparedData, result: TrainResult, metrics: dict[str, dict[str, Any]],
+                  mistakes: list[dict[str, Any]], wall: float,
+                  outputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
+    """What the run's report shows (report.ReportInputs)."""
+    from bertfit.report import ReportInputs
 
     source = Path(config.train_file).name if config.train_file else "the bundled tweets corpus"
     best = None
@@ -340,4 +359,4 @@ def write_run_report(run: RunDir, config: TrainConfig, prepared: PreparedData, r
         data_summary=prepared.summary, settings=config.to_dict(), history=result.history,
         final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall,
         notes=[*prepared.summary.get("warnings", []), *result.notes], task=prepared.task, outputs=outputs or {})
-    return write_report(run.path, inputs)
+    return inputs

@@ -95,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(record: dict[str, Any], state, total: int) -> None:
         nonlocal bar
+        if bar is not None and record["kind"] == "train" and state.step < bar.n:  # the next seed (--seeds)
+            bar.close()
+            bar = None
         if bar is None:
             bar = tqdm(total=total, initial=state.step if record["kind"] == "train" else 0, unit="step",
                        desc="fine-tuning", dynamic_ncols=True, file=sys.stderr, disable=args.quiet)
@@ -114,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
         if split in result.metrics:
             print(f"\n{split} ({result.metrics[split]['n']} examples)")
             print(result.task.format_metrics(result.metrics[split]))
+    spread = result.metrics.get("seeds") if result.metrics else None
+    if spread:
+        from bertfit.seeds import format_spread
+
+        print(f"\nover {len(spread['seeds'])} seeds {spread['seeds']} (mean ± {spread['std']}; the model kept is seed "
+              f"{spread['best_seed']}'s, best {spread['selected_on']}, whose figures are above):")
+        print(format_spread(spread["spread"], tuple(result.task.headline_metrics)))
     if not result.metrics:
         print("\nno metrics: the validation and test splits are empty (see metrics.json and the report)")
     print(f"\nrun directory: {result.run_dir}")

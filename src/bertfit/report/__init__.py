@@ -62,6 +62,8 @@ class ReportInputs:
     task: Any = None  # the run's Task (tasks/); None: single-label over ``labels``
     # Per split, (outputs, targets) for plots that need every prediction (regression scatter).
     outputs: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # `train --seeds N` (seeds.py): {"seeds", "best_seed", "selected_on", "spread": {split: {metric: mean/std}}}
+    seed_spread: dict | None = None
 
     def __post_init__(self) -> None:
         if self.task is None:
@@ -152,6 +154,27 @@ def _summary(inputs: ReportInputs) -> list[Block]:
         count = len(inputs.notes)
         parts.append(Strong(f"See {count} note{'s' if count != 1 else ''} at the end."))
     return [Heading(1, inputs.title), Paragraph(parts)]
+
+
+def _seeds_section(inputs: ReportInputs) -> list[Block]:
+    """Every headline metric as mean ± std over the seeds, with each seed's value (seeds.py)."""
+    spread = inputs.seed_spread
+    if not spread:
+        return []
+    seeds = [str(s) for s in spread.get("seeds", [])]
+    blocks: list[Block] = [Heading(2, f"Seed spread ({len(seeds)} seeds)"), Paragraph([
+        f"The same job with seeds {', '.join(seeds)}; mean ± {spread.get('std', 'standard deviation')}. The model "
+        f"kept here is seed {spread.get('best_seed')}'s (best {spread.get('selected_on')}); the results below are its own."])]
+    names = [n for n in inputs.task.headline_metrics]
+    for split in _split_order(spread.get("spread") or {}):
+        table = spread["spread"][split]
+        rows = [[n, f"{fmt_score(table[n]['mean'])} ± {fmt_score(table[n]['std'])}",
+                 *(fmt_score(table[n]["values"].get(s)) for s in seeds)] for n in names if n in table]
+        if rows:
+            blocks.append(Paragraph([Strong(split)]))
+            blocks.append(Table(["metric", "mean ± std", *(f"seed {s}" for s in seeds)], rows,
+                                ["l", "r", *(["r"] * len(seeds))]))
+    return blocks
 
 
 def _long_text_fact(s: Mapping[str, Any]) -> str:
@@ -439,6 +462,7 @@ def write_report(run_dir: Path, inputs: ReportInputs) -> Path:
     blocks: list[Block] = []
     # What the reader came for first (figures, results, curves, mistakes); the data; settings last.
     blocks += _summary(dataclasses.replace(inputs, notes=notes))
+    blocks += _seeds_section(inputs)
     blocks += results
     blocks += _training_section(inputs, curves, plot_note)
     blocks += _mistakes_section(inputs)
