@@ -125,6 +125,11 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     if dedupe is not None:
         summary["sources"].append("deduplicated: " + dedupe.summary())
     summary["rows"] = {"train": len(train), "validation": len(validation), "test": len(test)}
+    from bertfit.baseline import baseline_for
+
+    baseline = baseline_for(test)  # a stored baseline measured on exactly this test split (the tweets)
+    if baseline is not None:
+        summary["baseline"] = baseline
     summary["label_counts"] = {name: label_counts(task, [e.label for e in split]) for name, split in
                                (("train", train), ("validation", validation), ("test", test)) if split}
     return PreparedData(task.labels, train, validation, test, summary, task)
@@ -262,6 +267,8 @@ def _fine_tune_one(config: TrainConfig, *, resume: bool = False, overwrite: bool
     model_dir = resolve_model(config.model)
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
     long_text = LongText.from_settings(config)
+    if long_text.windowed:  # TODO(issue 16): windows training goes through the task seam's feature batches
+        raise BertfitError("--long-text windows is not trainable in this build yet; use --truncation head+tail")
     train = encode(tokenizer, prepared.train, task, config.max_length, long_text)
     validation = encode(tokenizer, prepared.validation, task, config.max_length, long_text)
     test = encode(tokenizer, prepared.test, task, config.max_length, long_text)

@@ -117,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
         if split in result.metrics:
             print(f"\n{split} ({result.metrics[split]['n']} examples)")
             print(result.task.format_metrics(result.metrics[split]))
+    baseline = (getattr(result.report_inputs, "data_summary", None) or {}).get("baseline")
+    if baseline and "test" in result.metrics:
+        test = result.metrics["test"]
+        print(f"\nbaseline on the same test split ({baseline['name']}; {baseline['how']}): accuracy "
+              f"{baseline['accuracy']:.4f}, macro-F1 {baseline['macro_f1']:.4f}; this model: accuracy "
+              f"{test['accuracy']:.4f} ({100 * (test['accuracy'] - baseline['accuracy']):+.1f} points), macro-F1 "
+              f"{test['macro_f1']:.4f} ({100 * (test['macro_f1'] - baseline['macro_f1']):+.1f} points)")
     spread = result.metrics.get("seeds") if result.metrics else None
     if spread:
         from bertfit.seeds import format_spread

@@ -143,6 +143,10 @@ def _summary(inputs: ReportInputs) -> list[Block]:
     else:
         parts.append("No evaluation results were recorded. ")
 
+    baseline = (inputs.data_summary or {}).get("baseline")
+    if split == "test" and isinstance(baseline, Mapping) and finite(baseline.get("accuracy")):
+        parts.append(f"Baseline on the same test split ({baseline.get('name')}): accuracy "
+                     f"{fmt_score(baseline['accuracy'])}, macro-F1 {fmt_score(baseline.get('macro_f1'))}. ")
     if inputs.best:
         parts.append(
             f"Best checkpoint at step {fmt_int(inputs.best.get('step'))} "
