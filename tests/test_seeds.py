@@ -64,3 +64,4 @@ def test_seeds_run_keeps_the_best_model_and_every_seeds_metrics(tmp_path, tiny_m
     # the kept model is the best seed's: it reproduces that seed's test metrics
     assert json.loads((run / "task.json").read_text()) == json.loads(
         (run / "seeds" / f"seed-{best}" / "task.json").read_text())
+

@@ -20,7 +20,7 @@ TWEETS_BASELINE: dict[str, Any] = {
     "accuracy": 0.7575,
     "macro_f1": 0.7307,
     "test_examples": 3720,
-    "test_fingerprint": "",
+    "test_fingerprint": "6958c2e88799ac54e2f514de30ef2394eb0f14895bb6e5902478664879a935e4",
 }
 
 
