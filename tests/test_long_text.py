@@ -52,7 +52,7 @@ def test_truncation_round_trips_into_predict_evaluate_and_export(tmp_path, tiny_
     assert "Long texts:" in (run / "report.md").read_text()
 
     model = TextClassifier.load(run, engine="pytorch")
-    assert model.long_text == LongText(truncation="head+tail", head_tokens=4)
+    assert model.task.long_text == LongText(truncation="head+tail", head_tokens=4)
     rows = long_rows(12, seed=5)
     texts = [r["text"] for r in rows]
     got = model.predict_logits(texts)
@@ -60,12 +60,12 @@ def test_truncation_round_trips_into_predict_evaluate_and_export(tmp_path, tiny_
     from bertfit.inference import predict_logits
     import torch
 
-    features = encode(model.tokenizer, texts, None, 16, model.long_text)
+    features = encode(model.tokenizer, texts, None, 16, model.task.long_text)
     assert all(e.ids[1:5] == model.tokenizer.encode([t], max_length=16)[0].ids[1:5] for e, t in zip(features.encoded, texts))
     want = predict_logits(model.model, features.encoded, model.tokenizer.pad_id, torch.device("cpu"), 4096)
     np.testing.assert_allclose(got, want, atol=1e-5)
     head_only = TextClassifier.load(run, engine="pytorch")
-    head_only.long_text = LongText()
+    head_only.task.long_text = LongText()
     assert not np.allclose(head_only.predict_logits(texts), got)  # the strategy changes what is read
 
     # evaluate reads the labelled file through the same strategy: its metrics are the task's on these logits
@@ -83,7 +83,7 @@ def test_truncation_round_trips_into_predict_evaluate_and_export(tmp_path, tiny_
 
     export_onnx(run, tmp_path / "onnx")
     exported = TextClassifier.load(tmp_path / "onnx")
-    assert exported.long_text == model.long_text
+    assert exported.task.long_text == model.task.long_text
     np.testing.assert_allclose(exported.predict_logits(texts), got, atol=1e-4)
 
 

@@ -4,7 +4,8 @@ A run directory holds, besides the Hugging Face files (config.json, model.safete
 ``task.json``: the task's registry name, its label names, what it learned (multi-label thresholds,
 regression target scaling, calibration), the reading settings its labels need (label map, separator),
 the max_length it was trained with and how it reads long texts (``long_text``: truncation strategy or
-windows, see windows.py; absent in older runs, which read the head). This module is its one reader and writer; a directory without it (a
+windows, see windows.py; absent in older runs, which read the head; set on the task, which encodes
+with it). This module is its one reader and writer; a directory without it (a
 run from before the task seam, or any transformers checkpoint) is read from config.json's
 problem_type and id2label.
 """
@@ -35,17 +36,15 @@ class Artifact:
     task: Task
     max_length: int = 512
     reading: dict[str, Any] = field(default_factory=dict)  # label_map, label_separator
-    long_text: LongText = field(default_factory=LongText)  # how texts longer than max_length are read
 
 
-def write_task(directory: str | os.PathLike, task: Task, *, max_length: int, reading: dict[str, Any],
-               long_text: LongText | None = None) -> Path:
+def write_task(directory: str | os.PathLike, task: Task, *, max_length: int, reading: dict[str, Any]) -> Path:
     from bertfit.runs import write_json_atomic
 
     path = Path(directory) / TASK_FILE
     write_json_atomic(path, {"format": FORMAT, "task": task.name, "labels": task.labels, "state": task.state(),
                              "max_length": max_length, "reading": reading,
-                             "long_text": (long_text or LongText()).to_dict()})
+                             "long_text": task.long_text.to_dict()})
     return path
 
 
@@ -68,9 +67,10 @@ def read_artifact(directory: str | os.PathLike, config: BertConfig) -> Artifact:
             raise ValueError(f"task {name!r} does not match config.json's problem_type {config.problem_type!r}")
         task = build_task(name, labels, raw.get("state") or {})
         max_length = int(raw.get("max_length", 512))
-        long_text = LongText.from_settings(raw.get("long_text") or {})
-        long_text.check(max_length)
-        return Artifact(task, max_length=max_length, reading=dict(raw.get("reading") or {}), long_text=long_text)
+        # How the model reads long texts (windows.py; a run without it read the head): the task encodes with it.
+        task.long_text = LongText.from_settings(raw.get("long_text") or {})
+        task.long_text.check(max_length)
+        return Artifact(task, max_length=max_length, reading=dict(raw.get("reading") or {}))
     except (ValueError, KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{path} is unusable ({exc}); retrain, or remove it to use config.json's labels") from None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,9 +22,7 @@ from bertfit.batching import engine_logits, padded_batches
 from bertfit.config import BertConfig
 from bertfit.errors import BertfitError
 from bertfit.tasks.base import Task
-from bertfit import windows
 from bertfit.tokenizer import WordPieceTokenizer
-from bertfit.windows import LongText
 
 MODEL_FILE = "model.onnx"
 
@@ -76,7 +74,6 @@ class OnnxExport:
     max_length: int
     task: Task
     name: str
-    long_text: LongText = field(default_factory=LongText)
 
     @property
     def labels(self) -> list[str]:
@@ -89,10 +86,9 @@ class OnnxExport:
     def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
                        max_tokens: int = 8192, max_batch: int = 128) -> np.ndarray:
         """The graph's outputs for ``texts`` in input order (export.check_export compares them)."""
-        features = windows.encode(self.tokenizer, list(texts), None if pairs is None else list(pairs),
-                                  self.max_length, self.long_text)
-        return features.gather(engine_logits(self.engine, features.encoded, len(self.labels), self.tokenizer.pad_id,
-                                             max_tokens=max_tokens, max_batch=max_batch))
+        encoded = self.tokenizer.encode(list(texts), None if pairs is None else list(pairs), max_length=self.max_length)
+        return engine_logits(self.engine, encoded, len(self.labels), self.tokenizer.pad_id,
+                             max_tokens=max_tokens, max_batch=max_batch)
 
 
 def load_export(directory: str | os.PathLike, *, threads: int | None = None) -> OnnxExport:
@@ -116,7 +112,6 @@ def load_export(directory: str | os.PathLike, *, threads: int | None = None) -> 
     max_length = 512
     if (directory / "train_config.json").is_file():
         max_length = int(json.loads((directory / "train_config.json").read_text(encoding="utf-8")).get("max_length", 512))
-    artifact = read_artifact(directory, config)
     return OnnxExport(OnnxEngine(session, int8=bool(info.get("int8", False))), config,
                       WordPieceTokenizer.from_dir(directory), max_length=min(max_length, config.max_position_embeddings),
-                      task=artifact.task, name=directory.name, long_text=artifact.long_text)
+                      task=read_artifact(directory, config).task, name=directory.name)

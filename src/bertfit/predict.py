@@ -26,13 +26,13 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from bertfit.artifact import read_artifact
-from bertfit.batching import engine_logits, inference_batches
+from bertfit.batching import EncodedSplit, engine_logits, inference_batches
 from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.config import BertConfig
 from bertfit.cpu_linear import prepack_linears
@@ -44,8 +44,6 @@ from bertfit.tasks import BY_PROBLEM_TYPE
 from bertfit.tasks.base import Task
 from bertfit.precision import log_prediction_line
 from bertfit.tokenizer import WordPieceTokenizer
-from bertfit.windows import LongText
-from bertfit import windows
 
 logger = logging.getLogger(__name__)
 
@@ -113,15 +111,13 @@ class TextClassifier:
 
     def __init__(self, model: "BertForSequenceClassification | TorchEngine | OnnxEngine", tokenizer: WordPieceTokenizer,
                  *, max_length: int = 512, device: str | torch.device = "cpu", int8: bool = False,
-                 name: str = "model", task: Task | None = None, config: BertConfig | None = None,
-                 long_text: LongText | None = None) -> None:
+                 name: str = "model", task: Task | None = None, config: BertConfig | None = None) -> None:
         self.backend = TorchEngine(model, device=device, int8=int8) if isinstance(model, torch.nn.Module) else model
         self.config = config if config is not None else self.backend.model.config
         self.labels = self.config.labels
         self.task = task if task is not None else BY_PROBLEM_TYPE[self.config.problem_type](self.labels)
         self.tokenizer = tokenizer
         self.max_length = min(max_length, self.config.max_position_embeddings)
-        self.long_text = long_text or LongText()  # how the model was trained to read long texts (windows.py)
         self.name = name
         self._lock = threading.Lock()
 
@@ -146,7 +142,7 @@ class TextClassifier:
     def from_export(cls, loaded: OnnxExport) -> "TextClassifier":
         """The predictor over an export directory loaded by ``onnx_runtime.load_export``."""
         return cls(loaded.engine, loaded.tokenizer, max_length=loaded.max_length, name=loaded.name,
-                   task=loaded.task, config=loaded.config, long_text=loaded.long_text)
+                   task=loaded.task, config=loaded.config)
 
     @classmethod
     def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
@@ -181,7 +177,6 @@ class TextClassifier:
             if classifier is not None:
                 artifact = read_artifact(directory, classifier.config)
                 classifier.task = artifact.task
-                classifier.long_text = artifact.long_text
                 classifier.max_length = min(max_length or artifact.max_length, classifier.config.max_position_embeddings)
                 log_prediction_line(torch.device("cpu"), f"ONNX Runtime {'int8' if int8 else 'fp32'}")
                 return classifier
@@ -190,37 +185,60 @@ class TextClassifier:
         artifact = read_artifact(directory, model.config)
         log_prediction_line(torch.device(device), "PyTorch int8" if int8 else "PyTorch fp32")
         return cls(model, tokenizer, max_length=max_length or artifact.max_length, device=device, int8=int8,
-                   name=Path(directory).name, task=artifact.task, long_text=artifact.long_text)
+                   name=Path(directory).name, task=artifact.task)
 
     # -- prediction ---------------------------------------------------------------------------
-    def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
-                       max_tokens: int = 8192, max_batch: int = 128) -> np.ndarray:
-        texts = _check_texts(texts, "texts")
-        if pairs is not None:
-            pairs = _check_texts(pairs, "pairs")
-            if len(pairs) != len(texts):
-                raise BertfitError(f"got {len(texts)} texts but {len(pairs)} pairs; they must match one to one")
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        # Long texts are read as the model was trained (head/tail/head+tail, or windows aggregated per text).
-        features = windows.encode(self.tokenizer, texts, pairs, self.max_length, self.long_text)
+    def outputs(self, items: Sequence, *, max_tokens: int = 8192, max_batch: int = 128) -> tuple[EncodedSplit, Any]:
+        """(the encoded features, the outputs per example) for any task's inputs: texts, (text, pair)
+        tuples, or what the task's ``inputs`` takes (tokens, question + context). The task encodes
+        (windows, offsets), the engine runs the features, the task gathers them back per example."""
+        return self.run_examples(self.task.inputs(list(items)), max_tokens=max_tokens, max_batch=max_batch)
+
+    def run_examples(self, examples: Sequence, *, max_tokens: int = 8192, max_batch: int = 128) -> tuple[EncodedSplit, Any]:
+        """``outputs`` for examples already read (labelled files: the split's ``gold`` holds their targets)."""
+        split = self.task.encode(self.tokenizer, examples, self.max_length)
         with self._lock, torch.inference_mode():
-            outputs = engine_logits(self.backend, features.encoded, len(self.labels), self.tokenizer.pad_id,
-                                    max_tokens=max_tokens, max_batch=max_batch)
-        return features.gather(outputs)
+            raw = engine_logits(self.backend, split.encoded, len(self.labels), self.tokenizer.pad_id,
+                                max_tokens=max_tokens, max_batch=max_batch)
+        return split, self.task.gather(split, raw)
+
+    def records(self, items: Sequence, **kw) -> list[dict]:
+        """One prediction record per input, in input order (what predict prints and the server returns)."""
+        split, outputs = self.outputs(items, **kw)
+        return self.task.decode(outputs, split)
+
+    def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                       max_tokens: int = 8192, max_batch: int = 128) -> Any:
+        """The outputs per text (sequence tasks: an (N, num_labels) array of logits)."""
+        return self.outputs(_items(texts, pairs), max_tokens=max_tokens, max_batch=max_batch)[1]
 
     def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> np.ndarray:
         """(len(texts), num_labels) probabilities, columns in ``self.labels`` order: softmax over the
         classes (single-label) or one sigmoid per label (multi-label); regression has none."""
         return self.task.probabilities(self.predict_logits(texts, pairs, **kw))
 
-    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list:
-        """Each text's answer, in input order: a label, a list of labels, or a value (regression)."""
+    def predict(self, texts: Sequence, pairs: Sequence[str] | None = None, **kw) -> list:
+        """Each input's answer, in input order: a label, a list of labels, a value (regression), or
+        the task's answer (entities, an answer span)."""
         return [self.task.answer(record) for record in self.predictions(texts, pairs, **kw)]
 
-    def predictions(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list[dict]:
-        """One record per text, in input order (what predict prints and the server returns)."""
-        return self.task.decode(self.predict_logits(texts, pairs, **kw))
+    def predictions(self, texts: Sequence, pairs: Sequence[str] | None = None, **kw) -> list[dict]:
+        """One record per input, in input order (what predict prints and the server returns)."""
+        return self.records(_items(texts, pairs), **kw)
+
+
+def _items(texts: Sequence, pairs: Sequence[str] | None) -> list:
+    """texts (and pairs) → the task's input items; a lone string is one input."""
+    if isinstance(texts, (str, Mapping)):
+        texts = [texts]
+    texts = list(texts)
+    if pairs is None:
+        return texts
+    texts = _check_texts(texts, "texts")
+    pairs = _check_texts(pairs, "pairs")
+    if len(pairs) != len(texts):
+        raise BertfitError(f"got {len(texts)} texts but {len(pairs)} pairs; they must match one to one")
+    return list(zip(texts, pairs))
 
 
 def _check_texts(texts: Sequence[str], name: str) -> list[str]:

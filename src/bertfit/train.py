@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from bertfit.batching import Batch, collate, epoch_batches
+from bertfit.batching import Batch, EncodedSplit, epoch_batches  # noqa: F401 -- EncodedSplit re-exported (job, tests)
 from bertfit.embedding_grad import WordEmbeddingGrad, clip_grad_norm
 from bertfit.errors import BertfitError, CheckpointError
 from bertfit.precision import apply_kernel, resumed_precision, training_precision
@@ -44,7 +44,6 @@ from bertfit.inference import is_out_of_memory, predict_logits  # noqa: F401 -- 
 from bertfit.runs import LoadedCheckpoint, RunDir
 from bertfit.tasks import BY_PROBLEM_TYPE
 from bertfit.tasks.base import Task
-from bertfit.tokenizer import Encoded
 from bertfit.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -56,20 +55,6 @@ class TrainingError(BertfitError):
     """Training cannot go on (a non-finite loss, a setting that cannot work)."""
 
     exit_code = 3
-
-
-@dataclass
-class EncodedSplit:
-    encoded: list[Encoded]
-    targets: np.ndarray  # the task's targets, one row per example (tasks/base.py)
-    features: Any = None  # windows.Features: how long texts were read (the data summary reports it)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(e.ids) for e in self.encoded]
-
-    def __len__(self) -> int:
-        return len(self.encoded)
 
 
 @dataclass
@@ -139,12 +124,18 @@ def batch_hash(previous: str, group: Sequence[Sequence[int]]) -> str:
 def data_fingerprint(split: EncodedSplit) -> str:
     """SHA-256 of the encoded training data: a resume must see exactly the data the run started with."""
     h = hashlib.sha256()
-    for e, target in zip(split.encoded, split.targets):
+    targets = split.targets if split.targets is not None else [None] * len(split.encoded)
+    for e, target in zip(split.encoded, targets):
         h.update(np.asarray(e.ids, dtype=np.int64).tobytes())
         h.update(b"/")
         h.update(np.asarray(e.type_ids, dtype=np.int64).tobytes())
         # Class ids hash as before the task seam, so runs checkpointed then still resume.
-        text = str(int(target)) if np.ndim(target) == 0 else ",".join(repr(float(v)) for v in np.ravel(target))
+        if target is None:  # targets drawn per batch (masked LM): the ids are the data
+            text = "-"
+        elif np.ndim(target) == 0:
+            text = str(int(target))
+        else:
+            text = ",".join(repr(float(v)) for v in np.ravel(target))
         h.update(f"/{text};".encode("ascii"))
     return h.hexdigest()
 
@@ -180,8 +171,12 @@ class Trainer:
         self.on_save_best = on_save_best
         self.callback = callback
         task.prepare_training(config.to_dict(), train.targets)
-        self.lengths = train.lengths
-        batches_per_epoch = math.ceil(len(train) / config.batch_size)
+        # The batch order is drawn over units: features, or groups of them that train together (a long
+        # text's windows, whose loss is the text's: tasks/sequence.py); a unit's length is its tokens.
+        self.units = task.train_units(train)
+        lengths = train.lengths
+        self.lengths = lengths if self.units is None else [sum(lengths[i] for i in u) for u in self.units]
+        batches_per_epoch = math.ceil(len(self.lengths) / config.batch_size)
         self.steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         self.warmup_steps = int(config.warmup_ratio * self.total_steps)
@@ -292,7 +287,7 @@ class Trainer:
 
     def validate_checkpoint(self, ckpt: LoadedCheckpoint) -> None:
         """Every part of a checkpoint must fit this model and trainer before it is used (CheckpointError)."""
-        validate_checkpoint(ckpt, self.model, self.optimizer, len(self.train_data))
+        validate_checkpoint(ckpt, self.model, self.optimizer, len(self.lengths))
 
     def save_checkpoint(self) -> None:
         """Write a resumable checkpoint; a failing disk is reported (notes) and training goes on."""
@@ -385,7 +380,7 @@ class Trainer:
         cfg, st = self.config, self.state
         if st.step == 0:
             self.run.append_log({"kind": "start", "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
-                                 "warmup_steps": self.warmup_steps, "examples": len(self.train_data)})
+                                 "warmup_steps": self.warmup_steps, "examples": len(self.lengths)})
         window_tokens, window_examples = 0, 0  # throughput only; not part of the checkpoint
         window_start = time.perf_counter()
         while st.step < self.total_steps and not st.stopped_early:
@@ -444,7 +439,7 @@ class Trainer:
     def _optimizer_step(self, group: list[list[int]]) -> tuple[float, int]:
         self.model.train()
         data = self.train_data
-        batches = [collate(data.encoded, idx, data.targets, self.pad_id) for idx in group]
+        batches = [self.task.collate(data, self._features(idx), self.pad_id, epoch=self.state.epoch) for idx in group]
         total_weight = sum(float(self.task.loss_weight(b.labels)) for b in batches)
         step = self.state.step + 1
         if total_weight <= 0:
@@ -494,6 +489,10 @@ class Trainer:
         self._zero_grad()
         return loss, tokens
 
+    def _features(self, units: list[int]) -> list[int]:
+        """A batch of units → the features it holds, in order."""
+        return units if self.units is None else [f for u in units for f in self.units[u]]
+
     def _accumulate(self, batches: list[Batch], total_weight: float) -> float:
         loss_value = 0.0
         for batch in batches:
@@ -503,6 +502,7 @@ class Trainer:
                     self._token_grad.touch(micro.input_ids)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                     outputs = self.forward(micro.input_ids, micro.attention_mask, micro.token_type_ids)
+                outputs = self.task.batch_outputs(outputs, micro)  # a text's windows combined (or unchanged)
                 summed, _ = self.task.loss(outputs, micro.labels)
                 loss = summed / total_weight  # the micro-batch's (weighted) sum / the whole step's weight
                 loss.backward()
@@ -513,9 +513,10 @@ class Trainer:
     def _evaluate_and_select(self) -> None:
         st, cfg = self.state, self.config
         self._check_finite_weights("evaluating")
-        logits = predict_logits(self.model, self.validation.encoded, self.pad_id, self.device,
-                                cfg.eval_batch_tokens, bf16=self.use_bf16)
-        metrics = self.task.evaluate(logits, self.validation.targets)
+        raw = predict_logits(self.model, self.validation.encoded, self.pad_id, self.device,
+                             cfg.eval_batch_tokens, bf16=self.use_bf16)
+        logits = self.task.gather(self.validation, raw)  # per example (windows stitched, spans decoded)
+        metrics = self.task.evaluate(logits, self.validation.gold)
         record = {"kind": "eval", "split": "validation", "step": st.step, "epoch": round(st.epoch + 0.0, 4),
                   **{k: metrics[k] for k in self.task.headline_metrics}}
         for warning in self.task.warnings(logits):

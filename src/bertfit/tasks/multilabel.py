@@ -213,7 +213,7 @@ class MultiLabel(SequenceTask):
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         return sigmoid(self.scaled(outputs))
 
-    def decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def decode(self, outputs: np.ndarray, split: Any = None) -> list[dict[str, Any]]:
         proba = sigmoid(self.scaled(outputs))
         chosen = proba >= self.current_thresholds()
         return [{"labels": [label for label, on in zip(self.labels, row_on) if on],
