@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from bertfit.job import fine_tune
@@ -118,3 +119,95 @@ def test_served_predictions_use_the_runs_strategy_and_calibration(tmp_path, tiny
     model = TextClassifier.load(run, engine="pytorch")
     texts = [r["text"] for r in long_rows(6, seed=11)]
     _check_served(run, tmp_path, texts, None, model.predictions(texts))
+
+
+# -- windows ----------------------------------------------------------------------------------------
+
+WINDOWS = {"long_text": "windows", "window_stride": 6, "max_windows": 4}
+
+
+def test_windowed_training_batches_whole_texts_and_loses_on_the_text(tmp_path, tiny_model_dir):
+    from bertfit.tasks.classify import SingleLabel
+    from bertfit.tokenizer import WordPieceTokenizer
+
+    tok = WordPieceTokenizer.from_dir(tiny_model_dir)
+    task = SingleLabel(["negative", "positive"])
+    from bertfit.data import Example
+
+    examples = [Example(r["text"], r["label"], None, row=i) for i, r in enumerate(long_rows(6, seed=3))]
+    split = task.encode(tok, examples, 16, {**WINDOWS, "max_length": 16})
+    units = task.train_units(split)
+    assert len(units) == 6 and sorted(f for u in units for f in u) == list(range(len(split.encoded)))
+    assert all(len(u) > 1 for u in units)  # every text here is longer than one window
+    batch = task.collate(split, units[2] + units[4], pad_id=tok.pad_id, epoch=0)
+    assert batch.labels.tolist() == task.targets([examples[2].label, examples[4].label]).tolist()
+    assert batch.groups.tolist() == [0] * len(units[2]) + [1] * len(units[4])
+    outputs = torch.randn(len(batch.groups), 2)
+    combined = task.batch_outputs(outputs, batch)
+    assert torch.allclose(combined[0], outputs[: len(units[2])].mean(0)) and combined.shape == (2, 2)
+    halves = batch.split(2)  # out-of-memory back-off keeps a text's windows together
+    assert [h.groups.tolist() for h in halves] == [[0] * len(units[2]), [0] * len(units[4])]
+    assert [h.labels.tolist() for h in halves] == [batch.labels[:1].tolist(), batch.labels[1:].tolist()]
+
+
+def test_windows_round_trip_short_texts_and_predict_equals_evaluate(tmp_path, tiny_model_dir):
+    run = _train(tmp_path, tiny_model_dir, "windows", window_aggregate="max", **WINDOWS)
+    saved = json.loads((run / "task.json").read_text())["long_text"]
+    assert saved == LongText(window_aggregate="max", **WINDOWS).to_dict()
+    data = json.loads((run / "data.json").read_text())["long_text"]
+    assert data["strategy"] == "windows" and data["split_into_windows"] == data["texts"] and data["windows"] > data["texts"]
+    model = TextClassifier.load(run, engine="pytorch")
+    assert model.task.long_text.windowed and model.task.long_text.window_aggregate == "max"
+
+    # a text shorter than one window: the same logits as without windows
+    short = ["the good movie", "a terrible day"]
+    windowed = model.predict_logits(short)
+    model_head = TextClassifier.load(run, engine="pytorch")
+    model_head.task.long_text = LongText()
+    np.testing.assert_array_equal(windowed, model_head.predict_logits(short))
+
+    # a long text: the aggregate of its windows' logits, as predict and evaluate both compute it
+    rows = long_rows(10, seed=7)
+    texts = [r["text"] for r in rows]
+    got = model.predict_logits(texts)
+    features = encode(model.tokenizer, texts, None, 16, model.task.long_text)
+    assert len(features.encoded) > len(texts)
+    import torch as _torch
+    from bertfit.inference import predict_logits
+
+    per_window = predict_logits(model.model, features.encoded, model.tokenizer.pad_id, _torch.device("cpu"), 4096)
+    np.testing.assert_allclose(got, features.gather(per_window), atol=1e-5)
+    from bertfit.cli import main
+
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(run), "--file", str(_jsonl(tmp_path / "e.jsonl", rows)), "--engine", "pytorch",
+                 "--output", str(out)]) == 0
+    expected = model.task.evaluate(got, model.task.targets([r["label"] for r in rows]))
+    assert json.loads(out.read_text())["accuracy"] == expected["accuracy"]
+
+    pytest.importorskip("fastapi")
+    from test_tasks import _check_served
+
+    _check_served(run, tmp_path, texts, None, model.predictions(texts))
+
+
+def test_windowed_run_resumes_exactly(tmp_path, tiny_model_dir):
+    from test_resume import bertfit, log_records
+
+    train = _jsonl(tmp_path / "train.jsonl", long_rows(96, seed=1))
+    args = ["--model", str(tiny_model_dir), "--train-file", str(train), "--max-length", "16", "--batch-size", "8",
+            "--lr", "5e-4", "--log-every", "1", "--save-every", "3", "--max-steps", "8", "--threads", "1",
+            "--long-text", "windows", "--window-stride", "6", "--max-windows", "4"]
+    reference = tmp_path / "reference"
+    assert bertfit(args + ["--output-dir", str(reference)]).returncode == 0
+    run = tmp_path / "run"
+    killed = bertfit(args + ["--output-dir", str(run)], env={"BERTFIT_KILL_AT_STEP": "5"})
+    assert killed.returncode != 0
+    resumed = bertfit(["--resume", str(run)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert log_records(run) == log_records(reference)
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(run / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
