@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
     parser.add_argument("--quick", action="store_true",
-                        help="the README's quick job: 6,000 training examples, 1 epoch (flags still override)")
+                        help="the README's quick job: 16,000 training examples, 1 epoch, lr 1e-4 (flags still override)")
     parser.add_argument("--resume", metavar="RUN", help="continue a run from its latest intact checkpoint, with the "
                         "settings saved in it (settings given with --resume that differ are ignored, with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
