@@ -44,6 +44,8 @@ def test_seeds_run_keeps_the_best_model_and_every_seeds_metrics(tmp_path, tiny_m
     metrics = json.loads((run / "metrics.json").read_text())
     spread = metrics["seeds"]
     assert spread["seeds"] == [5, 6, 7]
+    splits = {s: (run / "seeds" / f"seed-{s}" / "split.json").read_text() for s in (5, 6, 7)}
+    assert splits[5] == splits[6] == splits[7]  # one split for every seed: only the training draws change
     per_seed = {s: json.loads((run / "seeds" / f"seed-{s}" / "metrics.json").read_text()) for s in (5, 6, 7)}
     for split in ("validation", "test"):
         values = [per_seed[s][split]["accuracy"] for s in (5, 6, 7)]

@@ -115,7 +115,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
             test, report = _read(config.test_file, config, task, options, known=task)
             reports.append(report)
     else:
-        train, validation, test = _split(task, train, tuple(config.split), config.seed)
+        train, validation, test = _split(task, train, tuple(config.split), config.data_seed)
     # The label space is what survived deduplication and splitting.
     labels = task_cls.label_space([e.label for e in train], options)
     if labels != task.labels:
@@ -124,10 +124,10 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     task.check_labels(test, str(config.test_file or "the test split"))
     if config.max_train_examples and len(train) > config.max_train_examples:
         keep = config.max_train_examples / len(train)
-        train = _split(task, train, (keep, 1 - keep, 0.0), config.seed)[0]
+        train = _split(task, train, (keep, 1 - keep, 0.0), config.data_seed)[0]
     if config.max_eval_examples:
-        validation = _subset(task, validation, config.max_eval_examples, config.seed)
-        test = _subset(task, test, config.max_eval_examples, config.seed)
+        validation = _subset(task, validation, config.max_eval_examples, config.data_seed)
+        test = _subset(task, test, config.max_eval_examples, config.data_seed)
     for report in reports:
         summary["sources"].append(report.summary())
         summary["rejected"] += len(report.rejected)

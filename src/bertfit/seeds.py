@@ -1,8 +1,8 @@
 """`bertfit train --seeds N`: the same job with N seeds, every metric as mean ± standard deviation.
 
-A fine-tuning result moves with the seed (the classifier's initialisation, the batch order, dropout,
-and here the data split too, which is seeded), often by more than the difference between two
-settings. Each seed s = --seed, --seed+1, ... trains as its own run in ``RUN/seeds/seed-s/``; then the
+A fine-tuning result moves with the seed (the classifier's initialisation, the batch order, dropout),
+often by more than the difference between two settings. The data split stays the one of --seed (or
+--split-seed) for every seed, so the validation scores that pick the model compare like with like. Each seed s = --seed, --seed+1, ... trains as its own run in ``RUN/seeds/seed-s/``; then the
 model with the best validation score (the run's --metric) is copied to the top of RUN, which is then
 an ordinary run directory (predict, serve and export use it); the other seeds keep their metrics,
 logs and reports but not their weights. ``metrics.json`` holds the best model's metrics per split,
@@ -109,7 +109,9 @@ def run_seeds(config: Any, run_one: Callable[..., Any], *, resume: bool = False,
     for k in range(config.seeds):
         seed = config.seed + k
         directory = root.path / SEEDS_DIR / f"seed-{seed}"
-        one = config.replace(seed=seed, seeds=1, output_dir=str(directory))
+        # Only the training draws change (initialisation, batch order, dropout): every seed trains and is
+        # selected on the same split, so their validation scores compare and the test spread is the model's.
+        one = config.replace(seed=seed, seeds=1, output_dir=str(directory), split_seed=config.data_seed)
         if (directory / "metrics.json").is_file() and not (directory / "checkpoints").is_dir():
             per_seed[seed] = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
             logger.info("seed %d: finished before, kept", seed)

@@ -85,6 +85,7 @@ class TrainConfig:
     # run bookkeeping
     output_dir: str = "runs/latest"
     seed: int = 0
+    split_seed: int | None = None  # seed of the data split and subsets; None: --seed (--seeds keeps it fixed)
     seeds: int = 1  # the same job with seeds seed, seed+1, ...; the best-validation model is kept (seeds.py)
     log_every: int = 10
     save_every: int = 200  # steps between resumable checkpoints (also at every evaluation)
@@ -191,6 +192,11 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def data_seed(self) -> int:
+        """The seed the split and the training/evaluation subsets are drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
     def effective_batch_size(self) -> int:
         return self.batch_size * self.grad_accum
 
@@ -271,7 +277,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "save_every": (1, _INT_MAX), "eval_batch_tokens": (1, _INT_MAX), "max_chars": (1, _INT_MAX),
     "keep_checkpoints": (1, 1_000_000), "bucket_window": (1, 1_000_000), "max_steps": (1, _INT_MAX),
     "max_train_examples": (1, _INT_MAX), "max_eval_examples": (1, _INT_MAX), "patience": (1, _INT_MAX),
-    "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1),
+    "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1), "split_seed": (0, 2**32 - 1),
     "head_tokens": (1, 512), "window_stride": (1, 512), "max_windows": (1, 1024), "seeds": (1, 100),
 }
 #: Real-number settings: (low, high, whether high itself is excluded); low is always included,
@@ -282,7 +288,7 @@ _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "classifier_dropout": (0.0, 1.0, True), "threshold": (0.0, 1.0, True),
 }
 _POSITIVE = {"epochs", "lr", "adam_eps", "threshold"}
-_OPTIONAL = {"window_stride", "threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience", "threads", "classifier_dropout",
+_OPTIONAL = {"split_seed", "window_stride", "threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience", "threads", "classifier_dropout",
              "train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding"}
 _BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header", "calibrate")
 _STRINGS = ("truncation", "long_text", "window_aggregate", "train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding",

@@ -44,6 +44,7 @@ TRAIN_HELP: dict[str, str] = {
                    "(bounds training memory: a text's windows are trained together)",
     "calibrate": "after training, fit a temperature (single-label) or per-label Platt scaling (multi-label) on "
                  "validation, so predicted probabilities are calibrated (--no-calibrate: raw softmax)",
+    "split_seed": "seed of the train/validation/test split and of --max-train-examples subsets (default: --seed)",
     "seeds": "train the same job with this many seeds (--seed, --seed+1, ...); metrics as mean +- std, the "
              "model with the best validation score is kept",
     "classifier_input": "'pooled' (tanh pooler, as transformers does) or 'cls' (raw [CLS] vector)",
