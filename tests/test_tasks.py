@@ -50,7 +50,23 @@ def _rows(task: str, n: int, seed: int) -> list[dict]:
             k = rng.randint(0, 3)
             words = rng.sample(POSITIVE, k) + rng.sample(NEGATIVE, 3 - k)
             rows.append({"text": _text(rng, words[:2]), "text_pair": _text(rng, words[2:]), "score": k * 5 / 3})
+        elif task == "ner":  # sentiment words are the entities: POS (positive) and NEG (negative)
+            words = _text(rng, [rng.choice(POSITIVE), rng.choice(NEGATIVE)]).split()
+            tags = ["B-POS" if w in POSITIVE else "B-NEG" if w in NEGATIVE else "O" for w in words]
+            rows.append({"text": " ".join(words), "tokens": words, "tags": tags})
     return rows
+
+
+def _flat(outputs) -> np.ndarray:
+    """Outputs per example as one array: (N, L), or a token task's per-word rows stacked."""
+    return outputs if isinstance(outputs, np.ndarray) else np.concatenate([np.asarray(o) for o in outputs])
+
+
+def _truth(task, rows: list[dict]):
+    """What the task's evaluate compares outputs with, from the rows' labels."""
+    if "tags" in rows[0]:
+        return [tuple(r["tags"]) for r in rows]
+    return task.targets([task.parse_label(r.get("label", r.get("labels", r.get("score"))), {}) for r in rows])
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -71,12 +87,13 @@ def _train(tmp_path: Path, model_dir: Path, task: str, **settings) -> tuple[Path
 def test_registry_is_complete():
     from bertfit.config import BertConfig
 
-    assert set(TASKS) == {"single-label", "multi-label", "regression"}
+    assert set(TASKS) == {"single-label", "multi-label", "regression", "ner"}
     for name, cls in TASKS.items():
         assert issubclass(cls, Task) and cls.name == name and not inspect.isabstract(cls), name
         assert cls.head in HEADS and cls.problem_type in PROBLEM_TYPES
+        names, outputs, targets = _sample(cls)
         assert cls.default_metric in cls.metric_names and set(cls.headline_metrics) <= set(
-            cls(["a", "b"]).evaluate(np.zeros((2, 2), np.float32), cls(["a", "b"]).targets(_labels_for(cls))))
+            cls(names).evaluate(outputs, targets))
         assert _rows(name, 2, 0), f"the contract test has no data for task {name!r}: add it to _rows"
         HEADS[cls.head](BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
                                    problem_type=cls.problem_type).with_labels(["a", "b"]))
@@ -84,6 +101,13 @@ def test_registry_is_complete():
 
 def _labels_for(cls: type[Task]) -> list:
     return {"single-label": ["a", "b"], "multi-label": [("a",), ("a", "b")], "regression": [(1.0, 2.0), (0.0, 1.0)]}[cls.name]
+
+
+def _sample(cls: type[Task]) -> tuple[list[str], object, object]:
+    """(output names, outputs of two examples, their targets) for a task's evaluate."""
+    if cls.name == "ner":  # per word: one (words, L) array per sentence; targets are the tags
+        return ["O", "B-a", "I-a"], [np.zeros((2, 3), np.float32), np.zeros((1, 3), np.float32)], [("B-a", "O"), ("O",)]
+    return ["a", "b"], np.zeros((2, 2), np.float32), cls(["a", "b"]).targets(_labels_for(cls))
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -95,7 +119,8 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     run, rows = _train(tmp_path, tiny_model_dir, task)
     saved = json.loads((run / "task.json").read_text())
     assert saved["task"] == task
-    assert json.loads((run / "config.json").read_text())["problem_type"] == TASKS[task].problem_type
+    # config.json tells transformers the head (problem_type, or the architecture for a token head).
+    assert BertConfig.from_json_file(run / "config.json").problem_type == TASKS[task].problem_type
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"validation", "test"} and metrics["test"]["n"] > 0
 
@@ -104,21 +129,23 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     torch_model = TextClassifier.load(run, engine="pytorch")
     assert torch_model.task.name == task and torch_model.task.state() == saved["state"]
     outputs = torch_model.predict_logits(texts, pairs)
-    assert outputs.shape == (len(texts), len(saved["labels"])) and np.isfinite(outputs).all()
+    assert _flat(outputs).shape[1] == len(saved["labels"]) and len(outputs) == len(texts)
+    assert np.isfinite(_flat(outputs)).all()
     records = torch_model.predictions(texts, pairs)
-    assert records == torch_model.task.decode(outputs) and len(records) == len(texts)
+    split, _ = torch_model.outputs(texts if pairs is None else list(zip(texts, pairs)))
+    assert records == torch_model.task.decode(outputs, split) and len(records) == len(texts)
     json.dumps(records)  # what predict prints and the server returns is JSON
 
     # A fresh process-like load gives the same task state and outputs.
     again = TextClassifier.load(run, engine="pytorch")
-    np.testing.assert_array_equal(again.predict_logits(texts, pairs), outputs)
+    np.testing.assert_array_equal(_flat(again.predict_logits(texts, pairs)), _flat(outputs))
 
     _check_served(run, tmp_path, texts, pairs, records)
 
     export_onnx(run, tmp_path / "onnx")
     exported = TextClassifier.load(tmp_path / "onnx")
     assert exported.engine == "onnxruntime" and exported.task.state() == torch_model.task.state()
-    np.testing.assert_allclose(exported.predict_logits(texts, pairs), outputs, atol=1e-4)
+    np.testing.assert_allclose(_flat(exported.predict_logits(texts, pairs)), _flat(outputs), atol=1e-4)
     assert [r.keys() for r in exported.predictions(texts, pairs)] == [r.keys() for r in records]
 
     # int8, checked on a labelled file with the task's own metric and agreement
@@ -127,8 +154,7 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     metric = report["metric"]
     assert metric == ("accuracy" if task == "single-label" else TASKS[task].default_metric)
     got = TextClassifier.load(tmp_path / "int8").predict_logits(texts, pairs)
-    truth = torch_model.task.targets([torch_model.task.parse_label(r.get("label", r.get("labels", r.get("score"))), {})
-                                      for r in rows])
+    truth = _truth(torch_model.task, rows)
     assert report[f"{metric}_export"] == pytest.approx(torch_model.task.evaluate(got, truth)[metric])
     assert report[f"{metric}_pytorch_fp32"] == pytest.approx(torch_model.task.evaluate(outputs, truth)[metric], abs=1e-6)
 
@@ -157,6 +183,9 @@ def _check_served(run: Path, tmp_path: Path, texts: list[str], pairs: list[str] 
                 assert got[key] == pytest.approx(value, abs=1e-4)
             elif isinstance(value, dict):
                 assert got[key] == pytest.approx(value, abs=1e-4)
+            elif isinstance(value, list) and value and isinstance(value[0], dict):  # entities: scores to 1e-4
+                assert [{k: pytest.approx(v, abs=1e-4) if isinstance(v, float) else v for k, v in e.items()}
+                        for e in value] == got[key]
             elif key != "labels":  # multi-label: a probability within 1e-4 of its threshold may flip
                 assert got[key] == value
     assert info["labels"] == json.loads((run / "task.json").read_text())["labels"]

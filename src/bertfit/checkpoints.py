@@ -334,7 +334,8 @@ def load_into(
         new_state.pop("classifier.bias")
         model.fresh_head = True
     if missing_set & pooler and not missing_set - pooler:
-        logger.warning("%s has no pooler weights; the pooler is initialised randomly", source)
+        if getattr(model, "uses_pooler", True):  # a token head never reads it: nothing to warn about
+            logger.warning("%s has no pooler weights; the pooler is initialised randomly", source)
         missing_set -= pooler
     if missing_set:
         names = sorted(missing_set)
@@ -353,6 +354,8 @@ def to_transformers_state_dict(model: BertForSequenceClassification) -> dict[str
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
     for key, theirs in expand_map(model.config, with_head=True, head_map=type(model).weight_map).items():
+        if key.startswith("bert.pooler.") and not getattr(model, "uses_pooler", True):
+            continue  # transformers' token head has no pooler (add_pooling_layer=False): write none
         parts = ours[key].chunk(len(theirs), dim=0) if len(theirs) > 1 else (ours[key],)
         for name, part in zip(theirs, parts):
             out[name] = part.detach().to("cpu").contiguous().clone()
@@ -371,6 +374,16 @@ def load_config(directory: Path, labels: Iterable[str] | None = None) -> BertCon
         if config.labels != labels:
             config = config.with_labels(labels)
     return config
+
+
+def head_class(problem_type: str) -> type:
+    """The head that reads outputs as ``problem_type`` says (heads declare theirs in ``problem_types``)."""
+    from bertfit.heads import HEADS
+
+    for head in HEADS.values():
+        if problem_type in getattr(head, "problem_types", ()):
+            return head
+    return BertForSequenceClassification
 
 
 def load_classifier(
@@ -393,7 +406,7 @@ def load_classifier(
         raise CheckpointError(
             f"{directory}: config.json has no labels (id2label); pass the task's labels to build a classifier"
         )
-    model = BertForSequenceClassification(config)
+    model = head_class(config.problem_type)(config)
     load_into(model, read_state_dict(directory), directory, require_head=require_head)
     model.eval()
     return model

@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 
 # Every task's selectable metrics (tasks/*.py metric_names); the task checks its own at the start.
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
-           "pearson", "spearman", "r2", "rmse", "mae", "loss")
-PROBLEM_TYPES = ("single-label", "multi-label", "regression")
+           "pearson", "spearman", "r2", "rmse", "mae", "f1", "macro_f1", "precision", "recall", "token_accuracy", "loss")
+PROBLEM_TYPES = ("single-label", "multi-label", "regression", "ner")
+TAG_SCHEMES = ("auto", "iob1", "iob2", "bioes")
 # The quick default: a documented subset that fits the README's main job in minutes on 2 CPU cores.
 # 6,000 tweets at lr 5e-5 gave 74.6% test accuracy, below the TF-IDF baseline's 75.8%; 16,000 at
 # lr 1e-4 (one epoch, warmup 10%, linear decay) is what benchmarks/RESULTS.md (issue 16) measures.
@@ -44,6 +45,11 @@ class TrainConfig:
     problem_type: str | None = None
     label_separator: str = ","  # splits a multi-label (or multi-target) cell such as "anger,joy"
     threshold: float | None = None  # multi-label: one fixed threshold; None = tuned per label on validation
+    # NER (tasks/ner.py): CoNLL tag column, tag scheme, subword labels, windows over long sentences
+    tag_column: int = -1
+    tag_scheme: str = "auto"
+    label_all_subwords: bool = False
+    window_stride: int | None = None  # subwords between window starts (NER; --long-text windows); None: half a window
     encoding: str | None = None
     skip_bad_rows: bool = False
     max_chars: int = 100_000
@@ -57,8 +63,7 @@ class TrainConfig:
     # long texts (windows.py): which tokens of a text longer than max_length are read
     truncation: str = "head"
     head_tokens: int = 128
-    long_text: str = "truncate"
-    window_stride: int | None = None
+    long_text: str = "truncate"  # (window_stride, above, is shared with NER's windows)
     window_aggregate: str = "mean"
     max_windows: int = 8
     classifier_input: str = "pooled"
@@ -94,6 +99,7 @@ class TrainConfig:
     threads: int | None = None
     bf16: bool | None = None  # None: auto (CUDA with bf16; a CPU where bf16 measured fast, see precision.py)
     compile: bool = False
+    gradient_checkpointing: bool = False  # recompute each encoder layer in the backward: less memory, same results
     bucket_window: int = 50
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -136,6 +142,11 @@ class TrainConfig:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {_show(self.metric)}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {_show(self.problem_type)}")
+        if self.tag_scheme not in TAG_SCHEMES:
+            raise ConfigError(f"tag_scheme must be one of {', '.join(TAG_SCHEMES)}, got {_show(self.tag_scheme)}")
+        if self.window_stride is not None and self.window_stride > self.max_length - 2:
+            raise ConfigError(f"window_stride must be at most max_length - 2 = {self.max_length - 2} (the window's "
+                              f"subwords), got {self.window_stride}; a larger stride would skip subwords")
         if not isinstance(self.label_separator, str) or len(self.label_separator) != 1 or (
                 self.label_separator.isspace() and self.label_separator != "\t"):
             raise ConfigError(f"label_separator must be one character, got {_show(self.label_separator)}")
@@ -278,7 +289,8 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "keep_checkpoints": (1, 1_000_000), "bucket_window": (1, 1_000_000), "max_steps": (1, _INT_MAX),
     "max_train_examples": (1, _INT_MAX), "max_eval_examples": (1, _INT_MAX), "patience": (1, _INT_MAX),
     "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1), "split_seed": (0, 2**32 - 1),
-    "head_tokens": (1, 512), "window_stride": (1, 512), "max_windows": (1, 1024), "seeds": (1, 100),
+    "tag_column": (-1000, 1000), "window_stride": (1, 510), "head_tokens": (1, 512), "max_windows": (1, 1024),
+    "seeds": (1, 100),
 }
 #: Real-number settings: (low, high, whether high itself is excluded); low is always included,
 #: except for the settings in _POSITIVE, which must be above it.
@@ -288,10 +300,13 @@ _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "classifier_dropout": (0.0, 1.0, True), "threshold": (0.0, 1.0, True),
 }
 _POSITIVE = {"epochs", "lr", "adam_eps", "threshold"}
-_OPTIONAL = {"split_seed", "window_stride", "threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience", "threads", "classifier_dropout",
-             "train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding"}
-_BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header", "calibrate")
-_STRINGS = ("truncation", "long_text", "window_aggregate", "train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding",
+_OPTIONAL = {"split_seed", "window_stride", "threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience",
+             "threads", "classifier_dropout", "train_file", "validation_file", "test_file", "text_column", "pair_column",
+             "label_column", "encoding"}
+_BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header", "gradient_checkpointing",
+          "label_all_subwords", "calibrate")
+_STRINGS = ("truncation", "long_text", "window_aggregate", "train_file", "validation_file", "test_file", "text_column",
+            "pair_column", "label_column", "encoding",
             "model", "output_dir")
 
 

@@ -38,7 +38,6 @@ TRAIN_HELP: dict[str, str] = {
     "head_tokens": "with --truncation head+tail: how many tokens of the head are kept",
     "long_text": "truncate (keep --truncation's tokens) or windows (read every token in overlapping windows; the "
                  "text's prediction aggregates the windows' logits)",
-    "window_stride": "with --long-text windows: tokens between window starts (default: half a window)",
     "window_aggregate": "with --long-text windows: mean or max of the windows' logits",
     "max_windows": "with --long-text windows: at most this many windows per text, spread evenly over it "
                    "(bounds training memory: a text's windows are trained together)",
@@ -51,8 +50,8 @@ TRAIN_HELP: dict[str, str] = {
     "classifier_dropout": "dropout before the classifier (default: the model's hidden dropout)",
     "epochs": "passes over the training data (fractions allowed)",
     "max_steps": "stop after this many optimizer steps (overrides --epochs)",
-    "batch_size": "examples per micro-batch",
-    "grad_accum": "micro-batches per optimizer step (effective batch = batch-size x grad-accum)",
+    "batch_size": "examples per micro-batch, per process when distributed",
+    "grad_accum": "micro-batches per optimizer step (global batch = batch-size x processes x grad-accum)",
     "lr": "peak learning rate (BERT fine-tuning: 2e-5 to 5e-5)",
     "weight_decay": "AdamW weight decay (not applied to biases and LayerNorm)",
     "warmup_ratio": "fraction of steps with linear warmup, then linear decay to 0",
@@ -62,7 +61,7 @@ TRAIN_HELP: dict[str, str] = {
     "class_weights": "'balanced', or one weight per label in label order, e.g. 1 2 1",
     "eval_every": "evaluate on validation every N steps (0: only at each epoch's end)",
     "eval_each_epoch": "evaluate at the end of every epoch",
-    "metric": "validation metric that picks the best checkpoint: macro_f1, accuracy, weighted_f1, loss",
+    "metric": "validation metric that picks the best checkpoint (default: the task's own: macro_f1, pearson, entity f1 for ner)",
     "patience": "stop after this many evaluations without improvement",
     "eval_batch_tokens": "token budget of an evaluation batch",
     "output_dir": "the run directory (model, metrics, report, checkpoints)",
@@ -74,8 +73,16 @@ TRAIN_HELP: dict[str, str] = {
     "threads": "CPU threads (default: the cores available to this process)",
     "bf16": "bf16 autocast, fp32 weights (default: on for CUDA with bf16 and CPUs where bf16 measured fast)",
     "compile": "torch.compile the model (pays off on long GPU runs)",
+    "gradient_checkpointing": "recompute each encoder layer's activations in the backward: less memory for large "
+                              "models or batches, about a third more compute, the same results",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
-    "problem_type": "single-label, multi-label or regression (default: detected from the labels, and logged)",
+    "problem_type": "the task: single-label, multi-label, regression or ner (default: detected from the labels, "
+                    "and logged; --problem-type is the same flag)",
+    "tag_column": "ner: the CoNLL column holding the tag (0-based; -1: the last)",
+    "tag_scheme": "ner: the files' tag scheme: auto, iob1, iob2 or bioes (read into IOB2; invalid tags repaired)",
+    "label_all_subwords": "ner: label every subword of a word (the I- form after the first) instead of the first only",
+    "window_stride": "subwords between the starts of overlapping windows (ner: over a sentence longer than "
+                     "max-length; sequence tasks: with --long-text windows) (default: half a window)",
     "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",
     "threshold": "multi-label: one fixed decision threshold for every label (default: tuned per label on validation)",
 }

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"text": text, **_rounded(record)}, ensure_ascii=False))
         else:
             shown = text if len(text) <= 80 else text[:77] + "..."
-            print(f"{_short_answer(classifier.task, record):<12}  {shown}")
+            display = getattr(classifier.task, "display", None)  # a task with records of its own shape
+            print(display(record) if display else f"{_short_answer(classifier.task, record):<12}  {shown}")
     return 0
 
 
@@ -113,13 +114,23 @@ def _predict_file(classifier, args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
     check_output_file(output, source, "--output")
     table = read_table(args.file, encoding=args.encoding, **header_options(args))
-    column, pair_column = predict_columns(table, args.text_column, args.pair_column)
+    # Columns a task reads besides text (NER: "tokens", pre-tokenised words as a JSON list).
+    inputs = [c for c in getattr(classifier.task, "input_columns", ()) if c in table.columns]
+    if inputs and args.text_column is None and not any(c in table.columns for c in ("text",)):
+        column, pair_column = inputs[0], None
+    else:
+        column, pair_column = predict_columns(table, args.text_column, args.pair_column)
     texts = ["" if row.get(column) is None else str(row.get(column)) for row in table.rows]
     pairs = [str(row.get(pair_column) or "") for row in table.rows] if pair_column else None
-    empty = sum(1 for t in texts if not t.strip())
+    items: list = list(texts)
+    for i, row in enumerate(table.rows):
+        given = next(({c: row[c]} for c in inputs if isinstance(row.get(c), list)), None)
+        if given is not None:
+            items[i] = given  # e.g. {"tokens": [...]}: the task's inputs() takes it as is
+    empty = sum(1 for t, item in zip(texts, items) if isinstance(item, str) and not t.strip())
     if empty:
         logger.warning("%s: %d rows have an empty %r; they are still labelled (from [CLS] [SEP] alone)", args.file, empty, column)
-    predictions = classifier.predictions(texts, pairs, max_tokens=args.batch_tokens)
+    predictions = classifier.predictions(items if pairs is None else texts, pairs, max_tokens=args.batch_tokens)
     extra_columns = classifier.task.output_names()
     extra_rows = [_rounded(classifier.task.columns(record)) for record in predictions]
     written = write_table(table, output, extra_columns, extra_rows, csv_guard=args.csv_guard)

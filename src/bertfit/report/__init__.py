@@ -351,8 +351,7 @@ def _training_section(
                 fmt_int(r["step"]),
                 f"{float(r['epoch']):.2f}" if finite(r.get("epoch")) else "–",
                 fmt_score(r.get("loss")),
-                fmt_score(r.get("accuracy")),
-                fmt_score(r.get("macro_f1")),
+                *(fmt_score(r.get(name)) for name in curve_metrics(inputs.task)),
             ]
             if best_step is not None and r["step"] == best_step:
                 cells = [Strong(c) if isinstance(c, str) else c for c in cells]
@@ -362,7 +361,8 @@ def _training_section(
             title += f" ({len(shown)} of {len(evals)} evaluations)"
         blocks.append(Paragraph([Strong(title)]))
         blocks.append(
-            Table(["step", "epoch", "loss", "accuracy", "macro-F1"], rows, ["r"] * 5)
+            Table(["step", "epoch", "loss", *(name.replace("_", "-") for name in curve_metrics(inputs.task))], rows,
+                  ["r"] * 5)
         )
     if not train and not evals:
         blocks.append(Paragraph(["No training history was recorded."], muted=True))
@@ -380,6 +380,16 @@ def _results_section(inputs: ReportInputs, plots: Plotter) -> list[Block]:
         outputs, targets = inputs.outputs.get(split, (None, None))
         blocks += inputs.task.report_sections(m, split, plots, outputs=outputs, targets=targets)
     return blocks
+
+
+def curve_metrics(task: Any) -> tuple[str, str]:
+    """The two validation metrics the curves and the training table show: the task's first headline
+    metric other than loss, and the metric that selects its best checkpoint."""
+    if task is None:
+        return ("accuracy", "macro_f1")
+    default = getattr(task, "default_metric", "macro_f1")
+    others = [m for m in getattr(task, "headline_metrics", ()) if m not in ("loss", default)]
+    return (others[0] if others else default, default)
 
 
 def _mistakes_section(inputs: ReportInputs) -> list[Block]:
@@ -457,7 +467,7 @@ def write_report(run_dir: Path, inputs: ReportInputs) -> Path:
     plots = Plotter(plots_dir, inputs.model_name, notes)
     plot_note = plots.note
     curves = plots.draw("training_curves", "training curves",
-                        lambda path, title: plot_training_curves(inputs.history, path))
+                        lambda path, title: plot_training_curves(inputs.history, path, curve_metrics(inputs.task)))
     if not plots.available:
         logger.warning("matplotlib is not installed; %s", PLOTS_SKIPPED)
         notes.append(PLOTS_SKIPPED)
