@@ -340,6 +340,23 @@ class WordPieceTokenizer:
         # Truncation moves the dropped tokens into `overflowing`; an untruncated one has none.
         return [Encoded(e.ids, e.type_ids, len(e.overflowing) > 0) for e in encodings]
 
+    def encode_pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's word-piece ids, without [CLS]/[SEP] and without truncation (windows.py picks
+        the positions a long text keeps)."""
+        texts = _as_batch(texts)
+        if not texts:
+            return []
+        with self._lock:
+            if self._max_length is not None:
+                self._tokenizer.no_truncation()
+                self._max_length = None
+            try:
+                encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+            except TypeError:
+                _raise_for_bad_item(texts, "texts")
+                raise
+        return [e.ids for e in encodings]
+
     def pad(self, batch: Sequence[Encoded], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
         """Pad a batch on the right to its longest example: int64 tensors of shape (B, T)."""
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:

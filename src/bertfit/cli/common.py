@@ -32,7 +32,20 @@ TRAIN_HELP: dict[str, str] = {
     "max_train_examples": "train on a seeded, stratified subset of this many examples",
     "max_eval_examples": "evaluate on a seeded, stratified subset of this many validation/test examples",
     "model": "pretrained model: a directory, a hub id, or 'minilm-l6' (bundled all-MiniLM-L6-v2)",
-    "max_length": "truncate texts to this many tokens (at most 512)",
+    "max_length": "tokens the model reads per sequence, [CLS] and [SEP] included (at most 512)",
+    "truncation": "which tokens of a longer text are kept: head (the first), tail (the last), or head+tail "
+                  "(the first --head-tokens and the last that fit; Sun et al. 2019); pairs cut the longer side",
+    "head_tokens": "with --truncation head+tail: how many tokens of the head are kept",
+    "long_text": "truncate (keep --truncation's tokens) or windows (read every token in overlapping windows; the "
+                 "text's prediction aggregates the windows' logits)",
+    "window_aggregate": "with --long-text windows: mean or max of the windows' logits",
+    "max_windows": "with --long-text windows: at most this many windows per text, spread evenly over it "
+                   "(bounds training memory: a text's windows are trained together)",
+    "calibrate": "after training, fit a temperature (single-label) or per-label Platt scaling (multi-label) on "
+                 "validation, so predicted probabilities are calibrated (--no-calibrate: raw softmax)",
+    "split_seed": "seed of the train/validation/test split and of --max-train-examples subsets (default: --seed)",
+    "seeds": "train the same job with this many seeds (--seed, --seed+1, ...); metrics as mean +- std, the "
+             "model with the best validation score is kept",
     "classifier_input": "'pooled' (tanh pooler, as transformers does) or 'cls' (raw [CLS] vector)",
     "classifier_dropout": "dropout before the classifier (default: the model's hidden dropout)",
     "epochs": "passes over the training data (fractions allowed)",
@@ -68,8 +81,8 @@ TRAIN_HELP: dict[str, str] = {
     "tag_column": "ner: the CoNLL column holding the tag (0-based; -1: the last)",
     "tag_scheme": "ner: the files' tag scheme: auto, iob1, iob2 or bioes (read into IOB2; invalid tags repaired)",
     "label_all_subwords": "ner: label every subword of a word (the I- form after the first) instead of the first only",
-    "window_stride": "ner: subwords between the starts of overlapping windows over a sentence longer than "
-                     "max-length (default: half a window)",
+    "window_stride": "subwords between the starts of overlapping windows (ner: over a sentence longer than "
+                     "max-length; sequence tasks: with --long-text windows) (default: half a window)",
     "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",
     "threshold": "multi-label: one fixed decision threshold for every label (default: tuned per label on validation)",
 }
