@@ -334,7 +334,8 @@ def load_into(
         new_state.pop("classifier.bias")
         model.fresh_head = True
     if missing_set & pooler and not missing_set - pooler:
-        logger.warning("%s has no pooler weights; the pooler is initialised randomly", source)
+        if getattr(model, "uses_pooler", True):  # a token head never reads it: nothing to warn about
+            logger.warning("%s has no pooler weights; the pooler is initialised randomly", source)
         missing_set -= pooler
     if missing_set:
         names = sorted(missing_set)
@@ -353,6 +354,8 @@ def to_transformers_state_dict(model: BertForSequenceClassification) -> dict[str
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
     for key, theirs in expand_map(model.config, with_head=True, head_map=type(model).weight_map).items():
+        if key.startswith("bert.pooler.") and not getattr(model, "uses_pooler", True):
+            continue  # transformers' token head has no pooler (add_pooling_layer=False): write none
         parts = ours[key].chunk(len(theirs), dim=0) if len(theirs) > 1 else (ours[key],)
         for name, part in zip(theirs, parts):
             out[name] = part.detach().to("cpu").contiguous().clone()
