@@ -10,8 +10,8 @@ widened to whole words (as transformers' question-answering pipeline does with a
 over the windows; ``null_margin`` = no-answer score − best span score, and with a threshold
 (SQuAD v2.0, tuned on validation) a question whose margin exceeds it is answered "".
 
-``score`` is the pipeline's: in the answer's window, softmax over the context tokens (and [CLS]
-when no-answer is possible) of the start logits times that of the end logits.
+``score`` is the question-answering pipeline's: in the answer's window, the softmax over [CLS] and
+the context tokens of the start logits times that of the end logits.
 """
 
 from __future__ import annotations
@@ -111,19 +111,16 @@ def decode_example(logits: Sequence[np.ndarray], windows: QAWindows, feats: Sequ
         return QAPrediction("", 0, 0, 1.0, null, float("inf"), [], True)
     best = ranked[0]
     margin = null - best.logit
-    with_null = null_threshold is not None
-    score = _window_score(logits[best.window], windows, best.window, best.tokens, with_null)
-    if with_null and margin > null_threshold:
-        cls = _window_score(logits[best.window], windows, best.window, (0, 0), True)
+    score = _window_score(logits[best.window], windows, best.window, best.tokens)
+    if null_threshold is not None and margin > null_threshold:
+        cls = _window_score(logits[best.window], windows, best.window, (0, 0))
         return QAPrediction("", 0, 0, cls, null, margin, ranked, True)
     return QAPrediction(best.text, best.start, best.end, score, best.logit, margin, ranked)
 
 
-def _window_score(logits: np.ndarray, windows: QAWindows, f: int, tokens: tuple[int, int], with_cls: bool) -> float:
+def _window_score(logits: np.ndarray, windows: QAWindows, f: int, tokens: tuple[int, int]) -> float:
     c0, n = int(windows.context_start[f]), len(windows.offsets[f])
-    rows = list(range(c0, c0 + n))
-    if with_cls:
-        rows = [0] + rows
+    rows = [0, *range(c0, c0 + n)]
     p_start = _softmax(logits[rows, 0].astype(np.float64))
     p_end = _softmax(logits[rows, 1].astype(np.float64))
     s, e = rows.index(tokens[0]), rows.index(tokens[1])
