@@ -380,6 +380,16 @@ def load_config(directory: Path, labels: Iterable[str] | None = None) -> BertCon
     return config
 
 
+def head_class(problem_type: str) -> type:
+    """The head that reads outputs as ``problem_type`` says (heads declare theirs in ``problem_types``)."""
+    from bertfit.heads import HEADS
+
+    for head in HEADS.values():
+        if problem_type in getattr(head, "problem_types", ()):
+            return head
+    return BertForSequenceClassification
+
+
 def load_classifier(
     name_or_path: str | os.PathLike,
     labels: Iterable[str] | None = None,
@@ -400,7 +410,7 @@ def load_classifier(
         raise CheckpointError(
             f"{directory}: config.json has no labels (id2label); pass the task's labels to build a classifier"
         )
-    model = BertForSequenceClassification(config)
+    model = head_class(config.problem_type)(config)
     load_into(model, read_state_dict(directory), directory, require_head=require_head)
     model.eval()
     return model

@@ -21,7 +21,11 @@ CLASSIFIER_INPUTS = ("pooled", "cls")
 
 # transformers' names for what a sequence head's outputs mean (config.json "problem_type"): softmax
 # over classes, independent sigmoids per label, or real-valued targets.
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression",
+                 "question_answering")
+# Heads whose kind transformers tells by the architecture, not by problem_type (which it validates
+# against the three sequence types only): config.json names the architecture and no problem_type.
+ARCHITECTURE_PROBLEM_TYPES = {"BertForQuestionAnswering": "question_answering"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,10 @@ class BertConfig:
         # transformers writes null for "infer from the labels' dtype"; the loaded head then trains as
         # single-label (num_labels > 1) or regression (num_labels == 1), which is what we infer too.
         problem_type = raw.get("problem_type")
+        architectures = raw.get("architectures") or []
+        by_architecture = [ARCHITECTURE_PROBLEM_TYPES[a] for a in architectures if a in ARCHITECTURE_PROBLEM_TYPES]
+        if problem_type is None and by_architecture:
+            problem_type = by_architecture[0]
         if problem_type is None:
             problem_type = "regression" if len(values["id2label"]) == 1 else "single_label_classification"
         values["problem_type"] = problem_type
@@ -170,10 +178,12 @@ class BertConfig:
         out["model_type"] = "bert"
         out["position_embedding_type"] = "absolute"
         if self.num_labels:
-            out["architectures"] = ["BertForSequenceClassification"]
+            named = {v: k for k, v in ARCHITECTURE_PROBLEM_TYPES.items()}.get(self.problem_type)
+            out["architectures"] = [named or "BertForSequenceClassification"]
             out["id2label"] = {str(i): label for i, label in self.id2label.items()}
             out["label2id"] = dict(self.label2id)
-            out["problem_type"] = self.problem_type
+            if named is None:
+                out["problem_type"] = self.problem_type
         else:
             out["architectures"] = ["BertModel"]
         out["bertfit"] = {"classifier_input": self.classifier_input}

@@ -99,6 +99,7 @@ class BertForQuestionAnswering(nn.Module):
     needs: ClassVar[str] = "tokens"
     weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("qa_outputs.{p}", ("qa_outputs.{p}",))]
     architecture: ClassVar[str] = "BertForQuestionAnswering"
+    problem_types: ClassVar[tuple[str, ...]] = ("question_answering",)
     uses_pooler: ClassVar[bool] = False  # transformers' span head has none (add_pooling_layer=False)
     PAD_LOGIT: ClassVar[float] = -10000.0
 

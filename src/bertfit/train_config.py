@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 # Every task's selectable metrics (tasks/*.py metric_names); the task checks its own at the start.
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
-           "pearson", "spearman", "r2", "rmse", "mae", "loss")
-PROBLEM_TYPES = ("single-label", "multi-label", "regression")
+           "pearson", "spearman", "r2", "rmse", "mae", "exact_match", "f1", "loss")
+PROBLEM_TYPES = ("single-label", "multi-label", "regression", "qa")
 # The quick default: a documented subset that fits the README's main job in minutes on 2 CPU cores.
 QUICK = {"max_train_examples": 6000, "epochs": 1.0, "eval_every": 0}
 
@@ -42,6 +42,7 @@ class TrainConfig:
     problem_type: str | None = None
     label_separator: str = ","  # splits a multi-label (or multi-target) cell such as "anger,joy"
     threshold: float | None = None  # multi-label: one fixed threshold; None = tuned per label on validation
+    doc_stride: int = 128  # question answering: tokens of overlap between windows over a long context
     encoding: str | None = None
     skip_bad_rows: bool = False
     max_chars: int = 100_000
@@ -245,6 +246,13 @@ def resolve_config(file_values: Mapping[str, Any] | None, flag_values: Mapping[s
     values: dict[str, Any] = dict(QUICK) if quick else {}
     values.update(file_values or {})
     values.update({k: v for k, v in flag_values.items() if v is not None})
+    if "max_length" not in values and values.get("problem_type"):
+        # A task may need longer inputs than the sequence default (question answering: 384).
+        from bertfit.tasks import TASKS
+
+        task = TASKS.get(str(values["problem_type"]))
+        if task is not None and getattr(task, "default_max_length", None):
+            values["max_length"] = task.default_max_length
     return TrainConfig.from_dict(values, source="settings")
 
 
@@ -257,7 +265,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "save_every": (1, _INT_MAX), "eval_batch_tokens": (1, _INT_MAX), "max_chars": (1, _INT_MAX),
     "keep_checkpoints": (1, 1_000_000), "bucket_window": (1, 1_000_000), "max_steps": (1, _INT_MAX),
     "max_train_examples": (1, _INT_MAX), "max_eval_examples": (1, _INT_MAX), "patience": (1, _INT_MAX),
-    "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1),
+    "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1), "doc_stride": (0, 510),
 }
 #: Real-number settings: (low, high, whether high itself is excluded); low is always included,
 #: except for the settings in _POSITIVE, which must be above it.

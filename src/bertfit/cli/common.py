@@ -32,7 +32,7 @@ TRAIN_HELP: dict[str, str] = {
     "max_train_examples": "train on a seeded, stratified subset of this many examples",
     "max_eval_examples": "evaluate on a seeded, stratified subset of this many validation/test examples",
     "model": "pretrained model: a directory, a hub id, or 'minilm-l6' (bundled all-MiniLM-L6-v2)",
-    "max_length": "truncate texts to this many tokens (at most 512)",
+    "max_length": "truncate texts to this many tokens (at most 512; question answering: the window, default 384)",
     "classifier_input": "'pooled' (tanh pooler, as transformers does) or 'cls' (raw [CLS] vector)",
     "classifier_dropout": "dropout before the classifier (default: the model's hidden dropout)",
     "epochs": "passes over the training data (fractions allowed)",
@@ -48,7 +48,8 @@ TRAIN_HELP: dict[str, str] = {
     "class_weights": "'balanced', or one weight per label in label order, e.g. 1 2 1",
     "eval_every": "evaluate on validation every N steps (0: only at each epoch's end)",
     "eval_each_epoch": "evaluate at the end of every epoch",
-    "metric": "validation metric that picks the best checkpoint: macro_f1, accuracy, weighted_f1, loss",
+    "metric": "validation metric that picks the best checkpoint: macro_f1, accuracy, weighted_f1, loss "
+              "(qa: f1, exact_match)",
     "patience": "stop after this many evaluations without improvement",
     "eval_batch_tokens": "token budget of an evaluation batch",
     "output_dir": "the run directory (model, metrics, report, checkpoints)",
@@ -61,7 +62,9 @@ TRAIN_HELP: dict[str, str] = {
     "bf16": "bf16 autocast, fp32 weights (default: on for CUDA with bf16 and CPUs where bf16 measured fast)",
     "compile": "torch.compile the model (pays off on long GPU runs)",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
-    "problem_type": "single-label, multi-label or regression (default: detected from the labels, and logged)",
+    "problem_type": "single-label, multi-label, regression, or qa (extractive question answering on SQuAD-style "
+                    "JSON/JSONL) (default: detected from the labels, and logged)",
+    "doc_stride": "question answering: tokens of overlap between the windows a long context is cut into",
     "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",
     "threshold": "multi-label: one fixed decision threshold for every label (default: tuned per label on validation)",
 }

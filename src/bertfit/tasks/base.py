@@ -46,6 +46,8 @@ class Task(ABC):
     headline_metrics: ClassVar[tuple[str, ...]]
     # Whether `bertfit train` without --train-file may use the bundled tweets corpus for this task.
     default_corpus: ClassVar[bool] = False
+    # The --max-length a task uses when none is given (None: the training default, 128).
+    default_max_length: ClassVar[int | None] = None
 
     def __init__(self, labels: Sequence[str], **state: Any) -> None:
         self.labels = [str(label) for label in labels]

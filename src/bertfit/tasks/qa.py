@@ -70,8 +70,7 @@ class QuestionAnswering(Task):
 
     @classmethod
     def create(cls, labels: Sequence[str], settings: Mapping[str, Any]) -> "QuestionAnswering":
-        return cls(labels, doc_stride=_setting(settings, "doc_stride", DOC_STRIDE),
-                   version=str(_setting(settings, "qa_version", "1.1")))
+        return cls(labels, doc_stride=_setting(settings, "doc_stride", DOC_STRIDE))
 
     def state(self) -> dict[str, Any]:
         return {"null_threshold": self.null_threshold, "version": self.version, "doc_stride": self.doc_stride,
@@ -79,9 +78,10 @@ class QuestionAnswering(Task):
 
     # -- reading ------------------------------------------------------------------------------
     @classmethod
-    def read(cls, path: Any, config: Any, options: Mapping[str, Any], known: Task | None = None) -> tuple[list[Any], Any]:
-        examples, report = read_qa(path, skip_bad_rows=bool(_setting(config, "skip_bad_rows", False)))
-        return examples, report
+    def read(cls, path: Any, settings: Any, options: Mapping[str, Any], known: Task | None = None) -> tuple[list[Any], Any]:
+        """A SQuAD v1.1/v2.0 JSON or JSON Lines file (gzipped or not), every answer checked (qa_data.py)."""
+        return read_qa(path, skip_bad_rows=bool(_setting(settings, "skip_bad_rows", False)),
+                       max_chars=_setting(settings, "max_chars", 100_000) * 10)
 
     @classmethod
     def parse_label(cls, raw: object, options: Mapping[str, Any]) -> Hashable:
@@ -111,17 +111,23 @@ class QuestionAnswering(Task):
             for what, value in (("question", question), ("context", context)):
                 if not isinstance(value, str) or not value.strip():
                     raise BertfitError(f"input {i + 1}: the {what} is missing or empty")
-            out.append(QAExample(question=question, context=context, row=i + 1, id=str(i + 1)))
+            out.append(QAExample(question, context, None, row=i + 1, id=str(i + 1)))
         return out
 
     # -- encoding -----------------------------------------------------------------------------
     def targets(self, labels: Sequence[Hashable]) -> np.ndarray:
         raise BertfitError("question-answering targets are token positions in windows; they come from encode()")
 
-    def encode(self, tokenizer: Any, examples: Sequence[Any], max_length: int, settings: Any) -> Any:
-        from bertfit.tasks.base import EncodedSplit
+    def encode(self, tokenizer: Any, examples: Sequence[Any], max_length: int, settings: Any = None) -> Any:
+        from bertfit.batching import EncodedSplit
 
-        stride = _setting(settings, "doc_stride", self.doc_stride)
+        stride = _setting(settings, "doc_stride", self.doc_stride) if settings is not None else self.doc_stride
+        if settings is not None and any(getattr(e, "impossible", False) for e in examples):
+            # SQuAD v2.0 data: "no answer" is an answer; until validation tunes the threshold, use
+            # run_qa.py's null_score_diff_threshold of 0.
+            self.version = "2.0"
+            if self.null_threshold is None:
+                self.null_threshold = 0.0
         try:
             windows = encode_windows(tokenizer, [e.text for e in examples], [e.text_pair for e in examples],
                                      [e.answers[0] if getattr(e, "answers", None) else None for e in examples],

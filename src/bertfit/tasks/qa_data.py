@@ -31,28 +31,33 @@ logger = logging.getLogger("bertfit.data")
 
 @dataclass(frozen=True)
 class QAExample:
-    """One question over one context, with its reference answers (empty: no answer in the context)."""
+    """One question over one context, with its reference answers: the generic example fields
+    (tasks/base.py) with the question as ``text``, the context as ``text_pair`` and the answers,
+    ((text, character start), ...), as ``label`` (empty: no answer in the context; None: unlabelled)."""
 
-    question: str
-    context: str
-    answers: tuple[tuple[str, int], ...] = ()  # (text, character start) each
-    id: str = ""
+    text: str
+    text_pair: str
+    label: tuple[tuple[str, int], ...] | None = None
     row: int = 0
+    id: str = ""
     title: str = ""
-    impossible: bool = False  # marked unanswerable (v2.0)
-
-    # The generic example fields (tasks/base.py): question and context are the text pair.
-    @property
-    def text(self) -> str:
-        return self.question
 
     @property
-    def text_pair(self) -> str:
-        return self.context
+    def question(self) -> str:
+        return self.text
 
     @property
-    def label(self) -> tuple[tuple[str, int], ...] | None:
-        return self.answers if (self.answers or self.impossible) else None
+    def context(self) -> str:
+        return self.text_pair
+
+    @property
+    def answers(self) -> tuple[tuple[str, int], ...]:
+        return self.label or ()
+
+    @property
+    def impossible(self) -> bool:
+        """Marked unanswerable (SQuAD v2.0): labelled, without answers."""
+        return self.label is not None and not self.label
 
     @property
     def answer_texts(self) -> list[str]:
@@ -161,9 +166,9 @@ def check_example(record: Mapping[str, Any], row: int, *, require_answers: bool,
     if require_answers and not answers and not impossible:
         raise ValueError('no answers; a training question needs at least one answer, or "is_impossible": true '
                          "(SQuAD v2.0) for a question the context cannot answer")
-    return QAExample(question=question, context=context, answers=tuple(answers),
-                     id=str(qid) if qid is not None else f"row-{row}", row=row, title=str(title or ""),
-                     impossible=impossible)
+    label = tuple(answers) if (answers or impossible) else None
+    return QAExample(question, context, label, row=row, id=str(qid) if qid is not None else f"row-{row}",
+                     title=str(title or ""))
 
 
 def _squad_records(path: str, doc: Any) -> Iterator[tuple[int, Mapping[str, Any] | None, str, Any, str | None]]:

@@ -95,7 +95,7 @@ def encode_windows(tokenizer: WordPieceTokenizer, questions: Sequence[str], cont
             c0 = int(ctx[0]) if len(ctx) else len(seq) - 1
             off = np.asarray(enc.offsets, dtype=np.int32)[ctx].reshape(-1, 2)
             wid = np.array([-1 if w is None else w for w in enc.word_ids], dtype=np.int32)[ctx]  # (one list per call)
-            encoded.append(Encoded(enc.ids, enc.type_ids, len(windows) > 1))
+            encoded.append(Encoded(enc.ids, enc.type_ids, False))  # nothing is lost: the rest is in other windows
             example_index.append(i)
             starts.append(c0)
             offsets.append(off)
