@@ -109,7 +109,7 @@ def test_cli_predict_question_and_context(qa_run, tmp_path):
     context = "a very long day and the week then a great coffee"
     (tmp_path / "ctx.txt").write_text(context, encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "bertfit", "predict", str(out), "--question", "the good",
-                           "--context-file", str(tmp_path / "ctx.txt"), "--format", "json", "--engine", "pytorch"],
+                           "--context-file", str(tmp_path / "ctx.txt"), "--json", "--engine", "pytorch"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout.strip().splitlines()[-1])

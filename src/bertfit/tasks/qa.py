@@ -57,6 +57,7 @@ class QuestionAnswering(Task):
     headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "exact_match", "f1")
     mistake_score = "score"
     default_max_length: ClassVar[int] = QA_MAX_LENGTH
+    input_columns: ClassVar[tuple[str, ...]] = ("question", "context")  # predict --file reads these
 
     def configure(self, *, null_threshold: float | None = None, version: str = "1.1", doc_stride: int = DOC_STRIDE,
                   n_best: int = N_BEST, max_answer_length: int = MAX_ANSWER_LENGTH, **state: Any) -> None:
@@ -197,6 +198,25 @@ class QuestionAnswering(Task):
 
     def answer(self, record: Mapping[str, Any]) -> Any:
         return record["answer"]
+
+    def display(self, record: Mapping[str, Any]) -> str:
+        """One record on the terminal: the answer, its score and where it is in the context."""
+        if record.get("no_answer"):
+            return f"(no answer)  score {record['score']:.3f}"
+        line = f"{record['answer']}  (score {record['score']:.3f}, characters {record['start']}-{record['end']})"
+        for alt in record.get("top_k", [])[1:]:
+            line += f"\n  or: {alt['answer']}  (p {alt['probability']:.3f}, characters {alt['start']}-{alt['end']})"
+        return line
+
+    def sample_inputs(self) -> list[Any]:
+        return [{"question": "warm-up?", "context": "a warm-up passage"}]
+
+    def probe_inputs(self, texts: Sequence[str]) -> list[Any]:
+        return [{"question": t.split()[0] + "?", "context": t} for t in texts if t.strip()]
+
+    def label_summary(self, labels: Sequence[Hashable]) -> dict[str, int]:
+        answered = sum(1 for label in labels if label)
+        return {"with an answer": answered, "without an answer": sum(1 for label in labels if label is not None) - answered}
 
     def columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
         return {"answer": record["answer"], "score": record["score"], "start": record["start"], "end": record["end"]}
