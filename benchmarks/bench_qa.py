@@ -13,7 +13,11 @@ transformers follows run_qa.py's defaults: prepare_train_features / prepare_vali
 answers outside a window labelled at [CLS], and utils_qa.postprocess_qa_predictions (n_best 20,
 max_answer_length 30), re-typed below because utils_qa ships with the examples, not the package.
 
-    .venv/bin/python benchmarks/bench_qa.py --data ../shared/data/squad --train 600 --dev 300 --out benchmarks/qa_results.json
+    .venv/bin/python benchmarks/bench_qa.py --data ../shared/data/squad --train 600 --dev 300 \
+        --transformers4 /tmp/tf4 --out benchmarks/qa_results.json
+
+transformers 5 removed pipeline("question-answering"); the pipeline contender runs transformers 4.57.1
+(installed with pip --target into the folder --transformers4 names) on bertfit's run directory.
 """
 
 from __future__ import annotations
@@ -76,16 +80,20 @@ def run_bertfit(files: dict[str, str], steps: int, work: Path) -> dict:
     result = fine_tune(config)
     state = result.train.state
     rows = _rows(files["dev"])
-    from bertfit.predict import load_predictor
+    from bertfit.predict import TextClassifier
 
-    predictor = load_predictor(str(work / "run"))
-    predictor.predict([{"question": r["question"], "context": r["context"]} for r in rows[:4]])  # warm-up
+    # What `bertfit predict` runs by default on a CPU (ONNX Runtime when installed; exported once, untimed).
+    predictor = TextClassifier.load(str(work / "run"))
+    items = [{"question": r["question"], "context": r["context"]} for r in rows]
+    predictor.records(items[:4])  # warm-up
     started = time.perf_counter()
-    records = predictor.predict([{"question": r["question"], "context": r["context"]} for r in rows])
+    records = predictor.records(items)
     predict_s = time.perf_counter() - started
+    windows = next(r["examples"] for r in result.train.history if r.get("kind") == "start")
     return {"tokens_per_s": state.tokens_seen / state.train_seconds, "train_seconds": state.train_seconds,
-            "real_tokens": state.tokens_seen, "steps": state.step, "windows": result.summary.get("train_windows"),
-            "dev": score([r["answer"] for r in records], rows), "predict_questions_per_s": len(rows) / predict_s,
+            "real_tokens": state.tokens_seen, "steps": state.step, "windows": windows,
+            "dev": score([r["answer"] for r in records], rows), "dev_in_run": result.metrics["validation"]["exact_match"],
+            "predict_questions_per_s": len(rows) / predict_s, "predict_engine": predictor.engine,
             "run": str(work / "run")}
 
 
@@ -239,11 +247,14 @@ def child(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _child(impl: str, files: dict, steps: int, work: Path, run: str | None = None) -> dict:
+def _child(impl: str, files: dict, steps: int, work: Path, run: str | None = None, path: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--steps", str(steps), "--files", json.dumps(files),
            "--work", str(work), *(["--run", run] if run else [])]
+    env = dict(os.environ)
+    if path:  # a transformers 4.x installed with pip --target (5.x removed the question-answering pipeline)
+        env["PYTHONPATH"] = os.pathsep.join([path, env.get("PYTHONPATH", "")])
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode or line is None:
         print(proc.stderr[-4000:], file=sys.stderr)
@@ -258,6 +269,9 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=300, help="dev questions (a seeded subset)")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps (default: one epoch of the windows)")
     parser.add_argument("--out", default="benchmarks/qa_results.json")
+    parser.add_argument("--transformers4", help="a folder holding transformers 4.x for the pipeline, made with: pip "
+                        "install --target DIR --no-deps transformers==4.57.1 huggingface_hub==0.36.0 tokenizers==0.22.1 "
+                        "requests urllib3 idna certifi charset_normalizer")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
@@ -285,7 +299,7 @@ def main() -> None:
         results.append(_child(impl, files, steps, work / impl))
         print(json.dumps(results[-1]), flush=True)
     bertfit = results[0]
-    results.append(_child("pipeline", files, steps, work, run=bertfit["run"]))
+    results.append(_child("pipeline", files, steps, work, run=bertfit["run"], path=args.transformers4))
     print(json.dumps(results[-1]), flush=True)
     machine = {"cpu": _cpu_model(), "threads": os.cpu_count()}
     summary = {

@@ -152,3 +152,57 @@ def test_bad_training_file_is_a_row_error(tmp_path, no_dropout_model_dir, qa_fil
     bad = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError, match="line 8.*does not match the context"):
         fine_tune(_config({**qa_files, "train": bad}, no_dropout_model_dir, tmp_path / "run"))
+
+
+PIPELINE_SCRIPT = """
+import json, sys
+from transformers import pipeline
+run, items = sys.argv[1], json.loads(sys.stdin.read())
+qa = pipeline("question-answering", model=run, tokenizer=run, device=-1)
+out = [qa(question=i["question"], context=i["context"], max_answer_len=30, max_seq_len=32, doc_stride=8) for i in items]
+print(json.dumps(out))
+"""
+
+
+def _transformers_with_qa_pipeline() -> list[str] | None:
+    """A PYTHONPATH under which `pipeline("question-answering")` exists: transformers 4.x (5.x removed
+    it). BERTFIT_TRANSFORMERS4 names a folder made with `pip install --target DIR --no-deps
+    transformers==4.57.1 huggingface_hub==0.36.0 tokenizers==0.22.1 requests urllib3 idna certifi
+    charset_normalizer`; the installed transformers counts if it still has the pipeline."""
+    import importlib.util
+
+    folder = os.environ.get("BERTFIT_TRANSFORMERS4")
+    if folder and Path(folder, "transformers").is_dir():
+        return [folder]
+    if importlib.util.find_spec("transformers") is not None:
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) < 5:
+            return []
+    return None
+
+
+def test_pipeline_question_answering_gives_the_same_answers(qa_run):
+    path = _transformers_with_qa_pipeline()
+    if path is None:
+        pytest.skip("transformers 5 has no pipeline('question-answering'); set BERTFIT_TRANSFORMERS4 to a folder "
+                    "holding transformers 4.x (see this test's helper for the pip command)")
+    from bertfit.predict import TextClassifier
+
+    out, _ = qa_run
+    items = [{"question": r["question"], "context": r["context"]} for r in synthetic_qa(40, 11)]
+    items.append({"question": "the good", "context": " ".join(["the day"] * 30) + " a lovely hotel " + "so " * 20})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(out)], input=json.dumps(items),
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = TextClassifier.load(str(out), engine="pytorch")
+    mine = ours.records(items)
+    windows = ours.task.encode(ours.tokenizer, ours.task.inputs(items), ours.max_length).meta
+    counts = [len(f) for f in windows.windows_of()]
+    assert max(counts) > 1  # some contexts span several windows
+    for m, t, n in zip(mine, theirs, counts):
+        assert (m["answer"], m["start"], m["end"]) == (t["answer"], t["start"], t["end"])
+        if n == 1:  # one window: the same probability (across windows the pipeline ranks differently)
+            assert m["score"] == pytest.approx(t["score"], rel=1e-4)

@@ -50,6 +50,12 @@ def _rows(task: str, n: int, seed: int) -> list[dict]:
             k = rng.randint(0, 3)
             words = rng.sample(POSITIVE, k) + rng.sample(NEGATIVE, 3 - k)
             rows.append({"text": _text(rng, words[:2]), "text_pair": _text(rng, words[2:]), "score": k * 5 / 3})
+        elif task == "qa":  # the sentiment word of the context answers "the good" / "the bad"
+            ask = rng.choice(["good", "bad"])
+            answer = rng.choice(POSITIVE if ask == "good" else NEGATIVE)
+            context = _text(rng, [answer])
+            rows.append({"question": "the " + ask, "context": context, "text": "the " + ask, "text_pair": context,
+                         "answers": {"text": [answer], "answer_start": [(" " + context + " ").index(f" {answer} ")]}})
     return rows
 
 
@@ -61,6 +67,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def _train(tmp_path: Path, model_dir: Path, task: str, **settings) -> tuple[Path, list[dict]]:
     train = _write_jsonl(tmp_path / f"{task}.jsonl", _rows(task, 120, seed=1))
     test_rows = _rows(task, 24, seed=2)
+    if task == "qa":
+        settings.setdefault("doc_stride", 8)  # windows of 32 tokens
     config = TrainConfig(train_file=str(train), model=str(model_dir), output_dir=str(tmp_path / "run"), problem_type=task,
                          max_steps=6, batch_size=16, eval_every=3, lr=1e-3, threads=1, max_length=32,
                          pair_column="text_pair" if task == "regression" else None, **settings)
@@ -71,15 +79,44 @@ def _train(tmp_path: Path, model_dir: Path, task: str, **settings) -> tuple[Path
 def test_registry_is_complete():
     from bertfit.config import BertConfig
 
-    assert set(TASKS) == {"single-label", "multi-label", "regression"}
+    assert set(TASKS) == {"single-label", "multi-label", "regression", "qa"}
     for name, cls in TASKS.items():
         assert issubclass(cls, Task) and cls.name == name and not inspect.isabstract(cls), name
         assert cls.head in HEADS and cls.problem_type in PROBLEM_TYPES
+        names, outputs, targets = _sample(cls)
         assert cls.default_metric in cls.metric_names and set(cls.headline_metrics) <= set(
-            cls(["a", "b"]).evaluate(np.zeros((2, 2), np.float32), cls(["a", "b"]).targets(_labels_for(cls))))
+            cls(names).evaluate(outputs, targets))
         assert _rows(name, 2, 0), f"the contract test has no data for task {name!r}: add it to _rows"
         HEADS[cls.head](BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
                                    problem_type=cls.problem_type).with_labels(["a", "b"]))
+
+
+def _sample(cls: type[Task]) -> tuple[list[str], object, object]:
+    """(output names, outputs of examples, their targets) for a task's evaluate."""
+    if cls.name == "qa":  # per question: the decoded spans of its windows; targets are the answer texts
+        from bertfit.tasks.qa import QAOutputs
+        from bertfit.tasks.qa_decode import QAPrediction
+        from bertfit.tasks.qa_windows import QAWindows
+        from bertfit.tokenizer import Encoded
+
+        windows = QAWindows([Encoded([2, 5, 3], [0, 0, 0], False)], np.array([0]), np.array([1]), [np.array([[0, 1]])],
+                            [np.array([0])], [np.array([True])], ["a"], ["q"], np.zeros((1, 2), np.int64), np.array([1]))
+        return ["start", "end"], QAOutputs([QAPrediction("a", 0, 1, 1.0, 2.0, -1.0)], 0.5, windows), [["a"]]
+    return ["a", "b"], np.zeros((2, 2), np.float32), cls(["a", "b"]).targets(_labels_for(cls))
+
+
+def _flat(outputs) -> np.ndarray:
+    """Outputs per example as one array: (N, L); question answering's gathered spans as (N, 2) offsets."""
+    if isinstance(outputs, np.ndarray):
+        return outputs
+    return np.array([[p.start, p.end, p.score] for p in outputs.predictions], dtype=np.float64)
+
+
+def _truth(task, rows: list[dict]):
+    """What the task's evaluate compares outputs with, from the rows' labels."""
+    if "answers" in rows[0]:
+        return [r["answers"]["text"] for r in rows]
+    return task.targets([task.parse_label(r.get("label", r.get("labels", r.get("score"))), {}) for r in rows])
 
 
 def _labels_for(cls: type[Task]) -> list:
@@ -95,30 +132,32 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     run, rows = _train(tmp_path, tiny_model_dir, task)
     saved = json.loads((run / "task.json").read_text())
     assert saved["task"] == task
-    assert json.loads((run / "config.json").read_text())["problem_type"] == TASKS[task].problem_type
+    # config.json tells transformers the head (problem_type, or the architecture for a span head).
+    assert BertConfig.from_json_file(run / "config.json").problem_type == TASKS[task].problem_type
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"validation", "test"} and metrics["test"]["n"] > 0
 
     texts = [r["text"] for r in rows]
-    pairs = [r["text_pair"] for r in rows] if task == "regression" else None
+    pairs = [r["text_pair"] for r in rows] if task in ("regression", "qa") else None
     torch_model = TextClassifier.load(run, engine="pytorch")
     assert torch_model.task.name == task and torch_model.task.state() == saved["state"]
     outputs = torch_model.predict_logits(texts, pairs)
-    assert outputs.shape == (len(texts), len(saved["labels"])) and np.isfinite(outputs).all()
+    assert len(outputs) == len(texts) and np.isfinite(_flat(outputs)).all()
     records = torch_model.predictions(texts, pairs)
-    assert records == torch_model.task.decode(outputs) and len(records) == len(texts)
+    split, _ = torch_model.outputs(texts if pairs is None else list(zip(texts, pairs)))
+    assert records == torch_model.task.decode(outputs, split) and len(records) == len(texts)
     json.dumps(records)  # what predict prints and the server returns is JSON
 
     # A fresh process-like load gives the same task state and outputs.
     again = TextClassifier.load(run, engine="pytorch")
-    np.testing.assert_array_equal(again.predict_logits(texts, pairs), outputs)
+    np.testing.assert_array_equal(_flat(again.predict_logits(texts, pairs)), _flat(outputs))
 
     _check_served(run, tmp_path, texts, pairs, records)
 
     export_onnx(run, tmp_path / "onnx")
     exported = TextClassifier.load(tmp_path / "onnx")
     assert exported.engine == "onnxruntime" and exported.task.state() == torch_model.task.state()
-    np.testing.assert_allclose(exported.predict_logits(texts, pairs), outputs, atol=1e-4)
+    np.testing.assert_allclose(_flat(exported.predict_logits(texts, pairs)), _flat(outputs), atol=1e-4)
     assert [r.keys() for r in exported.predictions(texts, pairs)] == [r.keys() for r in records]
 
     # int8, checked on a labelled file with the task's own metric and agreement
@@ -127,8 +166,7 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     metric = report["metric"]
     assert metric == ("accuracy" if task == "single-label" else TASKS[task].default_metric)
     got = TextClassifier.load(tmp_path / "int8").predict_logits(texts, pairs)
-    truth = torch_model.task.targets([torch_model.task.parse_label(r.get("label", r.get("labels", r.get("score"))), {})
-                                      for r in rows])
+    truth = _truth(torch_model.task, rows)
     assert report[f"{metric}_export"] == pytest.approx(torch_model.task.evaluate(got, truth)[metric])
     assert report[f"{metric}_pytorch_fp32"] == pytest.approx(torch_model.task.evaluate(outputs, truth)[metric], abs=1e-6)
 

@@ -199,6 +199,10 @@ class QuestionAnswering(Task):
     def answer(self, record: Mapping[str, Any]) -> Any:
         return record["answer"]
 
+    def agreement(self, reference: Any, outputs: Any, split: Any = None) -> tuple[str, float]:
+        same = [a["answer"] == b["answer"] for a, b in zip(self.decode(reference, split), self.decode(outputs, split))]
+        return "answers agree", float(np.mean(same)) if same else 1.0
+
     def display(self, record: Mapping[str, Any]) -> str:
         """One record on the terminal: the answer, its score and where it is in the context."""
         if record.get("no_answer"):
