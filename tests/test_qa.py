@@ -190,8 +190,11 @@ def test_pipeline_question_answering_gives_the_same_answers(qa_run):
     from bertfit.predict import TextClassifier
 
     out, _ = qa_run
-    items = [{"question": r["question"], "context": r["context"]} for r in synthetic_qa(40, 11)]
+    rows = synthetic_qa(40, 11)
+    items = [{"question": r["question"], "context": r["context"]} for r in rows]
+    gold = [r["answers"]["text"][0] for r in rows]
     items.append({"question": "the good", "context": " ".join(["the day"] * 30) + " a lovely hotel " + "so " * 20})
+    gold.append("lovely hotel")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(out)], input=json.dumps(items),
                           capture_output=True, text=True, env=env)
@@ -202,7 +205,15 @@ def test_pipeline_question_answering_gives_the_same_answers(qa_run):
     windows = ours.task.encode(ours.tokenizer, ours.task.inputs(items), ours.max_length).meta
     counts = [len(f) for f in windows.windows_of()]
     assert max(counts) > 1  # some contexts span several windows
-    for m, t, n in zip(mine, theirs, counts):
-        assert (m["answer"], m["start"], m["end"]) == (t["answer"], t["start"], t["end"])
-        if n == 1:  # one window: the same probability (across windows the pipeline ranks differently)
+    single = 0
+    for m, t, n, g in zip(mine, theirs, counts, gold):
+        if n == 1:  # one window: the same answer, offsets and probability
+            assert (m["answer"], m["start"], m["end"]) == (t["answer"], t["start"], t["end"])
             assert m["score"] == pytest.approx(t["score"], rel=1e-4)
+            single += 1
+        else:
+            # Several windows: the pipeline ranks each window's best span by that window's own softmax
+            # and has no max-context rule, so it may cut an answer at a window edge ("lovely" for
+            # "lovely hotel"); bertfit scores each token from its most central window.
+            assert m["answer"] == g
+    assert single >= 20

@@ -342,3 +342,27 @@ def test_span_head_parity_with_transformers():
                      end_positions=positions[:, 1]).loss
         summed, weight = span_loss(ours(ids, full, types), positions)
     assert float(summed / weight) == pytest.approx(float(ref), abs=1e-5)
+
+
+def test_real_squad_slice_every_answer_labelled_in_its_windows(minilm_dir):
+    """XQuAD-en (SQuAD v1.1 dev material, CC BY-SA 4.0, tests/data/xquad_en_slice.NOTICE.txt): every
+    reference answer is read, and each window that holds the first one is labelled exactly on it."""
+    from pathlib import Path
+
+    from bertfit.tokenizer import WordPieceTokenizer
+
+    examples, report = read_qa(Path(__file__).parent / "data" / "xquad_en_slice.json")
+    assert report.rows_read == report.rows_used == len(examples) == 47 and report.version == "1.1"
+    tok = WordPieceTokenizer.from_dir(minilm_dir)
+    for max_length, stride in ((384, 128), (64, 16)):
+        w = encode_windows(tok, [e.question for e in examples], [e.context for e in examples],
+                           [e.answers[0] for e in examples], max_length, stride)
+        for i, feats in enumerate(w.windows_of()):
+            text, start = examples[i].answers[0]
+            labelled = [f for f in feats if w.targets[f, 0] > 0]
+            inside = [f for f in feats if w.offsets[f][0, 0] <= start and w.offsets[f][-1, 1] >= start + len(text)]
+            assert labelled == inside and labelled, (max_length, i)
+            for f in labelled:
+                s, e = w.targets[f] - w.context_start[f]
+                span = examples[i].context[w.offsets[f][s, 0]:w.offsets[f][e, 1]]
+                assert span.strip(" .,;") == text.strip(" .,;") or text in span, (span, text)
