@@ -366,3 +366,35 @@ def test_real_squad_slice_every_answer_labelled_in_its_windows(minilm_dir):
                 s, e = w.targets[f] - w.context_start[f]
                 span = examples[i].context[w.offsets[f][s, 0]:w.offsets[f][e, 1]]
                 assert span.strip(" .,;") == text.strip(" .,;") or text in span, (span, text)
+
+
+def test_v2_threshold_tuned_on_validation_and_saved(tokenizer):
+    """The task tunes the no-answer threshold on validation outputs (v2.0), keeps it in its state, and
+    evaluation then reports HasAns / NoAns."""
+    from bertfit.tasks import build_task
+    from bertfit.tasks.qa import QuestionAnswering
+    from bertfit.tasks.qa_data import QAExample
+
+    context = _context(30, seed=4)
+    word = context.split()[5]
+    start = context.index(" " + word + " ") + 1
+    examples = [QAExample("q", context, ((word, start),)), QAExample("q", context, ()),
+                QAExample("q", context, ((word, start),)), QAExample("q", context, ())]
+    task = QuestionAnswering.create(["start", "end"], {"doc_stride": 16})
+    split = task.encode(tokenizer, examples, 64, {"doc_stride": 16})
+    assert task.version == "2.0" and task.null_threshold == 0.0 and split.gold[1] == []
+    logits = []
+    for f in range(len(split.encoded)):
+        x = np.zeros((len(split.encoded[f]), 2), np.float32)
+        s, e = _answer_tokens(split.meta, f, start, start + len(word))
+        x[s, 0] = x[e, 1] = 5.0
+        answerable = split.example_index[f] % 2 == 0
+        x[0] = 7.0 if answerable else 9.0  # null − span margins: +4 (answerable) and +8 (unanswerable), both above 0
+        logits.append(x)
+    outputs = task.gather(split, logits)
+    assert [p.text for p in outputs.predictions] == ["", "", "", ""]  # threshold 0: everything "no answer"
+    chosen = task.fit_decisions(outputs, split.gold)
+    assert 4.0 <= chosen["null_threshold"] < 8.0 and chosen["validation_f1_at_threshold"] == 100.0
+    rebuilt = build_task("qa", ["start", "end"], task.state())
+    m = rebuilt.evaluate(rebuilt.gather(split, logits), split.gold)
+    assert m["exact_match"] == 100.0 and m["HasAns_total"] == 2 and m["NoAns_exact"] == 100.0
