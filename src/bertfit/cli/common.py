@@ -37,8 +37,8 @@ TRAIN_HELP: dict[str, str] = {
     "classifier_dropout": "dropout before the classifier (default: the model's hidden dropout)",
     "epochs": "passes over the training data (fractions allowed)",
     "max_steps": "stop after this many optimizer steps (overrides --epochs)",
-    "batch_size": "examples per micro-batch",
-    "grad_accum": "micro-batches per optimizer step (effective batch = batch-size x grad-accum)",
+    "batch_size": "examples per micro-batch, per process when distributed",
+    "grad_accum": "micro-batches per optimizer step (global batch = batch-size x processes x grad-accum)",
     "lr": "peak learning rate (BERT fine-tuning: 2e-5 to 5e-5)",
     "weight_decay": "AdamW weight decay (not applied to biases and LayerNorm)",
     "warmup_ratio": "fraction of steps with linear warmup, then linear decay to 0",
@@ -61,6 +61,8 @@ TRAIN_HELP: dict[str, str] = {
     "threads": "CPU threads (default: the cores available to this process)",
     "bf16": "bf16 autocast, fp32 weights (default: on for CUDA with bf16 and CPUs where bf16 measured fast)",
     "compile": "torch.compile the model (pays off on long GPU runs)",
+    "gradient_checkpointing": "recompute each encoder layer's activations in the backward: less memory for large "
+                              "models or batches, about a third more compute, the same results",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
     "problem_type": "single-label, multi-label, regression, or qa (extractive question answering on SQuAD-style "
                     "JSON/JSONL) (default: detected from the labels, and logged)",
