@@ -259,6 +259,9 @@ def _thin(rows: list[Mapping[str, Any]], keep_step: int | None) -> list[Mapping[
     return [rows[i] for i in sorted(picked)]
 
 
+_METRIC_NAMES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "f1": "F1", "exact_match": "exact match"}
+
+
 def _training_section(
     inputs: ReportInputs, curves: str | None, plot_note: str | None
 ) -> list[Block]:
@@ -302,14 +305,15 @@ def _training_section(
     if evals:
         best_step = inputs.best.get("step") if inputs.best else None
         shown = _thin(evals, best_step)
+        # The task's own headline metrics (accuracy and macro-F1 for single-label; EM and F1 for QA).
+        names = [m for m in getattr(inputs.task, "headline_metrics", ("loss", "accuracy", "macro_f1")) if m != "loss"][:2]
         rows: list[list[Cell]] = []
         for r in shown:
             cells: list[Cell] = [
                 fmt_int(r["step"]),
                 f"{float(r['epoch']):.2f}" if finite(r.get("epoch")) else "–",
                 fmt_score(r.get("loss")),
-                fmt_score(r.get("accuracy")),
-                fmt_score(r.get("macro_f1")),
+                *(fmt_score(r.get(name)) for name in names),
             ]
             if best_step is not None and r["step"] == best_step:
                 cells = [Strong(c) if isinstance(c, str) else c for c in cells]
@@ -319,7 +323,8 @@ def _training_section(
             title += f" ({len(shown)} of {len(evals)} evaluations)"
         blocks.append(Paragraph([Strong(title)]))
         blocks.append(
-            Table(["step", "epoch", "loss", "accuracy", "macro-F1"], rows, ["r"] * 5)
+            Table(["step", "epoch", "loss", *(_METRIC_NAMES.get(n, n.replace("_", " ")) for n in names)], rows,
+                  ["r"] * (3 + len(names)))
         )
     if not train and not evals:
         blocks.append(Paragraph(["No training history was recorded."], muted=True))
