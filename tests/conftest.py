@@ -82,8 +82,10 @@ def write_csv(path: Path, rows, header=("text", "label")) -> Path:
     return path
 
 
-def build_tiny_model_dir(directory: Path, seed: int = 0, dropout: float = 0.1) -> Path:
-    """A random 2-layer BERT with a word-level WordPiece vocabulary, saved like a pretrained encoder."""
+def build_tiny_model_dir(directory: Path, seed: int = 0, dropout: float = 0.1, words: list[str] | None = None,
+                         max_position_embeddings: int = 64) -> Path:
+    """A random 2-layer BERT with a word-level WordPiece vocabulary, saved like a pretrained encoder.
+    words: the vocabulary after the special tokens (default: the sentiment words and the letters)."""
     import json
 
     import torch
@@ -95,12 +97,13 @@ def build_tiny_model_dir(directory: Path, seed: int = 0, dropout: float = 0.1) -
     from bertfit.tokenizer import WordPieceTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + POSITIVE + NEGATIVE + list("abcdefghijklmnopqrstuvwxyz")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
+        words if words is not None else WORDS + POSITIVE + NEGATIVE + list("abcdefghijklmnopqrstuvwxyz"))
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}), encoding="utf-8")
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                        intermediate_size=64, max_position_embeddings=max_position_embeddings, hidden_dropout_prob=dropout,
                         attention_probs_dropout_prob=dropout)
     model = BertForSequenceClassification(config.with_labels(["x", "y"]))
     state = {k: v for k, v in to_transformers_state_dict(model).items() if not k.startswith("classifier.")}

@@ -50,6 +50,10 @@ def _rows(task: str, n: int, seed: int) -> list[dict]:
             k = rng.randint(0, 3)
             words = rng.sample(POSITIVE, k) + rng.sample(NEGATIVE, 3 - k)
             rows.append({"text": _text(rng, words[:2]), "text_pair": _text(rng, words[2:]), "score": k * 5 / 3})
+        elif task == "ner":  # sentiment words are the entities: POS (positive) and NEG (negative)
+            words = _text(rng, [rng.choice(POSITIVE), rng.choice(NEGATIVE)]).split()
+            tags = ["B-POS" if w in POSITIVE else "B-NEG" if w in NEGATIVE else "O" for w in words]
+            rows.append({"text": " ".join(words), "tokens": words, "tags": tags})
         elif task == "qa":  # the sentiment word of the context answers "the good" / "the bad"
             ask = rng.choice(["good", "bad"])
             answer = rng.choice(POSITIVE if ask == "good" else NEGATIVE)
@@ -57,6 +61,25 @@ def _rows(task: str, n: int, seed: int) -> list[dict]:
             rows.append({"question": "the " + ask, "context": context, "text": "the " + ask, "text_pair": context,
                          "answers": {"text": [answer], "answer_start": [(" " + context + " ").index(f" {answer} ")]}})
     return rows
+
+
+def _flat(outputs) -> np.ndarray:
+    """Outputs per example as one array: (N, L), a token task's per-word rows stacked, or question
+    answering's gathered answers as (N, 3) start, end and score."""
+    if isinstance(outputs, np.ndarray):
+        return outputs
+    if hasattr(outputs, "predictions"):
+        return np.array([[p.start, p.end, p.score] for p in outputs.predictions], dtype=np.float64)
+    return np.concatenate([np.asarray(o) for o in outputs])
+
+
+def _truth(task, rows: list[dict]):
+    """What the task's evaluate compares outputs with, from the rows' labels."""
+    if "tags" in rows[0]:
+        return [tuple(r["tags"]) for r in rows]
+    if "answers" in rows[0]:
+        return [r["answers"]["text"] for r in rows]
+    return task.targets([task.parse_label(r.get("label", r.get("labels", r.get("score"))), {}) for r in rows])
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -79,7 +102,7 @@ def _train(tmp_path: Path, model_dir: Path, task: str, **settings) -> tuple[Path
 def test_registry_is_complete():
     from bertfit.config import BertConfig
 
-    assert set(TASKS) == {"single-label", "multi-label", "regression", "qa"}
+    assert set(TASKS) == {"single-label", "multi-label", "regression", "ner", "qa"}
     for name, cls in TASKS.items():
         assert issubclass(cls, Task) and cls.name == name and not inspect.isabstract(cls), name
         assert cls.head in HEADS and cls.problem_type in PROBLEM_TYPES
@@ -102,21 +125,9 @@ def _sample(cls: type[Task]) -> tuple[list[str], object, object]:
         windows = QAWindows([Encoded([2, 5, 3], [0, 0, 0], False)], np.array([0]), np.array([1]), [np.array([[0, 1]])],
                             [np.array([0])], [np.array([True])], ["a"], ["q"], np.zeros((1, 2), np.int64), np.array([1]))
         return ["start", "end"], QAOutputs([QAPrediction("a", 0, 1, 1.0, 2.0, -1.0)], 0.5, windows), [["a"]]
+    if cls.name == "ner":  # per word: one (words, L) array per sentence; targets are the tags
+        return ["O", "B-a", "I-a"], [np.zeros((2, 3), np.float32), np.zeros((1, 3), np.float32)], [("B-a", "O"), ("O",)]
     return ["a", "b"], np.zeros((2, 2), np.float32), cls(["a", "b"]).targets(_labels_for(cls))
-
-
-def _flat(outputs) -> np.ndarray:
-    """Outputs per example as one array: (N, L); question answering's gathered spans as (N, 2) offsets."""
-    if isinstance(outputs, np.ndarray):
-        return outputs
-    return np.array([[p.start, p.end, p.score] for p in outputs.predictions], dtype=np.float64)
-
-
-def _truth(task, rows: list[dict]):
-    """What the task's evaluate compares outputs with, from the rows' labels."""
-    if "answers" in rows[0]:
-        return [r["answers"]["text"] for r in rows]
-    return task.targets([task.parse_label(r.get("label", r.get("labels", r.get("score"))), {}) for r in rows])
 
 
 def _labels_for(cls: type[Task]) -> list:
@@ -132,7 +143,7 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     run, rows = _train(tmp_path, tiny_model_dir, task)
     saved = json.loads((run / "task.json").read_text())
     assert saved["task"] == task
-    # config.json tells transformers the head (problem_type, or the architecture for a span head).
+    # config.json tells transformers the head (problem_type, or the architecture for a token or span head).
     assert BertConfig.from_json_file(run / "config.json").problem_type == TASKS[task].problem_type
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"validation", "test"} and metrics["test"]["n"] > 0
@@ -195,6 +206,9 @@ def _check_served(run: Path, tmp_path: Path, texts: list[str], pairs: list[str] 
                 assert got[key] == pytest.approx(value, abs=1e-4)
             elif isinstance(value, dict):
                 assert got[key] == pytest.approx(value, abs=1e-4)
+            elif isinstance(value, list) and value and isinstance(value[0], dict):  # entities: scores to 1e-4
+                assert [{k: pytest.approx(v, abs=1e-4) if isinstance(v, float) else v for k, v in e.items()}
+                        for e in value] == got[key]
             elif key != "labels":  # multi-label: a probability within 1e-4 of its threshold may flip
                 assert got[key] == value
     assert info["labels"] == json.loads((run / "task.json").read_text())["labels"]

@@ -6,4 +6,12 @@ __version__ = "0.1.0"
 
 from bertfit.errors import BertfitError
 
-__all__ = ["BertfitError", "__version__"]
+__all__ = ["BertfitError", "__version__", "load"]
+
+
+def load(run, **options):
+    """A trained run directory (or export) as a predictor: ``bertfit.load(RUN).predict(texts)``.
+    options: those of predict.TextClassifier.load (device, engine, int8). Imports torch on call."""
+    from bertfit.predict import TextClassifier
+
+    return TextClassifier.load(run, **options)

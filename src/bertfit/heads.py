@@ -18,24 +18,13 @@ from bertfit.config import BertConfig
 from bertfit.model import BertModel
 
 
-class BertForSequenceClassification(nn.Module):
-    """Dropout + linear on the sentence vector: one output per class, per label or per target.
+class _LinearHead(nn.Module):
+    """The encoder, dropout and one linear layer: what every classification head is made of."""
 
-    The sentence vector is the pooled [CLS] vector by default (the original BERT recipe, and what
-    transformers' BertForSequenceClassification computes, so a saved run loads there unchanged);
-    ``classifier_input="cls"`` feeds the raw final [CLS] hidden state instead. The same head serves
-    single-label and multi-label classification and regression: ``config.problem_type`` says how its
-    outputs are read (softmax, sigmoid per label, values), exactly as in transformers.
-    """
-
-    needs: ClassVar[str] = "cls"
-    weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
-
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, minimum: int, what: str) -> None:
         super().__init__()
-        minimum = 1 if config.problem_type != "single_label_classification" else 2
         if config.num_labels < minimum:
-            raise ValueError(f"a {config.problem_type} head needs at least {minimum} labels, got {config.labels}")
+            raise ValueError(f"a {what} head needs at least {minimum} labels, got {config.labels}")
         self.config = config
         self.bert = BertModel(config)
         dropout = config.classifier_dropout
@@ -46,6 +35,24 @@ class BertForSequenceClassification(nn.Module):
     def reset_classifier(self) -> None:
         nn.init.normal_(self.classifier.weight, std=self.config.initializer_range)
         nn.init.zeros_(self.classifier.bias)
+
+
+class BertForSequenceClassification(_LinearHead):
+    """Dropout + linear on the sentence vector: one output per class, per label or per target.
+
+    The sentence vector is the pooled [CLS] vector by default (the original BERT recipe, and what
+    transformers' BertForSequenceClassification computes, so a saved run loads there unchanged);
+    ``classifier_input="cls"`` feeds the raw final [CLS] hidden state instead. The same head serves
+    single-label and multi-label classification and regression: ``config.problem_type`` says how its
+    outputs are read (softmax, sigmoid per label, values), exactly as in transformers.
+    """
+
+    needs: ClassVar[str] = "cls"
+    problem_types: ClassVar[tuple[str, ...]] = ("single_label_classification", "multi_label_classification", "regression")
+    weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config, 1 if config.problem_type != "single_label_classification" else 2, config.problem_type)
 
     def forward(
         self,
@@ -84,6 +91,55 @@ def sequence_loss(logits: Tensor, targets: Tensor, problem_type: str, *, class_w
         total = F.mse_loss(logits, targets.float().view_as(logits), reduction="sum")
         return total, torch.tensor(float(targets.numel()))
     raise ValueError(f"unknown problem_type {problem_type!r}")
+
+
+class BertForTokenClassification(_LinearHead):
+    """Dropout + linear on every token's final hidden state: (B, T, num_labels), as transformers'
+    BertForTokenClassification (same ``classifier.*`` names, so a run loads there unchanged).
+
+    It needs every position, so the encoder's [CLS]-only last layer never applies; padding removal
+    still does (the encoder returns zeros at padding, whose logits the caller ignores).
+    """
+
+    needs: ClassVar[str] = "tokens"
+    problem_types: ClassVar[tuple[str, ...]] = ("token_classification",)
+    weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
+    architecture: ClassVar[str] = "BertForTokenClassification"
+    uses_pooler: ClassVar[bool] = False  # saved without it, as transformers' token head has none
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config, 2, "token-classification")
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        fast: bool = True,
+        cls_only: bool | None = None,
+    ) -> Tensor:
+        """Logits (B, T, num_labels). cls_only is accepted for the common signature and must be falsy."""
+        if cls_only:
+            raise ValueError("a token head needs every position; cls_only does not apply")
+        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, cls_only=False)
+        return self.classifier(self.dropout(out.last_hidden_state))  # (B, T, L)
+
+
+def token_loss(logits: Tensor, targets: Tensor, *, class_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(summed loss, weight) over the labelled tokens (targets -100 are ignored): the ratio is
+    transformers' mean cross-entropy; with class weights, Σ w_y · nll over Σ w_y as torch computes it."""
+    flat_logits = logits.float().reshape(-1, logits.shape[-1])
+    flat = targets.reshape(-1)
+    total = F.cross_entropy(flat_logits, flat, weight=class_weight, ignore_index=-100, reduction="sum")
+    return total, token_loss_weight(flat, class_weight)
+
+
+def token_loss_weight(targets: Tensor, class_weight: Tensor | None = None) -> Tensor:
+    labelled = targets[targets != -100]
+    if class_weight is None:
+        return torch.tensor(float(labelled.numel()))
+    return class_weight.to(labelled.device)[labelled].sum().float().cpu()
 
 
 class BertForQuestionAnswering(nn.Module):
@@ -145,4 +201,5 @@ def span_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # The registry: a task names its head by key. Heads of later tasks (token, span, pretraining) join here.
-HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification, "span": BertForQuestionAnswering}
+HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification,
+                                     "span": BertForQuestionAnswering}

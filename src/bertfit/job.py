@@ -297,7 +297,8 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
 
     # How this run read its files: export --check-file and evaluate read labelled files the same way.
     reading = {"label_map": config.label_map, "label_separator": config.label_separator,
-               "text_column": config.text_column, "pair_column": config.pair_column, "label_column": config.label_column}
+               "text_column": config.text_column, "pair_column": config.pair_column, "label_column": config.label_column,
+               "tag_column": config.tag_column, "tag_scheme": config.tag_scheme}
 
     def save_best(m, step: int) -> None:
         save_classifier(m, run.path, tokenizer=tokenizer)
@@ -358,9 +359,10 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
 
 def confident_mistakes(task: Task, outputs: np.ndarray, targets: np.ndarray, examples: Sequence[Example],
                        limit: int = 20) -> list[dict[str, Any]]:
-    """The task's worst errors with the texts and rows they came from."""
-    return [{**m, "text": examples[m["index"]].text, "text_pair": examples[m["index"]].text_pair,
-             "row": examples[m["index"]].row} for m in task.mistakes(outputs, targets, limit)]
+    """The task's worst errors with the texts and rows they came from (a task may give its own text,
+    e.g. the sentence with the wrong entity marked)."""
+    return [{"text": examples[m["index"]].text, "text_pair": examples[m["index"]].text_pair,
+             "row": examples[m["index"]].row, **m} for m in task.mistakes(outputs, targets, limit)]
 
 
 def write_run_report(run: RunDir, config: TrainConfig, prepared: PreparedData, result: TrainResult,

@@ -408,6 +408,22 @@ class WordPieceTokenizer:
                 self._max_length = None
             return self._tokenizer.encode(text, add_special_tokens=False).tokens
 
+    def encode_words(self, sentences: Sequence[Sequence[str]]) -> list[tuple[list[int], list[int]]]:
+        """Pre-split words → (subword ids, index of the word each subword belongs to), per sentence.
+
+        No special tokens and no truncation: token-level tasks place [CLS]/[SEP] and cut windows
+        themselves. A word the normaliser empties (a lone zero-width character) has no subword.
+        """
+        if not sentences:
+            return []
+        with self._lock:
+            if self._max_length is not None:
+                self._tokenizer.no_truncation()
+                self._max_length = None
+            encodings = self._tokenizer.encode_batch([list(s) for s in sentences], is_pretokenized=True,
+                                                     add_special_tokens=False)
+        return [(e.ids, [w for w in e.word_ids]) for e in encodings]
+
     # ---------------------------------------------------------------------------------- saving
 
     def save(self, directory: str | os.PathLike[str]) -> None:

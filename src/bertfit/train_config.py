@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 
 # Every task's selectable metrics (tasks/*.py metric_names); the task checks its own at the start.
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
-           "pearson", "spearman", "r2", "rmse", "mae", "exact_match", "f1", "loss")
-PROBLEM_TYPES = ("single-label", "multi-label", "regression", "qa")
+           "pearson", "spearman", "r2", "rmse", "mae", "f1", "macro_f1", "precision", "recall", "token_accuracy", "exact_match", "loss")
+PROBLEM_TYPES = ("single-label", "multi-label", "regression", "ner", "qa")
+TAG_SCHEMES = ("auto", "iob1", "iob2", "bioes")
 # The quick default: a documented subset that fits the README's main job in minutes on 2 CPU cores.
 QUICK = {"max_train_examples": 6000, "epochs": 1.0, "eval_every": 0}
 
@@ -42,6 +43,11 @@ class TrainConfig:
     problem_type: str | None = None
     label_separator: str = ","  # splits a multi-label (or multi-target) cell such as "anger,joy"
     threshold: float | None = None  # multi-label: one fixed threshold; None = tuned per label on validation
+    # NER (tasks/ner.py): CoNLL tag column, tag scheme, subword labels, windows over long sentences
+    tag_column: int = -1
+    tag_scheme: str = "auto"
+    label_all_subwords: bool = False
+    window_stride: int | None = None  # subwords between window starts; None: half a window
     doc_stride: int = 128  # question answering: tokens of overlap between windows over a long context
     encoding: str | None = None
     skip_bad_rows: bool = False
@@ -126,6 +132,11 @@ class TrainConfig:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {_show(self.metric)}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {_show(self.problem_type)}")
+        if self.tag_scheme not in TAG_SCHEMES:
+            raise ConfigError(f"tag_scheme must be one of {', '.join(TAG_SCHEMES)}, got {_show(self.tag_scheme)}")
+        if self.window_stride is not None and self.window_stride > self.max_length - 2:
+            raise ConfigError(f"window_stride must be at most max_length - 2 = {self.max_length - 2} (the window's "
+                              f"subwords), got {self.window_stride}; a larger stride would skip subwords")
         if not isinstance(self.label_separator, str) or len(self.label_separator) != 1 or (
                 self.label_separator.isspace() and self.label_separator != "\t"):
             raise ConfigError(f"label_separator must be one character, got {_show(self.label_separator)}")
@@ -266,7 +277,8 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "save_every": (1, _INT_MAX), "eval_batch_tokens": (1, _INT_MAX), "max_chars": (1, _INT_MAX),
     "keep_checkpoints": (1, 1_000_000), "bucket_window": (1, 1_000_000), "max_steps": (1, _INT_MAX),
     "max_train_examples": (1, _INT_MAX), "max_eval_examples": (1, _INT_MAX), "patience": (1, _INT_MAX),
-    "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1), "doc_stride": (0, 510),
+    "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1),
+    "tag_column": (-1000, 1000), "window_stride": (1, 510), "doc_stride": (0, 510),
 }
 #: Real-number settings: (low, high, whether high itself is excluded); low is always included,
 #: except for the settings in _POSITIVE, which must be above it.
@@ -276,9 +288,10 @@ _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "classifier_dropout": (0.0, 1.0, True), "threshold": (0.0, 1.0, True),
 }
 _POSITIVE = {"epochs", "lr", "adam_eps", "threshold"}
-_OPTIONAL = {"threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience", "threads", "classifier_dropout",
+_OPTIONAL = {"window_stride", "threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience", "threads", "classifier_dropout",
              "train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding"}
-_BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header", "gradient_checkpointing")
+_BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header", "gradient_checkpointing",
+          "label_all_subwords")
 _STRINGS = ("train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding",
             "model", "output_dir")
 

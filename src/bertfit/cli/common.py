@@ -48,8 +48,8 @@ TRAIN_HELP: dict[str, str] = {
     "class_weights": "'balanced', or one weight per label in label order, e.g. 1 2 1",
     "eval_every": "evaluate on validation every N steps (0: only at each epoch's end)",
     "eval_each_epoch": "evaluate at the end of every epoch",
-    "metric": "validation metric that picks the best checkpoint: macro_f1, accuracy, weighted_f1, loss "
-              "(qa: f1, exact_match)",
+    "metric": "validation metric that picks the best checkpoint (default: the task's own: macro_f1, pearson, entity f1 "
+              "for ner, f1 for qa)",
     "patience": "stop after this many evaluations without improvement",
     "eval_batch_tokens": "token budget of an evaluation batch",
     "output_dir": "the run directory (model, metrics, report, checkpoints)",
@@ -64,9 +64,14 @@ TRAIN_HELP: dict[str, str] = {
     "gradient_checkpointing": "recompute each encoder layer's activations in the backward: less memory for large "
                               "models or batches, about a third more compute, the same results",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
-    "problem_type": "single-label, multi-label, regression, or qa (extractive question answering on SQuAD-style "
-                    "JSON/JSONL) (default: detected from the labels, and logged)",
-    "doc_stride": "question answering: tokens of overlap between the windows a long context is cut into",
+    "problem_type": "the task: single-label, multi-label, regression, ner or qa (extractive question answering on "
+                    "SQuAD-style JSON/JSONL) (default: detected from the labels, and logged; --problem-type is the same flag)",
+    "doc_stride": "qa: tokens of overlap between the windows a long context is cut into",
+    "tag_column": "ner: the CoNLL column holding the tag (0-based; -1: the last)",
+    "tag_scheme": "ner: the files' tag scheme: auto, iob1, iob2 or bioes (read into IOB2; invalid tags repaired)",
+    "label_all_subwords": "ner: label every subword of a word (the I- form after the first) instead of the first only",
+    "window_stride": "ner: subwords between the starts of overlapping windows over a sentence longer than "
+                     "max-length (default: half a window)",
     "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",
     "threshold": "multi-label: one fixed decision threshold for every label (default: tuned per label on validation)",
 }

@@ -138,27 +138,42 @@ def _stdin_lines(encoding: str | None) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
+def _predict_columns(classifier, args: argparse.Namespace, table, inputs: list[str]) -> list[dict]:
+    """Predictions for a table's text (and pair) column, or a task's own list column (NER tokens)."""
+    from bertfit.data import predict_columns
+
+    if inputs and args.text_column is None and not any(c in table.columns for c in ("text",)):
+        column, pair_column = inputs[0], None
+    else:
+        column, pair_column = predict_columns(table, args.text_column, args.pair_column)
+    texts = ["" if row.get(column) is None else str(row.get(column)) for row in table.rows]
+    pairs = [str(row.get(pair_column) or "") for row in table.rows] if pair_column else None
+    items: list = list(texts)
+    for i, row in enumerate(table.rows):
+        given = next(({c: row[c]} for c in inputs if isinstance(row.get(c), list)), None)
+        if given is not None:
+            items[i] = given  # e.g. {"tokens": [...]}: the task's inputs() takes it as is
+    empty = sum(1 for t, item in zip(texts, items) if isinstance(item, str) and not t.strip())
+    if empty:
+        logger.warning("%s: %d rows have an empty %r; they are still labelled (from [CLS] [SEP] alone)", args.file, empty, column)
+    return classifier.predictions(items if pairs is None else texts, pairs, max_tokens=args.batch_tokens)
+
+
 def _predict_file(classifier, args: argparse.Namespace) -> int:
-    from bertfit.data import predict_columns, read_table, write_table
+    from bertfit.data import read_table, write_table
 
     source = Path(args.file)
     output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
     check_output_file(output, source, "--output")
     table = read_table(args.file, encoding=args.encoding, **header_options(args))
-    # Columns a task reads instead of text (question answering: "question" and "context").
+    # Columns a task reads besides text (NER: "tokens", pre-tokenised words as a JSON list; question
+    # answering: "question" and "context", each row one {"question", "context"} input).
     inputs = [c for c in getattr(classifier.task, "input_columns", ()) if c in table.columns]
-    if inputs and len(inputs) == len(classifier.task.input_columns) and args.text_column is None:
+    if len(inputs) > 1 and len(inputs) == len(classifier.task.input_columns) and args.text_column is None:
         items: list = [{c: row.get(c) for c in inputs} for row in table.rows]  # the task's inputs() checks them
         predictions = classifier.predictions(items, max_tokens=args.batch_tokens)
     else:
-        column, pair_column = predict_columns(table, args.text_column, args.pair_column)
-        texts = ["" if row.get(column) is None else str(row.get(column)) for row in table.rows]
-        pairs = [str(row.get(pair_column) or "") for row in table.rows] if pair_column else None
-        empty = sum(1 for t in texts if not t.strip())
-        if empty:
-            logger.warning("%s: %d rows have an empty %r; they are still labelled (from [CLS] [SEP] alone)", args.file,
-                           empty, column)
-        predictions = classifier.predictions(texts, pairs, max_tokens=args.batch_tokens)
+        predictions = _predict_columns(classifier, args, table, inputs)
     extra_columns = classifier.task.output_names()
     extra_rows = [_rounded(classifier.task.columns(record)) for record in predictions]
     written = write_table(table, output, extra_columns, extra_rows, csv_guard=args.csv_guard)

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif f.name == "problem_type":
             from bertfit.train_config import PROBLEM_TYPES
 
-            parser.add_argument(flag, choices=PROBLEM_TYPES, default=None, help=help_text)
+            parser.add_argument("--task", flag, dest=f.name, choices=PROBLEM_TYPES, default=None, help=help_text)
         else:
             kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)

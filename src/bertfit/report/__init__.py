@@ -259,9 +259,6 @@ def _thin(rows: list[Mapping[str, Any]], keep_step: int | None) -> list[Mapping[
     return [rows[i] for i in sorted(picked)]
 
 
-_METRIC_NAMES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "f1": "F1", "exact_match": "exact match"}
-
-
 def _training_section(
     inputs: ReportInputs, curves: str | None, plot_note: str | None
 ) -> list[Block]:
@@ -305,15 +302,13 @@ def _training_section(
     if evals:
         best_step = inputs.best.get("step") if inputs.best else None
         shown = _thin(evals, best_step)
-        # The task's own headline metrics (accuracy and macro-F1 for single-label; EM and F1 for QA).
-        names = [m for m in getattr(inputs.task, "headline_metrics", ("loss", "accuracy", "macro_f1")) if m != "loss"][:2]
         rows: list[list[Cell]] = []
         for r in shown:
             cells: list[Cell] = [
                 fmt_int(r["step"]),
                 f"{float(r['epoch']):.2f}" if finite(r.get("epoch")) else "–",
                 fmt_score(r.get("loss")),
-                *(fmt_score(r.get(name)) for name in names),
+                *(fmt_score(r.get(name)) for name in curve_metrics(inputs.task)),
             ]
             if best_step is not None and r["step"] == best_step:
                 cells = [Strong(c) if isinstance(c, str) else c for c in cells]
@@ -323,8 +318,8 @@ def _training_section(
             title += f" ({len(shown)} of {len(evals)} evaluations)"
         blocks.append(Paragraph([Strong(title)]))
         blocks.append(
-            Table(["step", "epoch", "loss", *(_METRIC_NAMES.get(n, n.replace("_", " ")) for n in names)], rows,
-                  ["r"] * (3 + len(names)))
+            Table(["step", "epoch", "loss", *(name.replace("_", "-") for name in curve_metrics(inputs.task))], rows,
+                  ["r"] * 5)
         )
     if not train and not evals:
         blocks.append(Paragraph(["No training history was recorded."], muted=True))
@@ -342,6 +337,16 @@ def _results_section(inputs: ReportInputs, plots: Plotter) -> list[Block]:
         outputs, targets = inputs.outputs.get(split, (None, None))
         blocks += inputs.task.report_sections(m, split, plots, outputs=outputs, targets=targets)
     return blocks
+
+
+def curve_metrics(task: Any) -> tuple[str, str]:
+    """The two validation metrics the curves and the training table show: the task's first headline
+    metric other than loss, and the metric that selects its best checkpoint."""
+    if task is None:
+        return ("accuracy", "macro_f1")
+    default = getattr(task, "default_metric", "macro_f1")
+    others = [m for m in getattr(task, "headline_metrics", ()) if m not in ("loss", default)]
+    return (others[0] if others else default, default)
 
 
 def _mistakes_section(inputs: ReportInputs) -> list[Block]:
@@ -419,7 +424,7 @@ def write_report(run_dir: Path, inputs: ReportInputs) -> Path:
     plots = Plotter(plots_dir, inputs.model_name, notes)
     plot_note = plots.note
     curves = plots.draw("training_curves", "training curves",
-                        lambda path, title: plot_training_curves(inputs.history, path))
+                        lambda path, title: plot_training_curves(inputs.history, path, curve_metrics(inputs.task)))
     if not plots.available:
         logger.warning("matplotlib is not installed; %s", PLOTS_SKIPPED)
         notes.append(PLOTS_SKIPPED)

@@ -189,9 +189,11 @@ def smoothed(values: Sequence[float]) -> list[float] | None:
     return out
 
 
-def plot_training_curves(history: list[dict], path: Path) -> Path | None:
-    """Two panels: training loss (raw per logged step and smoothed) with validation loss, and
-    validation accuracy and macro-F1, all against the optimiser step.
+def plot_training_curves(history: list[dict], path: Path,
+                         metrics: tuple[str, str] = ("accuracy", "macro_f1")) -> Path | None:
+    """Two panels: training loss (raw per logged step and smoothed) with validation loss, and two
+    validation metrics (the task's: accuracy and macro-F1 for classifiers; the second one gets the
+    best-point star), all against the optimiser step.
 
     Returns the PNG path, or None when matplotlib is missing or there is nothing to plot.
     """
@@ -234,17 +236,19 @@ def plot_training_curves(history: list[dict], path: Path) -> Path | None:
         if losses or val_losses:
             loss_ax.legend(loc="best", fontsize=9, framealpha=0.85)
 
-        acc_steps, accs = series(evals, "accuracy")
-        f1_steps, f1s = series(evals, "macro_f1")
+        first, second = metrics
+        names = {"macro_f1": "macro-F1", "f1": "entity F1"}
+        acc_steps, accs = series(evals, first)
+        f1_steps, f1s = series(evals, second)
         if accs:
-            metric_ax.plot(acc_steps, accs, color="C2", marker="o", markersize=4, label="accuracy")
+            metric_ax.plot(acc_steps, accs, color="C2", marker="o", markersize=4, label=names.get(first, first))
         if f1s:
-            metric_ax.plot(f1_steps, f1s, color="C3", marker="s", markersize=4, label="macro-F1")
+            metric_ax.plot(f1_steps, f1s, color="C3", marker="s", markersize=4, label=names.get(second, second))
             best = max(range(len(f1s)), key=f1s.__getitem__)
             metric_ax.plot(
                 f1_steps[best], f1s[best], marker="*", markersize=14, color="C3",
                 markeredgecolor="black", linestyle="none", zorder=5,
-                label=f"best macro-F1 {f1s[best]:.3f} (step {f1_steps[best]:,})",
+                label=f"best {names.get(second, second)} {f1s[best]:.3f} (step {f1_steps[best]:,})",
             )
         if accs or f1s:
             metric_ax.legend(loc="best", fontsize=9, framealpha=0.85)

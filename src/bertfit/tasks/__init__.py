@@ -15,6 +15,7 @@ from bertfit.errors import ConfigError
 from bertfit.tasks.base import LabelProblem, Task
 from bertfit.tasks.classify import SingleLabel
 from bertfit.tasks.multilabel import MultiLabel
+from bertfit.tasks.ner import NER
 from bertfit.tasks.qa import QuestionAnswering
 from bertfit.tasks.regression import Regression
 
@@ -24,6 +25,7 @@ TASKS: dict[str, type[Task]] = {
     SingleLabel.name: SingleLabel,
     MultiLabel.name: MultiLabel,
     Regression.name: Regression,
+    NER.name: NER,
     QuestionAnswering.name: QuestionAnswering,
 }
 BY_PROBLEM_TYPE: dict[str, type[Task]] = {task.problem_type: task for task in TASKS.values()}

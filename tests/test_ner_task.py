@@ -1,0 +1,254 @@
+"""NER end to end on a tiny model: a learnable synthetic task, prediction offsets, files, transformers."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import build_tiny_model_dir
+
+FILLER = "the a this that we they saw met visited near with from and today yesterday said".split()
+FIRST = "john mary peter anna paul lisa mark sara".split()
+LAST = "smith jones brown miller".split()
+CITIES = "paris london berlin rome madrid tokyo".split()
+ORGS = "acme globex initech umbrella".split()
+WORDS = FILLER + FIRST + LAST + CITIES + ORGS + ["corp", "inc", "."]
+
+
+def synthetic_sentence(rng: random.Random) -> tuple[list[str], list[str]]:
+    """Filler words with 1-3 entities: PER (a first name, maybe a last name), LOC (a city), ORG (a name + corp/inc)."""
+    words, tags = [], []
+    for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(0, 4)):
+            words.append(rng.choice(FILLER))
+            tags.append("O")
+        kind = rng.choice(["PER", "LOC", "ORG"])
+        if kind == "PER":
+            entity = [rng.choice(FIRST)] + ([rng.choice(LAST)] if rng.random() < 0.5 else [])
+        elif kind == "LOC":
+            entity = [rng.choice(CITIES)]
+        else:
+            entity = [rng.choice(ORGS), rng.choice(["corp", "inc"])]
+        words += entity
+        tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(entity) - 1)
+    words.append(".")
+    tags.append("O")
+    return words, tags
+
+
+def write_conll(path, n: int, seed: int):
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n):
+            words, tags = synthetic_sentence(rng)
+            f.write("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ner_model_dir(tmp_path_factory):
+    return build_tiny_model_dir(tmp_path_factory.mktemp("ner-bert"), words=WORDS, max_position_embeddings=128)
+
+
+@pytest.fixture(scope="module")
+def ner_run(tmp_path_factory, ner_model_dir):
+    """A tiny model trained on the synthetic task (shared by the tests below)."""
+    from bertfit.job import fine_tune
+    from bertfit.train_config import TrainConfig
+
+    d = tmp_path_factory.mktemp("ner-data")
+    config = TrainConfig(train_file=str(write_conll(d / "train.conll", 400, 1)),
+                         validation_file=str(write_conll(d / "dev.conll", 60, 2)),
+                         test_file=str(write_conll(d / "test.conll", 100, 3)), problem_type="ner",
+                         model=str(ner_model_dir), max_steps=100, batch_size=16, lr=3e-3, warmup_ratio=0.1, threads=1,
+                         max_length=32, eval_every=50, save_every=50, seed=0, output_dir=str(d / "run"))
+    return fine_tune(config)
+
+
+def test_tiny_model_learns_synthetic_ner(ner_run):
+    test = ner_run.metrics["test"]
+    assert test["f1"] >= 0.95, test
+    assert set(test["per_type"]) == {"PER", "LOC", "ORG"}
+    report = ner_run.report.read_text(encoding="utf-8")
+    assert "Entity-type confusion" in report and "entity type" in report
+
+
+def test_predict_offsets_point_into_the_input(ner_run):
+    import bertfit.predict as predict_mod
+
+    model = predict_mod.TextClassifier.load(ner_run.run_dir)
+    text = "yesterday  John Smith visited Paris and PARIS with acme corp ."
+    (record,) = model.predictions([text])
+    found = {(e["type"], e["text"]) for e in record["entities"]}
+    assert ("PER", "John Smith") in found and ("LOC", "Paris") in found and ("ORG", "acme corp") in found
+    for e in record["entities"]:
+        assert text[e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1
+    # Repeated words get their own offsets.
+    assert sorted(e["start"] for e in record["entities"] if e["type"] == "LOC") == [text.index("Paris"), text.index("PARIS")]
+    # Pre-tokenised input: word indices.
+    (tokens,) = model.predictions([{"tokens": ["we", "met", "mary", "jones", "in", "rome"]}])
+    assert {(e["type"], e["start"], e["end"], e["text"]) for e in tokens["entities"]} == {
+        ("PER", 2, 4, "mary jones"), ("LOC", 5, 6, "rome")}
+    assert model.predictions([""])[0]["entities"] == []
+    # The Python API's answer per text is its entity list.
+    import bertfit
+
+    (answer,) = bertfit.load(ner_run.run_dir, engine="pytorch").predict([text])
+    assert [{**e, "score": pytest.approx(e["score"], abs=1e-5)} for e in record["entities"]] == answer
+
+
+def test_long_sentence_is_windowed_not_truncated(ner_run):
+    from bertfit.predict import TextClassifier
+
+    model = TextClassifier.load(ner_run.run_dir)
+    assert model.max_length == 32
+    text = " ".join(["we met john smith in paris ."] * 12)  # 84 words, ~2.6 windows of 30
+    (record,) = model.predictions([text])
+    per = [e for e in record["entities"] if e["type"] == "PER"]
+    assert len(per) == 12 and per[-1]["start"] > 300  # entities after the first window are found
+
+
+def test_transformers_loads_the_run_and_the_pipeline_agrees(ner_run):
+    transformers = pytest.importorskip("transformers")
+    from bertfit.predict import TextClassifier
+
+    hf, info = transformers.AutoModelForTokenClassification.from_pretrained(ner_run.run_dir, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(ner_run.run_dir)
+    pipe = transformers.pipeline("token-classification", model=hf, tokenizer=tokenizer, aggregation_strategy="first")
+    rng = random.Random(9)
+    texts = [" ".join(synthetic_sentence(rng)[0]) for _ in range(30)] + ["Anna Brown flew from Tokyo to Berlin ."]
+    ours = TextClassifier.load(ner_run.run_dir).predictions(texts)
+    for text, record, theirs in zip(texts, ours, pipe(texts)):
+        assert sorted((e["type"], e["start"], e["end"]) for e in record["entities"]) == \
+            sorted((e["entity_group"], e["start"], e["end"]) for e in theirs), text
+        for a, b in zip(sorted(record["entities"], key=lambda e: e["start"]), sorted(theirs, key=lambda e: e["start"])):
+            assert a["score"] == pytest.approx(float(b["score"]), abs=1e-4)
+
+
+def test_stitched_windows_equal_one_large_window(ner_model_dir):
+    """With attention and positions switched off, a token's logits do not depend on its window, so a
+    windowed sentence must give exactly the tags (and logits) of one window large enough."""
+    import torch
+
+    from bertfit.checkpoints import load_classifier
+    from bertfit.inference import predict_logits
+    from bertfit.tasks.ner import NER
+    from bertfit.tokenizer import WordPieceTokenizer
+
+    task = NER(["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
+    model = load_classifier(ner_model_dir, task.labels, problem_type="token_classification").eval()
+    with torch.no_grad():
+        model.bert.embeddings.position.weight.zero_()
+        for layer in model.bert.layers:
+            layer.attention.output.weight.zero_()
+    tok = WordPieceTokenizer.from_dir(ner_model_dir)
+    items = [" ".join(random.Random(i).choices(WORDS, k=70)) for i in range(3)]
+    sentences = task.inputs(items)
+    whole = task.gather(big := task.encode(tok, sentences, 128), predict_logits(model, big.encoded, tok.pad_id, torch.device("cpu"), 4096))
+    for max_length, stride in [(16, 5), (20, None), (40, 38)]:
+        task.window_stride = stride
+        split = task.encode(tok, sentences, max_length)
+        assert len(split.encoded) > 3 and all(len(e.ids) <= max_length for e in split.encoded)
+        parts = task.gather(split, predict_logits(model, split.encoded, tok.pad_id, torch.device("cpu"), 4096))
+        for a, b in zip(parts, whole):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        assert task.decode(parts, split) == task.decode(whole, big)
+
+
+def test_unknown_types_in_validation_are_named(tmp_path, ner_model_dir):
+    from bertfit.errors import DataError
+    from bertfit.job import fine_tune
+    from bertfit.train_config import TrainConfig
+
+    write_conll(tmp_path / "train.conll", 30, 1)
+    (tmp_path / "dev.conll").write_text("paris\tB-LOC\n\nacme\tB-COMPANY\ncorp\tI-COMPANY\n", encoding="utf-8")
+    config = TrainConfig(train_file=str(tmp_path / "train.conll"), validation_file=str(tmp_path / "dev.conll"),
+                         problem_type="ner", model=str(ner_model_dir), max_steps=2, output_dir=str(tmp_path / "run"))
+    with pytest.raises(DataError, match=r"'COMPANY' \(line 3\)"):
+        fine_tune(config)
+
+
+def test_resume_class_weights_and_early_stopping(tmp_path, ner_model_dir):
+    """An interrupted NER run resumes to the same weights and history; class weights and early stopping
+    on entity micro-F1 (the default metric) work as for the classifier."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bertfit.job import fine_tune
+    from bertfit.train import Trainer
+    from bertfit.train_config import TrainConfig
+
+    train = write_conll(tmp_path / "train.conll", 120, 4)
+    dev = write_conll(tmp_path / "dev.conll", 30, 5)
+    config = TrainConfig(train_file=str(train), validation_file=str(dev), problem_type="ner", model=str(ner_model_dir),
+                         max_steps=16, batch_size=8, lr=3e-3, max_length=16, window_stride=6, eval_every=4,
+                         save_every=3, log_every=4, class_weights="balanced", patience=50, threads=1,
+                         output_dir=str(tmp_path / "a"))
+    reference = fine_tune(config)
+    assert reference.task.class_weight is not None and reference.task.class_weight[0] < reference.task.class_weight[1]
+    evals = [r for r in reference.train.history if r["kind"] == "eval"]
+    assert evals and all("f1" in r for r in evals)
+    assert json.loads((reference.run_dir / "task.json").read_text())["state"]["window_stride"] == 6
+    interrupted = config.replace(output_dir=str(tmp_path / "b"))
+    real_step, calls = Trainer._optimizer_step, {"n": 0}
+
+    def dying_step(self, group):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real_step(self, group)
+
+    Trainer._optimizer_step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fine_tune(interrupted)
+    finally:
+        Trainer._optimizer_step = real_step
+    resumed = fine_tune(interrupted, resume=True)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "examples_per_s")} for r in h]  # noqa: E731
+    assert strip(resumed.train.history) == strip(reference.train.history)
+    a, b = (load_file(str(r.run_dir / "model.safetensors")) for r in (reference, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Early stopping: with patience 1 a run stops at the first evaluation that does not improve entity F1.
+    stopped = fine_tune(config.replace(output_dir=str(tmp_path / "c"), patience=1, max_steps=200, lr=1e-2))
+    assert stopped.train.state.step < 200
+
+
+@pytest.mark.slow
+def test_pipeline_agrees_on_real_subwords(tmp_path, minilm_dir):
+    """MiniLM's WordPiece splits words into subwords, lowercases and strips accents: with a random token
+    head (many entities of every shape), bertfit and pipeline(aggregation_strategy="first") still
+    find the same entities with the same offsets and scores."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from bertfit.artifact import write_task
+    from bertfit.checkpoints import load_classifier, save_classifier
+    from bertfit.predict import TextClassifier
+    from bertfit.tasks.ner import NER, tag_names
+    from bertfit.tokenizer import WordPieceTokenizer
+
+    task = NER(tag_names(["DIS", "GENE", "LOC"]))
+    torch.manual_seed(3)
+    model = load_classifier(minilm_dir, task.labels, problem_type="token_classification")
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 0.5)  # confident, varied tags
+    save_classifier(model, tmp_path / "run", tokenizer=WordPieceTokenizer.from_dir(minilm_dir))
+    write_task(tmp_path / "run", task, max_length=128, reading={})
+    texts = ["Germline mutations in BRCA1 predispose to hereditary breast-ovarian cancer.",
+             "Zoë Saldaña visited Café Müller in Zürich, then São Paulo.",
+             "The adenomatous polyposis coli (APC) tumour-suppressor protein controls the Wnt pathway."]
+    ours = TextClassifier.load(tmp_path / "run", engine="pytorch").predictions(texts)
+    hf = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "run")
+    pipe = transformers.pipeline("token-classification", model=hf,
+                                 tokenizer=transformers.AutoTokenizer.from_pretrained(tmp_path / "run"),
+                                 aggregation_strategy="first")
+    assert sum(len(r["entities"]) for r in ours) > 6
+    for text, record, theirs in zip(texts, ours, pipe(texts)):
+        assert [(e["type"], e["start"], e["end"], e["text"]) for e in record["entities"]] == \
+            [(e["entity_group"], e["start"], e["end"], text[e["start"]:e["end"]]) for e in theirs]
+        assert [e["score"] for e in record["entities"]] == pytest.approx([float(e["score"]) for e in theirs], abs=1e-4)
