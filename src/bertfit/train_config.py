@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 # Every task's selectable metrics (tasks/*.py metric_names); the task checks its own at the start.
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
-           "pearson", "spearman", "r2", "rmse", "mae", "f1", "macro_f1", "precision", "recall", "token_accuracy", "loss")
-PROBLEM_TYPES = ("single-label", "multi-label", "regression", "ner")
+           "pearson", "spearman", "r2", "rmse", "mae", "f1", "macro_f1", "precision", "recall", "token_accuracy", "exact_match", "loss")
+PROBLEM_TYPES = ("single-label", "multi-label", "regression", "ner", "qa")
 TAG_SCHEMES = ("auto", "iob1", "iob2", "bioes")
 # The quick default: a documented subset that fits the README's main job in minutes on 2 CPU cores.
 # 6,000 tweets at lr 5e-5 gave 74.6% test accuracy, below the TF-IDF baseline's 75.8%; 16,000 at
@@ -50,6 +50,7 @@ class TrainConfig:
     tag_scheme: str = "auto"
     label_all_subwords: bool = False
     window_stride: int | None = None  # subwords between window starts (NER; --long-text windows); None: half a window
+    doc_stride: int = 128  # question answering: tokens of overlap between windows over a long context
     encoding: str | None = None
     skip_bad_rows: bool = False
     max_chars: int = 100_000
@@ -276,6 +277,13 @@ def resolve_config(file_values: Mapping[str, Any] | None, flag_values: Mapping[s
     values: dict[str, Any] = dict(QUICK) if quick else {}
     values.update(file_values or {})
     values.update({k: v for k, v in flag_values.items() if v is not None})
+    if "max_length" not in values and values.get("problem_type"):
+        # A task may need longer inputs than the sequence default (question answering: 384).
+        from bertfit.tasks import TASKS
+
+        task = TASKS.get(str(values["problem_type"]))
+        if task is not None and getattr(task, "default_max_length", None):
+            values["max_length"] = task.default_max_length
     return TrainConfig.from_dict(values, source="settings")
 
 
@@ -290,7 +298,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "max_train_examples": (1, _INT_MAX), "max_eval_examples": (1, _INT_MAX), "patience": (1, _INT_MAX),
     "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1), "split_seed": (0, 2**32 - 1),
     "tag_column": (-1000, 1000), "window_stride": (1, 510), "head_tokens": (1, 512), "max_windows": (1, 1024),
-    "seeds": (1, 100),
+    "seeds": (1, 100), "doc_stride": (0, 510),
 }
 #: Real-number settings: (low, high, whether high itself is excluded); low is always included,
 #: except for the settings in _POSITIVE, which must be above it.

@@ -32,7 +32,7 @@ TRAIN_HELP: dict[str, str] = {
     "max_train_examples": "train on a seeded, stratified subset of this many examples",
     "max_eval_examples": "evaluate on a seeded, stratified subset of this many validation/test examples",
     "model": "pretrained model: a directory, a hub id, or 'minilm-l6' (bundled all-MiniLM-L6-v2)",
-    "max_length": "tokens the model reads per sequence, [CLS] and [SEP] included (at most 512)",
+    "max_length": "truncate texts to this many tokens (at most 512; question answering: the window, default 384)",
     "truncation": "which tokens of a longer text are kept: head (the first), tail (the last), or head+tail "
                   "(the first --head-tokens and the last that fit; Sun et al. 2019); pairs cut the longer side",
     "head_tokens": "with --truncation head+tail: how many tokens of the head are kept",
@@ -61,7 +61,8 @@ TRAIN_HELP: dict[str, str] = {
     "class_weights": "'balanced', or one weight per label in label order, e.g. 1 2 1",
     "eval_every": "evaluate on validation every N steps (0: only at each epoch's end)",
     "eval_each_epoch": "evaluate at the end of every epoch",
-    "metric": "validation metric that picks the best checkpoint (default: the task's own: macro_f1, pearson, entity f1 for ner)",
+    "metric": "validation metric that picks the best checkpoint (default: the task's own: macro_f1, pearson, entity f1 "
+              "for ner, f1 for qa)",
     "patience": "stop after this many evaluations without improvement",
     "eval_batch_tokens": "token budget of an evaluation batch",
     "output_dir": "the run directory (model, metrics, report, checkpoints)",
@@ -76,8 +77,9 @@ TRAIN_HELP: dict[str, str] = {
     "gradient_checkpointing": "recompute each encoder layer's activations in the backward: less memory for large "
                               "models or batches, about a third more compute, the same results",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
-    "problem_type": "the task: single-label, multi-label, regression or ner (default: detected from the labels, "
-                    "and logged; --problem-type is the same flag)",
+    "problem_type": "the task: single-label, multi-label, regression, ner or qa (extractive question answering on "
+                    "SQuAD-style JSON/JSONL) (default: detected from the labels, and logged; --problem-type is the same flag)",
+    "doc_stride": "qa: tokens of overlap between the windows a long context is cut into",
     "tag_column": "ner: the CoNLL column holding the tag (0-based; -1: the last)",
     "tag_scheme": "ner: the files' tag scheme: auto, iob1, iob2 or bioes (read into IOB2; invalid tags repaired)",
     "label_all_subwords": "ner: label every subword of a word (the I- form after the first) instead of the first only",

@@ -51,6 +51,8 @@ class Task(ABC):
     # How texts longer than max_length are read (windows.py): set from the training settings by
     # ``encode`` and saved in task.json by artifact.py; sequence tasks use it, others may ignore it.
     long_text: LongText = LongText()
+    # The --max-length a task uses when none is given (None: the training default, 128).
+    default_max_length: ClassVar[int | None] = None
 
     def __init__(self, labels: Sequence[str], **state: Any) -> None:
         self.labels = [str(label) for label in labels]
