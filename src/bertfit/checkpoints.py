@@ -310,28 +310,32 @@ def load_into(
             f"{source}: unexpected weights not part of a BERT encoder: {', '.join(unexpected[:20])}"
             + (f" (and {len(unexpected) - 20} more)" if len(unexpected) > 20 else "")
         )
-    head = {"classifier.weight", "classifier.bias"}
+    # The head's own tensors (its weight_map): absent from a pretrained encoder, so initialised fresh.
+    head = {ours.format(p=p) for ours, _ in type(model).weight_map for p in ("weight", "bias")}
+    head_names = {t.format(p=p) for _, theirs in type(model).weight_map for t in theirs for p in ("weight", "bias")}
     pooler = {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
     missing_set = set(missing)
     model.fresh_head = False  # read by the job: a task may fit a fresh head to its targets (regression)
-    if missing_set & head:
+    first = sorted(head)[-1]  # "<layer>.weight": its rows are the head's outputs
+    if missing_set & head_names:
         if require_head:
-            raise CheckpointError(f"{source}: no classifier weights (classifier.weight); this is not a trained classifier")
-        missing_set -= head
-        new_state.pop("classifier.weight", None)
-        new_state.pop("classifier.bias", None)
+            raise CheckpointError(f"{source}: no head weights ({', '.join(sorted(missing_set & head_names))}); "
+                                  "this is not a trained model of this task")
+        missing_set -= head_names
+        for key in head:
+            new_state.pop(key, None)
         model.fresh_head = True
-        logger.info("classifier head initialised fresh (%d labels)", model.config.num_labels)
-    elif "classifier.weight" in new_state and new_state["classifier.weight"].shape[0] != model.config.num_labels:
+        logger.info("%s head initialised fresh (%d outputs)", type(model).__name__, model.config.num_labels)
+    elif first in new_state and new_state[first].shape[0] != params[first].shape[0]:
         if require_head:
             raise CheckpointError(
-                f"{source}: classifier has {new_state['classifier.weight'].shape[0]} outputs but config.json "
+                f"{source}: the head has {new_state[first].shape[0]} outputs but config.json "
                 f"lists {model.config.num_labels} labels"
             )
-        logger.warning("checkpoint head has %d classes, task has %d: head initialised fresh",
-                       new_state["classifier.weight"].shape[0], model.config.num_labels)
-        new_state.pop("classifier.weight")
-        new_state.pop("classifier.bias")
+        logger.warning("checkpoint head has %d outputs, the task has %d: head initialised fresh",
+                       new_state[first].shape[0], params[first].shape[0])
+        for key in head:
+            new_state.pop(key, None)
         model.fresh_head = True
     if missing_set & pooler and not missing_set - pooler:
         if getattr(model, "uses_pooler", True):  # a token head never reads it: nothing to warn about

@@ -22,10 +22,11 @@ CLASSIFIER_INPUTS = ("pooled", "cls")
 # transformers' names for what a sequence head's outputs mean (config.json "problem_type"): softmax
 # over classes, independent sigmoids per label, or real-valued targets.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression",
-                 "token_classification")
+                 "token_classification", "question_answering")
 # Heads whose kind transformers tells by the architecture, not by problem_type (which it validates
 # against the three sequence types only): config.json names the architecture and no problem_type.
-ARCHITECTURE_PROBLEM_TYPES = {"BertForTokenClassification": "token_classification"}
+ARCHITECTURE_PROBLEM_TYPES = {"BertForTokenClassification": "token_classification",
+                              "BertForQuestionAnswering": "question_answering"}
 
 
 @dataclass(frozen=True)

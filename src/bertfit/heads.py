@@ -142,5 +142,64 @@ def token_loss_weight(targets: Tensor, class_weight: Tensor | None = None) -> Te
     return class_weight.to(labelled.device)[labelled].sum().float().cpu()
 
 
+class BertForQuestionAnswering(nn.Module):
+    """A linear layer on every token's final hidden state giving its answer-start and answer-end
+    logits: (B, T, 2), as transformers' BertForQuestionAnswering (``qa_outputs.*``, no pooler, no
+    dropout before the layer), so a run loads there unchanged.
+
+    It needs every position, so the [CLS]-only last layer never applies; padding removal does. Logits
+    at padding positions are set to -10000 (the encoder's fast path leaves zeros there), so a softmax
+    over a padded row equals one over the real tokens and the loss does not depend on the padding.
+    """
+
+    needs: ClassVar[str] = "tokens"
+    weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("qa_outputs.{p}", ("qa_outputs.{p}",))]
+    architecture: ClassVar[str] = "BertForQuestionAnswering"
+    problem_types: ClassVar[tuple[str, ...]] = ("question_answering",)
+    uses_pooler: ClassVar[bool] = False  # transformers' span head has none (add_pooling_layer=False)
+    PAD_LOGIT: ClassVar[float] = -10000.0
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        if config.num_labels != 2:
+            raise ValueError(f"a question-answering head has two outputs (start, end), got labels {config.labels}")
+        self.config = config
+        self.bert = BertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.reset_classifier()
+
+    def reset_classifier(self) -> None:
+        nn.init.normal_(self.qa_outputs.weight, std=self.config.initializer_range)
+        nn.init.zeros_(self.qa_outputs.bias)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        fast: bool = True,
+        cls_only: bool | None = None,
+    ) -> Tensor:
+        """Start/end logits (B, T, 2). cls_only is accepted for the common signature and must be falsy."""
+        if cls_only:
+            raise ValueError("a span head needs every position; cls_only does not apply")
+        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, cls_only=False)
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        if attention_mask is not None:
+            logits = logits.masked_fill(attention_mask[..., None] == 0, self.PAD_LOGIT)
+        return logits
+
+
+def span_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(summed loss, weight) of a batch of windows: Σ (CE(start) + CE(end)) / 2 over B windows, so the
+    ratio is transformers' BertForQuestionAnswering loss. targets (B, 2): start and end positions."""
+    logits = logits.float()
+    start = F.cross_entropy(logits[..., 0], targets[:, 0], reduction="sum")
+    end = F.cross_entropy(logits[..., 1], targets[:, 1], reduction="sum")
+    return (start + end) / 2, torch.tensor(float(len(targets)))
+
+
 # The registry: a task names its head by key. Heads of later tasks (token, span, pretraining) join here.
-HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification}
+HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification,
+                                     "span": BertForQuestionAnswering}

@@ -340,6 +340,46 @@ class WordPieceTokenizer:
         # Truncation moves the dropped tokens into `overflowing`; an untruncated one has none.
         return [Encoded(e.ids, e.type_ids, len(e.overflowing) > 0) for e in encodings]
 
+    def encode_pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's word-piece ids, without [CLS]/[SEP] and without truncation (windows.py picks
+        the positions a long text keeps)."""
+        texts = _as_batch(texts)
+        if not texts:
+            return []
+        with self._lock:
+            if self._max_length is not None:
+                self._tokenizer.no_truncation()
+                self._max_length = None
+            try:
+                encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+            except TypeError:
+                _raise_for_bad_item(texts, "texts")
+                raise
+        return [e.ids for e in encodings]
+
+    def encode_windows(self, texts: Sequence[str], pairs: Sequence[str], max_length: int,
+                       stride: int) -> list[list[Any]]:
+        """Pairs whose second text is cut into overlapping windows: per pair, a list of
+        `tokenizers.Encoding` (ids, type_ids, offsets, sequence_ids), exactly as transformers' fast
+        tokenizer gives them with truncation="only_second", `stride` tokens of overlap and
+        return_overflowing_tokens (question answering over long contexts)."""
+        texts, pairs = _as_batch(texts), _as_batch(pairs)
+        _check_max_length(max_length, True)
+        if not texts:
+            return []
+        with self._lock:
+            self._tokenizer.enable_truncation(max_length, stride=stride, strategy="only_second", direction="right")
+            self._max_length = None  # the next encode() sets its own truncation again
+            try:
+                encodings = self._tokenizer.encode_batch(list(zip(texts, pairs)), add_special_tokens=True)
+            except Exception as error:  # the Rust side says only "Truncation error: ..."
+                raise ValueError(f"cannot cut the texts into windows of {max_length} tokens with {stride} tokens of "
+                                 f"overlap ({error}); a question is too long for the window: use a larger "
+                                 "max_length or a smaller stride") from None
+            finally:
+                self._tokenizer.no_truncation()
+        return [[e, *e.overflowing] for e in encodings]
+
     def pad(self, batch: Sequence[Encoded], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
         """Pad a batch on the right to its longest example: int64 tensors of shape (B, T)."""
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
