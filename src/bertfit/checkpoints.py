@@ -291,7 +291,7 @@ def load_into(
 ) -> None:
     """Copy a transformers-named state dict into ``model``, accounting for every tensor."""
     state = _normalise_keys(state)
-    mapping = expand_map(model.config, with_head=True, head_map=type(model).weight_map)
+    mapping = expand_map(model.config, with_head=True, head_map=_head_map(model))
     params = model.state_dict()
     used: set[str] = set()
     missing: list[str] = []
@@ -310,11 +310,11 @@ def load_into(
             f"{source}: unexpected weights not part of a BERT encoder: {', '.join(unexpected[:20])}"
             + (f" (and {len(unexpected) - 20} more)" if len(unexpected) > 20 else "")
         )
-    head = {"classifier.weight", "classifier.bias"}
+    head = {t for ours, theirs in mapping.items() if not ours.startswith("bert.") for t in theirs}
     pooler = {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
     missing_set = set(missing)
     model.fresh_head = False  # read by the job: a task may fit a fresh head to its targets (regression)
-    if missing_set & head:
+    if missing_set & head and "classifier.weight" in head:
         if require_head:
             raise CheckpointError(f"{source}: no classifier weights (classifier.weight); this is not a trained classifier")
         missing_set -= head
@@ -322,6 +322,19 @@ def load_into(
         new_state.pop("classifier.bias", None)
         model.fresh_head = True
         logger.info("classifier head initialised fresh (%d labels)", model.config.num_labels)
+    elif missing_set & head:
+        # Another head (pretraining): the parts the checkpoint has are loaded, the others start fresh
+        # (MiniLM has no masked-LM head; a BertForMaskedLM checkpoint has no NSP head).
+        absent = sorted(missing_set & head)
+        if require_head:
+            raise CheckpointError(f"{source}: no {getattr(model, 'architecture', 'head')} weights ({', '.join(absent[:4])}); "
+                                  "this checkpoint does not have the head this needs")
+        missing_set -= head
+        for ours, theirs in mapping.items():
+            if any(t in absent for t in theirs):
+                new_state.pop(ours, None)
+        model.fresh_head = True
+        logger.info("%s: initialised fresh (the checkpoint does not have %s)", type(model).__name__, ", ".join(absent[:4]))
     elif "classifier.weight" in new_state and new_state["classifier.weight"].shape[0] != model.config.num_labels:
         if require_head:
             raise CheckpointError(
@@ -348,11 +361,16 @@ def load_into(
             params[key].copy_(value.to(params[key].dtype))
 
 
+def _head_map(model: torch.nn.Module) -> list[tuple[str, tuple[str, ...]]]:
+    """The model's head entries: an instance's own ``head_map`` (a head with optional parts) or its class's."""
+    return getattr(model, "head_map", None) or type(model).weight_map
+
+
 def to_transformers_state_dict(model: BertForSequenceClassification) -> dict[str, Tensor]:
     """Our parameters under transformers' names (fused QKV split back into query/key/value)."""
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
-    for key, theirs in expand_map(model.config, with_head=True, head_map=type(model).weight_map).items():
+    for key, theirs in expand_map(model.config, with_head=True, head_map=_head_map(model)).items():
         parts = ours[key].chunk(len(theirs), dim=0) if len(theirs) > 1 else (ours[key],)
         for name, part in zip(theirs, parts):
             out[name] = part.detach().to("cpu").contiguous().clone()
@@ -417,7 +435,10 @@ def save_classifier(model: BertForSequenceClassification, directory: str | os.Pa
     fsync_file(tmp)  # durable before the rename makes it visible (power loss, not just a kill)
     os.replace(tmp, weights)
     tmp_config = directory / ".config.json.tmp"
-    write_bytes_durably(tmp_config, (json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+    config = model.config.to_dict()
+    if getattr(model, "architecture", None):  # a head other than the classifier names its transformers class
+        config["architectures"] = [model.architecture]
+    write_bytes_durably(tmp_config, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     os.replace(tmp_config, directory / "config.json")
     fsync_dir(directory)
     if model.config.classifier_input != "pooled":
@@ -429,3 +450,22 @@ def save_classifier(model: BertForSequenceClassification, directory: str | os.Pa
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory
+
+
+def load_pretraining(name_or_path: str | os.PathLike, *, nsp: bool | None = None, require_head: bool = False):
+    """A BertForPreTraining (masked-LM head, and NSP head unless ``nsp=False``) from a model directory,
+    bundled name or hub id. The encoder must be there; head parts the checkpoint lacks start fresh
+    (MiniLM has no masked-LM head: a fresh transform and a zero bias over the tied embeddings) unless
+    ``require_head``. ``nsp=None``: an NSP head exactly when the checkpoint has one.
+    """
+    from bertfit.heads import BertForPreTraining
+
+    directory = resolve_model(name_or_path)
+    config = load_config(directory)
+    state = read_state_dict(directory)
+    if nsp is None:
+        nsp = any(k.endswith("seq_relationship.weight") for k in state)
+    model = BertForPreTraining(config.replace(id2label={}), nsp=nsp)
+    load_into(model, state, directory, require_head=require_head)
+    model.eval()
+    return model

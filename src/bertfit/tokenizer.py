@@ -385,6 +385,41 @@ class WordPieceTokenizer:
                 self._max_length = None
             return self._tokenizer.encode(text, add_special_tokens=False).tokens
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """WordPiece ids of each text, without [CLS]/[SEP] and without truncation (pretraining
+        builds its own sequences from these pieces)."""
+        texts = _as_batch(texts)
+        if not texts:
+            return []
+        with self._lock:
+            if self._max_length is not None:
+                self._tokenizer.no_truncation()
+                self._max_length = None
+            return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def id_to_token(self, token_id: int) -> str:
+        return self._tokenizer.id_to_token(int(token_id)) or ""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Ids → text, as transformers' tokenizer.decode (special tokens kept, ## pieces joined)."""
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def special_ids(self) -> list[int]:
+        """Ids of the roles' tokens ([CLS], [SEP], [PAD], [UNK], [MASK])."""
+        return sorted(set(self._ids.values()))
+
+    def continuation_mask(self) -> "np.ndarray":
+        """(vocab_size,) bool: True for WordPiece pieces that continue a word ("##ing"), which
+        whole-word masking keeps with the piece before them."""
+        import numpy as np
+
+        out = np.zeros(self.vocab_size, dtype=bool)
+        prefix = (json.loads(self._tokenizer.to_str()).get("model") or {}).get("continuing_subword_prefix") or "##"
+        for token, token_id in self._tokenizer.get_vocab(with_added_tokens=True).items():
+            if token.startswith(prefix) and len(token) > len(prefix):
+                out[token_id] = True
+        return out
+
     # ---------------------------------------------------------------------------------- saving
 
     def save(self, directory: str | os.PathLike[str]) -> None:
