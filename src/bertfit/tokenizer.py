@@ -400,9 +400,14 @@ class WordPieceTokenizer:
     def id_to_token(self, token_id: int) -> str:
         return self._tokenizer.id_to_token(int(token_id)) or ""
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Ids → text, as transformers' tokenizer.decode (special tokens kept, ## pieces joined)."""
-        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Ids → text, as transformers' tokenizer.decode (## pieces joined, spaces before punctuation cleaned)."""
+        text = self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        # transformers' clean_up_tokenization, which goes further than the Rust decoder's cleanup.
+        for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                              (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+            text = text.replace(before, after)
+        return text
 
     def special_ids(self) -> list[int]:
         """Ids of the roles' tokens ([CLS], [SEP], [PAD], [UNK], [MASK])."""
