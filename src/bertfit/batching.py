@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -85,11 +85,46 @@ def padded_batches(lengths: Sequence[int], max_tokens: int, max_batch: int, over
 
 
 @dataclass
+class EncodedSplit:
+    """A split as the model sees it: its *features* (encoded sequences) and the task's targets.
+
+    For sequence-level tasks a feature is an example (truncated to the model's length). Tasks that
+    cut an example into several features (windows over a long text or context) set
+    ``example_index`` (feature → example) and gather the features' outputs back per example
+    (``Task.gather``); token-level tasks keep per-token targets. See tasks/base.py.
+    """
+
+    encoded: list[Encoded]
+    targets: Any  # per feature: np.ndarray (N,) / (N, L), or a list of per-token arrays; None if drawn per batch
+    gold: Any = None  # per example, what Task.evaluate compares with (default: targets)
+    example_index: np.ndarray | None = None  # (N_features,) example of each feature (default: identity)
+    meta: Any = None  # whatever the task keeps to map outputs back to text (offsets, word ids, ...)
+
+    def __post_init__(self) -> None:
+        if self.gold is None:
+            self.gold = self.targets
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(e.ids) for e in self.encoded]
+
+    @property
+    def examples(self) -> int:
+        """How many examples the features come from."""
+        if self.example_index is None:
+            return len(self.encoded)
+        return int(self.example_index.max()) + 1 if len(self.example_index) else 0
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+
+@dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     token_type_ids: torch.Tensor  # (B, T)
-    labels: torch.Tensor | None  # the task's targets: (B,) class ids or (B, L) floats
+    labels: torch.Tensor | None  # the task's targets: (B,) class ids, (B, L) floats, (B, T) token labels
     indices: list[int]  # positions of these examples in the data set
 
     @property
@@ -109,8 +144,11 @@ class Batch:
             sl = slice(s, s + size)
             mask = self.attention_mask[sl]
             T = int(mask.sum(dim=1).max())  # trim columns that are padding for every row
-            out.append(Batch(self.input_ids[sl, :T], mask[:, :T], self.token_type_ids[sl, :T],
-                             None if self.labels is None else self.labels[sl], self.indices[sl]))
+            labels = None if self.labels is None else self.labels[sl]
+            if labels is not None and labels.dim() >= 2 and labels.shape[1] == self.input_ids.shape[1] \
+                    and labels.dtype == torch.int64:
+                labels = labels[:, :T]  # per-token labels (B, T) follow the trimmed columns
+            out.append(Batch(self.input_ids[sl, :T], mask[:, :T], self.token_type_ids[sl, :T], labels, self.indices[sl]))
         return out
 
 
@@ -137,12 +175,24 @@ def collate(encoded: Sequence[Encoded], indices: Sequence[int], labels: Sequence
 
 
 def engine_logits(engine, encoded: Sequence[Encoded], width: int, pad_id: int, *, max_tokens: int,
-                  max_batch: int) -> np.ndarray:
-    """(len(encoded), width) outputs of a prediction engine, in input order: the engine cuts the
-    texts into its own batches (``engine.batches``) and runs each (``engine.run``). The one loop
-    the predictor and the export check share, whatever runs the model (PyTorch, ONNX Runtime)."""
-    out = np.zeros((len(encoded), width), dtype=np.float32)
+                  max_batch: int) -> np.ndarray | list[np.ndarray]:
+    """The outputs of a prediction engine for every feature, in input order: the engine cuts the
+    sequences into its own batches (``engine.batches``) and runs each (``engine.run``). The one loop
+    the predictor and the export check share, whatever runs the model (PyTorch, ONNX Runtime).
+
+    A sequence-level head gives (len(encoded), width); a head with an output per token, (B, T, width)
+    per batch, gives a list of (len(ids), width) arrays, each feature's real tokens only.
+    """
     lengths = [len(e.ids) for e in encoded]
+    rows: list[np.ndarray | None] = [None] * len(encoded)
+    per_token = False
     for indices in engine.batches(lengths, max_tokens, max_batch):
-        out[indices] = engine.run(collate(encoded, indices, None, pad_id))
-    return out
+        result = np.asarray(engine.run(collate(encoded, indices, None, pad_id)))
+        per_token = result.ndim == 3
+        for row, i in enumerate(indices):
+            rows[i] = result[row, : lengths[i]] if per_token else result[row]
+    if per_token:
+        return rows  # type: ignore[return-value]
+    if not rows:
+        return np.zeros((0, width), dtype=np.float32)
+    return np.stack(rows).astype(np.float32, copy=False)

@@ -115,7 +115,8 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
     batch = collate(example, [0, 1], None, source.tokenizer.pad_id)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    axes["logits"] = {0: "batch"}
+    # A head with an output per token (needs "tokens") has a sequence axis in its output too.
+    axes["logits"] = {0: "batch", 1: "sequence"} if getattr(model, "needs", "cls") == "tokens" else {0: "batch"}
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / MODEL_FILE
         with torch.no_grad(), _quiet_export():
@@ -251,29 +252,33 @@ class _quiet_export:
 
 def check_export(reference, exported, *, int8: bool,
                  check_file: str | None = None) -> dict:
-    """Compare the export with the PyTorch plain path: logits on probe texts, optionally accuracy.
-    ``reference``: a :class:`Source` or a PyTorch TextClassifier; ``exported``: anything with
-    ``predict_logits`` (an :class:`~bertfit.onnx_runtime.OnnxExport`, an ONNX Runtime TextClassifier)."""
-    texts, pairs, targets = list(PROBES), None, None
-    task = getattr(reference, "task", None)
-    if check_file:
-        from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
+    """Compare the export with the PyTorch plain path on probe inputs (and optionally the task's
+    metric on a labelled file). ``reference``: a :class:`Source` or a PyTorch TextClassifier;
+    ``exported``: an :class:`~bertfit.onnx_runtime.OnnxExport`. Whatever the task, the comparison
+    is on the model's raw outputs per feature (per text, or per token for token heads)."""
+    from bertfit.batching import engine_logits
 
-        examples, read_report = read_raw(check_file, getattr(reference, "reading", {}))  # the run's columns
-        examples = parse_labels(task, examples, read_report, reading_options(getattr(reference, "reading", {})),
-                                skip_bad_rows=False, known=task)
+    task: Task = reference.task
+    gold = None
+    if check_file:
+        from bertfit.tasks.sequence import reading_options
+
+        reading = getattr(reference, "reading", {}) or {}
+        examples, _ = type(task).read(check_file, reading, reading_options(reading), known=task)  # the run's columns
         task.check_labels(examples, check_file)
-        texts = [e.text for e in examples]
-        if any(e.text_pair is not None for e in examples):
-            pairs = [e.text_pair or "" for e in examples]
-        targets = task.targets([e.label for e in examples])
-    ref = reference_logits(reference, texts, pairs=pairs)
-    got = exported.predict_logits(texts, pairs)
-    what, agreement = task.agreement(ref, got) if task is not None else ("labels agree", float((ref.argmax(1) == got.argmax(1)).mean()))
-    report = {"texts": len(texts), "max_abs_logit_diff": float(np.abs(ref - got).max()),
-              "label_agreement": agreement, "agreement": what}
-    if targets is not None:  # the task's own metric of both models on the user's labelled file
-        before, after = task.evaluate(ref, targets), task.evaluate(got, targets)
+    else:
+        examples = task.inputs(task.probe_inputs(PROBES))
+    split = task.encode(reference.tokenizer, examples, reference.max_length)
+    ref = reference_logits(reference, split=split)
+    got = engine_logits(exported.engine, split.encoded, len(reference.labels), reference.tokenizer.pad_id,
+                        max_tokens=8192, max_batch=64)
+    diff = max((float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(ref, got) if np.size(a)), default=0.0)
+    ref_out, got_out = task.gather(split, ref), task.gather(split, got)
+    what, agreement = task.agreement(ref_out, got_out, split)
+    report = {"texts": len(examples), "max_abs_logit_diff": diff, "label_agreement": agreement, "agreement": what}
+    if check_file:  # the task's own metric of both models on the user's labelled file
+        gold = split.gold
+        before, after = task.evaluate(ref_out, gold), task.evaluate(got_out, gold)
         metric = "accuracy" if "accuracy" in before else task.default_metric
         report.update({"metric": metric, f"{metric}_pytorch_fp32": before[metric], f"{metric}_export": after[metric],
                        f"{metric}_delta": after[metric] - before[metric]})
@@ -283,18 +288,29 @@ def check_export(reference, exported, *, int8: bool,
     return report
 
 
-def reference_logits(classifier, texts: Sequence[str], batch_size: int = 64, *,
-                     pairs: Sequence[str] | None = None) -> np.ndarray:
-    """Logits of the PyTorch plain path (padded, SDPA) in batches of ``batch_size`` in input order:
+def reference_logits(classifier, texts: Sequence[str] | None = None, batch_size: int = 64, *,
+                     pairs: Sequence[str] | None = None, split=None) -> "np.ndarray | list[np.ndarray]":
+    """Outputs of the PyTorch plain path (padded, SDPA) in batches of ``batch_size`` in input order:
     the reference every fast path and export is compared with. ``classifier``: anything with the
-    PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a TextClassifier, a Source)."""
+    PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a TextClassifier, a Source).
+    Either ``texts`` (and ``pairs``), or ``split``: features the task encoded. A head with an output
+    per token gives one (len(ids), L) array per feature."""
     from bertfit.batching import collate
 
-    encoded = classifier.tokenizer.encode(list(texts), None if pairs is None else list(pairs), max_length=classifier.max_length)
-    out = np.zeros((len(texts), len(classifier.labels)), dtype=np.float32)
+    if split is not None:
+        encoded = split.encoded
+    else:
+        encoded = classifier.tokenizer.encode(list(texts), None if pairs is None else list(pairs),
+                                              max_length=classifier.max_length)
+    rows = []
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
             idx = list(range(start, min(start + batch_size, len(encoded))))
             b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
-            out[idx] = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).numpy()
-    return out
+            out = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).float().numpy()
+            rows += [out[row, : len(encoded[i].ids)] if out.ndim == 3 else out[row] for row, i in enumerate(idx)]
+    if rows and rows[0].ndim == 2:
+        return rows
+    return np.stack(rows) if rows else np.zeros((0, len(classifier.labels)), dtype=np.float32)
+
+

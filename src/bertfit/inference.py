@@ -24,21 +24,27 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def predict_logits(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: int,
-                   device: torch.device, max_tokens: int, bf16: bool = False) -> np.ndarray:
-    """Logits for every example, in order, through the length-sorted fast path.
+                   device: torch.device, max_tokens: int, bf16: bool = False) -> np.ndarray | list[np.ndarray]:
+    """Outputs for every feature, in order, through the length-sorted fast path: (N, L) for a
+    sequence-level head; for a head with an output per token (``needs == "tokens"``), a list of
+    (len(ids), L) arrays, each feature's real tokens only.
 
     A batch that runs out of memory is split in halves (and those again) until it fits.
     """
     was_training = model.training
     model.eval()
-    out = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
+    per_token = getattr(model, "needs", "cls") == "tokens"
+    rows: list[np.ndarray | None] = [None] * len(encoded)
+    lengths = [len(e.ids) for e in encoded]
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        pending = list(reversed(inference_batches([len(e.ids) for e in encoded], max_tokens, 256)))
+        pending = list(reversed(inference_batches(lengths, max_tokens, 256)))
         while pending:
             idx = pending.pop()
             try:
                 batch = collate(encoded, idx, None, pad_id).to(device)
-                out[idx] = model(batch.input_ids, batch.attention_mask, batch.token_type_ids).float().cpu().numpy()
+                out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids).float().cpu().numpy()
+                for row, i in enumerate(idx):
+                    rows[i] = out[row, : lengths[i]] if per_token else out[row]
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc) or len(idx) == 1:
                     raise
@@ -49,4 +55,8 @@ def predict_logits(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: i
                 logger.warning("out of memory evaluating a batch of %d texts; splitting it in two", len(idx))
                 pending += [idx[half:], idx[:half]]
     model.train(was_training)
-    return out
+    if per_token:
+        return rows  # type: ignore[return-value]
+    if not rows:
+        return np.zeros((0, model.config.num_labels), dtype=np.float32)
+    return np.stack(rows).astype(np.float32, copy=False)

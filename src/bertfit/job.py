@@ -26,9 +26,10 @@ from bertfit.runs import RunDir, write_json_atomic
 from bertfit.tasks import detect_problem_type, task_class
 from bertfit.tasks.base import Task
 from bertfit.tasks.classify import SingleLabel
-from bertfit.tasks.sequence import label_counts, parse_labels, read_raw, reading_options
+from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
 from bertfit.tokenizer import WordPieceTokenizer
-from bertfit.train import EncodedSplit, Trainer, TrainResult, predict_logits, seed_everything
+from bertfit.batching import EncodedSplit
+from bertfit.train import Trainer, TrainResult, predict_logits, seed_everything
 from bertfit.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -58,11 +59,10 @@ class PreparedData:
 
 
 def _read(path: str | Path, config: TrainConfig, task: type[Task] | Task, options: dict[str, Any],
-          known: Task | None = None) -> tuple[list[Example], Any]:
+          known: Task | None = None) -> tuple[list[Any], Any]:
     """A labelled file, its labels parsed by ``task`` (and checked against ``known``, a trained task)."""
-    examples, report = read_raw(path, config)
-    examples = parse_labels(task, examples, report, options, skip_bad_rows=config.skip_bad_rows, known=known)
-    return examples, report
+    reader = type(known) if known is not None else task
+    return reader.read(path, config, options, known=known)  # type: ignore[union-attr]
 
 
 def choose_task(config: TrainConfig, raw_labels: list[object]) -> type[Task]:
@@ -76,13 +76,24 @@ def choose_task(config: TrainConfig, raw_labels: list[object]) -> type[Task]:
 
 def prepare_data(config: TrainConfig) -> PreparedData:
     """Read, validate, deduplicate and split; every rejected row is counted in the summary."""
-    train_path = config.train_file or default_train_file()
-    if config.train_file is None:
-        logger.info("no --train-file: using the bundled tweets corpus %s", train_path)
-    raw, train_report = read_raw(train_path, config)
-    task_cls = choose_task(config, [e.label for e in raw])
-    options = {**reading_options(config), "label_column": train_report.label_column}
-    train = parse_labels(task_cls, raw, train_report, options, skip_bad_rows=config.skip_bad_rows)
+    options = reading_options(config)
+    if config.problem_type is None:
+        # No --task: a labelled table whose label cells show the task (read raw, then parsed by it).
+        train_path = config.train_file or default_train_file()
+        if config.train_file is None:
+            logger.info("no --train-file: using the bundled tweets corpus %s", train_path)
+        raw, train_report = read_raw(train_path, config)
+        task_cls = choose_task(config, [e.label for e in raw])
+        options["label_column"] = train_report.label_column
+        train = parse_labels(task_cls, raw, train_report, options, skip_bad_rows=config.skip_bad_rows)
+    else:
+        task_cls = task_class(config.problem_type)
+        if config.train_file is None and not task_cls.default_corpus:
+            raise DataError(f"--task {task_cls.name} needs --train-file (the bundled tweets corpus is for "
+                            "sequence classification)")
+        train_path = config.train_file or default_train_file()
+        train, train_report = task_cls.read(train_path, config, options)
+        options["label_column"] = getattr(train_report, "label_column", None)
     task = task_cls.create(task_cls.label_space([e.label for e in train], options), config.to_dict())
     train = parse_labels(task, train, train_report, options, skip_bad_rows=config.skip_bad_rows, known=task, parse=False)
     reports = [train_report]
@@ -123,7 +134,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     if dedupe is not None:
         summary["sources"].append("deduplicated: " + dedupe.summary())
     summary["rows"] = {"train": len(train), "validation": len(validation), "test": len(test)}
-    summary["label_counts"] = {name: label_counts(task, [e.label for e in split]) for name, split in
+    summary["label_counts"] = {name: task.label_summary([e.label for e in split]) for name, split in
                                (("train", train), ("validation", validation), ("test", test)) if split}
     return PreparedData(task.labels, train, validation, test, summary, task)
 
@@ -152,14 +163,11 @@ def _subset(task: Task, examples: list[Example], n: int, seed: int) -> list[Exam
 
 
 def encode(tokenizer: WordPieceTokenizer, examples: Sequence[Example], task: Task | Sequence[str],
-           max_length: int) -> EncodedSplit:
-    """Token ids and the task's targets (a list of class names means single-label)."""
+           max_length: int, settings: dict[str, Any] | None = None) -> EncodedSplit:
+    """The task's features and targets (a list of class names means single-label)."""
     if not isinstance(task, Task):
         task = SingleLabel(list(task))
-    texts = [e.text for e in examples]
-    pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
-    encoded = tokenizer.encode(texts, pairs, max_length=max_length) if examples else []
-    return EncodedSplit(encoded, task.targets([e.label for e in examples]))
+    return task.encode(tokenizer, examples, max_length, settings)
 
 
 def length_summary(splits: Sequence[EncodedSplit], max_length: int) -> tuple[dict[str, float], dict[str, Any]]:
@@ -243,9 +251,10 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         logger.warning("%s", warning)  # empty validation/test splits: also in the report and metrics.json
     model_dir = resolve_model(config.model)
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
-    train = encode(tokenizer, prepared.train, task, config.max_length)
-    validation = encode(tokenizer, prepared.validation, task, config.max_length)
-    test = encode(tokenizer, prepared.test, task, config.max_length)
+    settings = config.to_dict()
+    train = encode(tokenizer, prepared.train, task, config.max_length, settings)
+    validation = encode(tokenizer, prepared.validation, task, config.max_length, settings)
+    test = encode(tokenizer, prepared.test, task, config.max_length, settings)
     stats, truncated = length_summary([train, validation, test], config.max_length)
     prepared.summary["length_tokens"], prepared.summary["truncated"] = stats, truncated
 
@@ -285,27 +294,29 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     result = trainer.train()
 
     best = load_classifier(run.path, require_head=True).to(device)
-    outputs = {name: predict_logits(best, split.encoded, tokenizer.pad_id, device, config.eval_batch_tokens)
-               for name, split in (("validation", validation), ("test", test)) if len(split)}
+    splits = {name: split for name, split in (("validation", validation), ("test", test)) if len(split)}
+    # Outputs per example: the task gathers its features' outputs (windows, spans) back.
+    outputs = {name: task.gather(split, predict_logits(best, split.encoded, tokenizer.pad_id, device,
+                                                       config.eval_batch_tokens))
+               for name, split in splits.items()}
     if "validation" in outputs:
         # Decision rules (multi-label thresholds) are tuned on validation, then used for test and predict.
-        chosen = task.fit_decisions(outputs["validation"], validation.targets)
+        chosen = task.fit_decisions(outputs["validation"], validation.gold)
         if chosen:
             logger.info("decision rule tuned on validation: %s", chosen)
         write_task(run.path, task, max_length=config.max_length, reading=reading)
     metrics: dict[str, dict[str, Any]] = {}
     mistakes: list[dict[str, Any]] = []
-    for name, split, examples in (("validation", validation, prepared.validation), ("test", test, prepared.test)):
+    for name, examples in (("validation", prepared.validation), ("test", prepared.test)):
         if name not in outputs:
             continue
-        metrics[name] = task.evaluate(outputs[name], split.targets)
+        metrics[name] = task.evaluate(outputs[name], splits[name].gold)
         # The report shows the test set's mistakes, or validation's when there is no test set.
-        mistakes = confident_mistakes(task, outputs[name], split.targets, examples)
+        mistakes = confident_mistakes(task, outputs[name], splits[name].gold, examples)
     write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": " ".join(prepared.summary["warnings"])})
     wall = time.perf_counter() - started
     report = write_run_report(run, config, prepared, result, metrics, mistakes, wall,
-                              outputs={name: (outputs[name], split.targets) for name, split in
-                                       (("validation", validation), ("test", test)) if name in outputs})
+                              outputs={name: (outputs[name], splits[name].gold) for name in outputs})
     return RunResult(run.path, metrics, report, result, wall, task)
 
 

@@ -26,13 +26,13 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from bertfit.artifact import read_artifact
-from bertfit.batching import engine_logits, inference_batches
+from bertfit.batching import EncodedSplit, engine_logits, inference_batches
 from bertfit.checkpoints import load_classifier, resolve_model
 from bertfit.config import BertConfig
 from bertfit.cpu_linear import prepack_linears
@@ -188,32 +188,57 @@ class TextClassifier:
                    name=Path(directory).name, task=artifact.task)
 
     # -- prediction ---------------------------------------------------------------------------
-    def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
-                       max_tokens: int = 8192, max_batch: int = 128) -> np.ndarray:
-        texts = _check_texts(texts, "texts")
-        if pairs is not None:
-            pairs = _check_texts(pairs, "pairs")
-            if len(pairs) != len(texts):
-                raise BertfitError(f"got {len(texts)} texts but {len(pairs)} pairs; they must match one to one")
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        encoded = self.tokenizer.encode(texts, pairs, max_length=self.max_length)
+    def outputs(self, items: Sequence, *, max_tokens: int = 8192, max_batch: int = 128) -> tuple[EncodedSplit, Any]:
+        """(the encoded features, the outputs per example) for any task's inputs: texts, (text, pair)
+        tuples, or what the task's ``inputs`` takes (tokens, question + context). The task encodes
+        (windows, offsets), the engine runs the features, the task gathers them back per example."""
+        return self.run_examples(self.task.inputs(list(items)), max_tokens=max_tokens, max_batch=max_batch)
+
+    def run_examples(self, examples: Sequence, *, max_tokens: int = 8192, max_batch: int = 128) -> tuple[EncodedSplit, Any]:
+        """``outputs`` for examples already read (labelled files: the split's ``gold`` holds their targets)."""
+        split = self.task.encode(self.tokenizer, examples, self.max_length)
         with self._lock, torch.inference_mode():
-            return engine_logits(self.backend, encoded, len(self.labels), self.tokenizer.pad_id,
-                                 max_tokens=max_tokens, max_batch=max_batch)
+            raw = engine_logits(self.backend, split.encoded, len(self.labels), self.tokenizer.pad_id,
+                                max_tokens=max_tokens, max_batch=max_batch)
+        return split, self.task.gather(split, raw)
+
+    def records(self, items: Sequence, **kw) -> list[dict]:
+        """One prediction record per input, in input order (what predict prints and the server returns)."""
+        split, outputs = self.outputs(items, **kw)
+        return self.task.decode(outputs, split)
+
+    def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                       max_tokens: int = 8192, max_batch: int = 128) -> Any:
+        """The outputs per text (sequence tasks: an (N, num_labels) array of logits)."""
+        return self.outputs(_items(texts, pairs), max_tokens=max_tokens, max_batch=max_batch)[1]
 
     def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> np.ndarray:
         """(len(texts), num_labels) probabilities, columns in ``self.labels`` order: softmax over the
         classes (single-label) or one sigmoid per label (multi-label); regression has none."""
         return self.task.probabilities(self.predict_logits(texts, pairs, **kw))
 
-    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list:
-        """Each text's answer, in input order: a label, a list of labels, or a value (regression)."""
+    def predict(self, texts: Sequence, pairs: Sequence[str] | None = None, **kw) -> list:
+        """Each input's answer, in input order: a label, a list of labels, a value (regression), or
+        the task's answer (entities, an answer span)."""
         return [self.task.answer(record) for record in self.predictions(texts, pairs, **kw)]
 
-    def predictions(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> list[dict]:
-        """One record per text, in input order (what predict prints and the server returns)."""
-        return self.task.decode(self.predict_logits(texts, pairs, **kw))
+    def predictions(self, texts: Sequence, pairs: Sequence[str] | None = None, **kw) -> list[dict]:
+        """One record per input, in input order (what predict prints and the server returns)."""
+        return self.records(_items(texts, pairs), **kw)
+
+
+def _items(texts: Sequence, pairs: Sequence[str] | None) -> list:
+    """texts (and pairs) → the task's input items; a lone string is one input."""
+    if isinstance(texts, (str, Mapping)):
+        texts = [texts]
+    texts = list(texts)
+    if pairs is None:
+        return texts
+    texts = _check_texts(texts, "texts")
+    pairs = _check_texts(pairs, "pairs")
+    if len(pairs) != len(texts):
+        raise BertfitError(f"got {len(texts)} texts but {len(pairs)} pairs; they must match one to one")
+    return list(zip(texts, pairs))
 
 
 def _check_texts(texts: Sequence[str], name: str) -> list[str]:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from bertfit.batching import Batch, collate, epoch_batches
+from bertfit.batching import Batch, EncodedSplit, epoch_batches  # noqa: F401 -- EncodedSplit re-exported (job, tests)
 from bertfit.embedding_grad import WordEmbeddingGrad, clip_grad_norm
 from bertfit.errors import BertfitError, CheckpointError
 from bertfit.precision import apply_kernel, resumed_precision, training_precision
@@ -44,7 +44,6 @@ from bertfit.inference import is_out_of_memory, predict_logits  # noqa: F401 -- 
 from bertfit.runs import LoadedCheckpoint, RunDir
 from bertfit.tasks import BY_PROBLEM_TYPE
 from bertfit.tasks.base import Task
-from bertfit.tokenizer import Encoded
 from bertfit.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -56,19 +55,6 @@ class TrainingError(BertfitError):
     """Training cannot go on (a non-finite loss, a setting that cannot work)."""
 
     exit_code = 3
-
-
-@dataclass
-class EncodedSplit:
-    encoded: list[Encoded]
-    targets: np.ndarray  # the task's targets, one row per example (tasks/base.py)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(e.ids) for e in self.encoded]
-
-    def __len__(self) -> int:
-        return len(self.encoded)
 
 
 @dataclass
@@ -138,12 +124,18 @@ def batch_hash(previous: str, group: Sequence[Sequence[int]]) -> str:
 def data_fingerprint(split: EncodedSplit) -> str:
     """SHA-256 of the encoded training data: a resume must see exactly the data the run started with."""
     h = hashlib.sha256()
-    for e, target in zip(split.encoded, split.targets):
+    targets = split.targets if split.targets is not None else [None] * len(split.encoded)
+    for e, target in zip(split.encoded, targets):
         h.update(np.asarray(e.ids, dtype=np.int64).tobytes())
         h.update(b"/")
         h.update(np.asarray(e.type_ids, dtype=np.int64).tobytes())
         # Class ids hash as before the task seam, so runs checkpointed then still resume.
-        text = str(int(target)) if np.ndim(target) == 0 else ",".join(repr(float(v)) for v in np.ravel(target))
+        if target is None:  # targets drawn per batch (masked LM): the ids are the data
+            text = "-"
+        elif np.ndim(target) == 0:
+            text = str(int(target))
+        else:
+            text = ",".join(repr(float(v)) for v in np.ravel(target))
         h.update(f"/{text};".encode("ascii"))
     return h.hexdigest()
 
@@ -443,7 +435,7 @@ class Trainer:
     def _optimizer_step(self, group: list[list[int]]) -> tuple[float, int]:
         self.model.train()
         data = self.train_data
-        batches = [collate(data.encoded, idx, data.targets, self.pad_id) for idx in group]
+        batches = [self.task.collate(data, idx, self.pad_id, epoch=self.state.epoch) for idx in group]
         total_weight = sum(float(self.task.loss_weight(b.labels)) for b in batches)
         step = self.state.step + 1
         if total_weight <= 0:
@@ -512,9 +504,10 @@ class Trainer:
     def _evaluate_and_select(self) -> None:
         st, cfg = self.state, self.config
         self._check_finite_weights("evaluating")
-        logits = predict_logits(self.model, self.validation.encoded, self.pad_id, self.device,
-                                cfg.eval_batch_tokens, bf16=self.use_bf16)
-        metrics = self.task.evaluate(logits, self.validation.targets)
+        raw = predict_logits(self.model, self.validation.encoded, self.pad_id, self.device,
+                             cfg.eval_batch_tokens, bf16=self.use_bf16)
+        logits = self.task.gather(self.validation, raw)  # per example (windows stitched, spans decoded)
+        metrics = self.task.evaluate(logits, self.validation.gold)
         record = {"kind": "eval", "split": "validation", "step": st.step, "epoch": round(st.epoch + 0.0, 4),
                   **{k: metrics[k] for k in self.task.headline_metrics}}
         for warning in self.task.warnings(logits):

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     from bertfit.predict import TextClassifier
-    from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
+    from bertfit.tasks.sequence import reading_options
 
     classifier = TextClassifier.load(args.run, int8=args.int8, engine=args.engine)
     if args.output:
@@ -47,19 +47,17 @@ def run(args: argparse.Namespace) -> int:
                 "skip_bad_rows": args.skip_bad_rows, "encoding": args.encoding, **header_options(args)}
     if not settings["header"]:  # positions given with --no-header are the user's, not the run's names
         settings.update(text_column=args.text_column, pair_column=args.pair_column, label_column=args.label_column)
-    examples, report = read_raw(args.file, settings)
     options = reading_options({**saved, **({"label_map": args.label_map} if args.label_map else {})})
-    examples = parse_labels(task, examples, report, options, skip_bad_rows=args.skip_bad_rows, known=task)
+    examples, report = type(task).read(args.file, {**saved, **settings}, options, known=task)
     task.check_labels(examples, args.file)
-    pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
-    outputs = classifier.predict_logits([e.text for e in examples], pairs)
-    targets = task.targets([e.label for e in examples])
+    split, outputs = classifier.run_examples(examples)
+    targets = split.gold
     metrics = task.evaluate(outputs, targets)
     print(report.summary())
     print(task.format_metrics(metrics))
     if args.int8:  # int8 is approximate: measure what it costs on the user's own data, never stay silent
         reference = TextClassifier.load(args.run, device="cpu", engine=args.engine)
-        fp32_outputs = reference.predict_logits([e.text for e in examples], pairs)
+        fp32_outputs = reference.run_examples(examples)[1]
         fp32_metrics = task.evaluate(fp32_outputs, targets)
         what, agreement = task.agreement(fp32_outputs, outputs)
         key = task.default_metric
@@ -69,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             cost.update(accuracy_fp32=fp32_metrics["accuracy"], accuracy_int8=metrics["accuracy"],
                         accuracy_delta=metrics["accuracy"] - fp32_metrics["accuracy"])
         metrics["int8_cost"] = cost
-        print(f"int8 vs fp32 on these {len(targets)} examples: {what} {100 * agreement:.2f}%, "
+        print(f"int8 vs fp32 on these {len(examples)} examples: {what} {100 * agreement:.2f}%, "
               f"{key} {fp32_metrics[key]:.4f} -> {metrics[key]:.4f} ({100 * cost[f'{key}_delta']:+.2f} points)")
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -205,8 +205,8 @@ class ModelHost:
                                          engine=self.config.engine)
         self.engine = classifier.engine
         # The first forward pass pays for allocator and thread-pool start-up; do it before /ready.
-        classifier.predict_logits(["warm-up"])
-        classifier.predict_logits(["warm-up"], ["pair"])
+        for item in classifier.task.sample_inputs():
+            classifier.records([item])
         self.classifier = classifier
         logger.info("model %s loaded and warmed up in %.1f s (%s; labels: %s; %d CPU threads)", classifier.name,
                     time.perf_counter() - started, classifier.engine, ", ".join(classifier.labels),
@@ -252,8 +252,9 @@ class ModelHost:
         assert self.classifier is not None
         texts = [t for job in jobs for t in job.texts]
         pairs = [p for job in jobs for p in job.pairs] if jobs[0].pairs is not None else None  # type: ignore[union-attr]
-        outputs = self.classifier.predict_logits(texts, pairs, max_batch=self.config.max_batch_size)
-        return prediction_payloads(self.classifier.name, self.classifier.labels, self.classifier.task.decode(outputs),
+        items = texts if pairs is None else list(zip(texts, pairs))
+        records = self.classifier.records(items, max_batch=self.config.max_batch_size)
+        return prediction_payloads(self.classifier.name, self.classifier.labels, records,
                                    [len(job.texts) for job in jobs], task=self.classifier.task.name)
 
 

@@ -5,18 +5,30 @@ methods. A task instance carries what it learned from the training data (its lab
 positive weights, target scaling, decision thresholds); ``state()`` is saved in the run directory
 (task.json, see artifact.py) and ``from_state`` rebuilds the same task for prediction.
 
-Shapes: ``outputs`` are the head's raw outputs as a float array, one row per example; ``targets``
-are what ``targets()`` built from parsed labels ((N,) int64 class ids, or (N, L) float32).
+The data path, each step the task's (defaults: one feature per example, today's sequence tasks):
+
+    read(file) → examples → encode() → EncodedSplit of features (windows, alignment, offsets)
+    → collate() → batches for loss() → the model's outputs per feature → gather() → outputs per
+    example → evaluate() / mistakes() / decode() (records with text offsets) ; inputs() turns what
+    predict and the server receive into examples.
+
+Shapes: ``outputs`` (after ``gather``) are one row per example for sequence tasks (a float array);
+``targets`` are what ``targets()`` built from parsed labels ((N,) int64 class ids, or (N, L) float32).
+A head with an output per token gives ``gather`` a list of (T_i, L) arrays, one per feature.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from bertfit.batching import Batch, EncodedSplit
+    from bertfit.tokenizer import WordPieceTokenizer
 
 
 class LabelProblem(ValueError):
@@ -32,6 +44,8 @@ class Task(ABC):
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     # Metrics shown in a progress line / eval record (a short subset of evaluate()'s keys).
     headline_metrics: ClassVar[tuple[str, ...]]
+    # Whether `bertfit train` without --train-file may use the bundled tweets corpus for this task.
+    default_corpus: ClassVar[bool] = False
 
     def __init__(self, labels: Sequence[str], **state: Any) -> None:
         self.labels = [str(label) for label in labels]
@@ -48,6 +62,20 @@ class Task(ABC):
             raise ValueError(f"{self.name}: unknown task state {sorted(state)}")
 
     # -- reading ------------------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: Any, settings: Any, options: Mapping[str, Any], known: "Task | None" = None) -> tuple[list[Any], Any]:
+        """A labelled file → (examples, report): examples carry ``.text``, ``.text_pair``, ``.label``
+        (parsed) and ``.row``; the report accounts for every row (``rows_read``, ``rows_used``,
+        ``rejected``, ``summary()``, as data.LoadReport). ``known``: the trained task the labels must fit.
+        settings: the TrainConfig (or the run's reading settings); options: ``reading_options``."""
+        raise NotImplementedError(f"{cls.name} does not read files")
+
+    def label_summary(self, labels: Sequence[Hashable]) -> dict[str, int]:
+        """How often each output name occurs among ``labels`` (the data summary)."""
+        from collections import Counter
+
+        return dict(Counter(str(label) for label in labels if label is not None))
+
     @classmethod
     @abstractmethod
     def parse_label(cls, raw: object, options: Mapping[str, Any]) -> Hashable:
@@ -83,6 +111,58 @@ class Task(ABC):
     @abstractmethod
     def targets(self, labels: Sequence[Hashable]) -> np.ndarray:
         """Parsed labels → the training targets (a row per example)."""
+
+    def inputs(self, items: Sequence[Any]) -> list[Any]:
+        """What predict and the server receive → examples for ``encode``: a text, a (text, pair)
+        two-item list/tuple, or {"text", "text_pair"}. A task with other inputs (tokens, question +
+        context) overrides this; a bad item raises BertfitError naming its position."""
+        from bertfit.errors import BertfitError
+        from bertfit.examples import Example
+
+        examples = []
+        for i, item in enumerate(items):
+            if isinstance(item, Mapping):
+                item = (item.get("text"), item.get("text_pair")) if item.get("text_pair") is not None else item.get("text")
+            if isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(t, str) for t in item):
+                examples.append(Example(item[0], None, item[1], row=i))
+            elif isinstance(item, str):
+                examples.append(Example(item, None, None, row=i))
+            else:
+                raise BertfitError(f"texts[{i}] is {type(item).__name__}, expected a string")
+        return examples
+
+    def probe_inputs(self, texts: Sequence[str]) -> list[Any]:
+        """Inputs of this task built from probe sentences (the export check runs them); default: the texts."""
+        return list(texts)
+
+    def sample_inputs(self) -> list[Any]:
+        """Inputs of every shape ``inputs`` takes (the server warms its model up on them)."""
+        return ["warm-up", ("warm-up", "pair")]
+
+    def encode(self, tokenizer: "WordPieceTokenizer", examples: Sequence[Any], max_length: int,
+               settings: Mapping[str, Any] | None = None) -> "EncodedSplit":
+        """Examples → the features the model runs on, with their targets (examples without labels
+        get none). Default: one feature per example, cut to ``max_length`` tokens. settings: the
+        training settings when training, None when predicting (keep what encoding needs in ``state()``)."""
+        from bertfit.batching import EncodedSplit
+
+        texts = [e.text for e in examples]
+        pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
+        encoded = tokenizer.encode(texts, pairs, max_length=max_length) if examples else []
+        labelled = bool(examples) and all(e.label is not None for e in examples)
+        return EncodedSplit(encoded, self.targets([e.label for e in examples]) if labelled else None)
+
+    def collate(self, split: "EncodedSplit", indices: Sequence[int], pad_id: int, epoch: int | None = None) -> "Batch":
+        """Features → one padded batch with this task's targets. ``epoch``: the training epoch (None
+        when evaluating); a task that draws per epoch (dynamic masks) seeds from (seed, epoch, index)."""
+        from bertfit.batching import collate
+
+        return collate(split.encoded, indices, split.targets, pad_id)
+
+    def gather(self, split: "EncodedSplit", outputs: Any) -> Any:
+        """The model's outputs per feature → per example (stitch windows, aggregate, decode spans):
+        what ``evaluate``, ``mistakes``, ``fit_decisions`` and ``decode`` take. Default: one feature per example."""
+        return outputs
 
     # -- training -----------------------------------------------------------------------------
     def prepare_training(self, settings: Mapping[str, Any], train_targets: np.ndarray) -> None:
@@ -120,19 +200,20 @@ class Task(ABC):
 
     # -- decoding -----------------------------------------------------------------------------
     @abstractmethod
-    def decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
-        """Outputs → one JSON-able prediction record per example (what predict and the server return)."""
+    def decode(self, outputs: Any, split: "EncodedSplit | None" = None) -> list[dict[str, Any]]:
+        """Outputs (per example, after ``gather``) → one JSON-able prediction record per example (what
+        predict and the server return). ``split``: the encoded inputs, to map back to text (offsets)."""
 
     def answer(self, record: Mapping[str, Any]) -> Any:
         """The record's answer alone (what ``TextClassifier.predict`` returns per text)."""
         return next(iter(record.values()))
 
-    def agreement(self, reference: np.ndarray, outputs: np.ndarray) -> tuple[str, float]:
+    def agreement(self, reference: Any, outputs: Any, split: "EncodedSplit | None" = None) -> tuple[str, float]:
         """How often two models' outputs give the same answer (int8 vs fp32): (what is compared, fraction)."""
         import json
 
         same = [json.dumps(self.answer(a), sort_keys=True) == json.dumps(self.answer(b), sort_keys=True)
-                for a, b in zip(self.decode(reference), self.decode(outputs))]
+                for a, b in zip(self.decode(reference, split), self.decode(outputs, split))]
         return "labels agree", float(np.mean(same)) if same else 1.0
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:

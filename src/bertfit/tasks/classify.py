@@ -113,7 +113,7 @@ class SingleLabel(SequenceTask):
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         return softmax(outputs)
 
-    def decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def decode(self, outputs: np.ndarray, split: Any = None) -> list[dict[str, Any]]:
         proba = softmax(outputs)
         records = []
         for row in proba:

@@ -180,7 +180,7 @@ class MultiLabel(SequenceTask):
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         return sigmoid(outputs)
 
-    def decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def decode(self, outputs: np.ndarray, split: Any = None) -> list[dict[str, Any]]:
         proba = sigmoid(outputs)
         chosen = proba >= self.current_thresholds()
         return [{"labels": [label for label, on in zip(self.labels, row_on) if on],

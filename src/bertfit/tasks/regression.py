@@ -123,12 +123,12 @@ class Regression(SequenceTask):
         result["labels"] = list(self.labels)
         return result
 
-    def agreement(self, reference: np.ndarray, outputs: np.ndarray) -> tuple[str, float]:
+    def agreement(self, reference: np.ndarray, outputs: np.ndarray, split: Any = None) -> tuple[str, float]:
         # Values never agree to the bit: count those within a tenth of the target's spread.
         close = (np.abs(outputs - reference) <= 0.1 * self.std).all(axis=1)
         return "values within 0.1 std", float(close.mean()) if len(close) else 1.0
 
-    def decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def decode(self, outputs: np.ndarray, split: Any = None) -> list[dict[str, Any]]:
         if len(self.labels) == 1:
             return [{"value": float(row[0])} for row in outputs]
         return [{"values": {name: float(v) for name, v in zip(self.labels, row)}} for row in outputs]

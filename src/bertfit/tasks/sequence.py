@@ -29,6 +29,18 @@ class SequenceTask(Task):
     """A task whose head reads the sentence vector ([CLS]): the encoder's last layer runs on [CLS] only."""
 
     head = "sequence"
+    default_corpus = True
+
+    @classmethod
+    def read(cls, path: Any, settings: Any, options: Mapping[str, Any], known: Task | None = None) -> tuple[list[Example], LoadReport]:
+        """A CSV/TSV/JSONL file of texts (pairs) and label cells, each label parsed by this task."""
+        examples, report = read_raw(path, settings)
+        get = settings.get if isinstance(settings, Mapping) else lambda k, d=None: getattr(settings, k, d)
+        return parse_labels(known or cls, examples, report, options, skip_bad_rows=bool(get("skip_bad_rows", False)),
+                            known=known), report
+
+    def label_summary(self, labels: Sequence[Hashable]) -> dict[str, int]:
+        return label_counts(self, labels)
 
     def loss(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         return sequence_loss(outputs, targets, self.problem_type)
