@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 # Every task's selectable metrics (tasks/*.py metric_names); the task checks its own at the start.
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
-           "pearson", "spearman", "r2", "rmse", "mae", "loss")
+           "pearson", "spearman", "r2", "rmse", "mae", "loss", "mlm_loss", "perplexity", "mlm_accuracy", "nsp_accuracy")
 PROBLEM_TYPES = ("single-label", "multi-label", "regression")
 # The quick default: a documented subset that fits the README's main job in minutes on 2 CPU cores.
 QUICK = {"max_train_examples": 6000, "epochs": 1.0, "eval_every": 0}

@@ -15,6 +15,7 @@ from bertfit.errors import ConfigError
 from bertfit.tasks.base import LabelProblem, Task
 from bertfit.tasks.classify import SingleLabel
 from bertfit.tasks.multilabel import MultiLabel
+from bertfit.tasks.pretrain import Pretrain
 from bertfit.tasks.regression import Regression
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ TASKS: dict[str, type[Task]] = {
     SingleLabel.name: SingleLabel,
     MultiLabel.name: MultiLabel,
     Regression.name: Regression,
+    Pretrain.name: Pretrain,
 }
 BY_PROBLEM_TYPE: dict[str, type[Task]] = {task.problem_type: task for task in TASKS.values()}
 # Integer labels with at most this many distinct values are classes (ratings 1-5, ids), not amounts.

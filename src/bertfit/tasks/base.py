@@ -46,6 +46,8 @@ class Task(ABC):
     headline_metrics: ClassVar[tuple[str, ...]]
     # Whether `bertfit train` without --train-file may use the bundled tweets corpus for this task.
     default_corpus: ClassVar[bool] = False
+    # The command that trains this task: "train" (a labelled file) or "pretrain" (unlabelled corpora).
+    command: ClassVar[str] = "train"
 
     def __init__(self, labels: Sequence[str], **state: Any) -> None:
         self.labels = [str(label) for label in labels]
@@ -158,6 +160,20 @@ class Task(ABC):
         from bertfit.batching import collate
 
         return collate(split.encoded, indices, split.targets, pad_id)
+
+    def forward(self, model: Any, batch: "Batch") -> Any:
+        """The model's outputs for a training batch (what ``loss`` takes). A task whose head needs its
+        targets to run (masked LM: the vocabulary projection at the masked positions only) overrides it."""
+        return model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+
+    def evaluation_outputs(self, model: Any, split: "EncodedSplit", pad_id: int, device: torch.device,
+                           max_tokens: int, bf16: bool = False) -> Any:
+        """The model's outputs per feature of an evaluation split (what ``gather`` takes). Default: the
+        length-sorted inference path on the features alone; a task whose outputs depend on its targets
+        (masked LM: the held-out masks) collates its own batches (``collate`` with epoch=None)."""
+        from bertfit.inference import predict_logits
+
+        return predict_logits(model, split.encoded, pad_id, device, max_tokens, bf16=bf16)
 
     def gather(self, split: "EncodedSplit", outputs: Any) -> Any:
         """The model's outputs per feature → per example (stitch windows, aggregate, decode spans):

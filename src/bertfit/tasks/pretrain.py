@@ -22,7 +22,7 @@ and NSP accuracy.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from torch import Tensor
 
 from bertfit.pretraining.masking import IGNORE, TRAIN_STREAM, VALIDATION_STREAM, Masker, MaskingConfig
 from bertfit.tasks.base import Task
+
+if TYPE_CHECKING:
+    from bertfit.batching import Batch, EncodedSplit
 
 STATS = ("mlm_loss_sum", "masked", "mlm_correct", "nsp_loss", "nsp_correct")
 
@@ -43,6 +46,7 @@ class Pretrain(Task):
     default_metric = "loss"
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "mlm_loss", "perplexity"})
     headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "perplexity", "mlm_accuracy", "nsp_accuracy")
+    command: ClassVar[str] = "pretrain"  # trained by `bertfit pretrain` on unlabelled text, not `bertfit train`
 
     def __init__(self, labels: Sequence[str] = ("IsNext", "NotNext"), **state: Any) -> None:
         super().__init__(labels, **state)
@@ -81,7 +85,24 @@ class Pretrain(Task):
     def targets(self, labels: Sequence[Hashable]) -> np.ndarray:
         return np.asarray(labels, dtype=np.int64)
 
-    # -- batches ------------------------------------------------------------------------------
+    # -- features and batches -------------------------------------------------------------------
+    def encode(self, tokenizer: Any, examples: Sequence[Any], max_length: int,
+               settings: Mapping[str, Any] | None = None) -> "EncodedSplit":
+        """Instances (pretraining/instances.py) → features; the NSP label is each feature's target."""
+        from bertfit.batching import EncodedSplit
+
+        encoded = [inst.encode(tokenizer.cls_id, tokenizer.sep_id) for inst in examples]
+        return EncodedSplit(encoded, np.asarray([inst.next_label for inst in examples], dtype=np.int64))
+
+    def collate(self, split: "EncodedSplit", indices: Sequence[int], pad_id: int, epoch: int | None = None) -> "Batch":
+        """Pad, then draw the masks: epoch given (training): fresh per (seed, epoch, index); None: the fixed
+        held-out masks. Labels (B, 1 + T): NSP label, then the masked-LM labels."""
+        from bertfit.batching import Batch, collate
+
+        batch = collate(split.encoded, indices, split.targets, pad_id)
+        ids, labels = self.mask_batch(batch.input_ids, batch.labels, indices, epoch)
+        return Batch(ids, batch.attention_mask, batch.token_type_ids, labels, batch.indices)
+
     def mask_batch(self, input_ids: Tensor, targets: Tensor | None, indices: Sequence[int],
                    epoch: int | None) -> tuple[Tensor, Tensor]:
         """(masked input ids (B, T), labels (B, 1 + T)) for a padded batch of features ``indices``."""
@@ -97,10 +118,26 @@ class Pretrain(Task):
             labels[:, 0] = targets.numpy()
         return torch.from_numpy(out), torch.from_numpy(labels)
 
-    def forward(self, model: Any, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor,
-                labels: Tensor) -> Any:
-        positions = labels[:, 1:1 + input_ids.shape[1]] != IGNORE
-        return model(input_ids, attention_mask, token_type_ids, positions=positions)
+    def forward(self, model: Any, batch: "Batch") -> Any:
+        """The head projects onto the vocabulary at the masked positions only."""
+        T = batch.input_ids.shape[1]
+        positions = batch.labels[:, 1:1 + T] != IGNORE
+        return model(batch.input_ids, batch.attention_mask, batch.token_type_ids, positions=positions)
+
+    def evaluation_outputs(self, model: Any, split: "EncodedSplit", pad_id: int, device: torch.device,
+                           max_tokens: int, bf16: bool = False) -> np.ndarray:
+        """(N, 5) per-feature statistics (STATS) on the split's fixed masks, length-sorted batches."""
+        from bertfit.batching import inference_batches
+
+        was_training = model.training
+        model.eval()
+        out = np.zeros((len(split), len(STATS)), dtype=np.float64)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for idx in inference_batches(split.lengths, max_tokens, 256):
+                batch = self.collate(split, idx, pad_id, epoch=None).to(device)
+                out[idx] = self.statistics(self.forward(model, batch), batch.labels.cpu())
+        model.train(was_training)
+        return out
 
     # -- training -----------------------------------------------------------------------------
     def loss_weight(self, targets: Tensor) -> Tensor:
@@ -121,7 +158,7 @@ class Pretrain(Task):
         mlm_labels = targets[:, 1:]
         chosen = mlm_labels != IGNORE
         gold = mlm_labels[chosen]
-        logits = outputs.mlm.float()
+        logits = outputs.mlm.float().cpu()
         ce = F.cross_entropy(logits, gold, reduction="none")
         correct = (logits.argmax(-1) == gold).float()
         rows = chosen.nonzero()[:, 0]
@@ -131,7 +168,7 @@ class Pretrain(Task):
         stats[:, 1] = chosen.sum(1).float()
         stats[:, 2].index_add_(0, rows, correct)
         if self.nsp and outputs.nsp is not None:
-            nsp = outputs.nsp.float()
+            nsp = outputs.nsp.float().cpu()
             stats[:, 3] = F.cross_entropy(nsp, targets[:, 0], reduction="none")
             stats[:, 4] = (nsp.argmax(-1) == targets[:, 0]).float()
         return stats.numpy()
@@ -188,7 +225,16 @@ class Pretrain(Task):
                 ["masked tokens", f"{metrics['masked_tokens']:,}"]]
         if self.nsp:
             rows += [["NSP accuracy", f"{metrics['nsp_accuracy']:.4f}"], ["NSP pairs", f"{metrics['sequences']:,}"]]
-        return [Paragraph([f"On the held-out {split} slice, with its fixed masks:"]), Table(["metric", "value"], rows)]
+        blocks = [Paragraph([f"On the held-out {split} slice, with its fixed masks:"]), Table(["metric", "value"], rows, ["l", "r"])]
+        fills = metrics.get("fill_examples") or []
+        if fills:
+            blocks.append(Paragraph(["Held-out sentences with one word masked: the top 3 fillers before and after "
+                                     "pretraining (probabilities)."]))
+            show = lambda fs: ", ".join(f"{w} {p:.2f}" for w, p in fs)  # noqa: E731
+            blocks.append(Table(["text", "answer", "before", "after"],
+                                [[f["text"], f["answer"], show(f.get("fills", [])), show(f["fills_after"])] for f in fills],
+                                ["l", "l", "l", "l"]))
+        return blocks
 
     def headline(self, metrics: Mapping[str, Any]) -> list[Any]:
         parts: list[Any] = [f"held-out perplexity {metrics['perplexity']:.2f}, masked-token accuracy "
