@@ -347,7 +347,9 @@ def load_into(
         new_state.pop("classifier.bias")
         model.fresh_head = True
     if missing_set & pooler and not missing_set - pooler:
-        logger.warning("%s has no pooler weights; the pooler is initialised randomly", source)
+        # A masked-LM model without NSP never uses the pooler; a classifier or NSP head does.
+        level = logging.INFO if getattr(model, "nsp", True) is None else logging.WARNING
+        logger.log(level, "%s has no pooler weights; the pooler is initialised randomly", source)
         missing_set -= pooler
     if missing_set:
         names = sorted(missing_set)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 HELP = "further-pretrain a model on unlabelled text (masked LM + next-sentence prediction)"
@@ -63,8 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
+    from bertfit.cli.common import ProgressBar
     from bertfit.errors import ConfigError
     from bertfit.pretraining.job import PretrainSettings, pretrain
     from bertfit.train_config import TrainConfig
@@ -85,24 +83,9 @@ def run(args: argparse.Namespace) -> int:
             options[name] = getattr(args, name)
     settings = PretrainSettings(**options)
 
-    bar = None
-
-    def progress(record: dict[str, Any], state, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, initial=state.step if record["kind"] == "train" else 0, unit="step",
-                       desc="pretraining", dynamic_ncols=True, file=sys.stderr, disable=args.quiet)
-        if record["kind"] == "train":
-            bar.update(state.step - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        else:
-            shown = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in record.items()
-                              if k not in ("kind", "split", "step", "epoch") and isinstance(v, float))
-            bar.write(f"step {record['step']}: held out {shown}{'  (best)' if record.get('best') else ''}")
-
+    progress = ProgressBar("pretraining", args.quiet, evaluated="held out")
     result = pretrain(config, settings, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)
-    if bar is not None:
-        bar.close()
+    progress.close()
     from bertfit.tasks.pretrain import Pretrain
 
     task = Pretrain(nsp=settings.nsp)
