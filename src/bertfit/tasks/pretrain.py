@@ -55,6 +55,9 @@ class Pretrain(Task):
         super().configure(**state)
         self.nsp = nsp
         self.masker: Masker | None = None
+        if not nsp:  # masked LM alone: no NSP figures anywhere (records, tables, selection)
+            self.headline_metrics = ("loss", "perplexity", "mlm_accuracy")
+            self.metric_names = ("loss", "mlm_loss", "perplexity", "mlm_accuracy")
 
     def state(self) -> dict[str, Any]:
         return {"nsp": self.nsp}
@@ -184,14 +187,13 @@ class Pretrain(Task):
             "mlm_accuracy": float(sums[2] / masked),
             "masked_tokens": int(sums[1]),
             "sequences": int(len(outputs)),
+            "n": int(len(outputs)),
         }
         if self.nsp:
             n = max(len(outputs), 1)
             metrics["nsp_loss"] = float(sums[3] / n)
             metrics["nsp_accuracy"] = float(sums[4] / n)
-        else:
-            metrics["nsp_loss"], metrics["nsp_accuracy"] = 0.0, float("nan")
-        metrics["loss"] = metrics["mlm_loss"] + metrics["nsp_loss"]
+        metrics["loss"] = metrics["mlm_loss"] + metrics.get("nsp_loss", 0.0)
         return metrics
 
     # -- decoding (the statistics of one sequence; pretraining is used through fill-mask / nsp) --
@@ -241,4 +243,5 @@ class Pretrain(Task):
                             f"{metrics['mlm_accuracy']:.3f}"]
         if self.nsp:
             parts.append(f", NSP accuracy {metrics['nsp_accuracy']:.3f}")
+        parts.append(". ")
         return parts
