@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from bertfit import data as data_mod
+from bertfit import dist
 from bertfit.artifact import write_task
 from bertfit.checkpoints import load_classifier, resolve_model, save_classifier
 from bertfit.data import Example
@@ -188,12 +189,13 @@ def select_device(name: str) -> torch.device:
 
 
 def configure_threads(threads: int | None) -> int:
-    """Use the cores this process may run on (more threads than cores only adds contention)."""
+    """Use the cores this process may run on (more threads than cores only adds contention); the
+    processes of a distributed job on one machine share them."""
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         available = os.cpu_count() or 1
-    n = threads or available
+    n = threads or max(1, available // dist.current().local_world)
     torch.set_num_threads(n)
     return n
 
@@ -210,9 +212,20 @@ class RunResult:
 
 def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
               callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
-    """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path."""
+    """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this: it joins the job (dist.py), trains its
+    share of each global batch, and rank 0 alone writes the run directory."""
     started = time.perf_counter()
-    run = RunDir(config.output_dir)
+    d = dist.init(select_device(config.device))
+    try:
+        return _fine_tune(config, d, started, resume, overwrite, callback)
+    finally:
+        d.close()
+
+
+def _decide(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> tuple[TrainConfig, bool, bool]:
+    """(config, resume, replace): what to do with the run directory (rank 0 reads it; all ranks follow)."""
     run.check_is_run()  # a file, or a folder bertfit did not create, is refused before anything else
     saved = _saved_config(run)
     has_checkpoints = bool(run.checkpoint_steps())
@@ -241,8 +254,15 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
                                "to replace it, --resume to continue it, or choose another --output-dir")
     elif resume:
         raise BertfitError(f"{run.path}: no checkpoint to resume from")
+    return config, resume, replace
+
+
+def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, overwrite: bool,
+               callback: Callable[[dict[str, Any], Any, int], None] | None) -> RunResult:
+    run = RunDir(config.output_dir)
+    config, resume, replace = d.on_writer(lambda: _decide(run, config, resume, overwrite), "checking the run directory")
     threads = configure_threads(config.threads)
-    device = select_device(config.device)
+    device = dist.local_device(select_device(config.device))
     seed_everything(config.seed)
 
     prepared = prepare_data(config)
@@ -265,12 +285,15 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     task.prepare_training(config.to_dict(), train.targets)
     if getattr(model, "fresh_head", True):
         task.init_head(model)
-    run.create(replace=replace)  # only now: a run that fails on its data or model leaves the old one intact
-    write_json_atomic(run.file("train_config.json"), config.to_dict())
-    write_json_atomic(run.file("data.json"), prepared.summary)
-    write_json_atomic(run.file("split.json"), {name: [e.row for e in split] for name, split in
-                                              (("train", prepared.train), ("validation", prepared.validation),
-                                               ("test", prepared.test))})
+    def create() -> None:  # only now: a run that fails on its data or model leaves the old one intact
+        run.create(replace=replace)
+        write_json_atomic(run.file("train_config.json"), config.to_dict())
+        write_json_atomic(run.file("data.json"), prepared.summary)
+        write_json_atomic(run.file("split.json"), {name: [e.row for e in split] for name, split in
+                                                  (("train", prepared.train), ("validation", prepared.validation),
+                                                   ("test", prepared.test))})
+
+    d.on_writer(create, "creating the run directory")
 
     # How this run read its files: export --check-file and evaluate read labelled files the same way.
     reading = {"label_map": config.label_map, "label_separator": config.label_separator,
@@ -283,28 +306,39 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     trainer = Trainer(model, config, train, validation, run, pad_id=tokenizer.pad_id, device=device, task=task,
                       on_save_best=save_best, callback=callback)
     if resume:
-        ckpt = run.latest_good_checkpoint(validate=trainer.validate_checkpoint)
-        if ckpt is None:
-            raise BertfitError(f"{run.path}: no intact checkpoint to resume from (all failed their checks)")
+        def latest() -> Any:
+            ckpt = run.latest_good_checkpoint(validate=trainer.validate_checkpoint)
+            if ckpt is None:
+                raise BertfitError(f"{run.path}: no intact checkpoint to resume from (all failed their checks)")
+            return ckpt
+
+        ckpt = d.on_writer(latest, "reading the checkpoint to resume from")  # every rank gets rank 0's
         trainer.restore(ckpt)
         logger.warning("resuming %s from step %d of %d", run.path, ckpt.step, trainer.total_steps)
     else:
-        logger.info("training on %s with %d threads: %d examples, %d steps", device, threads, len(train), trainer.total_steps)
-    write_json_atomic(run.file("precision.json"), trainer.precision.record())  # what this run computes in
+        logger.info("training on %s with %d threads%s: %d examples, %d steps", device, threads,
+                    f" in each of {d.world} processes" if d.distributed else "", len(train), trainer.total_steps)
+    if d.is_writer:
+        write_json_atomic(run.file("precision.json"), trainer.precision.record())  # what this run computes in
     result = trainer.train()
 
-    best = load_classifier(run.path, require_head=True).to(device)
+    # The best weights: rank 0 reads them from the run directory and sends them to the others.
+    best = load_classifier(run.path, require_head=True).to(device) if d.is_writer else trainer.model
+    d.broadcast_module(best, "sending the best weights")
     splits = {name: split for name, split in (("validation", validation), ("test", test)) if len(split)}
-    # Outputs per example: the task gathers its features' outputs (windows, spans) back.
-    outputs = {name: task.gather(split, predict_logits(best, split.encoded, tokenizer.pad_id, device,
-                                                       config.eval_batch_tokens))
+    # Outputs per example: the task gathers its features' outputs (windows, spans) back; the features
+    # are sharded over the ranks and gathered back in order first.
+    outputs = {name: task.gather(split, d.map_sharded(len(split), lambda idx, s=split: predict_logits(
+                   best, [s.encoded[i] for i in idx], tokenizer.pad_id, device, config.eval_batch_tokens),
+                   f"gathering the {name} outputs"))
                for name, split in splits.items()}
     if "validation" in outputs:
         # Decision rules (multi-label thresholds) are tuned on validation, then used for test and predict.
         chosen = task.fit_decisions(outputs["validation"], validation.gold)
         if chosen:
             logger.info("decision rule tuned on validation: %s", chosen)
-        write_task(run.path, task, max_length=config.max_length, reading=reading)
+        if d.is_writer:
+            write_task(run.path, task, max_length=config.max_length, reading=reading)
     metrics: dict[str, dict[str, Any]] = {}
     mistakes: list[dict[str, Any]] = []
     for name, examples in (("validation", prepared.validation), ("test", prepared.test)):
@@ -313,8 +347,10 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         metrics[name] = task.evaluate(outputs[name], splits[name].gold)
         # The report shows the test set's mistakes, or validation's when there is no test set.
         mistakes = confident_mistakes(task, outputs[name], splits[name].gold, examples)
-    write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": " ".join(prepared.summary["warnings"])})
     wall = time.perf_counter() - started
+    if not d.is_writer:
+        return RunResult(run.path, metrics, run.file("report.md"), result, wall, task)
+    write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": " ".join(prepared.summary["warnings"])})
     report = write_run_report(run, config, prepared, result, metrics, mistakes, wall,
                               outputs={name: (outputs[name], splits[name].gold) for name in outputs})
     return RunResult(run.path, metrics, report, result, wall, task)

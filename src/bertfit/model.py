@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from bertfit.config import BertConfig
@@ -319,6 +320,10 @@ class BertModel(nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config)
+        # Training with activation checkpointing: each layer's activations are recomputed in the
+        # backward instead of kept (memory ~ one layer's instead of all); the recomputation replays
+        # the layer's dropout RNG, so the results are the same (the trainer's --gradient-checkpointing).
+        self.gradient_checkpointing = False
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -360,8 +365,12 @@ class BertModel(nn.Module):
         packing = Packing.build(attention_mask, B, T, unpad, dtype=self.embeddings.token.weight.dtype)
         x = self.embeddings(input_ids, token_type_ids, packing)  # (N, H)
         last = len(self.layers) - 1
+        checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, packing, first_only=cls_only and i == last)
+            if checkpointed:
+                x = torch.utils.checkpoint.checkpoint(layer, x, packing, cls_only and i == last, use_reentrant=False)
+            else:
+                x = layer(x, packing, first_only=cls_only and i == last)
         if cls_only:
             cls, hidden = x, None  # (B, H)
         else:

@@ -16,7 +16,17 @@ so no file ever holds NaN weights; an out-of-memory error halves the micro-batch
 batch); a full disk while checkpointing keeps the previous checkpoint and is reported in the notes;
 any other write failure stops training cleanly, with the last checkpoint intact to resume from.
 
-Test hook: BERTFIT_KILL_AT_STEP=k sends this process SIGKILL right after step k's optimizer update.
+Data parallelism (dist.py; a world of one runs none of it): ``batch_size`` is per process, so the
+global batch is batch_size × world × grad_accum. The epoch order is cut into global batches of
+batch_size × world examples by the same function of (seed, epoch) as in one process, and each rank
+takes its strided share (dist.shard); the step's loss weight, loss and token count are summed over
+the ranks, each rank divides its summed loss by the global weight, and the gradients are summed, so
+a step's gradient is the single-process one of the same global batch. Evaluation is sharded and
+gathered back in input order; every rank takes the same decisions (best, early stop) from the same
+gathered outputs; only rank 0 writes.
+
+Test hooks: BERTFIT_KILL_AT_STEP=k sends this process SIGKILL right after step k's optimizer update;
+BERTFIT_HANG_AT_STEP=k makes it sleep there instead; BERTFIT_FAULT_RANK=r limits both to rank r.
 """
 
 from __future__ import annotations
@@ -35,49 +45,29 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from bertfit import dist
 from bertfit.batching import Batch, EncodedSplit, epoch_batches  # noqa: F401 -- EncodedSplit re-exported (job, tests)
 from bertfit.embedding_grad import WordEmbeddingGrad, clip_grad_norm
-from bertfit.errors import BertfitError, CheckpointError
-from bertfit.precision import apply_kernel, resumed_precision, training_precision
-from bertfit.checkpoint_checks import STATE_FORMAT, validate_checkpoint
+from bertfit.errors import CheckpointError
+from bertfit.precision import apply_kernel, training_precision
+from bertfit.checkpoint_checks import validate_checkpoint
 from bertfit.inference import is_out_of_memory, predict_logits  # noqa: F401 -- predict_logits re-exported: job, benchmarks and tests import it from here
 from bertfit.runs import LoadedCheckpoint, RunDir
 from bertfit.tasks import BY_PROBLEM_TYPE
 from bertfit.tasks.base import Task
 from bertfit.train_config import TrainConfig
+from bertfit.train_state import TrainingError, TrainState, checkpoint_payload, restore
+
+__all__ = ["Trainer", "TrainingError", "TrainState", "TrainResult", "EncodedSplit", "seed_everything", "predict_logits"]
 
 logger = logging.getLogger(__name__)
 
 KILL_AT_STEP_ENV = "BERTFIT_KILL_AT_STEP"
-
-
-class TrainingError(BertfitError):
-    """Training cannot go on (a non-finite loss, a setting that cannot work)."""
-
-    exit_code = 3
+HANG_AT_STEP_ENV = "BERTFIT_HANG_AT_STEP"
+FAULT_RANK_ENV = "BERTFIT_FAULT_RANK"
 
 
 @dataclass
-class TrainState:
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best_value: float | None = None
-    best_step: int | None = None
-    evals_without_improvement: int = 0
-    micro_splits: int = 1  # >1 after out-of-memory back-off
-    stopped_early: bool = False
-    examples_seen: int = 0
-    tokens_seen: int = 0
-    train_seconds: float = 0.0
-    # The logging window in progress (steps since the last train record): checkpointed, so a run
-    # resumed in the middle of a window logs the same mean loss and batch hash as an uninterrupted one.
-    window_loss: float = 0.0
-    window_steps: int = 0
-    window_hash: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -172,7 +162,10 @@ class Trainer:
         self.callback = callback
         task.prepare_training(config.to_dict(), train.targets)
         self.lengths = train.lengths
-        batches_per_epoch = math.ceil(len(train) / config.batch_size)
+        self.dist = dist.current()
+        self.order_batch = config.batch_size * self.dist.world  # examples per batch of the epoch order
+        self.global_batch = self.order_batch * config.grad_accum  # examples per optimizer step
+        batches_per_epoch = math.ceil(len(train) / self.order_batch)
         self.steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         self.warmup_steps = int(config.warmup_ratio * self.total_steps)
@@ -193,8 +186,16 @@ class Trainer:
         self.data_fingerprint = data_fingerprint(train)
         self._order: list[list[int]] | None = None  # the batch order of epoch self._order_epoch
         self._order_epoch = -1
-        kill_at = os.environ.get(KILL_AT_STEP_ENV, "").strip()
-        self._kill_at = int(kill_at) if kill_at.isdigit() else None
+        fault_rank = os.environ.get(FAULT_RANK_ENV, "").strip()
+        mine = not fault_rank.isdigit() or int(fault_rank) == self.dist.rank
+        kill_at, hang_at = (os.environ.get(k, "").strip() for k in (KILL_AT_STEP_ENV, HANG_AT_STEP_ENV))
+        self._kill_at = int(kill_at) if kill_at.isdigit() and mine else None
+        self._hang_at = int(hang_at) if hang_at.isdigit() and mine else None
+        self.model.bert.gradient_checkpointing = config.gradient_checkpointing
+        if self.dist.distributed:
+            # The same start on every rank whatever each loaded; then each rank its own dropout stream.
+            self.dist.broadcast_module(self.model, "sending rank 0's initial weights")
+            torch.manual_seed(self.dist.rank_seed(config.seed))
         if config.lr >= 1e-3:
             msg = (f"lr {config.lr:g} is very high for fine-tuning BERT (typical: 2e-5 to 5e-5); "
                    "training is likely to diverge or collapse to one class")
@@ -211,77 +212,12 @@ class Trainer:
 
     # -- resume ------------------------------------------------------------------------------
     def checkpoint_payload(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-        """(weights, tensors for trainer.pt, JSON bookkeeping): everything a resume needs to continue exactly."""
-        trainer_state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
-            trainer_state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        py_state = random.getstate()
-        np_state = np.random.get_state()
-        self.run.sync_log()  # the log up to here must be on disk before a checkpoint that counts it
-        st = self.state
-        state = {
-            "format": STATE_FORMAT,
-            **st.to_dict(),
-            "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
-            "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "metrics_log_bytes": self.run.log_size(),
-            "total_steps": self.total_steps,
-            "data_fingerprint": self.data_fingerprint,
-            # the sampler: its position (epoch, batch_in_epoch above) and this epoch's order
-            "epoch_order": self._order if self._order_epoch == st.epoch and st.batch_in_epoch else None,
-            "notes": list(self.notes),
-            "precision": self.precision.checkpoint_fields(),  # a resume continues in it (exactness)
-        }
-        return self.model.state_dict(), trainer_state, state
+        """(weights, tensors for trainer.pt, JSON bookkeeping): see train_state.checkpoint_payload."""
+        return checkpoint_payload(self)
 
     def restore(self, ckpt: LoadedCheckpoint) -> None:
-        """Continue from ``ckpt`` (already checked by validate_checkpoint): weights, optimizer, scheduler,
-        RNGs, sampler position and order, best-metric bookkeeping, notes, and the metrics log."""
-        s = ckpt.state
-        if s.get("data_fingerprint") != self.data_fingerprint:
-            raise TrainingError(
-                f"{self.run.path}: the training data (or the tokenizer, or --max-length) differ from the ones this "
-                f"run was checkpointed with at step {ckpt.step}, so it cannot continue exactly; restore the original "
-                "data, or start again with --overwrite")
-        if s.get("total_steps") != self.total_steps:
-            raise TrainingError(f"{self.run.path}: the checkpoint at step {ckpt.step} is from a run of {s.get('total_steps')} "
-                                f"steps, this one has {self.total_steps}; start again with --overwrite")
-        self.run.set_aside_after(ckpt.step)
-        self.model.load_state_dict(ckpt.model_state)
-        self.optimizer.load_state_dict(ckpt.trainer_state["optimizer"])
-        self.scheduler.load_state_dict(ckpt.trainer_state["scheduler"])
-        torch.set_rng_state(ckpt.trainer_state["torch_rng"])
-        if "cuda_rng" in ckpt.trainer_state and torch.cuda.is_available():
-            try:
-                torch.cuda.set_rng_state_all(ckpt.trainer_state["cuda_rng"])
-            except (RuntimeError, IndexError, ValueError):
-                logger.warning("could not restore the CUDA RNG state (different GPUs?); dropout after the resume "
-                               "differs from an uninterrupted run")
-        version, internal, gauss = s["python_rng"]
-        random.setstate((version, tuple(internal), gauss))
-        np.random.set_state((s["numpy_rng"][0], np.array(s["numpy_rng"][1], dtype=np.uint32), *s["numpy_rng"][2:]))
-        known = TrainState().__dict__.keys()
-        self.state = TrainState(**{k: s[k] for k in known if k in s})
-        if s.get("epoch_order") is not None:
-            order = [list(map(int, b)) for b in s["epoch_order"]]
-            current = epoch_batches(self.lengths, self.config.batch_size, self.config.seed, self.state.epoch,
-                                    self.config.bucket_window)
-            if current != order:
-                logger.warning("the batch order computed now differs from the checkpoint's (a different NumPy?); "
-                               "finishing epoch %d in the checkpoint's order", self.state.epoch)
-            self._order, self._order_epoch = order, self.state.epoch
-        self.precision = resumed_precision(self.precision, s.get("precision"))
-        self.use_bf16 = self.precision.bf16
-        notes = [n for n in s.get("notes", []) if isinstance(n, str)]
-        self.notes = notes + [n for n in self.notes if n not in notes]
-        for name, problem in self.run.skipped:
-            self._note(f"checkpoint {name} was unusable ({problem}); resumed from the earlier checkpoint "
-                       f"of step {ckpt.step}", warn=False)
-        self.run.truncate_log(int(s["metrics_log_bytes"]))
+        """Continue exactly from ``ckpt`` (already checked by validate_checkpoint): see train_state.restore."""
+        restore(self, ckpt)
 
     def validate_checkpoint(self, ckpt: LoadedCheckpoint) -> None:
         """Every part of a checkpoint must fit this model and trainer before it is used (CheckpointError)."""
@@ -292,7 +228,9 @@ class Trainer:
         st = self.state
         self._check_finite_weights("writing the checkpoint")
         try:
-            model_state, trainer_state, state = self.checkpoint_payload()
+            model_state, trainer_state, state = self.checkpoint_payload()  # every rank: the RNGs are gathered
+            if not self.dist.is_writer:
+                return
             self.run.save_checkpoint(st.step, model_state, trainer_state, state, self.config.keep_checkpoints,
                                      protect=st.best_step)
         except CheckpointError as exc:  # NaN or infinite optimizer state: nothing sane to continue from
@@ -328,7 +266,7 @@ class Trainer:
                     f"({self._last_checkpoint_text()}). Lower --lr (now {self.config.lr:g}) or check the data")
 
     def _save_best(self) -> None:
-        if not self.on_save_best:
+        if not self.on_save_best or not self.dist.is_writer:
             return
         self._check_finite_weights("saving the best model")
         try:
@@ -341,7 +279,7 @@ class Trainer:
 
     def _epoch_order(self, epoch: int) -> list[list[int]]:
         if self._order_epoch != epoch or self._order is None:
-            self._order = epoch_batches(self.lengths, self.config.batch_size, self.config.seed, epoch,
+            self._order = epoch_batches(self.lengths, self.order_batch, self.config.seed, epoch,
                                         self.config.bucket_window)
             self._order_epoch = epoch
         return self._order
@@ -371,14 +309,20 @@ class Trainer:
             ) from None
         finally:  # the model leaves with ordinary dense gradients, for whoever trains it next
             embeddings.sparse_token_grad = False
+            self.model.bert.gradient_checkpointing = False
             apply_kernel(self.model, None)
             self.optimizer.zero_grad(set_to_none=True)
 
     def _train(self) -> TrainResult:
-        cfg, st = self.config, self.state
+        cfg, st, d = self.config, self.state, self.dist
+        logger.info("global batch %d = %d per process × %d process%s × %d accumulation", self.global_batch,
+                    cfg.batch_size, d.world, "es" if d.world > 1 else "", cfg.grad_accum)
         if st.step == 0:
-            self.run.append_log({"kind": "start", "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
-                                 "warmup_steps": self.warmup_steps, "examples": len(self.train_data)})
+            start = {"kind": "start", "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+                     "warmup_steps": self.warmup_steps, "examples": len(self.train_data)}
+            if d.distributed:
+                start.update(world_size=d.world, global_batch=self.global_batch)
+            self._log(start)
         window_tokens, window_examples = 0, 0  # throughput only; not part of the checkpoint
         window_start = time.perf_counter()
         while st.step < self.total_steps and not st.stopped_early:
@@ -390,6 +334,8 @@ class Trainer:
                 st.step += 1
                 if self._kill_at == st.step:  # test hook: a kill -9 right after this step's update
                     os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+                while self._hang_at == st.step:  # test hook: a rank that stops answering
+                    time.sleep(1)
                 n = sum(len(b) for b in group)
                 st.examples_seen += n
                 st.tokens_seen += tokens
@@ -407,9 +353,7 @@ class Trainer:
                               "batch_hash": st.window_hash,
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                               "examples_per_s": window_examples / max(elapsed, 1e-9)}
-                    self.run.append_log(record)
-                    if self.callback:
-                        self.callback(record, st, self.total_steps)
+                    self._log(record)
                     window_tokens, window_examples = 0, 0
                     st.window_loss, st.window_steps, st.window_hash = 0.0, 0, ""
                     window_start = time.perf_counter()
@@ -429,21 +373,32 @@ class Trainer:
                     break  # the next epoch has its own order (batch_in_epoch is 0 again, so don't loop on)
         if self.validation is None or not len(self.validation):
             self._save_best()  # nothing to select on: the last weights are the result
-        return TrainResult(st, self.run.read_log(), self.notes)
+        return TrainResult(st, self.run.read_log() if d.is_writer else [], self.notes)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        """A record for the metrics log and the progress callback: rank 0's alone."""
+        if self.dist.is_writer:
+            self.run.append_log(record)
+            if self.callback and record["kind"] != "start":
+                self.callback(record, self.state, self.total_steps)
 
     def _epoch_progress(self, batches_in_epoch: int) -> float:
         return round(self.state.epoch + self.state.batch_in_epoch / max(1, batches_in_epoch), 4)
 
     def _optimizer_step(self, group: list[list[int]]) -> tuple[float, int]:
         self.model.train()
-        data = self.train_data
-        batches = [self.task.collate(data, idx, self.pad_id, epoch=self.state.epoch) for idx in group]
+        data, d = self.train_data, self.dist
+        step = d.step = self.state.step + 1
+        shards = [shard for idx in group if (shard := d.shard(idx))]  # this rank's part of the global batches
+        batches = [self.task.collate(data, idx, self.pad_id, epoch=self.state.epoch) for idx in shards]
         total_weight = sum(float(self.task.loss_weight(b.labels)) for b in batches)
-        step = self.state.step + 1
+        tokens = sum(b.real_tokens for b in batches)
+        if d.distributed:  # the normaliser is the whole step's, over every rank
+            total_weight, tokens = d.all_reduce_sum([total_weight, tokens], f"the loss weight all-reduce of step {step}")
+            tokens = int(tokens)
         if total_weight <= 0:
             raise TrainingError(f"every example of step {step}'s batch has loss weight 0, so there is no loss to "
                                 f"learn from; give every class a positive --class-weights ({self._last_checkpoint_text()})")
-        tokens = sum(b.real_tokens for b in batches)
         # A retry after out-of-memory starts from the same random state (dropout), like the first try.
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
@@ -471,6 +426,10 @@ class Trainer:
                 self._note(f"out of memory at step {step} with micro-batches of {micro} (--batch-size "
                            f"{self.config.batch_size}): continuing with micro-batches of {size} and more accumulation "
                            "(the effective batch is unchanged)")
+        if d.distributed:  # the step's loss over every rank; then the step's gradient, summed
+            loss = d.all_reduce_sum([loss], f"the loss all-reduce of step {step}")[0]
+            if math.isfinite(loss):
+                d.all_reduce_gradients(self.model.parameters(), self._token_grad)
         if not math.isfinite(loss):
             self._zero_grad()
             raise TrainingError(
@@ -506,8 +465,11 @@ class Trainer:
     def _evaluate_and_select(self) -> None:
         st, cfg = self.state, self.config
         self._check_finite_weights("evaluating")
-        raw = self.task.evaluation_outputs(self.model, self.validation, self.pad_id, self.device,
-                                           cfg.eval_batch_tokens, bf16=self.use_bf16)
+        raw = self.dist.map_sharded(  # each rank a share of the features, gathered back in order on every rank
+            len(self.validation), lambda idx: self.task.evaluation_outputs(
+                self.model, self.validation, self.pad_id, self.device, cfg.eval_batch_tokens, bf16=self.use_bf16,
+                indices=idx),
+            f"gathering the validation outputs of step {st.step}")
         logits = self.task.gather(self.validation, raw)  # per example (windows stitched, spans decoded)
         metrics = self.task.evaluate(logits, self.validation.gold)
         record = {"kind": "eval", "split": "validation", "step": st.step, "epoch": round(st.epoch + 0.0, 4),
@@ -529,6 +491,4 @@ class Trainer:
                 st.stopped_early = True
                 record["early_stop"] = True
                 logger.info("early stopping at step %d: no %s improvement in %d evaluations", st.step, self.metric, cfg.patience)
-        self.run.append_log(record)
-        if self.callback:
-            self.callback(record, st, self.total_steps)
+        self._log(record)

@@ -82,6 +82,7 @@ class TrainConfig:
     threads: int | None = None
     bf16: bool | None = None  # None: auto (CUDA with bf16; a CPU where bf16 measured fast, see precision.py)
     compile: bool = False
+    gradient_checkpointing: bool = False  # recompute each encoder layer in the backward: less memory, same results
     bucket_window: int = 50
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -269,7 +270,7 @@ _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
 _POSITIVE = {"epochs", "lr", "adam_eps", "threshold"}
 _OPTIONAL = {"threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience", "threads", "classifier_dropout",
              "train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding"}
-_BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header")
+_BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header", "gradient_checkpointing")
 _STRINGS = ("train_file", "validation_file", "test_file", "text_column", "pair_column", "label_column", "encoding",
             "model", "output_dir")
 

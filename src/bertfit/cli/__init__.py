@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from types import ModuleType
 
@@ -64,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     elif extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    args.argv = argv  # `train --nproc N` relaunches itself with these
+    # In a distributed job (torchrun sets RANK) the other ranks' messages say whose they are.
+    who = f"[rank {os.environ['RANK']}] " if os.environ.get("RANK", "0") != "0" else ""
     try:
         return int(args.handler(args) or 0)
     except BertfitError as exc:
-        print(f"bertfit: error: {exc}", file=sys.stderr)
+        print(f"{who}bertfit: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("bertfit: interrupted (resume with --resume RUN)", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN", help="continue a run from its latest intact checkpoint, with the "
                         "settings saved in it (settings given with --resume that differ are ignored, with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                        help="data-parallel training in N processes on this machine (launched with torch.distributed.run; "
+                             "gloo on CPUs, NCCL on GPUs; --batch-size is per process). For several machines use torchrun "
+                             "(README: Scaling out)")
+    parser.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                        help="distributed runs: how long a rank waits for the others before it stops with an error "
+                             "naming the rank that did not answer (default: 300)")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "extra":
             continue
@@ -60,6 +68,23 @@ def _show(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    if args.dist_timeout is not None:
+        if not args.dist_timeout > 0:
+            raise BertfitError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+        os.environ["BERTFIT_DIST_TIMEOUT"] = str(args.dist_timeout)
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise BertfitError(f"--nproc must be at least 1, got {args.nproc}")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise BertfitError("--nproc launches the processes itself; under torchrun leave it out "
+                               "(torchrun's --nproc-per-node says how many)")
+        if args.nproc > 1:
+            from bertfit.launch import launch, without_option
+
+            argv = without_option(getattr(args, "argv", None) or sys.argv[1:], "--nproc")
+            return launch(args.nproc, argv, args.dist_timeout)
     from bertfit.data import parse_label_map
     from bertfit.job import fine_tune
     from bertfit.train_config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
@@ -84,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     progress = ProgressBar("fine-tuning", args.quiet)
     result = fine_tune(config, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)
     progress.close()
+    if os.environ.get("RANK", "0") != "0":  # a distributed job: rank 0 prints the results
+        return 0
     for split in ("validation", "test"):
         if split in result.metrics:
             print(f"\n{split} ({result.metrics[split]['n']} examples)")

@@ -167,13 +167,15 @@ class Task(ABC):
         return model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
 
     def evaluation_outputs(self, model: Any, split: "EncodedSplit", pad_id: int, device: torch.device,
-                           max_tokens: int, bf16: bool = False) -> Any:
-        """The model's outputs per feature of an evaluation split (what ``gather`` takes). Default: the
-        length-sorted inference path on the features alone; a task whose outputs depend on its targets
-        (masked LM: the held-out masks) collates its own batches (``collate`` with epoch=None)."""
+                           max_tokens: int, bf16: bool = False, indices: Sequence[int] | None = None) -> Any:
+        """The model's outputs for the features ``indices`` (default: all) of an evaluation split, in that
+        order (what ``gather`` takes once every shard is back). Default: the length-sorted inference path
+        on the features alone; a task whose outputs depend on its targets (masked LM: the held-out masks,
+        drawn from each feature's index) collates its own batches (``collate`` with epoch=None)."""
         from bertfit.inference import predict_logits
 
-        return predict_logits(model, split.encoded, pad_id, device, max_tokens, bf16=bf16)
+        encoded = split.encoded if indices is None else [split.encoded[i] for i in indices]
+        return predict_logits(model, encoded, pad_id, device, max_tokens, bf16=bf16)
 
     def gather(self, split: "EncodedSplit", outputs: Any) -> Any:
         """The model's outputs per feature → per example (stitch windows, aggregate, decode spans):

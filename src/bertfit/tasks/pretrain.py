@@ -128,17 +128,20 @@ class Pretrain(Task):
         return model(batch.input_ids, batch.attention_mask, batch.token_type_ids, positions=positions)
 
     def evaluation_outputs(self, model: Any, split: "EncodedSplit", pad_id: int, device: torch.device,
-                           max_tokens: int, bf16: bool = False) -> np.ndarray:
-        """(N, 5) per-feature statistics (STATS) on the split's fixed masks, length-sorted batches."""
+                           max_tokens: int, bf16: bool = False, indices: Sequence[int] | None = None) -> np.ndarray:
+        """(len(indices), 5) per-feature statistics (STATS) on the split's fixed masks (each feature's own,
+        whichever shard evaluates it), length-sorted batches."""
         from bertfit.batching import inference_batches
 
+        chosen = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
         was_training = model.training
         model.eval()
-        out = np.zeros((len(split), len(STATS)), dtype=np.float64)
+        out = np.zeros((len(chosen), len(STATS)), dtype=np.float64)
+        lengths = [len(split.encoded[i].ids) for i in chosen]
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            for idx in inference_batches(split.lengths, max_tokens, 256):
-                batch = self.collate(split, idx, pad_id, epoch=None).to(device)
-                out[idx] = self.statistics(self.forward(model, batch), batch.labels.cpu())
+            for rows in inference_batches(lengths, max_tokens, 256):
+                batch = self.collate(split, chosen[rows].tolist(), pad_id, epoch=None).to(device)
+                out[rows] = self.statistics(self.forward(model, batch), batch.labels.cpu())
         model.train(was_training)
         return out
 

@@ -1,0 +1,305 @@
+"""Data-parallel training on torch.distributed (gloo, 2 processes on this machine, tiny random model).
+
+- 2 processes and 1 process with the same global batch give the same per-step losses and final
+  weights (≤ 1e-5), for every registered task (each task brings a tiny data maker: MAKERS);
+- evaluation is sharded and gathered back complete and in order (7, 40, 101 texts), and exactly one
+  rank writes the run directory (tests/dist_worker.py, run under torchrun);
+- kill -9 of the job and `--resume` with the same world size is bit-identical to an uninterrupted
+  distributed run; another world size is refused with the reason;
+- a rank killed, or hung, mid-run ends the job with an error that names the rank, within a timeout;
+- a 2-"node" job (`--nnodes 2` over a loopback c10d rendezvous) completes;
+- --gradient-checkpointing gives the same weights as without.
+
+Every subprocess has a timeout, so a hang fails the test instead of the suite. Deselect with
+`-m "not distributed"`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bertfit.runs import RunDir
+from bertfit.tasks import TASKS
+from conftest import NEGATIVE, POSITIVE, WORDS, synthetic_rows, write_csv
+
+pytestmark = pytest.mark.distributed
+
+TESTS = Path(__file__).parent
+SRC = TESTS.parent / "src"
+TIMEOUT = 240  # seconds for any one launched job: a hang fails the test, not the suite
+TIMING = ("tokens_per_s", "examples_per_s")
+
+
+# --- one tiny data file per task: a task joins these tests by adding its maker ------------------
+def _text(rng: random.Random, extra: list[str]) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(2, 12))] + extra
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def single_label(path: Path) -> dict:
+    return {"train_file": str(write_csv(path / "single.csv", synthetic_rows(130, seed=3))), "problem_type": "single-label"}
+
+
+def multi_label(path: Path) -> dict:
+    rng = random.Random(4)
+    emotions = {"joy": POSITIVE[:2], "love": POSITIVE[2:], "anger": NEGATIVE[:2], "fear": NEGATIVE[2:]}
+    rows = []
+    for _ in range(130):
+        labels = rng.sample(sorted(emotions), rng.randint(1, 2))
+        rows.append({"text": _text(rng, [rng.choice(emotions[e]) for e in labels]), "labels": labels})
+    return {"train_file": str(_jsonl(path / "multi.jsonl", rows)), "problem_type": "multi-label"}
+
+
+def regression(path: Path) -> dict:
+    rng = random.Random(5)
+    rows = []
+    for _ in range(130):
+        k = rng.randint(0, 3)
+        words = rng.sample(POSITIVE, k) + rng.sample(NEGATIVE, 3 - k)
+        rows.append({"text": _text(rng, words[:2]), "text_pair": _text(rng, words[2:]), "score": k * 5 / 3})
+    return {"train_file": str(_jsonl(path / "regression.jsonl", rows)), "problem_type": "regression",
+            "pair_column": "text_pair"}
+
+
+# Each maker writes a small learnable file for its task into the folder and returns the TrainConfig
+# fields that read it (train_file, problem_type, columns...).
+MAKERS: dict[str, Callable[[Path], dict]] = {
+    "single-label": single_label,
+    "multi-label": multi_label,
+    "regression": regression,
+}
+
+
+def test_every_task_has_a_data_maker():
+    missing = sorted(set(TASKS) - set(MAKERS))
+    assert not missing, f"tests/test_distributed.py has no data maker for task(s) {missing}: add one to MAKERS"
+
+
+# --- launching ----------------------------------------------------------------------------------
+def env(**extra: str) -> dict[str, str]:
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", **extra}
+    for key in ("BERTFIT_KILL_AT_STEP", "BERTFIT_HANG_AT_STEP", "BERTFIT_FAULT_RANK", "WORLD_SIZE", "RANK"):
+        if key not in extra:
+            full.pop(key, None)
+    return full
+
+
+def bertfit(args: list[str], timeout: float = TIMEOUT, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bertfit", "train", *args], env=env(**extra), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def cli_args(model_dir: Path, data: Path, run: Path, extra: list[str]) -> list[str]:
+    return ["--model", str(model_dir), "--train-file", str(data), "--output-dir", str(run), "--max-length", "32",
+            "--lr", "5e-4", "--log-every", "1", "--save-every", "3", "--epochs", "2", "--threads", "1",
+            "--grad-accum", "2", *extra]
+
+
+def train_records(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in RunDir(run).read_log() if r["kind"] == "train"]
+
+
+def last_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(RunDir(run).checkpoint_path(RunDir(run).checkpoint_steps()[-1]) / "model.safetensors"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- one launch under torchrun (tests/dist_worker.py): each rank's own view ----------------------
+def job_config(model_dir: Path, run: Path, batch_size: int, data: dict) -> dict:
+    return {"model": str(model_dir), "output_dir": str(run), "max_length": 32, "lr": 5e-4, "log_every": 1,
+            "save_every": 3, "epochs": 2.0, "threads": 1, "grad_accum": 2, "batch_size": batch_size, **data}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, no_dropout_model_dir):
+    """Every task trained by 2 processes × batch 4 × accumulation 2 (global batch 16), plus the gather
+    and agreement checks, in one torchrun launch; returns (folder, tasks' data, each rank's report)."""
+    base = tmp_path_factory.mktemp("dist-launched")
+    data = {task: make(base / task) for task, make in MAKERS.items() if (base / task).mkdir() is None}
+    jobs = [{"name": task, "config": job_config(no_dropout_model_dir, base / task / "two", 4, data[task])}
+            for task in MAKERS]
+    spec = base / "spec.json"
+    spec.write_text(json.dumps({"model": str(no_dropout_model_dir), "jobs": jobs}), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(TESTS / "dist_worker.py"), str(spec), str(base)],
+                         env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return base, data, [json.loads((base / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.parametrize("task", sorted(MAKERS))
+def test_two_processes_match_one_process(launched, no_dropout_model_dir, task):
+    """The same global batch: 2 processes × 4 × 2 and 1 process × 8 × 2 take the same steps."""
+    from bertfit.job import fine_tune
+    from bertfit.train_config import TrainConfig
+
+    base, data, _ = launched
+    one, two = base / task / "one", base / task / "two"
+    fine_tune(TrainConfig(**job_config(no_dropout_model_dir, one, 8, data[task])))
+    a, b = train_records(one), train_records(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 10
+    for x, y in zip(a, b):
+        assert x["batch_hash"] == y["batch_hash"] and x["lr"] == y["lr"]  # the same examples in every step
+        assert abs(x["loss"] - y["loss"]) <= 1e-5, (x, y)
+    wa, wb = last_weights(one), last_weights(two)
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-5
+    start = RunDir(two).read_log()[0]
+    assert start["world_size"] == 2 and start["global_batch"] == 16
+
+
+def test_gathered_evaluation_is_complete_and_in_order(launched):
+    _, _, ranks = launched
+    for r, seen in enumerate(ranks):
+        assert seen["rank"] == r and seen["world"] == 2
+        for n in (7, 40, 101):
+            g = seen["gather"][str(n)]
+            assert g["shape"] == [n, 3] and g["max_diff"] <= 1e-5  # equal to one process's outputs
+            assert g["order"] == list(range(n))  # complete, in input order, no duplicates
+        # rank 0's decision (or its error) reaches every rank; sums are sums
+        assert seen["agreement"] == {"result": {"from": 0}, "error": "rank 0 refused", "sum": [3.0, 1.0]}
+    for n in (7, 40, 101):  # each example computed by exactly one rank
+        assert sorted(ranks[0]["gather"][str(n)]["mine"] + ranks[1]["gather"][str(n)]["mine"]) == list(range(n))
+
+
+def test_exactly_one_writer(launched):
+    base, _, ranks = launched
+    for task in MAKERS:
+        writes = ranks[0]["writes"][task]
+        assert {"create", "append_log", "save_checkpoint", "save_classifier", "write_run_report", "progress"} <= set(writes)
+        assert ranks[1]["writes"][task] == []  # rank 1 never wrote into the run directory, nor drew a progress bar
+        assert (base / task / "two" / "report.md").exists()
+
+
+# --- faults and exact resume ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir):
+    """An uninterrupted 2-process run (dropout on: each rank's RNG matters for the resume)."""
+    base = tmp_path_factory.mktemp("dist-resume")
+    csv = write_csv(base / "data.csv", synthetic_rows(130, seed=3))
+    args = lambda run: cli_args(tiny_model_dir, csv, run, ["--batch-size", "4", "--nproc", "2"])  # noqa: E731
+    out = bertfit(args(base / "reference"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    # printed once, by rank 0: the global batch at the start, the results at the end
+    assert out.stderr.count("global batch 16 = 4 per process × 2 processes × 2 accumulation") == 1
+    assert out.stdout.count("run directory:") == 1
+    return base, args
+
+
+def test_kill_the_job_then_resume_is_bit_identical(reference):
+    base, args = reference
+    run = base / "killed"
+    out = bertfit(args(run), BERTFIT_KILL_AT_STEP="8")  # every rank: SIGKILL right after step 8's update
+    assert out.returncode != 0
+    assert 0 < RunDir(run).checkpoint_steps()[-1] < 8
+    # another world size: refused, with the reason
+    alone = bertfit(["--resume", str(run)])
+    assert alone.returncode == 3, alone.stderr[-2000:]
+    assert "written by 2 process(es)" in alone.stderr and "global batch" in alone.stderr and "--nproc 2" in alone.stderr
+    out = bertfit(["--resume", str(run), "--nproc", "2"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming" in out.stderr
+    got, want = RunDir(run).read_log(), RunDir(base / "reference").read_log()
+    strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING} for r in records]  # noqa: E731
+    assert strip(got) == strip(want)  # every step's loss, lr, batch hash and every evaluation
+    for name in ("model.safetensors", f"checkpoints/step-{RunDir(run).checkpoint_steps()[-1]:08d}/model.safetensors"):
+        a, b = load_file(str(run / name)), load_file(str(base / "reference" / name))
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((base / "reference" / "metrics.json").read_text())
+
+
+def test_a_killed_rank_ends_the_job_naming_it(reference):
+    base, args = reference
+    started = time.monotonic()
+    out = bertfit(args(base / "rank-killed"), BERTFIT_KILL_AT_STEP="3", BERTFIT_FAULT_RANK="1")
+    assert out.returncode == 4, out.stderr[-3000:]
+    assert "rank 1" in out.stderr and "SIGKILL" in out.stderr and "--resume" in out.stderr
+    assert time.monotonic() - started < 120
+
+
+def test_a_hung_rank_ends_the_job_naming_it(reference):
+    base, args = reference
+    out = bertfit(args(base / "rank-hung") + ["--dist-timeout", "12"], BERTFIT_HANG_AT_STEP="3", BERTFIT_FAULT_RANK="1")
+    assert out.returncode == 4, out.stderr[-3000:]
+    # rank 0 timed out in step 4's first collective and named the rank that never arrived
+    assert "rank 0 of 2" in out.stderr and "rank 1 (its last collective was" in out.stderr, out.stderr[-3000:]
+    assert "never reached it" in out.stderr
+
+
+def test_two_nodes_over_a_loopback_rendezvous(tmp_path, tiny_model_dir):
+    csv = write_csv(tmp_path / "data.csv", synthetic_rows(60, seed=3))
+    endpoint = f"127.0.0.1:{free_port()}"
+    train = cli_args(tiny_model_dir, csv, tmp_path / "run", ["--batch-size", "4", "--epochs", "1"])
+    nodes = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "bertfit-test",
+                   "--rdzv-conf", f"is_host={'true' if node == 0 else 'false'}", "-m", "bertfit", "train", *train]
+        nodes.append(subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outs = [p.communicate(timeout=TIMEOUT) for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in outs]
+    start = RunDir(tmp_path / "run").read_log()[0]
+    assert start["world_size"] == 2 and start["global_batch"] == 16
+    assert (tmp_path / "run" / "metrics.json").exists()
+    assert sum(out.count("run directory:") for out, _ in outs) == 1
+
+
+# --- activation checkpointing ---------------------------------------------------------------------
+def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_model_dir):
+    from bertfit.job import fine_tune
+    from bertfit.train_config import TrainConfig
+
+    csv = write_csv(tmp_path / "data.csv", synthetic_rows(60, seed=3))
+    runs = {}
+    for checkpointing in (False, True):  # dropout on: the recomputation must replay the same masks
+        config = TrainConfig(train_file=str(csv), model=str(tiny_model_dir), output_dir=str(tmp_path / str(checkpointing)),
+                             max_steps=4, batch_size=8, lr=5e-4, threads=1, max_length=32, save_every=4,
+                             gradient_checkpointing=checkpointing)
+        fine_tune(config)
+        runs[checkpointing] = last_weights(tmp_path / str(checkpointing))
+    assert max(float((runs[True][k] - runs[False][k]).abs().max()) for k in runs[False]) <= 1e-6
+
+
+def test_nproc_mistakes_are_one_line_errors(tmp_path):
+    out = bertfit(["--nproc", "0", "--output-dir", str(tmp_path / "run")], timeout=60)
+    assert out.returncode == 2 and "--nproc must be at least 1" in out.stderr and "Traceback" not in out.stderr
+    out = bertfit(["--nproc", "2", "--output-dir", str(tmp_path / "run")], timeout=60, WORLD_SIZE="2", RANK="0")
+    assert out.returncode == 2 and "under torchrun leave it out" in out.stderr
+    out = bertfit(["--dist-timeout", "0", "--output-dir", str(tmp_path / "run")], timeout=60)
+    assert out.returncode == 2 and "--dist-timeout must be a positive number" in out.stderr
+
+
+def test_without_option_drops_only_the_launchers_flag():
+    from bertfit.launch import without_option
+
+    assert without_option(["-q", "train", "--nproc", "2", "--batch-size", "4", "--nproc=3"], "--nproc") == \
+        ["-q", "train", "--batch-size", "4"]
