@@ -114,6 +114,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     work = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
     if args.what == "_one":
         files = json.loads(Path(args.out).read_text())["files"]
