@@ -135,7 +135,7 @@ class BertConfig:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{source}: id2label must map integer ids to names ({exc})") from None
         # transformers writes id2label LABEL_0/LABEL_1 for a bare encoder; that is not a trained head.
-        if values["id2label"] and raw.get("architectures") == ["BertModel"]:
+        if values["id2label"] and raw.get("architectures") in (["BertModel"], ["BertForPreTraining"], ["BertForMaskedLM"]):
             values["id2label"] = {}
         # transformers writes null for "infer from the labels' dtype"; the loaded head then trains as
         # single-label (num_labels > 1) or regression (num_labels == 1), which is what we infer too.

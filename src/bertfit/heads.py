@@ -8,6 +8,7 @@ and accounts for the rest. The losses mirror transformers' so a saved run trains
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertfit.config import BertConfig
-from bertfit.model import BertModel
+from bertfit.model import BertModel, activation
 
 
 class _LinearHead(nn.Module):
@@ -200,6 +201,95 @@ def span_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     return (start + end) / 2, torch.tensor(float(len(targets)))
 
 
-# The registry: a task names its head by key. Heads of later tasks (token, span, pretraining) join here.
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's masked-LM head (transformers' ``cls.predictions``): dense + activation + LayerNorm, then
+    the decoder, whose weight *is* the word-embedding matrix (tied) plus an output bias per token."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
+        """(M, H) hidden states of the predicted positions → (M, vocab) logits."""
+        return F.linear(self.norm(self.act(self.dense(hidden))), word_embeddings, self.bias)
+
+
+@dataclass
+class PretrainingOutput:
+    """What BertForPreTraining returns: masked-LM logits and NSP logits."""
+
+    mlm: Tensor  # (M, V) at the selected positions (row-major over (B, T)), or (B, T, V) for all positions
+    nsp: Tensor | None  # (B, 2): IsNext (0) / NotNext (1); None without an NSP head
+
+
+class BertForPreTraining(nn.Module):
+    """The encoder with BERT's two pretraining heads: masked LM (tied decoder) and next-sentence
+    prediction (a linear layer on the pooled [CLS] vector).
+
+    ``forward(..., positions=mask)`` computes the vocabulary projection only where ``mask`` (B, T) is
+    true — the ~15% of tokens that are predicted — instead of at all B·T positions: the projection
+    onto 30k words is the largest matmul of a small model. Without ``positions`` it returns logits at
+    every position (fill-mask, parity with transformers). ``nsp=False`` builds the masked-LM head alone
+    (transformers' BertForMaskedLM; ``--no-nsp``). Saved in transformers' layout (``cls.predictions.*``,
+    ``cls.seq_relationship.*``; the decoder weight is the word embeddings and is not stored twice), so a
+    run loads in AutoModelForPreTraining / AutoModelForMaskedLM.
+    """
+
+    needs: ClassVar[str] = "tokens"
+    # The decoder reads the word-embedding matrix as a whole: its gradient is dense over the vocabulary,
+    # so the trainer's sparse word-embedding gradient (embedding_grad.py) must not be used with it.
+    ties_word_embeddings: ClassVar[bool] = True
+    weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [
+        ("mlm.dense.{p}", ("cls.predictions.transform.dense.{p}",)),
+        ("mlm.norm.{p}", ("cls.predictions.transform.LayerNorm.{p}",)),
+        ("mlm.bias", ("cls.predictions.bias",)),
+        ("nsp.{p}", ("cls.seq_relationship.{p}",)),
+    ]
+
+    def __init__(self, config: BertConfig, nsp: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm = MaskedLMHead(config)
+        self.nsp = nn.Linear(config.hidden_size, 2) if nsp else None
+        for module in (self.mlm, self.nsp):
+            if module is not None:
+                module.apply(self.bert._init_weights)
+        # The output bias starts at zero, as BERT's; the decoder weight is the embeddings (tied).
+        nn.init.zeros_(self.mlm.bias)
+
+    @property
+    def architecture(self) -> str:
+        """transformers' class for config.json "architectures"."""
+        return "BertForPreTraining" if self.nsp is not None else "BertForMaskedLM"
+
+    @property
+    def head_map(self) -> list[tuple[str, tuple[str, ...]]]:
+        """This instance's weight map (without the NSP entry when it has no NSP head)."""
+        return [m for m in self.weight_map if self.nsp is not None or not m[0].startswith("nsp.")]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        fast: bool = True,
+        positions: Tensor | None = None,
+    ) -> PretrainingOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, cls_only=False)
+        hidden = out.last_hidden_state  # (B, T, H)
+        selected = hidden if positions is None else hidden[positions]  # (B, T, H) or (M, H)
+        mlm = self.mlm(selected, self.bert.embeddings.token.weight)
+        nsp = self.nsp(out.pooled) if self.nsp is not None else None
+        return PretrainingOutput(mlm, nsp)
+
+
+# The registry: a task names its head by key.
 HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification,
-                                     "span": BertForQuestionAnswering}
+                                     "span": BertForQuestionAnswering, "pretraining": BertForPreTraining}

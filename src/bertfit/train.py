@@ -182,7 +182,9 @@ class Trainer:
         # CPU: the word embeddings' gradient is kept in one dense buffer that the backward adds a
         # sparse gradient into, and only its touched rows are zeroed and clipped (see embedding_grad).
         self._token_grad: WordEmbeddingGrad | None = None
-        if device.type == "cpu" and not config.compile:
+        # Not with a head that reads the embedding matrix as a whole (a tied masked-LM decoder): its
+        # gradient is dense over the vocabulary, so every row must be zeroed and clipped.
+        if device.type == "cpu" and not config.compile and not getattr(self.model, "ties_word_embeddings", False):
             self._token_grad = WordEmbeddingGrad(self.model.bert.embeddings.token.weight)
         self.notes: list[str] = []
         self.data_fingerprint = data_fingerprint(train)
@@ -460,7 +462,7 @@ class Trainer:
                 if self._token_grad is not None:  # after a zeroing (out-of-memory retry) too
                     self._token_grad.touch(micro.input_ids)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                    outputs = self.forward(micro.input_ids, micro.attention_mask, micro.token_type_ids)
+                    outputs = self.task.forward(self.forward, micro)
                 outputs = self.task.batch_outputs(outputs, micro)  # a text's windows combined (or unchanged)
                 summed, _ = self.task.loss(outputs, micro.labels)
                 loss = summed / total_weight  # the micro-batch's (weighted) sum / the whole step's weight
@@ -472,10 +474,10 @@ class Trainer:
     def _evaluate_and_select(self) -> None:
         st, cfg = self.state, self.config
         self._check_finite_weights("evaluating")
-        encoded = self.validation.encoded
         raw = self.dist.map_sharded(  # each rank a share of the features, gathered back in order on every rank
-            len(encoded), lambda idx: predict_logits(self.model, [encoded[i] for i in idx], self.pad_id, self.device,
-                                                     cfg.eval_batch_tokens, bf16=self.use_bf16),
+            len(self.validation), lambda idx: self.task.evaluation_outputs(
+                self.model, self.validation, self.pad_id, self.device, cfg.eval_batch_tokens, bf16=self.use_bf16,
+                indices=idx),
             f"gathering the validation outputs of step {st.step}")
         logits = self.task.gather(self.validation, raw)  # per example (windows stitched, spans decoded)
         metrics = self.task.evaluate(logits, self.validation.gold)

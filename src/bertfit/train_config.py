@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 # Every task's selectable metrics (tasks/*.py metric_names); the task checks its own at the start.
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
-           "pearson", "spearman", "r2", "rmse", "mae", "f1", "macro_f1", "precision", "recall", "token_accuracy", "exact_match", "loss")
+           "pearson", "spearman", "r2", "rmse", "mae", "f1", "macro_f1", "precision", "recall", "token_accuracy", "exact_match", "loss",
+           "mlm_loss", "perplexity", "mlm_accuracy", "nsp_accuracy")
 PROBLEM_TYPES = ("single-label", "multi-label", "regression", "ner", "qa")
 TAG_SCHEMES = ("auto", "iob1", "iob2", "bioes")
 # The quick default: a documented subset that fits the README's main job in minutes on 2 CPU cores.

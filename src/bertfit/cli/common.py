@@ -142,3 +142,36 @@ def module_doc(name: str) -> str | None:
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
+
+
+class ProgressBar:
+    """The training progress bar (tqdm, on stderr) that `train` and `pretrain` pass as the trainer's
+    callback: loss and throughput per log line, one written line per evaluation."""
+
+    def __init__(self, desc: str, quiet: bool, evaluated: str = "validation") -> None:
+        self.desc, self.quiet, self.evaluated = desc, quiet, evaluated
+        self.bar: Any = None
+
+    def __call__(self, record: dict[str, Any], state: Any, total: int) -> None:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        if self.bar is not None and record["kind"] == "train" and state.step < self.bar.n:  # the next seed (--seeds)
+            self.bar.close()
+            self.bar = None
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=state.step if record["kind"] == "train" else 0, unit="step",
+                            desc=self.desc, dynamic_ncols=True, file=sys.stderr, disable=self.quiet)
+        if record["kind"] == "train":
+            self.bar.update(state.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                 tok_s=f"{record['tokens_per_s']:.0f}", ex_s=f"{record['examples_per_s']:.1f}")
+        else:
+            shown = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in record.items()
+                              if k not in ("kind", "split", "step", "epoch") and isinstance(v, float))
+            self.bar.write(f"step {record['step']}: {self.evaluated} {shown}{'  (best)' if record.get('best') else ''}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

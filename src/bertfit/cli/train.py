@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bertfit.cli.common import TRAIN_HELP
+from bertfit.cli.common import TRAIN_HELP, ProgressBar
 from bertfit.errors import BertfitError
 
 logger = logging.getLogger("bertfit")
@@ -92,8 +92,6 @@ def run(args: argparse.Namespace) -> int:
 
             argv = without_option(getattr(args, "argv", None) or sys.argv[1:], "--nproc")
             return launch(args.nproc, argv, args.dist_timeout)
-    from tqdm.auto import tqdm
-
     from bertfit.data import parse_label_map
     from bertfit.job import fine_tune
     from bertfit.train_config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
@@ -115,28 +113,9 @@ def run(args: argparse.Namespace) -> int:
         given = {k for k, v in flags.items() if v is not None} | set(file_values or {}) | (set(QUICK) if args.quick else set())
         _warn_ignored_on_resume(args.resume, given - {"output_dir"}, config)
 
-    bar = None
-
-    def progress(record: dict[str, Any], state, total: int) -> None:
-        nonlocal bar
-        if bar is not None and record["kind"] == "train" and state.step < bar.n:  # the next seed (--seeds)
-            bar.close()
-            bar = None
-        if bar is None:
-            bar = tqdm(total=total, initial=state.step if record["kind"] == "train" else 0, unit="step",
-                       desc="fine-tuning", dynamic_ncols=True, file=sys.stderr, disable=args.quiet)
-        if record["kind"] == "train":
-            bar.update(state.step - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                            tok_s=f"{record['tokens_per_s']:.0f}", ex_s=f"{record['examples_per_s']:.1f}")
-        else:
-            shown = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in record.items()
-                              if k not in ("kind", "split", "step", "epoch") and isinstance(v, float))
-            bar.write(f"step {record['step']}: validation {shown}{'  (best)' if record.get('best') else ''}")
-
+    progress = ProgressBar("fine-tuning", args.quiet)
     result = fine_tune(config, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)
-    if bar is not None:
-        bar.close()
+    progress.close()
     if os.environ.get("RANK", "0") != "0":  # a distributed job: rank 0 prints the results
         return 0
     for split in ("validation", "test"):

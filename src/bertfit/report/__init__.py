@@ -126,6 +126,11 @@ def _file_stem(split: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+# Column titles of metrics in the validation table (others: the name with spaces).
+METRIC_TITLES = {"macro_f1": "macro-F1", "weighted_f1": "weighted-F1", "micro_f1": "micro-F1", "samples_f1": "samples-F1",
+                 "mlm_accuracy": "masked-token accuracy", "nsp_accuracy": "NSP accuracy"}
+
+
 def _summary(inputs: ReportInputs) -> list[Block]:
     parts: list[Inline] = [Code(inputs.model_name), " fine-tuned"]
     rows = (inputs.data_summary or {}).get("rows") or {}
@@ -346,12 +351,13 @@ def _training_section(
         best_step = inputs.best.get("step") if inputs.best else None
         shown = _thin(evals, best_step)
         rows: list[list[Cell]] = []
+        # The task's own headline metrics (what its eval records hold), loss first.
+        names = ["loss", *dict.fromkeys(curve_metrics(inputs.task))]
         for r in shown:
             cells: list[Cell] = [
                 fmt_int(r["step"]),
                 f"{float(r['epoch']):.2f}" if finite(r.get("epoch")) else "–",
-                fmt_score(r.get("loss")),
-                *(fmt_score(r.get(name)) for name in curve_metrics(inputs.task)),
+                *[fmt_score(r.get(name)) for name in names],
             ]
             if best_step is not None and r["step"] == best_step:
                 cells = [Strong(c) if isinstance(c, str) else c for c in cells]
@@ -361,8 +367,7 @@ def _training_section(
             title += f" ({len(shown)} of {len(evals)} evaluations)"
         blocks.append(Paragraph([Strong(title)]))
         blocks.append(
-            Table(["step", "epoch", "loss", *(name.replace("_", "-") for name in curve_metrics(inputs.task))], rows,
-                  ["r"] * 5)
+            Table(["step", "epoch", *[METRIC_TITLES.get(n, n.replace("_", " ")) for n in names]], rows, ["r"] * (2 + len(names)))
         )
     if not train and not evals:
         blocks.append(Paragraph(["No training history was recorded."], muted=True))

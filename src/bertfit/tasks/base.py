@@ -53,6 +53,8 @@ class Task(ABC):
     long_text: LongText = LongText()
     # The --max-length a task uses when none is given (None: the training default, 128).
     default_max_length: ClassVar[int | None] = None
+    # The command that trains this task: "train" (a labelled file) or "pretrain" (unlabelled corpora).
+    command: ClassVar[str] = "train"
 
     def __init__(self, labels: Sequence[str], **state: Any) -> None:
         self.labels = [str(label) for label in labels]
@@ -175,6 +177,21 @@ class Task(ABC):
         """The model's outputs for a training batch → what ``loss`` takes with ``batch.labels`` (a task
         whose batches group rows, ``batch.groups``, combines them here). Default: unchanged."""
         return outputs
+    def forward(self, model: Any, batch: "Batch") -> Any:
+        """The model's outputs for a training batch (what ``loss`` takes). A task whose head needs its
+        targets to run (masked LM: the vocabulary projection at the masked positions only) overrides it."""
+        return model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+
+    def evaluation_outputs(self, model: Any, split: "EncodedSplit", pad_id: int, device: torch.device,
+                           max_tokens: int, bf16: bool = False, indices: Sequence[int] | None = None) -> Any:
+        """The model's outputs for the features ``indices`` (default: all) of an evaluation split, in that
+        order (what ``gather`` takes once every shard is back). Default: the length-sorted inference path
+        on the features alone; a task whose outputs depend on its targets (masked LM: the held-out masks,
+        drawn from each feature's index) collates its own batches (``collate`` with epoch=None)."""
+        from bertfit.inference import predict_logits
+
+        encoded = split.encoded if indices is None else [split.encoded[i] for i in indices]
+        return predict_logits(model, encoded, pad_id, device, max_tokens, bf16=bf16)
 
     def gather(self, split: "EncodedSplit", outputs: Any) -> Any:
         """The model's outputs per feature → per example (stitch windows, aggregate, decode spans):
