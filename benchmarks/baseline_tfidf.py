@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/baseline_tfidf.py [--train-file FILE] [--seed 0]
 
-Prints test accuracy and macro-F1. Uses bertfit's own data preparation (read, deduplicate,
+Prints test accuracy and macro-F1, and the test split's fingerprint (src/bertfit/baseline.py stores both). Uses bertfit's own data preparation (read, deduplicate,
 stratified 80/10/10 split with the same seed), so the numbers sit beside a fine-tuned run's.
 """
 
@@ -14,6 +14,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
+from bertfit.baseline import split_fingerprint
 from bertfit.job import prepare_data
 from bertfit.train_config import TrainConfig
 
@@ -40,6 +41,8 @@ def main() -> None:
     print(f"split: train {len(data.train)}, validation {len(data.validation)}, test {len(data.test)} (seed {args.seed})")
     print(f"TF-IDF (1-2 grams) + logistic regression, C={c} chosen on validation macro-F1")
     print(f"test accuracy {accuracy_score(y, pred):.4f}  macro-F1 {f1_score(y, pred, average='macro'):.4f}")
+    # what src/bertfit/baseline.py stores, so `bertfit train --quick` shows these figures on this split only
+    print(f"test split fingerprint {split_fingerprint(data.test)}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ from bertfit.heads import HEADS, BertForSequenceClassification, sequence_loss
 from bertfit.job import fine_tune
 from bertfit.predict import TextClassifier
 from bertfit.tasks import TASKS, detect_problem_type
+
+# The tasks `bertfit train` trains on a labelled file (pretraining has its own command and tests).
+FINE_TUNING = {name: cls for name, cls in TASKS.items() if cls.command == "train"}
 from bertfit.tasks.base import Task
 from bertfit.tasks.multilabel import multilabel_metrics, tune_thresholds
 from bertfit.tasks.regression import regression_metrics
@@ -54,18 +57,31 @@ def _rows(task: str, n: int, seed: int) -> list[dict]:
             words = _text(rng, [rng.choice(POSITIVE), rng.choice(NEGATIVE)]).split()
             tags = ["B-POS" if w in POSITIVE else "B-NEG" if w in NEGATIVE else "O" for w in words]
             rows.append({"text": " ".join(words), "tokens": words, "tags": tags})
+        elif task == "qa":  # the sentiment word of the context answers "the good" / "the bad"
+            ask = rng.choice(["good", "bad"])
+            answer = rng.choice(POSITIVE if ask == "good" else NEGATIVE)
+            context = _text(rng, [answer])
+            rows.append({"question": "the " + ask, "context": context, "text": "the " + ask, "text_pair": context,
+                         "answers": {"text": [answer], "answer_start": [(" " + context + " ").index(f" {answer} ")]}})
     return rows
 
 
 def _flat(outputs) -> np.ndarray:
-    """Outputs per example as one array: (N, L), or a token task's per-word rows stacked."""
-    return outputs if isinstance(outputs, np.ndarray) else np.concatenate([np.asarray(o) for o in outputs])
+    """Outputs per example as one array: (N, L), a token task's per-word rows stacked, or question
+    answering's gathered answers as (N, 3) start, end and score."""
+    if isinstance(outputs, np.ndarray):
+        return outputs
+    if hasattr(outputs, "predictions"):
+        return np.array([[p.start, p.end, p.score] for p in outputs.predictions], dtype=np.float64)
+    return np.concatenate([np.asarray(o) for o in outputs])
 
 
 def _truth(task, rows: list[dict]):
     """What the task's evaluate compares outputs with, from the rows' labels."""
     if "tags" in rows[0]:
         return [tuple(r["tags"]) for r in rows]
+    if "answers" in rows[0]:
+        return [r["answers"]["text"] for r in rows]
     return task.targets([task.parse_label(r.get("label", r.get("labels", r.get("score"))), {}) for r in rows])
 
 
@@ -77,6 +93,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def _train(tmp_path: Path, model_dir: Path, task: str, **settings) -> tuple[Path, list[dict]]:
     train = _write_jsonl(tmp_path / f"{task}.jsonl", _rows(task, 120, seed=1))
     test_rows = _rows(task, 24, seed=2)
+    if task == "qa":
+        settings.setdefault("doc_stride", 8)  # windows of 32 tokens
     config = TrainConfig(train_file=str(train), model=str(model_dir), output_dir=str(tmp_path / "run"), problem_type=task,
                          max_steps=6, batch_size=16, eval_every=3, lr=1e-3, threads=1, max_length=32,
                          pair_column="text_pair" if task == "regression" else None, **settings)
@@ -87,8 +105,8 @@ def _train(tmp_path: Path, model_dir: Path, task: str, **settings) -> tuple[Path
 def test_registry_is_complete():
     from bertfit.config import BertConfig
 
-    assert set(TASKS) == {"single-label", "multi-label", "regression", "ner"}
-    for name, cls in TASKS.items():
+    assert set(TASKS) == {"single-label", "multi-label", "regression", "ner", "qa", "pretrain"}
+    for name, cls in FINE_TUNING.items():
         assert issubclass(cls, Task) and cls.name == name and not inspect.isabstract(cls), name
         assert cls.head in HEADS and cls.problem_type in PROBLEM_TYPES
         names, outputs, targets = _sample(cls)
@@ -99,18 +117,27 @@ def test_registry_is_complete():
                                    problem_type=cls.problem_type).with_labels(["a", "b"]))
 
 
-def _labels_for(cls: type[Task]) -> list:
-    return {"single-label": ["a", "b"], "multi-label": [("a",), ("a", "b")], "regression": [(1.0, 2.0), (0.0, 1.0)]}[cls.name]
-
-
 def _sample(cls: type[Task]) -> tuple[list[str], object, object]:
-    """(output names, outputs of two examples, their targets) for a task's evaluate."""
+    """(output names, outputs of examples, their targets) for a task's evaluate."""
+    if cls.name == "qa":  # per question: the decoded spans of its windows; targets are the answer texts
+        from bertfit.tasks.qa import QAOutputs
+        from bertfit.tasks.qa_decode import QAPrediction
+        from bertfit.tasks.qa_windows import QAWindows
+        from bertfit.tokenizer import Encoded
+
+        windows = QAWindows([Encoded([2, 5, 3], [0, 0, 0], False)], np.array([0]), np.array([1]), [np.array([[0, 1]])],
+                            [np.array([0])], [np.array([True])], ["a"], ["q"], np.zeros((1, 2), np.int64), np.array([1]))
+        return ["start", "end"], QAOutputs([QAPrediction("a", 0, 1, 1.0, 2.0, -1.0)], 0.5, windows), [["a"]]
     if cls.name == "ner":  # per word: one (words, L) array per sentence; targets are the tags
         return ["O", "B-a", "I-a"], [np.zeros((2, 3), np.float32), np.zeros((1, 3), np.float32)], [("B-a", "O"), ("O",)]
     return ["a", "b"], np.zeros((2, 2), np.float32), cls(["a", "b"]).targets(_labels_for(cls))
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+def _labels_for(cls: type[Task]) -> list:
+    return {"single-label": ["a", "b"], "multi-label": [("a",), ("a", "b")], "regression": [(1.0, 2.0), (0.0, 1.0)]}[cls.name]
+
+
+@pytest.mark.parametrize("task", sorted(FINE_TUNING))
 def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     """read → encode → collate → forward → loss → decode → save → load → export: the same outputs."""
     pytest.importorskip("onnxruntime")
@@ -119,18 +146,17 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     run, rows = _train(tmp_path, tiny_model_dir, task)
     saved = json.loads((run / "task.json").read_text())
     assert saved["task"] == task
-    # config.json tells transformers the head (problem_type, or the architecture for a token head).
+    # config.json tells transformers the head (problem_type, or the architecture for a token or span head).
     assert BertConfig.from_json_file(run / "config.json").problem_type == TASKS[task].problem_type
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"validation", "test"} and metrics["test"]["n"] > 0
 
     texts = [r["text"] for r in rows]
-    pairs = [r["text_pair"] for r in rows] if task == "regression" else None
+    pairs = [r["text_pair"] for r in rows] if task in ("regression", "qa") else None
     torch_model = TextClassifier.load(run, engine="pytorch")
     assert torch_model.task.name == task and torch_model.task.state() == saved["state"]
     outputs = torch_model.predict_logits(texts, pairs)
-    assert _flat(outputs).shape[1] == len(saved["labels"]) and len(outputs) == len(texts)
-    assert np.isfinite(_flat(outputs)).all()
+    assert len(outputs) == len(texts) and np.isfinite(_flat(outputs)).all()
     records = torch_model.predictions(texts, pairs)
     split, _ = torch_model.outputs(texts if pairs is None else list(zip(texts, pairs)))
     assert records == torch_model.task.decode(outputs, split) and len(records) == len(texts)

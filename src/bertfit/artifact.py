@@ -2,8 +2,10 @@
 
 A run directory holds, besides the Hugging Face files (config.json, model.safetensors, tokenizer),
 ``task.json``: the task's registry name, its label names, what it learned (multi-label thresholds,
-regression target scaling), the reading settings its labels need (label map, separator) and the
-max_length it was trained with. This module is its one reader and writer; a directory without it (a
+regression target scaling, calibration), the reading settings its labels need (label map, separator),
+the max_length it was trained with and how it reads long texts (``long_text``: truncation strategy or
+windows, see windows.py; absent in older runs, which read the head; set on the task, which encodes
+with it). This module is its one reader and writer; a directory without it (a
 run from before the task seam, or any transformers checkpoint) is read from config.json's
 problem_type and id2label.
 """
@@ -18,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from bertfit.config import BertConfig
-from bertfit.errors import CheckpointError
+from bertfit.errors import CheckpointError, ConfigError
 from bertfit.tasks import BY_PROBLEM_TYPE, build_task, task_class
 from bertfit.tasks.base import Task
+from bertfit.windows import LongText
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,8 @@ def write_task(directory: str | os.PathLike, task: Task, *, max_length: int, rea
 
     path = Path(directory) / TASK_FILE
     write_json_atomic(path, {"format": FORMAT, "task": task.name, "labels": task.labels, "state": task.state(),
-                             "max_length": max_length, "reading": reading})
+                             "max_length": max_length, "reading": reading,
+                             "long_text": task.long_text.to_dict()})
     return path
 
 
@@ -62,8 +66,12 @@ def read_artifact(directory: str | os.PathLike, config: BertConfig) -> Artifact:
         if cls.problem_type != config.problem_type:
             raise ValueError(f"task {name!r} does not match config.json's problem_type {config.problem_type!r}")
         task = build_task(name, labels, raw.get("state") or {})
-        return Artifact(task, max_length=int(raw.get("max_length", 512)), reading=dict(raw.get("reading") or {}))
-    except (ValueError, KeyError, TypeError) as exc:
+        max_length = int(raw.get("max_length", 512))
+        # How the model reads long texts (windows.py; a run without it read the head): the task encodes with it.
+        task.long_text = LongText.from_settings(raw.get("long_text") or {})
+        task.long_text.check(max_length)
+        return Artifact(task, max_length=max_length, reading=dict(raw.get("reading") or {}))
+    except (ValueError, KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{path} is unusable ({exc}); retrain, or remove it to use config.json's labels") from None
 
 

@@ -126,6 +126,9 @@ class Batch:
     token_type_ids: torch.Tensor  # (B, T)
     labels: torch.Tensor | None  # the task's targets: (B,) class ids, (B, L) floats, (B, T) token labels
     indices: list[int]  # positions of these examples in the data set
+    # Rows trained together (a long text's windows): (B,) row -> example of the batch, 0..G-1; then
+    # ``labels`` hold one row per example (G) and the task combines the rows' outputs before the loss.
+    groups: torch.Tensor | None = None
 
     @property
     def real_tokens(self) -> int:
@@ -134,10 +137,13 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
-                     move(self.labels), self.indices)
+                     move(self.labels), self.indices, move(self.groups))
 
     def split(self, parts: int) -> list["Batch"]:
-        """Smaller micro-batches with the same examples (used to back off after out-of-memory)."""
+        """Smaller micro-batches with the same examples (used to back off after out-of-memory); rows
+        trained together (``groups``) stay in one micro-batch."""
+        if self.groups is not None:
+            return self._split_groups(parts)
         size = -(-len(self.indices) // parts)
         out = []
         for s in range(0, len(self.indices), size):
@@ -149,6 +155,20 @@ class Batch:
                     and labels.dtype == torch.int64:
                 labels = labels[:, :T]  # per-token labels (B, T) follow the trimmed columns
             out.append(Batch(self.input_ids[sl, :T], mask[:, :T], self.token_type_ids[sl, :T], labels, self.indices[sl]))
+        return out
+
+
+    def _split_groups(self, parts: int) -> list["Batch"]:
+        count = int(self.groups.max()) + 1 if len(self.groups) else 0
+        size = -(-count // parts)
+        out = []
+        for start in range(0, count, size):
+            rows = ((self.groups >= start) & (self.groups < start + size)).nonzero().flatten()
+            mask = self.attention_mask[rows]
+            T = int(mask.sum(dim=1).max())
+            labels = None if self.labels is None else self.labels[start : start + size]
+            out.append(Batch(self.input_ids[rows, :T], mask[:, :T], self.token_type_ids[rows, :T], labels,
+                             [self.indices[i] for i in rows.tolist()], self.groups[rows] - start))
         return out
 
 

@@ -291,7 +291,7 @@ def load_into(
 ) -> None:
     """Copy a transformers-named state dict into ``model``, accounting for every tensor."""
     state = _normalise_keys(state)
-    mapping = expand_map(model.config, with_head=True, head_map=type(model).weight_map)
+    mapping = expand_map(model.config, with_head=True, head_map=_head_map(model))
     params = model.state_dict()
     used: set[str] = set()
     missing: list[str] = []
@@ -310,32 +310,54 @@ def load_into(
             f"{source}: unexpected weights not part of a BERT encoder: {', '.join(unexpected[:20])}"
             + (f" (and {len(unexpected) - 20} more)" if len(unexpected) > 20 else "")
         )
-    head = {"classifier.weight", "classifier.bias"}
+    # The head's own tensors (its weight_map): absent from a pretrained encoder, so initialised fresh.
+    head_map = _head_map(model)
+    head = {ours.format(p=p) for ours, _ in head_map for p in ("weight", "bias")} & set(mapping)
+    head_names = {t.format(p=p) for _, theirs in head_map for t in theirs for p in ("weight", "bias")}
     pooler = {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
     missing_set = set(missing)
     model.fresh_head = False  # read by the job: a task may fit a fresh head to its targets (regression)
-    if missing_set & head:
+    first = sorted(head)[-1]  # "<layer>.weight": its rows are the head's outputs
+    # A head of several parts (pretraining: masked LM + NSP) loads the parts a checkpoint has.
+    partial = len(head_map) > 1
+    if missing_set & head_names and not partial:
         if require_head:
-            raise CheckpointError(f"{source}: no classifier weights (classifier.weight); this is not a trained classifier")
-        missing_set -= head
-        new_state.pop("classifier.weight", None)
-        new_state.pop("classifier.bias", None)
+            raise CheckpointError(f"{source}: no head weights ({', '.join(sorted(missing_set & head_names))}); "
+                                  "this is not a trained model of this task")
+        missing_set -= head_names
+        for key in head:
+            new_state.pop(key, None)
         model.fresh_head = True
-        logger.info("classifier head initialised fresh (%d labels)", model.config.num_labels)
-    elif "classifier.weight" in new_state and new_state["classifier.weight"].shape[0] != model.config.num_labels:
+        logger.info("%s head initialised fresh (%d outputs)", type(model).__name__, model.config.num_labels)
+    elif missing_set & head_names:
+        # A head with parts (pretraining): the parts the checkpoint has are loaded, the others start fresh
+        # (MiniLM has no masked-LM head; a BertForMaskedLM checkpoint has no NSP head).
+        absent = sorted(missing_set & head_names)
+        if require_head:
+            raise CheckpointError(f"{source}: no {getattr(model, 'architecture', 'head')} weights ({', '.join(absent[:4])}); "
+                                  "this checkpoint does not have the head this needs")
+        missing_set -= head_names
+        for ours, theirs in mapping.items():
+            if any(t in absent for t in theirs):
+                new_state.pop(ours, None)
+        model.fresh_head = True
+        logger.info("%s: initialised fresh (the checkpoint does not have %s)", type(model).__name__, ", ".join(absent[:4]))
+    elif first in new_state and new_state[first].shape[0] != params[first].shape[0]:
         if require_head:
             raise CheckpointError(
-                f"{source}: classifier has {new_state['classifier.weight'].shape[0]} outputs but config.json "
+                f"{source}: the head has {new_state[first].shape[0]} outputs but config.json "
                 f"lists {model.config.num_labels} labels"
             )
-        logger.warning("checkpoint head has %d classes, task has %d: head initialised fresh",
-                       new_state["classifier.weight"].shape[0], model.config.num_labels)
-        new_state.pop("classifier.weight")
-        new_state.pop("classifier.bias")
+        logger.warning("checkpoint head has %d outputs, the task has %d: head initialised fresh",
+                       new_state[first].shape[0], params[first].shape[0])
+        for key in head:
+            new_state.pop(key, None)
         model.fresh_head = True
     if missing_set & pooler and not missing_set - pooler:
-        if getattr(model, "uses_pooler", True):  # a token head never reads it: nothing to warn about
-            logger.warning("%s has no pooler weights; the pooler is initialised randomly", source)
+        # A token or span head never reads the pooler, nor a masked-LM model without NSP: no warning.
+        needed = getattr(model, "uses_pooler", True) and getattr(model, "nsp", True) is not None
+        logger.log(logging.WARNING if needed else logging.INFO, "%s has no pooler weights; the pooler is initialised "
+                   "randomly", source)
         missing_set -= pooler
     if missing_set:
         names = sorted(missing_set)
@@ -349,13 +371,18 @@ def load_into(
             params[key].copy_(value.to(params[key].dtype))
 
 
+def _head_map(model: torch.nn.Module) -> list[tuple[str, tuple[str, ...]]]:
+    """The model's head entries: an instance's own ``head_map`` (a head with optional parts) or its class's."""
+    return getattr(model, "head_map", None) or type(model).weight_map
+
+
 def to_transformers_state_dict(model: BertForSequenceClassification) -> dict[str, Tensor]:
     """Our parameters under transformers' names (fused QKV split back into query/key/value)."""
     ours = model.state_dict()
     out: dict[str, Tensor] = {}
-    for key, theirs in expand_map(model.config, with_head=True, head_map=type(model).weight_map).items():
+    for key, theirs in expand_map(model.config, with_head=True, head_map=_head_map(model)).items():
         if key.startswith("bert.pooler.") and not getattr(model, "uses_pooler", True):
-            continue  # transformers' token head has no pooler (add_pooling_layer=False): write none
+            continue  # transformers' token and span heads have no pooler (add_pooling_layer=False): write none
         parts = ours[key].chunk(len(theirs), dim=0) if len(theirs) > 1 else (ours[key],)
         for name, part in zip(theirs, parts):
             out[name] = part.detach().to("cpu").contiguous().clone()
@@ -430,7 +457,10 @@ def save_classifier(model: BertForSequenceClassification, directory: str | os.Pa
     fsync_file(tmp)  # durable before the rename makes it visible (power loss, not just a kill)
     os.replace(tmp, weights)
     tmp_config = directory / ".config.json.tmp"
-    write_bytes_durably(tmp_config, (json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+    config = model.config.to_dict()
+    if getattr(model, "architecture", None):  # a head other than the classifier names its transformers class
+        config["architectures"] = [model.architecture]
+    write_bytes_durably(tmp_config, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     os.replace(tmp_config, directory / "config.json")
     fsync_dir(directory)
     if model.config.classifier_input != "pooled":
@@ -442,3 +472,22 @@ def save_classifier(model: BertForSequenceClassification, directory: str | os.Pa
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory
+
+
+def load_pretraining(name_or_path: str | os.PathLike, *, nsp: bool | None = None, require_head: bool = False):
+    """A BertForPreTraining (masked-LM head, and NSP head unless ``nsp=False``) from a model directory,
+    bundled name or hub id. The encoder must be there; head parts the checkpoint lacks start fresh
+    (MiniLM has no masked-LM head: a fresh transform and a zero bias over the tied embeddings) unless
+    ``require_head``. ``nsp=None``: an NSP head exactly when the checkpoint has one.
+    """
+    from bertfit.heads import BertForPreTraining
+
+    directory = resolve_model(name_or_path)
+    config = load_config(directory)
+    state = read_state_dict(directory)
+    if nsp is None:
+        nsp = any(k.endswith("seq_relationship.weight") for k in state)
+    model = BertForPreTraining(config.replace(id2label={}), nsp=nsp)
+    load_into(model, state, directory, require_head=require_head)
+    model.eval()
+    return model

@@ -22,10 +22,11 @@ CLASSIFIER_INPUTS = ("pooled", "cls")
 # transformers' names for what a sequence head's outputs mean (config.json "problem_type"): softmax
 # over classes, independent sigmoids per label, or real-valued targets.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression",
-                 "token_classification")
+                 "token_classification", "question_answering")
 # Heads whose kind transformers tells by the architecture, not by problem_type (which it validates
 # against the three sequence types only): config.json names the architecture and no problem_type.
-ARCHITECTURE_PROBLEM_TYPES = {"BertForTokenClassification": "token_classification"}
+ARCHITECTURE_PROBLEM_TYPES = {"BertForTokenClassification": "token_classification",
+                              "BertForQuestionAnswering": "question_answering"}
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class BertConfig:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{source}: id2label must map integer ids to names ({exc})") from None
         # transformers writes id2label LABEL_0/LABEL_1 for a bare encoder; that is not a trained head.
-        if values["id2label"] and raw.get("architectures") == ["BertModel"]:
+        if values["id2label"] and raw.get("architectures") in (["BertModel"], ["BertForPreTraining"], ["BertForMaskedLM"]):
             values["id2label"] = {}
         # transformers writes null for "infer from the labels' dtype"; the loaded head then trains as
         # single-label (num_labels > 1) or regression (num_labels == 1), which is what we infer too.

@@ -8,6 +8,7 @@ and accounts for the rest. The losses mirror transformers' so a saved run trains
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertfit.config import BertConfig
-from bertfit.model import BertModel
+from bertfit.model import BertModel, activation
 
 
 class _LinearHead(nn.Module):
@@ -142,5 +143,153 @@ def token_loss_weight(targets: Tensor, class_weight: Tensor | None = None) -> Te
     return class_weight.to(labelled.device)[labelled].sum().float().cpu()
 
 
-# The registry: a task names its head by key. Heads of later tasks (token, span, pretraining) join here.
-HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification}
+class BertForQuestionAnswering(nn.Module):
+    """A linear layer on every token's final hidden state giving its answer-start and answer-end
+    logits: (B, T, 2), as transformers' BertForQuestionAnswering (``qa_outputs.*``, no pooler, no
+    dropout before the layer), so a run loads there unchanged.
+
+    It needs every position, so the [CLS]-only last layer never applies; padding removal does. Logits
+    at padding positions are set to -10000 (the encoder's fast path leaves zeros there), so a softmax
+    over a padded row equals one over the real tokens and the loss does not depend on the padding.
+    """
+
+    needs: ClassVar[str] = "tokens"
+    weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("qa_outputs.{p}", ("qa_outputs.{p}",))]
+    architecture: ClassVar[str] = "BertForQuestionAnswering"
+    problem_types: ClassVar[tuple[str, ...]] = ("question_answering",)
+    uses_pooler: ClassVar[bool] = False  # transformers' span head has none (add_pooling_layer=False)
+    PAD_LOGIT: ClassVar[float] = -10000.0
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        if config.num_labels != 2:
+            raise ValueError(f"a question-answering head has two outputs (start, end), got labels {config.labels}")
+        self.config = config
+        self.bert = BertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.reset_classifier()
+
+    def reset_classifier(self) -> None:
+        nn.init.normal_(self.qa_outputs.weight, std=self.config.initializer_range)
+        nn.init.zeros_(self.qa_outputs.bias)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        fast: bool = True,
+        cls_only: bool | None = None,
+    ) -> Tensor:
+        """Start/end logits (B, T, 2). cls_only is accepted for the common signature and must be falsy."""
+        if cls_only:
+            raise ValueError("a span head needs every position; cls_only does not apply")
+        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, cls_only=False)
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
+        if attention_mask is not None:
+            logits = logits.masked_fill(attention_mask[..., None] == 0, self.PAD_LOGIT)
+        return logits
+
+
+def span_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(summed loss, weight) of a batch of windows: Σ (CE(start) + CE(end)) / 2 over B windows, so the
+    ratio is transformers' BertForQuestionAnswering loss. targets (B, 2): start and end positions."""
+    logits = logits.float()
+    start = F.cross_entropy(logits[..., 0], targets[:, 0], reduction="sum")
+    end = F.cross_entropy(logits[..., 1], targets[:, 1], reduction="sum")
+    return (start + end) / 2, torch.tensor(float(len(targets)))
+
+
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's masked-LM head (transformers' ``cls.predictions``): dense + activation + LayerNorm, then
+    the decoder, whose weight *is* the word-embedding matrix (tied) plus an output bias per token."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
+        """(M, H) hidden states of the predicted positions → (M, vocab) logits."""
+        return F.linear(self.norm(self.act(self.dense(hidden))), word_embeddings, self.bias)
+
+
+@dataclass
+class PretrainingOutput:
+    """What BertForPreTraining returns: masked-LM logits and NSP logits."""
+
+    mlm: Tensor  # (M, V) at the selected positions (row-major over (B, T)), or (B, T, V) for all positions
+    nsp: Tensor | None  # (B, 2): IsNext (0) / NotNext (1); None without an NSP head
+
+
+class BertForPreTraining(nn.Module):
+    """The encoder with BERT's two pretraining heads: masked LM (tied decoder) and next-sentence
+    prediction (a linear layer on the pooled [CLS] vector).
+
+    ``forward(..., positions=mask)`` computes the vocabulary projection only where ``mask`` (B, T) is
+    true — the ~15% of tokens that are predicted — instead of at all B·T positions: the projection
+    onto 30k words is the largest matmul of a small model. Without ``positions`` it returns logits at
+    every position (fill-mask, parity with transformers). ``nsp=False`` builds the masked-LM head alone
+    (transformers' BertForMaskedLM; ``--no-nsp``). Saved in transformers' layout (``cls.predictions.*``,
+    ``cls.seq_relationship.*``; the decoder weight is the word embeddings and is not stored twice), so a
+    run loads in AutoModelForPreTraining / AutoModelForMaskedLM.
+    """
+
+    needs: ClassVar[str] = "tokens"
+    # The decoder reads the word-embedding matrix as a whole: its gradient is dense over the vocabulary,
+    # so the trainer's sparse word-embedding gradient (embedding_grad.py) must not be used with it.
+    ties_word_embeddings: ClassVar[bool] = True
+    weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [
+        ("mlm.dense.{p}", ("cls.predictions.transform.dense.{p}",)),
+        ("mlm.norm.{p}", ("cls.predictions.transform.LayerNorm.{p}",)),
+        ("mlm.bias", ("cls.predictions.bias",)),
+        ("nsp.{p}", ("cls.seq_relationship.{p}",)),
+    ]
+
+    def __init__(self, config: BertConfig, nsp: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm = MaskedLMHead(config)
+        self.nsp = nn.Linear(config.hidden_size, 2) if nsp else None
+        for module in (self.mlm, self.nsp):
+            if module is not None:
+                module.apply(self.bert._init_weights)
+        # The output bias starts at zero, as BERT's; the decoder weight is the embeddings (tied).
+        nn.init.zeros_(self.mlm.bias)
+
+    @property
+    def architecture(self) -> str:
+        """transformers' class for config.json "architectures"."""
+        return "BertForPreTraining" if self.nsp is not None else "BertForMaskedLM"
+
+    @property
+    def head_map(self) -> list[tuple[str, tuple[str, ...]]]:
+        """This instance's weight map (without the NSP entry when it has no NSP head)."""
+        return [m for m in self.weight_map if self.nsp is not None or not m[0].startswith("nsp.")]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        fast: bool = True,
+        positions: Tensor | None = None,
+    ) -> PretrainingOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, cls_only=False)
+        hidden = out.last_hidden_state  # (B, T, H)
+        selected = hidden if positions is None else hidden[positions]  # (B, T, H) or (M, H)
+        mlm = self.mlm(selected, self.bert.embeddings.token.weight)
+        nsp = self.nsp(out.pooled) if self.nsp is not None else None
+        return PretrainingOutput(mlm, nsp)
+
+
+# The registry: a task names its head by key.
+HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification,
+                                     "span": BertForQuestionAnswering, "pretraining": BertForPreTraining}

@@ -32,6 +32,7 @@ from bertfit.tokenizer import WordPieceTokenizer
 from bertfit.batching import EncodedSplit
 from bertfit.train import Trainer, TrainResult, predict_logits, seed_everything
 from bertfit.train_config import TrainConfig
+from bertfit import windows
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
             test, report = _read(config.test_file, config, task, options, known=task)
             reports.append(report)
     else:
-        train, validation, test = _split(task, train, tuple(config.split), config.seed)
+        train, validation, test = _split(task, train, tuple(config.split), config.data_seed)
     # The label space is what survived deduplication and splitting.
     labels = task_cls.label_space([e.label for e in train], options)
     if labels != task.labels:
@@ -124,10 +125,10 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     task.check_labels(test, str(config.test_file or "the test split"))
     if config.max_train_examples and len(train) > config.max_train_examples:
         keep = config.max_train_examples / len(train)
-        train = _split(task, train, (keep, 1 - keep, 0.0), config.seed)[0]
+        train = _split(task, train, (keep, 1 - keep, 0.0), config.data_seed)[0]
     if config.max_eval_examples:
-        validation = _subset(task, validation, config.max_eval_examples, config.seed)
-        test = _subset(task, test, config.max_eval_examples, config.seed)
+        validation = _subset(task, validation, config.max_eval_examples, config.data_seed)
+        test = _subset(task, test, config.max_eval_examples, config.data_seed)
     for report in reports:
         summary["sources"].append(report.summary())
         summary["rejected"] += len(report.rejected)
@@ -135,6 +136,11 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     if dedupe is not None:
         summary["sources"].append("deduplicated: " + dedupe.summary())
     summary["rows"] = {"train": len(train), "validation": len(validation), "test": len(test)}
+    from bertfit.baseline import baseline_for
+
+    baseline = baseline_for(test)  # a stored baseline measured on exactly this test split (the tweets)
+    if baseline is not None:
+        summary["baseline"] = baseline
     summary["label_counts"] = {name: task.label_summary([e.label for e in split]) for name, split in
                                (("train", train), ("validation", validation), ("test", test)) if split}
     return PreparedData(task.labels, train, validation, test, summary, task)
@@ -208,14 +214,29 @@ class RunResult:
     train: TrainResult
     wall_time_s: float
     task: Task | None = None
+    report_inputs: Any = None  # what the report was rendered from (seeds.py re-renders the best seed's)
 
 
 def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
               callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
     """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path.
+    With ``config.seeds`` > 1: once per seed, the best validation model kept (seeds.py).
 
     Under torchrun (WORLD_SIZE > 1) every process calls this: it joins the job (dist.py), trains its
     share of each global batch, and rank 0 alone writes the run directory."""
+    if resume and not overwrite:  # `--resume RUN` of a multi-seed run continues it with its saved settings
+        saved = _saved_config(RunDir(config.output_dir))
+        if saved is not None and saved.seeds > 1:
+            config = saved.replace(output_dir=config.output_dir)
+    if config.seeds > 1:
+        from bertfit.seeds import run_seeds
+
+        return run_seeds(config, _fine_tune_one, resume=resume, overwrite=overwrite, callback=callback)
+    return _fine_tune_one(config, resume=resume, overwrite=overwrite, callback=callback)
+
+
+def _fine_tune_one(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                   callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
     started = time.perf_counter()
     d = dist.init(select_device(config.device))
     try:
@@ -277,6 +298,9 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
     test = encode(tokenizer, prepared.test, task, config.max_length, settings)
     stats, truncated = length_summary([train, validation, test], config.max_length)
     prepared.summary["length_tokens"], prepared.summary["truncated"] = stats, truncated
+    features = [s.meta for s in (train, validation, test) if isinstance(s.meta, windows.Features)]
+    if features:  # sequence tasks: how texts longer than max_length were read (windows.py)
+        prepared.summary["long_text"] = windows.summary(features, config.max_length)
 
     overrides = {"classifier_input": config.classifier_input, "problem_type": task.problem_type}
     if config.classifier_dropout is not None:
@@ -334,6 +358,10 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
                    f"gathering the {name} outputs"))
                for name, split in splits.items()}
     if "validation" in outputs:
+        if config.calibrate:  # probabilities calibrated on validation (calibration.py), then used everywhere
+            fitted = task.calibrate(outputs["validation"], validation.gold)
+            if fitted:
+                logger.info("calibration fitted on validation: %s", fitted)
         # Decision rules (multi-label thresholds) are tuned on validation, then used for test and predict.
         chosen = task.fit_decisions(outputs["validation"], validation.gold)
         if chosen:
@@ -349,12 +377,15 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
         # The report shows the test set's mistakes, or validation's when there is no test set.
         mistakes = confident_mistakes(task, outputs[name], splits[name].gold, examples)
     wall = time.perf_counter() - started
+    inputs = report_inputs(config, prepared, result, metrics, mistakes, wall,
+                           outputs={name: (outputs[name], splits[name].gold) for name in outputs})
     if not d.is_writer:
-        return RunResult(run.path, metrics, run.file("report.md"), result, wall, task)
+        return RunResult(run.path, metrics, run.file("report.md"), result, wall, task, inputs)
     write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": " ".join(prepared.summary["warnings"])})
-    report = write_run_report(run, config, prepared, result, metrics, mistakes, wall,
-                              outputs={name: (outputs[name], splits[name].gold) for name in outputs})
-    return RunResult(run.path, metrics, report, result, wall, task)
+    from bertfit.report import write_report
+
+    report = write_report(run.path, inputs)
+    return RunResult(run.path, metrics, report, result, wall, task, inputs)
 
 
 def confident_mistakes(task: Task, outputs: np.ndarray, targets: np.ndarray, examples: Sequence[Example],
@@ -365,10 +396,11 @@ def confident_mistakes(task: Task, outputs: np.ndarray, targets: np.ndarray, exa
              "row": examples[m["index"]].row, **m} for m in task.mistakes(outputs, targets, limit)]
 
 
-def write_run_report(run: RunDir, config: TrainConfig, prepared: PreparedData, result: TrainResult,
-                     metrics: dict[str, dict[str, Any]], mistakes: list[dict[str, Any]], wall: float,
-                     outputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
-    from bertfit.report import ReportInputs, write_report
+def report_inputs(config: TrainConfig, prepared: PreparedData, result: TrainResult, metrics: dict[str, dict[str, Any]],
+                  mistakes: list[dict[str, Any]], wall: float,
+                  outputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
+    """What the run's report shows (report.ReportInputs)."""
+    from bertfit.report import ReportInputs
 
     source = Path(config.train_file).name if config.train_file else "the bundled tweets corpus"
     best = None
@@ -380,4 +412,4 @@ def write_run_report(run: RunDir, config: TrainConfig, prepared: PreparedData, r
         data_summary=prepared.summary, settings=config.to_dict(), history=result.history,
         final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall,
         notes=[*prepared.summary.get("warnings", []), *result.notes], task=prepared.task, outputs=outputs or {})
-    return write_report(run.path, inputs)
+    return inputs

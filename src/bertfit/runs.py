@@ -56,6 +56,7 @@ RUN_ENTRIES = frozenset({
     MARKER, "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
     "special_tokens_map.json", "train_config.json", "data.json", "split.json", "metrics.json",
     "metrics.jsonl", "report.md", "report.html", "plots", "checkpoints", "task.json", "precision.json",
+    "seeds",  # `train --seeds N`: one run per seed (seeds.py)
 })
 
 # Every place inside a checkpoint save where BERTFIT_CRASH_AT can kill the process (in order).

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
 from bertfit.errors import CheckpointError
+from bertfit.tokenizer_files import _bert_template, _read_tokenizer_config, _read_vocab, _write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -340,6 +340,46 @@ class WordPieceTokenizer:
         # Truncation moves the dropped tokens into `overflowing`; an untruncated one has none.
         return [Encoded(e.ids, e.type_ids, len(e.overflowing) > 0) for e in encodings]
 
+    def encode_pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's word-piece ids, without [CLS]/[SEP] and without truncation (windows.py picks
+        the positions a long text keeps)."""
+        texts = _as_batch(texts)
+        if not texts:
+            return []
+        with self._lock:
+            if self._max_length is not None:
+                self._tokenizer.no_truncation()
+                self._max_length = None
+            try:
+                encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+            except TypeError:
+                _raise_for_bad_item(texts, "texts")
+                raise
+        return [e.ids for e in encodings]
+
+    def encode_windows(self, texts: Sequence[str], pairs: Sequence[str], max_length: int,
+                       stride: int) -> list[list[Any]]:
+        """Pairs whose second text is cut into overlapping windows: per pair, a list of
+        `tokenizers.Encoding` (ids, type_ids, offsets, sequence_ids), exactly as transformers' fast
+        tokenizer gives them with truncation="only_second", `stride` tokens of overlap and
+        return_overflowing_tokens (question answering over long contexts)."""
+        texts, pairs = _as_batch(texts), _as_batch(pairs)
+        _check_max_length(max_length, True)
+        if not texts:
+            return []
+        with self._lock:
+            self._tokenizer.enable_truncation(max_length, stride=stride, strategy="only_second", direction="right")
+            self._max_length = None  # the next encode() sets its own truncation again
+            try:
+                encodings = self._tokenizer.encode_batch(list(zip(texts, pairs)), add_special_tokens=True)
+            except Exception as error:  # the Rust side says only "Truncation error: ..."
+                raise ValueError(f"cannot cut the texts into windows of {max_length} tokens with {stride} tokens of "
+                                 f"overlap ({error}); a question is too long for the window: use a larger "
+                                 "max_length or a smaller stride") from None
+            finally:
+                self._tokenizer.no_truncation()
+        return [[e, *e.overflowing] for e in encodings]
+
     def pad(self, batch: Sequence[Encoded], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
         """Pad a batch on the right to its longest example: int64 tensors of shape (B, T)."""
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
@@ -401,6 +441,46 @@ class WordPieceTokenizer:
                                                      add_special_tokens=False)
         return [(e.ids, [w for w in e.word_ids]) for e in encodings]
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """WordPiece ids of each text, without [CLS]/[SEP] and without truncation (pretraining
+        builds its own sequences from these pieces)."""
+        texts = _as_batch(texts)
+        if not texts:
+            return []
+        with self._lock:
+            if self._max_length is not None:
+                self._tokenizer.no_truncation()
+                self._max_length = None
+            return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def id_to_token(self, token_id: int) -> str:
+        return self._tokenizer.id_to_token(int(token_id)) or ""
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Ids → text, as transformers' tokenizer.decode (## pieces joined, spaces before punctuation cleaned)."""
+        text = self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        # transformers' clean_up_tokenization, which goes further than the Rust decoder's cleanup.
+        for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                              (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+            text = text.replace(before, after)
+        return text
+
+    def special_ids(self) -> list[int]:
+        """Ids of the roles' tokens ([CLS], [SEP], [PAD], [UNK], [MASK])."""
+        return sorted(set(self._ids.values()))
+
+    def continuation_mask(self) -> Any:
+        """(vocab_size,) bool: True for WordPiece pieces that continue a word ("##ing"), which
+        whole-word masking keeps with the piece before them."""
+        import numpy as np
+
+        out = np.zeros(self.vocab_size, dtype=bool)
+        prefix = (json.loads(self._tokenizer.to_str()).get("model") or {}).get("continuing_subword_prefix") or "##"
+        for token, token_id in self._tokenizer.get_vocab(with_added_tokens=True).items():
+            if token.startswith(prefix) and len(token) > len(prefix):
+                out[token_id] = True
+        return out
+
     # ---------------------------------------------------------------------------------- saving
 
     def save(self, directory: str | os.PathLike[str]) -> None:
@@ -459,56 +539,10 @@ class WordPieceTokenizer:
             )
 
 
-def _bert_template(tokenizer: Tokenizer, cls_token: str, sep_token: str, source: str) -> processors.TemplateProcessing:
-    """BERT's `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]` template, segment ids 0 then 1."""
-    ids = {token: tokenizer.token_to_id(token) for token in (cls_token, sep_token)}
-    missing = [token for token, token_id in ids.items() if token_id is None]
-    if missing:
-        raise CheckpointError(
-            f"{source}: the vocabulary has no {missing[0]!r} token, which BERT needs. "
-            f"Use the tokenizer that was saved with the model."
-        )
-    return processors.TemplateProcessing(
-        single=f"{cls_token}:0 $A:0 {sep_token}:0",
-        pair=f"{cls_token}:0 $A:0 {sep_token}:0 $B:1 {sep_token}:1",
-        special_tokens=[(cls_token, ids[cls_token]), (sep_token, ids[sep_token])],
-    )
 
 
-def _read_vocab(path: Path) -> dict[str, int]:
-    """vocab.txt to {token: id}, line n being id n, read the way transformers' load_vocab reads it."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            lines = file.readlines()  # universal newlines, like transformers: \r\n is a line end
-    except (OSError, UnicodeDecodeError) as error:
-        raise CheckpointError(
-            f"Cannot read {path}: {error}. Check the path, or re-download the model's vocab.txt."
-        ) from error
-    vocab: dict[str, int] = {}
-    duplicates = 0
-    for index, line in enumerate(lines):
-        token = line.rstrip("\n")
-        duplicates += token in vocab
-        vocab[token] = index  # a repeated token keeps its last id, as in transformers
-    if not vocab:
-        raise CheckpointError(f"{path} is empty. Use the vocab.txt that came with the model.")
-    if duplicates:
-        logger.warning("%s lists %d tokens more than once; each keeps its last line's id.", path, duplicates)
-    return vocab
 
 
-def _read_tokenizer_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(
-            f"Cannot read {path}: {error}. Fix or delete the file (the defaults are BERT's)."
-        ) from error
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object. Fix or delete the file.")
-    return config
 
 
 def _as_batch(texts: Sequence[str] | str) -> list[str]:
@@ -544,15 +578,3 @@ def _raise_for_bad_item(items: Sequence[Any], name: str) -> None:
                 f"{name}[{index}] contains an unpaired surrogate ({item[error.start]!r} at position "
                 f"{error.start}), which is not text; decode its source with errors='replace'."
             ) from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a tokenizer behind."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -161,11 +161,15 @@ class Trainer:
         self.on_save_best = on_save_best
         self.callback = callback
         task.prepare_training(config.to_dict(), train.targets)
-        self.lengths = train.lengths
+        # The batch order is drawn over units: features, or groups of them that train together (a long
+        # text's windows, whose loss is the text's: tasks/sequence.py); a unit's length is its tokens.
+        self.units = task.train_units(train)
+        lengths = train.lengths
+        self.lengths = lengths if self.units is None else [sum(lengths[i] for i in u) for u in self.units]
         self.dist = dist.current()
         self.order_batch = config.batch_size * self.dist.world  # examples per batch of the epoch order
         self.global_batch = self.order_batch * config.grad_accum  # examples per optimizer step
-        batches_per_epoch = math.ceil(len(train) / self.order_batch)
+        batches_per_epoch = math.ceil(len(self.lengths) / self.order_batch)
         self.steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         self.warmup_steps = int(config.warmup_ratio * self.total_steps)
@@ -178,7 +182,9 @@ class Trainer:
         # CPU: the word embeddings' gradient is kept in one dense buffer that the backward adds a
         # sparse gradient into, and only its touched rows are zeroed and clipped (see embedding_grad).
         self._token_grad: WordEmbeddingGrad | None = None
-        if device.type == "cpu" and not config.compile:
+        # Not with a head that reads the embedding matrix as a whole (a tied masked-LM decoder): its
+        # gradient is dense over the vocabulary, so every row must be zeroed and clipped.
+        if device.type == "cpu" and not config.compile and not getattr(self.model, "ties_word_embeddings", False):
             self._token_grad = WordEmbeddingGrad(self.model.bert.embeddings.token.weight)
         self.notes: list[str] = []
         self.data_fingerprint = data_fingerprint(train)
@@ -219,7 +225,7 @@ class Trainer:
 
     def validate_checkpoint(self, ckpt: LoadedCheckpoint) -> None:
         """Every part of a checkpoint must fit this model and trainer before it is used (CheckpointError)."""
-        validate_checkpoint(ckpt, self.model, self.optimizer, len(self.train_data))
+        validate_checkpoint(ckpt, self.model, self.optimizer, len(self.lengths))
 
     def save_checkpoint(self) -> None:
         """Write a resumable checkpoint; a failing disk is reported (notes) and training goes on."""
@@ -317,7 +323,7 @@ class Trainer:
                     cfg.batch_size, d.world, "es" if d.world > 1 else "", cfg.grad_accum)
         if st.step == 0:
             start = {"kind": "start", "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
-                     "warmup_steps": self.warmup_steps, "examples": len(self.train_data)}
+                     "warmup_steps": self.warmup_steps, "examples": len(self.lengths)}
             if d.distributed:
                 start.update(world_size=d.world, global_batch=self.global_batch)
             self._log(start)
@@ -388,7 +394,7 @@ class Trainer:
         data, d = self.train_data, self.dist
         step = d.step = self.state.step + 1
         shards = [shard for idx in group if (shard := d.shard(idx))]  # this rank's part of the global batches
-        batches = [self.task.collate(data, idx, self.pad_id, epoch=self.state.epoch) for idx in shards]
+        batches = [self.task.collate(data, self._features(idx), self.pad_id, epoch=self.state.epoch) for idx in shards]
         total_weight = sum(float(self.task.loss_weight(b.labels)) for b in batches)
         tokens = sum(b.real_tokens for b in batches)
         if d.distributed:  # the normaliser is the whole step's, over every rank
@@ -444,6 +450,10 @@ class Trainer:
         self._zero_grad()
         return loss, tokens
 
+    def _features(self, units: list[int]) -> list[int]:
+        """A batch of units → the features it holds, in order."""
+        return units if self.units is None else [f for u in units for f in self.units[u]]
+
     def _accumulate(self, batches: list[Batch], total_weight: float) -> float:
         loss_value = 0.0
         for batch in batches:
@@ -452,7 +462,8 @@ class Trainer:
                 if self._token_grad is not None:  # after a zeroing (out-of-memory retry) too
                     self._token_grad.touch(micro.input_ids)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                    outputs = self.forward(micro.input_ids, micro.attention_mask, micro.token_type_ids)
+                    outputs = self.task.forward(self.forward, micro)
+                outputs = self.task.batch_outputs(outputs, micro)  # a text's windows combined (or unchanged)
                 summed, _ = self.task.loss(outputs, micro.labels)
                 loss = summed / total_weight  # the micro-batch's (weighted) sum / the whole step's weight
                 loss.backward()
@@ -463,10 +474,10 @@ class Trainer:
     def _evaluate_and_select(self) -> None:
         st, cfg = self.state, self.config
         self._check_finite_weights("evaluating")
-        encoded = self.validation.encoded
         raw = self.dist.map_sharded(  # each rank a share of the features, gathered back in order on every rank
-            len(encoded), lambda idx: predict_logits(self.model, [encoded[i] for i in idx], self.pad_id, self.device,
-                                                     cfg.eval_batch_tokens, bf16=self.use_bf16),
+            len(self.validation), lambda idx: self.task.evaluation_outputs(
+                self.model, self.validation, self.pad_id, self.device, cfg.eval_batch_tokens, bf16=self.use_bf16,
+                indices=idx),
             f"gathering the validation outputs of step {st.step}")
         logits = self.task.gather(self.validation, raw)  # per example (windows stitched, spans decoded)
         metrics = self.task.evaluate(logits, self.validation.gold)

@@ -4,6 +4,9 @@
     bertfit evaluate  score a trained run on a labelled file
     bertfit predict   label texts from arguments, a file, or standard input
     bertfit serve     an HTTP server with a web page (extra: bertfit[serve])
+    bertfit pretrain  further-pretrain on unlabelled text (masked LM + next-sentence prediction)
+    bertfit fill-mask guess the words behind [MASK] (a masked-LM model)
+    bertfit nsp       P(sentence B follows sentence A) (a model with an NSP head)
 """
 
 # The package: one module per command (train, evaluate, predict, export, serve), each with HELP,
@@ -19,12 +22,13 @@ import os
 import sys
 from types import ModuleType
 
-from bertfit.cli import evaluate, export, predict, serve, train
+from bertfit.cli import evaluate, export, fill_mask, nsp, predict, pretrain, serve, train
 from bertfit.errors import BertfitError
 
 # The subcommands, in the order --help lists them.
 COMMANDS: dict[str, ModuleType] = {"train": train, "evaluate": evaluate, "predict": predict, "export": export,
-                                   "serve": serve}
+                                   "serve": serve, "pretrain": pretrain,
+                                   "fill-mask": fill_mask, "nsp": nsp}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,20 @@ TRAIN_HELP: dict[str, str] = {
     "max_train_examples": "train on a seeded, stratified subset of this many examples",
     "max_eval_examples": "evaluate on a seeded, stratified subset of this many validation/test examples",
     "model": "pretrained model: a directory, a hub id, or 'minilm-l6' (bundled all-MiniLM-L6-v2)",
-    "max_length": "truncate texts to this many tokens (at most 512)",
+    "max_length": "truncate texts to this many tokens (at most 512; question answering: the window, default 384)",
+    "truncation": "which tokens of a longer text are kept: head (the first), tail (the last), or head+tail "
+                  "(the first --head-tokens and the last that fit; Sun et al. 2019); pairs cut the longer side",
+    "head_tokens": "with --truncation head+tail: how many tokens of the head are kept",
+    "long_text": "truncate (keep --truncation's tokens) or windows (read every token in overlapping windows; the "
+                 "text's prediction aggregates the windows' logits)",
+    "window_aggregate": "with --long-text windows: mean or max of the windows' logits",
+    "max_windows": "with --long-text windows: at most this many windows per text, spread evenly over it "
+                   "(bounds training memory: a text's windows are trained together)",
+    "calibrate": "after training, fit a temperature (single-label) or per-label Platt scaling (multi-label) on "
+                 "validation, so predicted probabilities are calibrated (--no-calibrate: raw softmax)",
+    "split_seed": "seed of the train/validation/test split and of --max-train-examples subsets (default: --seed)",
+    "seeds": "train the same job with this many seeds (--seed, --seed+1, ...); metrics as mean +- std, the "
+             "model with the best validation score is kept",
     "classifier_input": "'pooled' (tanh pooler, as transformers does) or 'cls' (raw [CLS] vector)",
     "classifier_dropout": "dropout before the classifier (default: the model's hidden dropout)",
     "epochs": "passes over the training data (fractions allowed)",
@@ -48,7 +61,8 @@ TRAIN_HELP: dict[str, str] = {
     "class_weights": "'balanced', or one weight per label in label order, e.g. 1 2 1",
     "eval_every": "evaluate on validation every N steps (0: only at each epoch's end)",
     "eval_each_epoch": "evaluate at the end of every epoch",
-    "metric": "validation metric that picks the best checkpoint (default: the task's own: macro_f1, pearson, entity f1 for ner)",
+    "metric": "validation metric that picks the best checkpoint (default: the task's own: macro_f1, pearson, entity f1 "
+              "for ner, f1 for qa)",
     "patience": "stop after this many evaluations without improvement",
     "eval_batch_tokens": "token budget of an evaluation batch",
     "output_dir": "the run directory (model, metrics, report, checkpoints)",
@@ -63,13 +77,14 @@ TRAIN_HELP: dict[str, str] = {
     "gradient_checkpointing": "recompute each encoder layer's activations in the backward: less memory for large "
                               "models or batches, about a third more compute, the same results",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
-    "problem_type": "the task: single-label, multi-label, regression or ner (default: detected from the labels, "
-                    "and logged; --problem-type is the same flag)",
+    "problem_type": "the task: single-label, multi-label, regression, ner or qa (extractive question answering on "
+                    "SQuAD-style JSON/JSONL) (default: detected from the labels, and logged; --problem-type is the same flag)",
+    "doc_stride": "qa: tokens of overlap between the windows a long context is cut into",
     "tag_column": "ner: the CoNLL column holding the tag (0-based; -1: the last)",
     "tag_scheme": "ner: the files' tag scheme: auto, iob1, iob2 or bioes (read into IOB2; invalid tags repaired)",
     "label_all_subwords": "ner: label every subword of a word (the I- form after the first) instead of the first only",
-    "window_stride": "ner: subwords between the starts of overlapping windows over a sentence longer than "
-                     "max-length (default: half a window)",
+    "window_stride": "subwords between the starts of overlapping windows (ner: over a sentence longer than "
+                     "max-length; sequence tasks: with --long-text windows) (default: half a window)",
     "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",
     "threshold": "multi-label: one fixed decision threshold for every label (default: tuned per label on validation)",
 }
@@ -127,3 +142,36 @@ def module_doc(name: str) -> str | None:
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
+
+
+class ProgressBar:
+    """The training progress bar (tqdm, on stderr) that `train` and `pretrain` pass as the trainer's
+    callback: loss and throughput per log line, one written line per evaluation."""
+
+    def __init__(self, desc: str, quiet: bool, evaluated: str = "validation") -> None:
+        self.desc, self.quiet, self.evaluated = desc, quiet, evaluated
+        self.bar: Any = None
+
+    def __call__(self, record: dict[str, Any], state: Any, total: int) -> None:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        if self.bar is not None and record["kind"] == "train" and state.step < self.bar.n:  # the next seed (--seeds)
+            self.bar.close()
+            self.bar = None
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=state.step if record["kind"] == "train" else 0, unit="step",
+                            desc=self.desc, dynamic_ncols=True, file=sys.stderr, disable=self.quiet)
+        if record["kind"] == "train":
+            self.bar.update(state.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                 tok_s=f"{record['tokens_per_s']:.0f}", ex_s=f"{record['examples_per_s']:.1f}")
+        else:
+            shown = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in record.items()
+                              if k not in ("kind", "split", "step", "epoch") and isinstance(v, float))
+            self.bar.write(f"step {record['step']}: {self.evaluated} {shown}{'  (best)' if record.get('best') else ''}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

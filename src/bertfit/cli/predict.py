@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_argument(parser)
     parser.add_argument("--batch-tokens", type=positive_int, default=8192, help="token budget of a prediction batch")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    qa = parser.add_argument_group("question answering (a model trained with --problem-type qa)")
+    qa.add_argument("--question", help="the question to answer from --context or --context-file")
+    qa.add_argument("--context", help="the passage the answer is a span of (any length: long ones are read in windows)")
+    qa.add_argument("--context-file", help="read the passage from this UTF-8 text file")
+    qa.add_argument("--top-k", type=positive_int, default=1, help="also list the k best answers (default: 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("int8 is approximate (tweets: ~99%% of labels as fp32, accuracy within ~0.3 points; "
                        "benchmarks/RESULTS.md); measure it on your data: bertfit evaluate %s --int8 --file LABELLED",
                        args.run)
+    if args.top_k > 1:
+        classifier.task.top_k = args.top_k  # tasks with alternatives (question answering) list them
+    if args.question is not None or args.context is not None or args.context_file is not None:
+        return _answer_question(classifier, args)
     if args.file:
         return _predict_file(classifier, args)
     texts = args.texts
@@ -63,6 +72,28 @@ def run(args: argparse.Namespace) -> int:
             shown = text if len(text) <= 80 else text[:77] + "..."
             display = getattr(classifier.task, "display", None)  # a task with records of its own shape
             print(display(record) if display else f"{_short_answer(classifier.task, record):<12}  {shown}")
+    return 0
+
+
+def _answer_question(classifier, args: argparse.Namespace) -> int:
+    """--question with --context or --context-file: one answer (a span of the context) with its offsets."""
+    if args.question is None or (args.context is None) == (args.context_file is None):
+        raise BertfitError("question answering needs --question and one of --context or --context-file")
+    context = args.context
+    if args.context_file is not None:
+        try:
+            context = Path(args.context_file).read_text(encoding=args.encoding or "utf-8")
+        except FileNotFoundError:
+            raise BertfitError(f"--context-file {args.context_file}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BertfitError(f"--context-file {args.context_file}: cannot read it ({exc}); pass a UTF-8 text file "
+                               "or its --encoding") from None
+    record = classifier.records([{"question": args.question, "context": context}], max_tokens=args.batch_tokens)[0]
+    if args.json:
+        print(json.dumps(_rounded(record), ensure_ascii=False))
+    else:
+        display = getattr(classifier.task, "display", None)
+        print(display(record) if display else json.dumps(_rounded(record), ensure_ascii=False))
     return 0
 
 
@@ -107,15 +138,10 @@ def _stdin_lines(encoding: str | None) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
-def _predict_file(classifier, args: argparse.Namespace) -> int:
-    from bertfit.data import predict_columns, read_table, write_table
+def _predict_columns(classifier, args: argparse.Namespace, table, inputs: list[str]) -> list[dict]:
+    """Predictions for a table's text (and pair) column, or a task's own list column (NER tokens)."""
+    from bertfit.data import predict_columns
 
-    source = Path(args.file)
-    output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
-    check_output_file(output, source, "--output")
-    table = read_table(args.file, encoding=args.encoding, **header_options(args))
-    # Columns a task reads besides text (NER: "tokens", pre-tokenised words as a JSON list).
-    inputs = [c for c in getattr(classifier.task, "input_columns", ()) if c in table.columns]
     if inputs and args.text_column is None and not any(c in table.columns for c in ("text",)):
         column, pair_column = inputs[0], None
     else:
@@ -130,7 +156,24 @@ def _predict_file(classifier, args: argparse.Namespace) -> int:
     empty = sum(1 for t, item in zip(texts, items) if isinstance(item, str) and not t.strip())
     if empty:
         logger.warning("%s: %d rows have an empty %r; they are still labelled (from [CLS] [SEP] alone)", args.file, empty, column)
-    predictions = classifier.predictions(items if pairs is None else texts, pairs, max_tokens=args.batch_tokens)
+    return classifier.predictions(items if pairs is None else texts, pairs, max_tokens=args.batch_tokens)
+
+
+def _predict_file(classifier, args: argparse.Namespace) -> int:
+    from bertfit.data import read_table, write_table
+
+    source = Path(args.file)
+    output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
+    check_output_file(output, source, "--output")
+    table = read_table(args.file, encoding=args.encoding, **header_options(args))
+    # Columns a task reads besides text (NER: "tokens", pre-tokenised words as a JSON list; question
+    # answering: "question" and "context", each row one {"question", "context"} input).
+    inputs = [c for c in getattr(classifier.task, "input_columns", ()) if c in table.columns]
+    if len(inputs) > 1 and len(inputs) == len(classifier.task.input_columns) and args.text_column is None:
+        items: list = [{c: row.get(c) for c in inputs} for row in table.rows]  # the task's inputs() checks them
+        predictions = classifier.predictions(items, max_tokens=args.batch_tokens)
+    else:
+        predictions = _predict_columns(classifier, args, table, inputs)
     extra_columns = classifier.task.output_names()
     extra_rows = [_rounded(classifier.task.columns(record)) for record in predictions]
     written = write_table(table, output, extra_columns, extra_rows, csv_guard=args.csv_guard)

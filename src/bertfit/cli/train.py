@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bertfit.cli.common import TRAIN_HELP
+from bertfit.cli.common import TRAIN_HELP, ProgressBar
 from bertfit.errors import BertfitError
 
 logger = logging.getLogger("bertfit")
@@ -20,12 +20,17 @@ DESCRIPTION = ("Fine-tune a BERT encoder for text classification. Settings resol
                "defaults -> --config file -> flags; the result is saved in the run directory.")
 
 
+# The long-text settings' values (windows.py; repeated here so that --help does not import numpy).
+CHOICES = {"truncation": ("head", "tail", "head+tail"), "long_text": ("truncate", "windows"),
+           "window_aggregate": ("mean", "max")}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from bertfit.train_config import TrainConfig
 
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
     parser.add_argument("--quick", action="store_true",
-                        help="the README's quick job: 6,000 training examples, 1 epoch (flags still override)")
+                        help="the README's quick job: 16,000 training examples, 1 epoch, lr 1e-4 (flags still override)")
     parser.add_argument("--resume", metavar="RUN", help="continue a run from its latest intact checkpoint, with the "
                         "settings saved in it (settings given with --resume that differ are ignored, with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -54,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             from bertfit.train_config import PROBLEM_TYPES
 
             parser.add_argument("--task", flag, dest=f.name, choices=PROBLEM_TYPES, default=None, help=help_text)
+        elif f.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[f.name], default=None, help=help_text)
         else:
             kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)
@@ -85,8 +92,6 @@ def run(args: argparse.Namespace) -> int:
 
             argv = without_option(getattr(args, "argv", None) or sys.argv[1:], "--nproc")
             return launch(args.nproc, argv, args.dist_timeout)
-    from tqdm.auto import tqdm
-
     from bertfit.data import parse_label_map
     from bertfit.job import fine_tune
     from bertfit.train_config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
@@ -108,31 +113,29 @@ def run(args: argparse.Namespace) -> int:
         given = {k for k, v in flags.items() if v is not None} | set(file_values or {}) | (set(QUICK) if args.quick else set())
         _warn_ignored_on_resume(args.resume, given - {"output_dir"}, config)
 
-    bar = None
-
-    def progress(record: dict[str, Any], state, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, initial=state.step if record["kind"] == "train" else 0, unit="step",
-                       desc="fine-tuning", dynamic_ncols=True, file=sys.stderr, disable=args.quiet)
-        if record["kind"] == "train":
-            bar.update(state.step - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                            tok_s=f"{record['tokens_per_s']:.0f}", ex_s=f"{record['examples_per_s']:.1f}")
-        else:
-            shown = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in record.items()
-                              if k not in ("kind", "split", "step", "epoch") and isinstance(v, float))
-            bar.write(f"step {record['step']}: validation {shown}{'  (best)' if record.get('best') else ''}")
-
+    progress = ProgressBar("fine-tuning", args.quiet)
     result = fine_tune(config, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)
-    if bar is not None:
-        bar.close()
+    progress.close()
     if os.environ.get("RANK", "0") != "0":  # a distributed job: rank 0 prints the results
         return 0
     for split in ("validation", "test"):
         if split in result.metrics:
             print(f"\n{split} ({result.metrics[split]['n']} examples)")
             print(result.task.format_metrics(result.metrics[split]))
+    baseline = (getattr(result.report_inputs, "data_summary", None) or {}).get("baseline")
+    if baseline and "test" in result.metrics:
+        test = result.metrics["test"]
+        print(f"\nbaseline on the same test split ({baseline['name']}; {baseline['how']}): accuracy "
+              f"{baseline['accuracy']:.4f}, macro-F1 {baseline['macro_f1']:.4f}; this model: accuracy "
+              f"{test['accuracy']:.4f} ({100 * (test['accuracy'] - baseline['accuracy']):+.1f} points), macro-F1 "
+              f"{test['macro_f1']:.4f} ({100 * (test['macro_f1'] - baseline['macro_f1']):+.1f} points)")
+    spread = result.metrics.get("seeds") if result.metrics else None
+    if spread:
+        from bertfit.seeds import format_spread
+
+        print(f"\nover {len(spread['seeds'])} seeds {spread['seeds']} (mean ± {spread['std']}; the model kept is seed "
+              f"{spread['best_seed']}'s, best {spread['selected_on']}, whose figures are above):")
+        print(format_spread(spread["spread"], tuple(result.task.headline_metrics)))
     if not result.metrics:
         print("\nno metrics: the validation and test splits are empty (see metrics.json and the report)")
     print(f"\nrun directory: {result.run_dir}")

@@ -62,6 +62,8 @@ class ReportInputs:
     task: Any = None  # the run's Task (tasks/); None: single-label over ``labels``
     # Per split, (outputs, targets) for plots that need every prediction (regression scatter).
     outputs: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # `train --seeds N` (seeds.py): {"seeds", "best_seed", "selected_on", "spread": {split: {metric: mean/std}}}
+    seed_spread: dict | None = None
 
     def __post_init__(self) -> None:
         if self.task is None:
@@ -124,6 +126,11 @@ def _file_stem(split: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+# Column titles of metrics in the validation table (others: the name with spaces).
+METRIC_TITLES = {"macro_f1": "macro-F1", "weighted_f1": "weighted-F1", "micro_f1": "micro-F1", "samples_f1": "samples-F1",
+                 "mlm_accuracy": "masked-token accuracy", "nsp_accuracy": "NSP accuracy"}
+
+
 def _summary(inputs: ReportInputs) -> list[Block]:
     parts: list[Inline] = [Code(inputs.model_name), " fine-tuned"]
     rows = (inputs.data_summary or {}).get("rows") or {}
@@ -141,6 +148,10 @@ def _summary(inputs: ReportInputs) -> list[Block]:
     else:
         parts.append("No evaluation results were recorded. ")
 
+    baseline = (inputs.data_summary or {}).get("baseline")
+    if split == "test" and isinstance(baseline, Mapping) and finite(baseline.get("accuracy")):
+        parts.append(f"Baseline on the same test split ({baseline.get('name')}): accuracy "
+                     f"{fmt_score(baseline['accuracy'])}, macro-F1 {fmt_score(baseline.get('macro_f1'))}. ")
     if inputs.best:
         parts.append(
             f"Best checkpoint at step {fmt_int(inputs.best.get('step'))} "
@@ -152,6 +163,40 @@ def _summary(inputs: ReportInputs) -> list[Block]:
         count = len(inputs.notes)
         parts.append(Strong(f"See {count} note{'s' if count != 1 else ''} at the end."))
     return [Heading(1, inputs.title), Paragraph(parts)]
+
+
+def _seeds_section(inputs: ReportInputs) -> list[Block]:
+    """Every headline metric as mean ± std over the seeds, with each seed's value (seeds.py)."""
+    spread = inputs.seed_spread
+    if not spread:
+        return []
+    seeds = [str(s) for s in spread.get("seeds", [])]
+    blocks: list[Block] = [Heading(2, f"Seed spread ({len(seeds)} seeds)"), Paragraph([
+        f"The same job with seeds {', '.join(seeds)}; mean ± {spread.get('std', 'standard deviation')}. The model "
+        f"kept here is seed {spread.get('best_seed')}'s (best {spread.get('selected_on')}); the results below are its own."])]
+    names = [n for n in inputs.task.headline_metrics]
+    for split in _split_order(spread.get("spread") or {}):
+        table = spread["spread"][split]
+        rows = [[n, f"{fmt_score(table[n]['mean'])} ± {fmt_score(table[n]['std'])}",
+                 *(fmt_score(table[n]["values"].get(s)) for s in seeds)] for n in names if n in table]
+        if rows:
+            blocks.append(Paragraph([Strong(split)]))
+            blocks.append(Table(["metric", "mean ± std", *(f"seed {s}" for s in seeds)], rows,
+                                ["l", "r", *(["r"] * len(seeds))]))
+    return blocks
+
+
+def _long_text_fact(s: Mapping[str, Any]) -> str:
+    """How the run read texts longer than max_length, and how many texts that affected."""
+    texts = fmt_int(s.get("texts", 0))
+    if s["strategy"] == "windows":
+        return (f"windows (up to {fmt_int(s.get('max_windows'))} per text, logits aggregated by "
+                f"{s.get('window_aggregate')}): {fmt_int(s.get('split_into_windows', 0))} of {texts} texts read in "
+                f"several windows ({fmt_int(s.get('windows', 0))} windows in all); {fmt_int(s.get('cut', 0))} "
+                "still cut at the cap on windows")
+    what = {"head": "the first tokens kept", "tail": "the last tokens kept",
+            "head+tail": f"the first {s.get('head_tokens')} and the last tokens kept"}.get(s["strategy"], s["strategy"])
+    return f"{s['strategy']} ({what}): {fmt_int(s.get('cut', 0))} of {texts} texts cut"
 
 
 def _data_section(inputs: ReportInputs) -> list[Block]:
@@ -185,6 +230,9 @@ def _data_section(inputs: ReportInputs) -> list[Block]:
         if truncated.get("max_length") is not None:
             text += f" longer than max_length {fmt_int(truncated['max_length'])} tokens"
         facts.append([Strong("Truncated:"), " ", text])
+    long_text = data.get("long_text")
+    if isinstance(long_text, Mapping) and long_text.get("strategy"):
+        facts.append([Strong("Long texts:"), " ", _long_text_fact(long_text)])
     if facts:
         blocks.append(Bullets(facts))
 
@@ -303,12 +351,13 @@ def _training_section(
         best_step = inputs.best.get("step") if inputs.best else None
         shown = _thin(evals, best_step)
         rows: list[list[Cell]] = []
+        # The task's own headline metrics (what its eval records hold), loss first.
+        names = ["loss", *dict.fromkeys(curve_metrics(inputs.task))]
         for r in shown:
             cells: list[Cell] = [
                 fmt_int(r["step"]),
                 f"{float(r['epoch']):.2f}" if finite(r.get("epoch")) else "–",
-                fmt_score(r.get("loss")),
-                *(fmt_score(r.get(name)) for name in curve_metrics(inputs.task)),
+                *[fmt_score(r.get(name)) for name in names],
             ]
             if best_step is not None and r["step"] == best_step:
                 cells = [Strong(c) if isinstance(c, str) else c for c in cells]
@@ -318,8 +367,7 @@ def _training_section(
             title += f" ({len(shown)} of {len(evals)} evaluations)"
         blocks.append(Paragraph([Strong(title)]))
         blocks.append(
-            Table(["step", "epoch", "loss", *(name.replace("_", "-") for name in curve_metrics(inputs.task))], rows,
-                  ["r"] * 5)
+            Table(["step", "epoch", *[METRIC_TITLES.get(n, n.replace("_", " ")) for n in names]], rows, ["r"] * (2 + len(names)))
         )
     if not train and not evals:
         blocks.append(Paragraph(["No training history was recorded."], muted=True))
@@ -433,6 +481,7 @@ def write_report(run_dir: Path, inputs: ReportInputs) -> Path:
     blocks: list[Block] = []
     # What the reader came for first (figures, results, curves, mistakes); the data; settings last.
     blocks += _summary(dataclasses.replace(inputs, notes=notes))
+    blocks += _seeds_section(inputs)
     blocks += results
     blocks += _training_section(inputs, curves, plot_note)
     blocks += _mistakes_section(inputs)

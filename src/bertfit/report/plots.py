@@ -306,3 +306,32 @@ def plot_predicted_vs_true(true: Sequence[float], predicted: Sequence[float], pa
             for spine in ("top", "right"):
                 ax.spines[spine].set_visible(False)
         return save_png(fig, path)
+
+
+def plot_reliability(calibration: Mapping[str, Any], path: Path, title: str) -> Path | None:
+    """Reliability diagram: per confidence bin, accuracy against mean confidence, before and after
+    calibration (the diagonal is perfect calibration). ``calibration``: a task's evaluate()["calibration"]."""
+    figure_cls = figure_class()
+    if figure_cls is None:
+        logger.warning("matplotlib is not installed; skipping %s (%s)", path, PLOTS_SKIPPED)
+        return None
+    import matplotlib
+
+    with matplotlib.rc_context(plain_text_rc()):
+        fig = figure_cls(figsize=(5.2, 4.6), layout="constrained")
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="perfect calibration")
+        for key, name, color in (("bins_uncalibrated", "raw softmax", "#d62728"), ("bins", "calibrated", "#1f77b4")):
+            bins = [b for b in calibration.get(key) or [] if b["count"]]
+            if not bins:
+                continue
+            ece = calibration.get("ece" if key == "bins" else "ece_uncalibrated")
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=color,
+                    label=f"{name} (ECE {ece:.3f})" if ece is not None else name)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean confidence in bin")
+        ax.set_ylabel("accuracy in bin")
+        ax.set_title(short(title, 70), fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
+        return save_png(fig, path)

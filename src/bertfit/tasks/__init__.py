@@ -16,6 +16,8 @@ from bertfit.tasks.base import LabelProblem, Task
 from bertfit.tasks.classify import SingleLabel
 from bertfit.tasks.multilabel import MultiLabel
 from bertfit.tasks.ner import NER
+from bertfit.tasks.qa import QuestionAnswering
+from bertfit.tasks.pretrain import Pretrain
 from bertfit.tasks.regression import Regression
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ TASKS: dict[str, type[Task]] = {
     MultiLabel.name: MultiLabel,
     Regression.name: Regression,
     NER.name: NER,
+    QuestionAnswering.name: QuestionAnswering,
+    Pretrain.name: Pretrain,
 }
 BY_PROBLEM_TYPE: dict[str, type[Task]] = {task.problem_type: task for task in TASKS.values()}
 # Integer labels with at most this many distinct values are classes (ratings 1-5, ids), not amounts.

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bertfit.windows import LongText
+
 if TYPE_CHECKING:
     from bertfit.batching import Batch, EncodedSplit
     from bertfit.tokenizer import WordPieceTokenizer
@@ -46,6 +48,13 @@ class Task(ABC):
     headline_metrics: ClassVar[tuple[str, ...]]
     # Whether `bertfit train` without --train-file may use the bundled tweets corpus for this task.
     default_corpus: ClassVar[bool] = False
+    # How texts longer than max_length are read (windows.py): set from the training settings by
+    # ``encode`` and saved in task.json by artifact.py; sequence tasks use it, others may ignore it.
+    long_text: LongText = LongText()
+    # The --max-length a task uses when none is given (None: the training default, 128).
+    default_max_length: ClassVar[int | None] = None
+    # The command that trains this task: "train" (a labelled file) or "pretrain" (unlabelled corpora).
+    command: ClassVar[str] = "train"
 
     def __init__(self, labels: Sequence[str], **state: Any) -> None:
         self.labels = [str(label) for label in labels]
@@ -159,6 +168,31 @@ class Task(ABC):
 
         return collate(split.encoded, indices, split.targets, pad_id)
 
+    def train_units(self, split: "EncodedSplit") -> list[list[int]] | None:
+        """Features that train together, as one unit of the batch order (a long text's windows, whose
+        loss is the text's); None: every feature on its own (the default)."""
+        return None
+
+    def batch_outputs(self, outputs: Tensor, batch: "Batch") -> Tensor:
+        """The model's outputs for a training batch → what ``loss`` takes with ``batch.labels`` (a task
+        whose batches group rows, ``batch.groups``, combines them here). Default: unchanged."""
+        return outputs
+    def forward(self, model: Any, batch: "Batch") -> Any:
+        """The model's outputs for a training batch (what ``loss`` takes). A task whose head needs its
+        targets to run (masked LM: the vocabulary projection at the masked positions only) overrides it."""
+        return model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+
+    def evaluation_outputs(self, model: Any, split: "EncodedSplit", pad_id: int, device: torch.device,
+                           max_tokens: int, bf16: bool = False, indices: Sequence[int] | None = None) -> Any:
+        """The model's outputs for the features ``indices`` (default: all) of an evaluation split, in that
+        order (what ``gather`` takes once every shard is back). Default: the length-sorted inference path
+        on the features alone; a task whose outputs depend on its targets (masked LM: the held-out masks,
+        drawn from each feature's index) collates its own batches (``collate`` with epoch=None)."""
+        from bertfit.inference import predict_logits
+
+        encoded = split.encoded if indices is None else [split.encoded[i] for i in indices]
+        return predict_logits(model, encoded, pad_id, device, max_tokens, bf16=bf16)
+
     def gather(self, split: "EncodedSplit", outputs: Any) -> Any:
         """The model's outputs per feature → per example (stitch windows, aggregate, decode spans):
         what ``evaluate``, ``mistakes``, ``fit_decisions`` and ``decode`` take. Default: one feature per example."""
@@ -187,6 +221,11 @@ class Task(ABC):
 
     def fit_decisions(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
         """After training, on validation outputs: tune decision rules (thresholds); returns what it chose."""
+        return {}
+
+    def calibrate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """After training, on validation outputs: fit how raw outputs become calibrated probabilities
+        (a temperature, Platt scaling; kept in ``state()``); returns what it fitted. Default: nothing."""
         return {}
 
     def warnings(self, outputs: np.ndarray) -> list[str]:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from bertfit import data as data_mod
+from bertfit.calibration import expected_calibration_error, fit_temperature, reliability, softmax_nll, top_label
 from bertfit.errors import ConfigError, DataError
 from bertfit.heads import sequence_loss
 from bertfit.metrics import classification_metrics, format_metrics_table, predicted_class_share
@@ -31,9 +32,20 @@ class SingleLabel(SequenceTask):
     headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy", "macro_f1", "weighted_f1")
     mistake_score = "confidence"
 
-    def configure(self, **state: Any) -> None:
+    def configure(self, temperature: float | None = None, **state: Any) -> None:
         super().configure(**state)
         self.class_weight: Tensor | None = None
+        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 < temperature < 1e6):
+            raise ConfigError(f"task.json: temperature must be a positive number, got {temperature!r}")
+        # Fitted on validation after training (calibration.py); None: the raw softmax.
+        self.temperature = None if temperature is None else float(temperature)
+
+    def state(self) -> dict[str, Any]:
+        return {} if self.temperature is None else {"temperature": self.temperature}
+
+    def scaled(self, outputs: np.ndarray) -> np.ndarray:
+        """The logits the probabilities come from: divided by the fitted temperature, if any."""
+        return outputs if self.temperature is None else np.asarray(outputs) / self.temperature
 
     # -- reading ------------------------------------------------------------------------------
     @classmethod
@@ -97,10 +109,29 @@ class SingleLabel(SequenceTask):
     # -- evaluation and decoding --------------------------------------------------------------
     def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
         y = np.asarray(targets)
-        shifted = outputs - outputs.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        loss = float(-log_probs[np.arange(len(y)), y].mean()) if len(y) else float("nan")
-        return classification_metrics(y.tolist(), outputs.argmax(axis=1).tolist(), self.labels, loss=loss)
+        loss = softmax_nll(outputs, y, self.temperature or 1.0)
+        result = classification_metrics(y.tolist(), outputs.argmax(axis=1).tolist(), self.labels, loss=loss)
+        if len(y):
+            result["calibration"] = self.calibration_summary(outputs, y)
+        return result
+
+    def calibration_summary(self, outputs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """ECE and log-loss of the raw softmax and (when fitted) of the calibrated one, with the
+        reliability bins of both (the report draws them)."""
+        raw_conf, raw_correct = top_label(softmax(outputs), y)
+        out: dict[str, Any] = {"method": "temperature" if self.temperature is not None else "none",
+                               "ece_uncalibrated": expected_calibration_error(raw_conf, raw_correct),
+                               "log_loss_uncalibrated": softmax_nll(outputs, y),
+                               "bins_uncalibrated": reliability(raw_conf, raw_correct)}
+        if self.temperature is not None:
+            conf, correct = top_label(softmax(self.scaled(outputs)), y)
+            out.update(temperature=self.temperature, ece=expected_calibration_error(conf, correct),
+                       log_loss=softmax_nll(outputs, y, self.temperature), bins=reliability(conf, correct))
+        return out
+
+    def calibrate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        self.temperature = fit_temperature(outputs, targets)
+        return {"temperature": round(self.temperature, 4)}
 
     def warnings(self, outputs: np.ndarray) -> list[str]:
         share = predicted_class_share(outputs.argmax(axis=1), len(self.labels)) if len(outputs) else [0.0]
@@ -111,10 +142,10 @@ class SingleLabel(SequenceTask):
         return []
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
-        return softmax(outputs)
+        return softmax(self.scaled(outputs))
 
     def decode(self, outputs: np.ndarray, split: Any = None) -> list[dict[str, Any]]:
-        proba = softmax(outputs)
+        proba = softmax(self.scaled(outputs))
         records = []
         for row in proba:
             best = int(row.argmax())
@@ -127,7 +158,7 @@ class SingleLabel(SequenceTask):
                 **{f"prob_{label}": p for label, p in record["probabilities"].items()}}
 
     def mistakes(self, outputs: np.ndarray, targets: np.ndarray, limit: int = 20) -> list[dict[str, Any]]:
-        proba = softmax(outputs)
+        proba = softmax(self.scaled(outputs))
         predicted = proba.argmax(axis=1)
         wrong = np.flatnonzero(predicted != np.asarray(targets))
         wrong = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:limit]
@@ -162,6 +193,7 @@ class SingleLabel(SequenceTask):
         blocks: list[Any] = [Table(["class", "precision", "recall", "F1", "support"], rows, ["l", "r", "r", "r", "r"])]
         if finite(m.get("loss")):
             blocks.append(Paragraph([f"Loss: {float(m['loss']):.4f}"]))
+        blocks += calibration_blocks(m.get("calibration"), split, plots)
         cm = m.get("confusion_matrix")
         if cm:
             norm = m.get("confusion_matrix_normalized")
@@ -201,3 +233,26 @@ def class_weight_vector(spec: Any, labels: Sequence[str], train_targets: np.ndar
     if (weights < 0).any() or not np.isfinite(weights).all():
         raise ConfigError(f"class_weights must be finite and non-negative, got {weights.tolist()}")
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def calibration_blocks(c: Mapping[str, Any] | None, split: str, plots: Any) -> list[Any]:
+    """The calibration paragraph (ECE and log-loss before and after) and the reliability diagram."""
+    if not c:
+        return []
+    if c.get("method", "none") == "none":
+        text = (f"none fitted (raw softmax); expected calibration error {fmt_score(c.get('ece_uncalibrated'))}, "
+                f"log-loss {fmt_score(c.get('log_loss_uncalibrated'))}.")
+    else:
+        what = f"temperature {c['temperature']:.3f}" if "temperature" in c else "per-label Platt scaling"
+        text = (f"{what}, fitted on validation: expected calibration error "
+                f"{fmt_score(c.get('ece_uncalibrated'))} → {fmt_score(c.get('ece'))}, log-loss "
+                f"{fmt_score(c.get('log_loss_uncalibrated'))} → {fmt_score(c.get('log_loss'))} (15 confidence bins).")
+    blocks: list[Any] = [Paragraph([Strong("Calibration"), ": ", text])]
+    if plots is not None:
+        from bertfit.report.plots import plot_reliability
+
+        image = plots.draw(f"reliability_{split}", f"{split} reliability",
+                           lambda path, title: plot_reliability(c, path, title))
+        if image is not None:
+            blocks.append(Image(image, f"Reliability diagram ({split})"))
+    return blocks

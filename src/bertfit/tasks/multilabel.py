@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from bertfit import data as data_mod
+from bertfit.calibration import expected_calibration_error, fit_platt, per_label, reliability
 from bertfit.errors import ConfigError
 from bertfit.heads import sequence_loss
 from bertfit.report.document import Paragraph, Strong, Table, finite, fmt_int, fmt_score
@@ -40,10 +41,14 @@ class MultiLabel(SequenceTask):
         return cls(labels, threshold=settings.get("threshold"), separator=settings.get("label_separator") or ",")
 
     def configure(self, thresholds: Sequence[float] | None = None, threshold: float | None = None,
-                  separator: str = ",", **state: Any) -> None:
+                  separator: str = ",", platt: Sequence[Sequence[float]] | None = None, **state: Any) -> None:
         super().configure(**state)
         if thresholds is not None and len(thresholds) != len(self.labels):
             raise ConfigError(f"task.json: {len(thresholds)} thresholds for {len(self.labels)} labels")
+        if platt is not None and (len(platt) != len(self.labels) or any(len(p) != 2 or not p[0] > 0 for p in platt)):
+            raise ConfigError(f"task.json: platt must be one [a > 0, b] per label ({len(self.labels)} labels)")
+        # Per-label Platt scaling fitted on validation after training (calibration.py): z -> a z + b.
+        self.platt = None if platt is None else np.asarray(platt, dtype=np.float64)
         # threshold: a fixed global threshold (--threshold); None = tuned per label on validation.
         self.fixed_threshold = threshold
         self.thresholds = np.asarray(thresholds, dtype=np.float64) if thresholds is not None else None
@@ -52,8 +57,35 @@ class MultiLabel(SequenceTask):
         self.prevalence: np.ndarray | None = None  # each label's share of the training rows
 
     def state(self) -> dict[str, Any]:
-        return {"thresholds": None if self.thresholds is None else self.thresholds.tolist(),
-                "threshold": self.fixed_threshold, "separator": self.separator}
+        out = {"thresholds": None if self.thresholds is None else self.thresholds.tolist(),
+               "threshold": self.fixed_threshold, "separator": self.separator}
+        if self.platt is not None:
+            out["platt"] = self.platt.tolist()
+        return out
+
+    def scaled(self, outputs: np.ndarray) -> np.ndarray:
+        """The logits the probabilities come from: each label's Platt scaling applied, if fitted."""
+        if self.platt is None:
+            return outputs
+        return (np.asarray(outputs, dtype=np.float64) * self.platt[:, 0] + self.platt[:, 1]).astype(np.float32)
+
+    def calibrate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """Per-label Platt scaling on validation; the thresholds are tuned afterwards on the calibrated
+        probabilities (fit_decisions), so decisions stay what the tuning makes them."""
+        self.platt = np.array([fit_platt(outputs[:, j], targets[:, j]) for j in range(len(self.labels))])
+        return {"platt": "per label"}
+
+    def calibration_summary(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        conf, hit = per_label(sigmoid(outputs), targets)
+        out: dict[str, Any] = {"method": "platt" if self.platt is not None else "none",
+                               "ece_uncalibrated": expected_calibration_error(conf, hit),
+                               "log_loss_uncalibrated": _bce(outputs, targets),
+                               "bins_uncalibrated": reliability(conf, hit)}
+        if self.platt is not None:
+            conf, hit = per_label(sigmoid(self.scaled(outputs)), targets)
+            out.update(ece=expected_calibration_error(conf, hit), log_loss=_bce(self.scaled(outputs), targets),
+                       bins=reliability(conf, hit))
+        return out
 
     # -- reading ------------------------------------------------------------------------------
     @classmethod
@@ -154,22 +186,23 @@ class MultiLabel(SequenceTask):
         if self.thresholds is not None:
             return self.thresholds
         if outputs is not None and targets is not None:  # during training: tuned on the split itself
-            return tune_thresholds(sigmoid(outputs), targets)
+            return tune_thresholds(sigmoid(self.scaled(outputs)), targets)
         return np.full(len(self.labels), DEFAULT_THRESHOLD)
 
     def fit_decisions(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
         if self.fixed_threshold is not None:
             return {"threshold": self.fixed_threshold}
-        self.thresholds = tune_thresholds(sigmoid(outputs), targets)
+        self.thresholds = tune_thresholds(sigmoid(self.scaled(outputs)), targets)
         return {"thresholds": dict(zip(self.labels, self.thresholds.round(4).tolist()))}
 
     # -- evaluation and decoding --------------------------------------------------------------
     def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
-        proba = sigmoid(outputs)
+        proba = sigmoid(self.scaled(outputs))
         thresholds = self.current_thresholds(outputs, targets)
         result = multilabel_metrics(proba >= thresholds, targets, self.labels)
-        logp, log1mp = -np.logaddexp(0, -outputs), -np.logaddexp(0, outputs)
-        result["loss"] = float(-(targets * logp + (1 - targets) * log1mp).mean()) if len(targets) else float("nan")
+        result["loss"] = _bce(self.scaled(outputs), targets)
+        if len(targets):
+            result["calibration"] = self.calibration_summary(outputs, targets)
         fixed = multilabel_metrics(proba >= DEFAULT_THRESHOLD, targets, self.labels)
         result["at_0.5"] = {k: fixed[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy")}
         result["thresholds"] = dict(zip(self.labels, np.round(thresholds, 4).tolist()))
@@ -178,10 +211,10 @@ class MultiLabel(SequenceTask):
         return result
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
-        return sigmoid(outputs)
+        return sigmoid(self.scaled(outputs))
 
     def decode(self, outputs: np.ndarray, split: Any = None) -> list[dict[str, Any]]:
-        proba = sigmoid(outputs)
+        proba = sigmoid(self.scaled(outputs))
         chosen = proba >= self.current_thresholds()
         return [{"labels": [label for label, on in zip(self.labels, row_on) if on],
                  "probabilities": {label: float(p) for label, p in zip(self.labels, row)}}
@@ -194,7 +227,7 @@ class MultiLabel(SequenceTask):
     def mistakes(self, outputs: np.ndarray, targets: np.ndarray, limit: int = 20) -> list[dict[str, Any]]:
         """The most confident wrong label decisions: a label given with a high probability that is not
         true, or a true label given a very low one."""
-        proba = sigmoid(outputs)
+        proba = sigmoid(self.scaled(outputs))
         predicted = proba >= self.current_thresholds()
         truth = targets > 0.5
         confidence = np.where(predicted, proba, 1 - proba)
@@ -241,7 +274,17 @@ class MultiLabel(SequenceTask):
                             ["l", "r", "r"]))
         if finite(m.get("loss")):
             blocks.append(Paragraph([f"Loss (binary cross-entropy per label): {float(m['loss']):.4f}"]))
-        return blocks
+        from bertfit.tasks.classify import calibration_blocks
+
+        return blocks + calibration_blocks(m.get("calibration"), split, plots)
+
+
+def _bce(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean binary cross-entropy per (text, label) of sigmoid(logits)."""
+    if not len(targets):
+        return float("nan")
+    logp, log1mp = -np.logaddexp(0, -logits), -np.logaddexp(0, logits)
+    return float(-(targets * logp + (1 - targets) * log1mp).mean())
 
 
 def tune_thresholds(proba: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -14,7 +14,12 @@ import os
 from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
+
+from bertfit import windows
+from bertfit.batching import Batch, EncodedSplit, collate
+from bertfit.windows import LongText
 
 from bertfit import data as data_mod
 from bertfit.data import Example, LoadReport, Rejection
@@ -44,6 +49,57 @@ class SequenceTask(Task):
 
     def loss(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         return sequence_loss(outputs, targets, self.problem_type)
+
+    # -- long texts (windows.py): truncation strategies, or windows aggregated per text --------------
+    def encode(self, tokenizer: Any, examples: Sequence[Any], max_length: int,
+               settings: Mapping[str, Any] | None = None) -> EncodedSplit:
+        """Each text's features as ``self.long_text`` reads it (the training settings' when training):
+        one per text, or with windows several, whose targets repeat the text's (``gold``: per text)."""
+        if settings is not None:
+            self.long_text = LongText.from_settings(settings)
+        texts = [e.text for e in examples]
+        pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
+        features = windows.encode(tokenizer, texts, pairs, max_length, self.long_text)
+        labelled = bool(examples) and all(e.label is not None for e in examples)
+        targets = self.targets([e.label for e in examples]) if labelled else None
+        if not self.long_text.windowed:
+            return EncodedSplit(features.encoded, targets, meta=features)
+        return EncodedSplit(features.encoded, None if targets is None else targets[features.example_index], gold=targets,
+                            example_index=features.example_index, meta=features)
+
+    def _windowed(self, split: EncodedSplit) -> bool:
+        return split.example_index is not None and isinstance(split.meta, windows.Features) and split.meta.settings.windowed
+
+    def train_units(self, split: EncodedSplit) -> list[list[int]] | None:
+        """With windows, a text's windows train together (one unit of the batch order)."""
+        if not self._windowed(split):
+            return None
+        units: list[list[int]] = [[] for _ in range(split.meta.n_examples)]
+        for feature, example in enumerate(split.example_index.tolist()):
+            units[example].append(feature)
+        return units
+
+    def collate(self, split: EncodedSplit, indices: Sequence[int], pad_id: int, epoch: int | None = None) -> Batch:
+        """With windows: the windows of the batch's texts, ``groups`` saying whose each is, and one
+        target per text (the loss is the text's, on its windows' aggregated outputs)."""
+        if not self._windowed(split) or split.gold is None:
+            return super().collate(split, indices, pad_id, epoch)
+        example_of = split.example_index[list(indices)]
+        texts, groups = np.unique(example_of, return_inverse=True)
+        batch = collate(split.encoded, indices, None, pad_id)
+        batch.labels = torch.from_numpy(np.ascontiguousarray(np.asarray(split.gold)[texts]))
+        batch.groups = torch.from_numpy(groups.astype(np.int64))
+        return batch
+
+    def batch_outputs(self, outputs: Tensor, batch: Batch) -> Tensor:
+        if batch.groups is None:
+            return outputs
+        count = len(batch.labels) if batch.labels is not None else int(batch.groups.max()) + 1
+        return windows.aggregate_torch(outputs, batch.groups, count, self.long_text.window_aggregate)
+
+    def gather(self, split: EncodedSplit, outputs: Any) -> Any:
+        """Windows' outputs → one row per text (mean or max of its windows' logits)."""
+        return split.meta.gather(outputs) if self._windowed(split) else outputs
 
 
 def reading_options(settings: Any) -> dict[str, Any]:
