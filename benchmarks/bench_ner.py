@@ -103,8 +103,8 @@ def run_transformers(name: str, files: dict, seed: int, work: Path, predict: boo
     import torch
     import transformers
     from seqeval.metrics import f1_score, precision_score, recall_score
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification)
+    from hf_trainer import train_with_trainer
 
     from bertfit.checkpoints import resolve_model
     from bertfit.tasks.ner_data import read_ner_file
@@ -136,33 +136,9 @@ def run_transformers(name: str, files: dict, seed: int, work: Path, predict: boo
     transformers.set_seed(seed)
     model = AutoModelForTokenClassification.from_pretrained(
         model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=index, attn_implementation="sdpa")
-    counted = {"tokens": 0}
-
-    def count(module, positional, kwargs):
-        if module.training:
-            counted["tokens"] += int(kwargs["attention_mask"].sum())
-
-    model.register_forward_pre_hook(count, with_kwargs=True)
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            self.start = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            self.seconds = time.perf_counter() - self.start
-
-    clock = Clock()
     collator = DataCollatorForTokenClassification(tokenizer)
-    with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=LR,
-            warmup_steps=int(WARMUP * STEPS), lr_scheduler_type="linear", weight_decay=WEIGHT_DECAY, max_grad_norm=1.0,
-            seed=seed, logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
-            use_cpu=True, dataloader_num_workers=0)
-        trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=collator,
-                          processing_class=tokenizer, callbacks=[clock])
-        trainer.train()
-    model.eval()
+    trained = train_with_trainer(model, tokenizer, train, collator, batch=BATCH, steps=STEPS, lr=LR,
+                                 warmup=WARMUP, weight_decay=WEIGHT_DECAY, seed=seed)
     true, pred = [], []
     order = np.argsort([len(x["input_ids"]) for x in test])
     with torch.inference_mode():
@@ -176,8 +152,8 @@ def run_transformers(name: str, files: dict, seed: int, work: Path, predict: boo
     true = [t for _, t in sorted(true)]
     pred = [p for _, p in sorted(pred)]
     # Words past max_length (truncated by the recipe) are absent from both lists, as in run_ner.py.
-    return {"tokens_per_s": counted["tokens"] / clock.seconds, "train_seconds": clock.seconds,
-            "real_tokens": counted["tokens"], "steps": trainer.state.global_step,
+    return {"tokens_per_s": trained["tokens"] / trained["seconds"], "train_seconds": trained["seconds"],
+            "real_tokens": trained["tokens"], "steps": trained["steps"],
             "test": {"f1": f1_score(true, pred), "precision": precision_score(true, pred),
                      "recall": recall_score(true, pred)}}
 

@@ -167,8 +167,8 @@ def run_transformers(files: dict[str, str], steps: int, work: Path) -> dict:
     import numpy as np
     import torch
     import transformers
-    from transformers import (AutoModelForQuestionAnswering, AutoTokenizer, Trainer, TrainerCallback,
-                              TrainingArguments, default_data_collator)
+    from transformers import (AutoModelForQuestionAnswering, AutoTokenizer, default_data_collator)
+    from hf_trainer import train_with_trainer
 
     from bertfit.checkpoints import resolve_model
 
@@ -179,32 +179,9 @@ def run_transformers(files: dict[str, str], steps: int, work: Path) -> dict:
     train = _train_features(tokenizer, train_rows)
     transformers.set_seed(SEED)
     model = AutoModelForQuestionAnswering.from_pretrained(model_dir, attn_implementation="sdpa")
-    counted = {"tokens": 0}
-
-    def count(module, positional, kwargs):
-        if module.training:
-            counted["tokens"] += int(kwargs["attention_mask"].sum())
-
-    model.register_forward_pre_hook(count, with_kwargs=True)
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            self.start = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            self.seconds = time.perf_counter() - self.start
-
-    clock = Clock()
-    with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
-            warmup_steps=int(WARMUP * steps), lr_scheduler_type="linear", weight_decay=WEIGHT_DECAY, max_grad_norm=1.0,
-            seed=SEED, logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
-            use_cpu=True, dataloader_num_workers=0)
-        trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=default_data_collator,
-                          processing_class=tokenizer, callbacks=[clock])
-        trainer.train()
-    model.eval()
+    collator = default_data_collator
+    trained = train_with_trainer(model, tokenizer, train, collator, batch=BATCH, steps=steps, lr=LR,
+                                 warmup=WARMUP, weight_decay=WEIGHT_DECAY, seed=SEED)
     # Validation features as run_qa.py's prepare_validation_features, predicted in batches of 64.
     enc = tokenizer([r["question"].lstrip() for r in dev_rows], [r["context"] for r in dev_rows],
                     truncation="only_second", max_length=MAX_LENGTH, stride=STRIDE, return_overflowing_tokens=True,
@@ -217,8 +194,8 @@ def run_transformers(files: dict[str, str], steps: int, work: Path) -> dict:
             out = model(**batch)
             starts[s:s + 64], ends[s:s + 64] = out.start_logits.numpy(), out.end_logits.numpy()
     predictions = _postprocess(dev_rows, enc, starts, ends)
-    return {"tokens_per_s": counted["tokens"] / clock.seconds, "train_seconds": clock.seconds,
-            "real_tokens": counted["tokens"], "steps": trainer.state.global_step, "windows": len(train),
+    return {"tokens_per_s": trained["tokens"] / trained["seconds"], "train_seconds": trained["seconds"],
+            "real_tokens": trained["tokens"], "steps": trained["steps"], "windows": len(train),
             "dev": score(predictions, dev_rows)}
 
 

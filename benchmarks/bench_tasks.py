@@ -98,8 +98,8 @@ def run_transformers(task: str, files: dict[str, str], seed: int, work: Path) ->
     import numpy as np
     import torch
     import transformers
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding)
+    from hf_trainer import train_with_trainer
 
     from bertfit.checkpoints import resolve_model
     from bertfit.tasks.multilabel import multilabel_metrics
@@ -133,33 +133,9 @@ def run_transformers(task: str, files: dict[str, str], seed: int, work: Path) ->
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=index, attn_implementation="sdpa",
         problem_type="multi_label_classification" if task == "goemotions" else "regression")
-    counted = {"tokens": 0}
-
-    def count(module, positional, kwargs):
-        if module.training:
-            counted["tokens"] += int(kwargs["attention_mask"].sum())
-
-    model.register_forward_pre_hook(count, with_kwargs=True)
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            self.start = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            self.seconds = time.perf_counter() - self.start
-
-    clock = Clock()
     collator = DataCollatorWithPadding(tokenizer)
-    with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
-            warmup_steps=int(WARMUP * steps), lr_scheduler_type="linear", weight_decay=WEIGHT_DECAY, max_grad_norm=1.0,
-            seed=seed, logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
-            use_cpu=True, dataloader_num_workers=0)
-        trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=collator,
-                          processing_class=tokenizer, callbacks=[clock])
-        trainer.train()
-    model.eval()
+    trained = train_with_trainer(model, tokenizer, train, collator, batch=BATCH, steps=steps, lr=LR,
+                                 warmup=WARMUP, weight_decay=WEIGHT_DECAY, seed=seed)
     outputs = np.zeros((len(test), len(labels)), dtype=np.float32)
     order = np.argsort([len(x["input_ids"]) for x in test])
     with torch.inference_mode():
@@ -174,8 +150,8 @@ def run_transformers(task: str, files: dict[str, str], seed: int, work: Path) ->
     else:
         summary = {k: v for k, v in regression_metrics(outputs[:, 0].astype(float), truth.astype(float)).items()
                    if k in ("pearson", "spearman", "rmse")}
-    return {"tokens_per_s": counted["tokens"] / clock.seconds, "train_seconds": clock.seconds,
-            "real_tokens": counted["tokens"], "steps": trainer.state.global_step, "test": summary}
+    return {"tokens_per_s": trained["tokens"] / trained["seconds"], "train_seconds": trained["seconds"],
+            "real_tokens": trained["tokens"], "steps": trained["steps"], "test": summary}
 
 
 def child(args) -> None:
