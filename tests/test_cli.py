@@ -69,9 +69,13 @@ def test_transformers_loads_the_run_and_predicts_the_same(tweets_run, tweets_csv
     model, info = transformers.AutoModelForSequenceClassification.from_pretrained(tweets_run, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(tweets_run)
+    # transformers gives the uncalibrated logits; bertfit's probabilities divide them by the run's
+    # fitted temperature (task.json), as the README says: the same numbers once that is applied.
+    state = json.loads((Path(tweets_run) / "task.json").read_text(encoding="utf-8")).get("state") or {}
+    temperature = state.get("temperature") or 1.0
     with torch.no_grad():
         batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
-        proba = model.eval()(**batch).logits.softmax(-1)
+        proba = (model.eval()(**batch).logits / temperature).softmax(-1)
     theirs = [model.config.id2label[i] for i in proba.argmax(-1).tolist()]
     assert [o["label"] for o in ours] == theirs
     for o, p in zip(ours, proba):
