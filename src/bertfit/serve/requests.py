@@ -172,7 +172,7 @@ def _check_input(item: Any, where: str, columns: Sequence[str], fields: Sequence
     unknown = sorted(set(item) - set(fields))
     if unknown:
         raise ApiError(422, "unknown_field", f"unknown field {_preview(repr(at + unknown[0]))}; "
-                       f"an input takes {', '.join(repr(f) for f in fields)}")
+                       "an input takes " + ", ".join(f'"{f}"' for f in fields))
     missing = [c for c in columns if c not in item]
     if missing:
         raise ApiError(422, "missing_field", f'missing field "{at}{missing[0]}"', field=at + missing[0])
