@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
+from test_browser import browser, open_page  # noqa: E402,F401  (fixtures)
 from test_ner_task import ner_model_dir, ner_run  # noqa: E402,F401  (fixtures)
 from test_qa import _config, qa_files  # noqa: E402,F401  (fixtures)
 
@@ -247,3 +248,37 @@ def test_page_has_a_qa_view_and_its_request_is_what_the_server_takes(qa_client):
     assert PASSAGE[p["start"]:p["end"]] == p["answer"] and len(p["top_k"]) == 3
     # The Content-Security-Policy still covers the (longer) inline script.
     assert "script-src 'sha256-" in r.headers["content-security-policy"]
+
+
+@pytest.mark.slow
+def test_web_page_asks_a_question_and_marks_the_answer(browser, qa_run_dir, tmp_path):  # noqa: F811
+    """The real page in headless Chromium against `bertfit serve` (skipped without Playwright/Chromium)."""
+    import httpx
+
+    from test_serve import Server
+
+    srv = Server(qa_run_dir, tmp_path / "qa-page.log", "--engine", "pytorch")
+    try:
+        srv.wait("/ready")
+        page, outside, problems = open_page(browser, srv.url + "/")
+        page.wait_for_selector("#status[data-state='ready']")
+        page.wait_for_selector("#qa-card:not([hidden])")
+        assert page.locator("#classify-card").is_hidden()
+        # An emoji first (offsets count code points), markup that must stay text.
+        passage = "😀 " + PASSAGE + ' <img src=x onerror="window.__xss=1">'
+        page.fill("#passage", passage)
+        page.fill("#question", "the good")
+        page.fill("#top-k", "3")
+        page.click("#ask")
+        page.wait_for_selector(".qa-result")
+        (want,) = httpx.post(srv.url + "/predict", json={"question": "the good", "context": passage, "top_k": 3},
+                             timeout=30).json()["predictions"]
+        assert page.locator("mark.answer").text_content() == want["answer"] == passage[want["start"]:want["end"]]
+        assert page.locator(".qa-result .result-text").text_content() == passage
+        items = page.locator("ol.alternatives li").all_text_contents()
+        assert len(items) == 3 and all(i.startswith(a["answer"]) for i, a in zip(items, want["top_k"]))
+        assert page.evaluate("window.__xss") is None and page.locator(".qa-result img").count() == 0
+        page.screenshot(path=str(tmp_path / "serve-page-qa.png"), full_page=True)
+        assert not outside and not problems, (outside, problems)
+    finally:
+        srv.stop()
