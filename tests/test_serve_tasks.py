@@ -282,3 +282,44 @@ def test_web_page_asks_a_question_and_marks_the_answer(browser, qa_run_dir, tmp_
         assert not outside and not problems, (outside, problems)
     finally:
         srv.stop()
+
+
+TOP_K_SCRIPT = """
+import json, sys
+from transformers import pipeline
+run, items = sys.argv[1], json.loads(sys.stdin.read())
+qa = pipeline("question-answering", model=run, tokenizer=run, device=-1)
+print(json.dumps([qa(question=i["question"], context=i["context"], top_k=3, max_answer_len=30, max_seq_len=32,
+                     doc_stride=8) for i in items]))
+"""
+
+
+def test_top_k_answers_are_the_question_answering_pipelines(qa_run_dir):
+    """On contexts that fit one window, top_k lists the pipeline's top_k answers: the same spans, in
+    the same order, with the same scores (transformers 4.x: see test_qa's helper)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_qa import _transformers_with_qa_pipeline, synthetic_qa
+
+    path = _transformers_with_qa_pipeline()
+    if path is None:
+        pytest.skip("transformers 5 has no pipeline('question-answering'); set BERTFIT_TRANSFORMERS4 (see test_qa)")
+    from bertfit.predict import TextClassifier
+
+    model = TextClassifier.load(str(qa_run_dir), engine="pytorch")
+    items = [{"question": r["question"], "context": r["context"]} for r in synthetic_qa(60, 12)]
+    windows = model.task.encode(model.tokenizer, model.task.inputs(items), model.max_length).meta
+    items = [item for item, w in zip(items, windows.windows_of()) if len(w) == 1][:20]
+    assert len(items) >= 10
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", TOP_K_SCRIPT, str(qa_run_dir)], input=json.dumps(items),
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    mine = model.records([{**item, "top_k": 3} for item in items])
+    for m, t in zip(mine, theirs):
+        assert [(a["answer"], a["start"], a["end"]) for a in m["top_k"]] == [(a["answer"], a["start"], a["end"]) for a in t]
+        assert [a["score"] for a in m["top_k"]] == pytest.approx([a["score"] for a in t], rel=1e-4)
