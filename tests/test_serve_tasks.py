@@ -229,6 +229,12 @@ def test_info_says_the_task_and_its_inputs(qa_client, ner_client):
     assert qa["task"] == "qa" and qa["inputs"] == ["question", "context"] and qa["options"] == ["top_k"]
     ner = ner_client.get("/info").json()
     assert ner["task"] == "ner" and ner["inputs"] == ["tokens"]
+    # /docs shows the bodies, and each one it shows for this model is answered.
+    body = qa_client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+    examples = body["content"]["application/json"]["examples"]
+    assert qa_client.post("/predict", json=examples["question"]["value"]).status_code == 200
+    assert ner_client.post("/predict", json=examples["tokens"]["value"]).status_code == 200
+    assert ner_client.post("/predict", json=examples["inputs"]["value"]).status_code == 200
 
 
 def test_page_has_a_qa_view_and_its_request_is_what_the_server_takes(qa_client):

@@ -40,6 +40,17 @@ KNOWN_ENDPOINTS = frozenset({"/", "/predict", "/info", "/health", "/ready", "/me
                              *(f"/docs/{name}" for name in DOCS_ASSETS)})
 
 
+# /docs shows these bodies: texts for any model; a model's own inputs (GET /info: "inputs", "options").
+BODY_EXAMPLES = {
+    "texts": {"summary": "texts (any model)", "value": {"texts": ["I love this!", "Worst purchase ever."]}},
+    "tokens": {"summary": "one pre-tokenised sentence (ner)", "value": {"tokens": ["Apple", "opened", "in", "Paris"]}},
+    "question": {"summary": "a question over a passage, 3 best answers (qa)",
+                 "value": {"question": "Who sat?", "context": "The cat sat on the mat.", "top_k": 3}},
+    "inputs": {"summary": "several inputs (ner, qa)",
+               "value": {"inputs": [{"tokens": ["Apple", "opened"]}, {"tokens": ["in", "Paris"]}]}},
+}
+
+
 class ClientGone(Exception):
     """The client closed the connection before its answer: its own doing, not a server error."""
 
@@ -288,7 +299,7 @@ def create_app(config: ServeConfig) -> "FastAPI":
     @app.post("/predict", summary="Predict: texts, or the model's own inputs", response_model=None, responses={
         200: {"model": PredictResponse, "description": "one prediction per text, in order"}, **errors_doc},
         openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": PredictRequest.model_json_schema()}}}})
+            "application/json": {"schema": PredictRequest.model_json_schema(), "examples": BODY_EXAMPLES}}}})
     async def predict(request: Request) -> Response:
         """Each input's record, as `bertfit predict` gives it, for up to `max_texts_per_request` texts
         (or text pairs). A model with inputs of its own (GET /info: `inputs`) also takes one of
