@@ -123,9 +123,9 @@ def parse_predict_request(body: bytes, config: ServeConfig, task: Any = None) ->
     fields = (*columns, *getattr(task, "input_options", ()))
     given = set(payload)
     if columns and given & {"texts", "pairs"} and given & {*fields, "inputs"}:
-        other = sorted(given & {*fields, "inputs"})[0]
-        raise ApiError(422, "mixed_fields", f'"texts" and "{other}" in one body: send either texts (with "pairs") '
-                       f"or the model's own inputs, not both; {_forms(columns)}")
+        text, other = sorted(given & {"texts", "pairs"})[-1], sorted(given & {*fields, "inputs"})[0]
+        raise ApiError(422, "mixed_fields", f'"{text}" and "{other}" in one body: send either texts (with "pairs") '
+                       f"or the model's own inputs, not both; {_forms(columns)}", field=other)
     if columns and not given & {"texts", "pairs"}:
         if "inputs" in payload:
             return Parsed(_parse_inputs(payload, columns, fields, config), None)
