@@ -306,25 +306,53 @@ def test_pretraining_two_processes_match_one_process(launched, no_dropout_model_
     assert_same_pretraining(one, two, no_dropout_model_dir)
 
 
-def test_pretrain_nproc_matches_one_process(tmp_path, no_dropout_model_dir):
-    """`bertfit pretrain --nproc 2` (masked LM alone, packed sequences, whole-word masking) = 1 process."""
-    from bertfit.pretraining.job import PretrainSettings, pretrain
-    from bertfit.train_config import TrainConfig
+def pretrain_cli(*args: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bertfit", "pretrain", *args], env=env(**extra), capture_output=True,
+                          text=True, timeout=TIMEOUT)
 
-    text = corpus(tmp_path / "corpus.txt", seed=9)
-    settings = {"corpus": [str(text)], "nsp": False, "whole_word_masking": True, "validation_fraction": 0.1}
-    two = tmp_path / "two"
-    args = ["pretrain", "--corpus", str(text), "--no-nsp", "--whole-word-masking", "--validation-fraction", "0.1",
-            "--model", str(no_dropout_model_dir), "--output-dir", str(two), "--max-length", "32", "--lr", "5e-4",
-            "--log-every", "1", "--save-every", "3", "--epochs", "2", "--threads", "1", "--grad-accum", "2",
-            "--batch-size", "4", "--nproc", "2"]
-    out = subprocess.run([sys.executable, "-m", "bertfit", *args], env=env(), capture_output=True, text=True,
-                         timeout=TIMEOUT)
+
+@pytest.fixture(scope="module")
+def pretrain_nproc(tmp_path_factory, no_dropout_model_dir):
+    """`bertfit pretrain --nproc 2` (masked LM alone, packed sequences, whole-word masking): the run's
+    folder, its corpus, and its command line for another --output-dir."""
+    base = tmp_path_factory.mktemp("dist-pretrain")
+    text = corpus(base / "corpus.txt", seed=9)
+    args = lambda run: ["--corpus", str(text), "--no-nsp", "--whole-word-masking", "--validation-fraction", "0.1",  # noqa: E731
+                        "--model", str(no_dropout_model_dir), "--output-dir", str(run), "--max-length", "32",
+                        "--lr", "5e-4", "--log-every", "1", "--save-every", "3", "--epochs", "2", "--threads", "1",
+                        "--grad-accum", "2", "--batch-size", "4", "--nproc", "2"]
+    out = pretrain_cli(*args(base / "two"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("global batch 16 = 4 per process × 2 processes × 2 accumulation") == 1
     assert out.stdout.count("run directory:") == 1  # rank 0 prints the results
-    pretrain(TrainConfig(**job_config(no_dropout_model_dir, tmp_path / "one", 8, {})), PretrainSettings(**settings))
-    assert_same_pretraining(tmp_path / "one", two, no_dropout_model_dir)
+    return base, text, args
+
+
+def test_pretrain_nproc_matches_one_process(pretrain_nproc, no_dropout_model_dir):
+    from bertfit.pretraining.job import PretrainSettings, pretrain
+    from bertfit.train_config import TrainConfig
+
+    base, text, _ = pretrain_nproc
+    settings = {"corpus": [str(text)], "nsp": False, "whole_word_masking": True, "validation_fraction": 0.1}
+    pretrain(TrainConfig(**job_config(no_dropout_model_dir, base / "one", 8, {})), PretrainSettings(**settings))
+    assert_same_pretraining(base / "one", base / "two", no_dropout_model_dir)
+
+
+def test_pretrain_kill_then_resume_is_bit_identical(pretrain_nproc):
+    base, _, args = pretrain_nproc
+    run = base / "killed"
+    out = pretrain_cli(*args(run), BERTFIT_KILL_AT_STEP="7")  # every rank: SIGKILL right after step 7's update
+    assert out.returncode != 0 and 0 < RunDir(run).checkpoint_steps()[-1] < 7
+    assert "bertfit pretrain --resume RUN --nproc 2" in out.stderr  # the launcher's advice names the command
+    alone = pretrain_cli("--resume", str(run))
+    assert alone.returncode == 3 and "bertfit pretrain --resume RUN --nproc 2" in alone.stderr, alone.stderr[-2000:]
+    out = pretrain_cli("--resume", str(run), "--nproc", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING} for r in records]  # noqa: E731
+    assert strip(RunDir(run).read_log()) == strip(RunDir(base / "two").read_log())
+    a, b = load_file(str(run / "model.safetensors")), load_file(str(base / "two" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((base / "two" / "metrics.json").read_text())
 
 
 def test_gathered_evaluation_is_complete_and_in_order(launched):

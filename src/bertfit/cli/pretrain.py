@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from bertfit.tasks.pretrain import Pretrain
 
-    task = Pretrain(nsp=settings.nsp)
+    task = Pretrain(nsp=(result.settings or settings).nsp)  # a resumed run's own objectives
     if "before" in result.metrics:
         print("\nheld out, before pretraining")
         print(task.format_metrics(result.metrics["before"]))

@@ -76,6 +76,7 @@ class PretrainResult:
     report: Path
     wall_time_s: float
     fills: list[dict[str, Any]] = field(default_factory=list)
+    settings: PretrainSettings | None = None  # the run's (a resumed run's saved ones, not the caller's)
 
 
 def _open_run(run: Any, config: Any, settings: PretrainSettings, resume: bool, overwrite: bool) -> tuple[Any, PretrainSettings, bool, bool]:
@@ -259,13 +260,13 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
             fills_after = fill_examples(best.cpu(), tokenizer, data.validation_texts, config.seed)
     wall = time.perf_counter() - started
     if not d.is_writer:
-        return PretrainResult(run.path, metrics, run.file("report.md"), wall)
+        return PretrainResult(run.path, metrics, run.file("report.md"), wall, settings=settings)
     fills = [{**b, "fills_after": a["fills"]} for b, a in zip(fills_before, fills_after)] if fills_before else \
         [{**a, "fills_after": a.pop("fills")} for a in fills_after]
     write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": "no held-out slice"})
     write_json_atomic(run.file("fills.json"), fills)
     report = _write_report(run, config, settings, data.summary, result, metrics, fills, task, wall)
-    return PretrainResult(run.path, metrics, report, wall, fills)
+    return PretrainResult(run.path, metrics, report, wall, fills, settings=settings)
 
 
 def _write_report(run: Any, config: Any, settings: PretrainSettings, summary: dict[str, Any], result: Any,
