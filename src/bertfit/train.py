@@ -8,7 +8,8 @@ Task-agnostic: the task (tasks/) owns the loss, the metrics and the selection di
 only moves batches. Loss scaling: the task returns each micro-batch's summed loss and the loop divides
 by the whole optimizer step's weight (examples, class weights, label elements), so the gradient is
 the same however a step is split into micro-batches (accumulation, or the smaller micro-batches used
-after an out-of-memory error).
+after an out-of-memory error). A loss of several means (masked LM + NSP) returns one (sum, weight)
+per term (Task.loss_components), each divided by its own step total.
 
 Faults: a non-finite loss or gradient stops training before the weights are updated (TrainingError,
 exit code 3); weights are checked finite before every evaluation, best-model save and checkpoint,
