@@ -23,3 +23,14 @@ class DataError(BertfitError):
 
 class ModelNotFoundError(CheckpointError):
     """A model name that resolves to nothing reachable."""
+
+
+class InputError(DataError):
+    """A prediction input a task cannot take (Task.inputs): which one, which of its fields, and why.
+
+    ``reason`` names the field but not the position, so that each caller says where in its own terms
+    (a file's row, the server's ``inputs[2]``); the message itself names the input (1-based)."""
+
+    def __init__(self, index: int, reason: str, field: str | None = None) -> None:
+        super().__init__(f"input {index + 1}: {reason}")
+        self.index, self.reason, self.field = index, reason, field

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from bertfit.errors import BertfitError, ConfigError
 from bertfit.serve.batcher import DeadlineExceededError, DynamicBatcher, QueueFullError, ShuttingDownError
 from bertfit.serve.config import ServeConfig
-from bertfit.serve.host import (FAILED, LOADING, READY, ApiError, ModelHost, _local_model_dir,
-                                parse_predict_request, read_model_info)
+from bertfit.serve.host import FAILED, LOADING, READY, ModelHost, _local_model_dir, read_model_info
+from bertfit.serve.requests import ApiError, check_inputs, parse_predict_request
 from bertfit.serve.metrics import CLIENT_CLOSED
 from bertfit.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bertfit.serve.metrics import ServeMetrics
@@ -38,6 +38,17 @@ DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagge
                "favicon-32x32.png": "image/png"}
 KNOWN_ENDPOINTS = frozenset({"/", "/predict", "/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs",
                              *(f"/docs/{name}" for name in DOCS_ASSETS)})
+
+
+# /docs shows these bodies: texts for any model; a model's own inputs (GET /info: "inputs", "options").
+BODY_EXAMPLES = {
+    "texts": {"summary": "texts (any model)", "value": {"texts": ["I love this!", "Worst purchase ever."]}},
+    "tokens": {"summary": "one pre-tokenised sentence (ner)", "value": {"tokens": ["Apple", "opened", "in", "Paris"]}},
+    "question": {"summary": "a question over a passage, 3 best answers (qa)",
+                 "value": {"question": "Who sat?", "context": "The cat sat on the mat.", "top_k": 3}},
+    "inputs": {"summary": "several inputs (ner, qa)",
+               "value": {"inputs": [{"tokens": ["Apple", "opened"]}, {"tokens": ["in", "Paris"]}]}},
+}
 
 
 class ClientGone(Exception):
@@ -157,16 +168,26 @@ def create_app(config: ServeConfig) -> "FastAPI":
             None, description="classification: every label's probability (softmax, or one sigmoid per label)")
         value: float | None = Field(None, description="regression with one target: the predicted value")
         values: dict[str, float] | None = Field(None, description="regression with several targets: each value")
+        entities: list[dict[str, Any]] | None = Field(
+            None, description="ner: {text, type, start, end, score}; character offsets into the text, or word "
+                              "indices (end exclusive) for pre-tokenised input")
+        answer: str | None = Field(None, description="qa: the answer, a span of the context")
+        score: float | None = Field(None, description="qa: its score (the question-answering pipeline's)")
+        start: int | None = Field(None, description="qa: the answer's first character in the context")
+        end: int | None = Field(None, description="qa: the character after it (context[start:end] == answer)")
+        top_k: list[dict[str, Any]] | None = Field(
+            None, description="qa with top_k > 1: the k best answers {answer, score, start, end, probability}")
 
     class PredictResponse(BaseModel):
         model: str
-        task: str = Field(..., description="single-label, multi-label or regression")
+        task: str = Field(..., description="single-label, multi-label, regression, ner, qa, ...")
         labels: list[str] = Field(..., description="class, label or target names, in the model's order")
         predictions: list[Prediction] = Field(..., description="one per text, in request order")
 
     class ErrorResponse(BaseModel):
         error: str = Field(..., description="what went wrong, in words")
         code: str = Field(..., description="machine-readable reason, e.g. too_many_texts, queue_full")
+        field: str | None = Field(None, description="the request field at fault, e.g. inputs[1].tokens, if known")
         limit: str | None = Field(None, description="the server limit that was exceeded, if any")
         max: float | None = Field(None, description="that limit's value")
 
@@ -174,7 +195,8 @@ def create_app(config: ServeConfig) -> "FastAPI":
         400: {"model": ErrorResponse, "description": "malformed JSON"},
         408: {"model": ErrorResponse, "description": "the body did not arrive before the deadline"},
         413: {"model": ErrorResponse, "description": "body larger than max_body_bytes"},
-        422: {"model": ErrorResponse, "description": "wrong types, empty texts, or a per-request limit"},
+        422: {"model": ErrorResponse, "description": "wrong types, empty texts, an input the model cannot take "
+                                                     "(the field is named), or a per-request limit"},
         429: {"model": ErrorResponse, "description": "queue full; retry later"},
         503: {"model": ErrorResponse, "description": "model loading, or server shutting down"},
         504: {"model": ErrorResponse, "description": "no answer within timeout_s"},
@@ -183,8 +205,8 @@ def create_app(config: ServeConfig) -> "FastAPI":
     # docs_url=None: /docs is ours (below), with its assets served from the package; no /redoc,
     # whose script would come from a CDN too.
     app = FastAPI(title="bertfit", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Text classification with a fine-tuned BERT encoder. "
-                              "POST texts to /predict; the web page is at /.")
+                  description="Predictions of a fine-tuned BERT encoder (classification, entities, answers). "
+                              "POST texts or the model's inputs to /predict; the web page is at /.")
     app.state.host, app.state.batcher, app.state.metrics, app.state.config = host, batcher, metrics, config
 
     # -- errors: always JSON ----------------------------------------------------------------
@@ -274,15 +296,18 @@ def create_app(config: ServeConfig) -> "FastAPI":
                            "(limit timeout_s)", limit="timeout_s", maximum=config.timeout_s) from None
         return b"".join(chunks)
 
-    @app.post("/predict", summary="Classify texts", response_model=None, responses={
+    @app.post("/predict", summary="Predict: texts, or the model's own inputs", response_model=None, responses={
         200: {"model": PredictResponse, "description": "one prediction per text, in order"}, **errors_doc},
         openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": PredictRequest.model_json_schema()}}}})
+            "application/json": {"schema": PredictRequest.model_json_schema(), "examples": BODY_EXAMPLES}}}})
     async def predict(request: Request) -> Response:
-        """Labels and class probabilities for up to `max_texts_per_request` texts (or text pairs).
+        """Each input's record, as `bertfit predict` gives it, for up to `max_texts_per_request` texts
+        (or text pairs). A model with inputs of its own (GET /info: `inputs`) also takes one of
+        them as the body (`{"tokens": ["Apple", "opened"]}`, `{"question": "...", "context": "...",
+        "top_k": 3}`) or several as `{"inputs": [{...}, ...]}`.
 
         Concurrent requests are batched together; each answer is the same as predicting its
-        texts alone.
+        inputs alone.
         """
         deadline = time.monotonic() + config.timeout_s
         metrics.in_flight += 1
@@ -296,7 +321,9 @@ def create_app(config: ServeConfig) -> "FastAPI":
             message = "model loading; retry shortly" if host.status == LOADING else f"model failed to load: {host.error}"
             raise ApiError(503, "model_loading" if host.status == LOADING else "model_failed", message,
                            headers={"Retry-After": "1"})
-        texts, pairs = parse_predict_request(await read_body(request, deadline), config)
+        task = host.classifier.task
+        texts, pairs, single = parse_predict_request(await read_body(request, deadline), config, task)
+        check_inputs(task, texts, pairs, single)  # the task's own checks: a 422, before anything is queued
         try:
             payload = await until_disconnect(request, batcher.submit(texts, pairs, deadline))
         except QueueFullError as exc:
@@ -355,12 +382,17 @@ def create_app(config: ServeConfig) -> "FastAPI":
             body["error"] = host.error
         return JSONResponse(body, status_code=200 if host.status == READY else 503)
 
-    @get("/info", summary="The model: name, labels, architecture, recorded metrics; and the limits")
+    @get("/info", summary="The model: name, task, labels, architecture, recorded metrics; and the limits")
     async def info() -> dict[str, Any]:
         i = host.info
+        task = host.classifier.task if host.classifier is not None else None
         return {
             "status": host.status,
             "model": i.name if i else None,
+            # The page picks its view by these (a tagger highlights entities; QA asks of a passage).
+            "task": task.name if task is not None else (i.task if i else None),
+            "inputs": list(task.input_columns) if task is not None else None,
+            "options": list(task.input_options) if task is not None else None,
             "labels": i.labels if i else [],
             "base_model": i.base_model if i else None,
             "architecture": i.architecture if i else None,

@@ -49,7 +49,7 @@ class ShuttingDownError(Exception):
 class Job:
     """One request's texts (and optional pair texts), waiting for its batch."""
 
-    texts: list[str]
+    texts: list[Any]  # texts, or a task's input objects (the batcher only counts them)
     pairs: list[str] | None
     enqueued: float  # time.monotonic()
     deadline: float  # time.monotonic()
@@ -110,7 +110,7 @@ class DynamicBatcher:
         self.executor.shutdown(wait=True)
 
     # -- requests ----------------------------------------------------------------------------
-    async def submit(self, texts: list[str], pairs: list[str] | None, deadline: float) -> Any:
+    async def submit(self, texts: list[Any], pairs: list[str] | None, deadline: float) -> Any:
         """Queue one request and wait for its result (whatever ``run_batch`` returned for it).
 
         Raises QueueFullError at once when the queue has no room, DeadlineExceededError when

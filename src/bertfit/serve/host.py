@@ -1,5 +1,5 @@
-"""The model side of the server: what the page shows without loading the model, request parsing
-and its JSON errors, and ModelHost (loading, and computing one batch on the worker thread)."""
+"""The model side of the server: what the page shows without loading the model, and ModelHost
+(loading, and computing one batch on the worker thread). Request parsing is requests.py."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ class ModelInfo:
     base_model: str | None
     architecture: dict[str, int]
     metrics: dict[str, Any] | None  # metrics.json from the run, if any
+    task: str | None = None  # task.json's task name (None: a model without one; known once loaded)
 
 
 def read_model_info(directory: Path) -> ModelInfo:
@@ -46,6 +47,7 @@ def read_model_info(directory: Path) -> ModelInfo:
         raise ConfigError(f"{directory}: config.json has no labels (id2label); this is not a trained model")
     train_config = _read_json(directory / "train_config.json")
     metrics = _read_json(directory / "metrics.json")
+    task = _read_json(directory / "task.json")
     base = train_config.get("model") if isinstance(train_config, dict) else None
     return ModelInfo(
         name=directory.name,  # as TextClassifier.load names it
@@ -55,6 +57,7 @@ def read_model_info(directory: Path) -> ModelInfo:
                       "attention_heads": config.num_attention_heads,
                       "max_positions": config.max_position_embeddings},
         metrics=metrics if isinstance(metrics, dict) else None,
+        task=str(task["task"]) if isinstance(task, dict) and task.get("task") is not None else None,
     )
 
 
@@ -85,89 +88,6 @@ def _local_model_dir(run: str) -> Path | None:
     if run.startswith((".", "/", "~")) or "\\" in run or run.count("/") > 1:
         raise ConfigError(f"{run}: no such directory")
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors as JSON
-# ---------------------------------------------------------------------------------------------
-
-class ApiError(Exception):
-    """An error answer: status, a machine-readable code, a message, and the limit it broke."""
-
-    def __init__(self, status: int, code: str, message: str, *, limit: str | None = None,
-                 maximum: float | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.limit, self.maximum, self.headers = limit, maximum, headers
-
-    def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.message, "code": self.code}
-        if self.limit is not None:
-            out["limit"] = self.limit
-            out["max"] = self.maximum
-        return out
-
-
-def _check_strings(value: Any, name: str, config: ServeConfig) -> list[str]:
-    if not isinstance(value, list):
-        raise ApiError(422, "wrong_type", f"{name} must be a list of strings, got {_json_type(value)}")
-    if not value:
-        raise ApiError(422, "empty", f"{name} must not be empty")
-    if len(value) > config.max_texts_per_request:
-        raise ApiError(422, "too_many_texts",
-                       f"{name} has {len(value)} items; at most {config.max_texts_per_request} per request "
-                       "(limit max_texts_per_request); split the request",
-                       limit="max_texts_per_request", maximum=config.max_texts_per_request)
-    for i, text in enumerate(value):
-        if not isinstance(text, str):
-            raise ApiError(422, "wrong_type", f"{name}[{i}] is {_json_type(text)}, expected a string")
-        if len(text) > config.max_chars:
-            raise ApiError(422, "text_too_long",
-                           f"{name}[{i}] has {len(text)} characters; at most {config.max_chars} per text "
-                           "(limit max_chars)", limit="max_chars", maximum=config.max_chars)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            # JSON allows "\ud800"; the tokenizer does not. Refuse it here rather than fail a batch.
-            raise ApiError(422, "invalid_text", f"{name}[{i}] contains an unpaired surrogate (invalid Unicode)") from None
-    return value
-
-
-def _preview(text: str, limit: int = 80) -> str:
-    """At most ``limit`` characters of something the client sent, for an error message."""
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def parse_predict_request(body: bytes, config: ServeConfig) -> tuple[list[str], list[str] | None]:
-    """Validated (texts, pairs) from a /predict body, or an ApiError naming what is wrong."""
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {_preview(str(exc))}") from None
-    except RecursionError:  # "[[[[..." deeper than the parser's stack: a client's mistake, not a 500
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON: it is nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise ApiError(422, "wrong_type",
-                       f'the request body must be a JSON object like {{"texts": ["..."]}}, got {_json_type(payload)}')
-    unknown = sorted(set(payload) - {"texts", "pairs"})
-    if unknown:
-        raise ApiError(422, "unknown_field",
-                       f"unknown field {_preview(repr(unknown[0]))}; the body takes \"texts\" and optionally \"pairs\"")
-    if "texts" not in payload:
-        raise ApiError(422, "missing_field", 'missing field "texts" (a list of strings)')
-    texts = _check_strings(payload["texts"], "texts", config)
-    pairs = payload.get("pairs")
-    if pairs is not None:
-        pairs = _check_strings(pairs, "pairs", config)
-        if len(pairs) != len(texts):
-            raise ApiError(422, "pairs_mismatch",
-                           f"got {len(texts)} texts but {len(pairs)} pairs; pairs must match texts one to one")
-    return texts, pairs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +170,7 @@ class ModelHost:
 
     def _predict(self, jobs: Sequence[Job]) -> list[bytes]:
         assert self.classifier is not None
+        # A job's texts are strings, or the task's input objects ({"tokens": [...]}); records() takes both.
         texts = [t for job in jobs for t in job.texts]
         pairs = [p for job in jobs for p in job.pairs] if jobs[0].pairs is not None else None  # type: ignore[union-attr]
         items = texts if pairs is None else list(zip(texts, pairs))

@@ -55,6 +55,12 @@ class Task(ABC):
     default_max_length: ClassVar[int | None] = None
     # The command that trains this task: "train" (a labelled file) or "pretrain" (unlabelled corpora).
     command: ClassVar[str] = "train"
+    # The fields of one prediction input besides a plain text (NER: "tokens"; QA: "question", "context"):
+    # `predict --file` reads these columns, and the server takes {field: ...} for one input or
+    # {"inputs": [{field: ...}, ...]}. None here: texts (and pairs) only.
+    input_columns: ClassVar[tuple[str, ...]] = ()
+    # Per-input options ``inputs`` reads next to those fields (QA: "top_k"), which the server passes on.
+    input_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, labels: Sequence[str], **state: Any) -> None:
         self.labels = [str(label) for label in labels]
@@ -124,8 +130,9 @@ class Task(ABC):
     def inputs(self, items: Sequence[Any]) -> list[Any]:
         """What predict and the server receive → examples for ``encode``: a text, a (text, pair)
         two-item list/tuple, or {"text", "text_pair"}. A task with other inputs (tokens, question +
-        context) overrides this; a bad item raises BertfitError naming its position."""
-        from bertfit.errors import BertfitError
+        context: its ``input_columns``) overrides this; a bad item raises errors.InputError (its
+        position, and a reason that names the field)."""
+        from bertfit.errors import InputError
         from bertfit.examples import Example
 
         examples = []
@@ -137,7 +144,7 @@ class Task(ABC):
             elif isinstance(item, str):
                 examples.append(Example(item, None, None, row=i))
             else:
-                raise BertfitError(f"texts[{i}] is {type(item).__name__}, expected a string")
+                raise InputError(i, f"the text is {type(item).__name__}, expected a string", "text")
         return examples
 
     def probe_inputs(self, texts: Sequence[str]) -> list[Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bertfit.errors import DataError
+from bertfit.errors import DataError, InputError
 from bertfit.heads import token_loss, token_loss_weight
 from bertfit.tasks.base import LabelProblem, Task
 from bertfit.tasks.entities import OUTSIDE, entity_metrics, spans, split_tag, type_confusion
@@ -30,6 +30,19 @@ def softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _words(tokens: Any, row: int, name: str) -> list[str]:
+    """Pre-tokenised words, checked as the training files' are: a non-empty list of non-blank strings."""
+    if not isinstance(tokens, (list, tuple)):
+        raise InputError(row, f"{name} must be a list of strings, not {type(tokens).__name__}", "tokens")
+    if not tokens:
+        raise InputError(row, f"{name} must not be empty", "tokens")
+    for i, word in enumerate(tokens):
+        if not isinstance(word, str) or not word.strip():
+            what = f"{type(word).__name__}" if not isinstance(word, str) else "blank"
+            raise InputError(row, f"{name}[{i}] is {what}; every token must be a non-blank string", "tokens")
+    return list(tokens)
 
 
 def tag_names(types: Sequence[str]) -> list[str]:
@@ -282,22 +295,22 @@ class NER(Task):
     # -- prediction inputs --------------------------------------------------------------------
     @staticmethod
     def sentence(item: Any, row: int = 0) -> Sentence:
-        """A prediction input: a text, {"text": ...}, {"tokens": [...]} (pre-tokenised) or a list of words."""
+        """A prediction input: a text, {"text": ...}, {"tokens": [...]} (pre-tokenised) or a list of words.
+        A bad one raises InputError (row: its 0-based position), whose reason names the field."""
         if isinstance(item, Sentence):
             return item
         if isinstance(item, str):
             return from_text(item, row)
         if isinstance(item, Mapping):
             if "tokens" in item:
-                tokens = item["tokens"]
-                if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
-                    raise DataError(f"item {row}: tokens must be a list of strings")
-                return from_tokens([t for t in tokens], None, row)
+                if item.get("text") is not None:
+                    raise InputError(row, "give either text or tokens (pre-tokenised words), not both", "tokens")
+                return from_tokens(_words(item["tokens"], row, "tokens"), None, row)
             if isinstance(item.get("text"), str):
                 return from_text(item["text"], row)
         if isinstance(item, (list, tuple)) and all(isinstance(t, str) for t in item):
-            return from_tokens(list(item), None, row)
-        raise DataError(f"item {row}: a NER model takes a text, {{'text': ...}} or {{'tokens': [...]}}, not {item!r:.60}")
+            return from_tokens(_words(item, row, "the word list"), None, row)
+        raise InputError(row, f"a NER model takes a text, {{'text': ...}} or {{'tokens': [...]}}, not {item!r:.60}")
 
     # -- report -------------------------------------------------------------------------------
     def format_metrics(self, m: Mapping[str, Any]) -> str:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Hashable, Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
-from bertfit.errors import BertfitError, DataError
+from bertfit.errors import BertfitError, DataError, InputError
 from bertfit.heads import span_loss
 from bertfit.report.document import Paragraph, Strong, Table, fmt_int, fmt_score
 from bertfit.tasks.base import Task
@@ -58,6 +58,7 @@ class QuestionAnswering(Task):
     mistake_score = "score"
     default_max_length: ClassVar[int] = QA_MAX_LENGTH
     input_columns: ClassVar[tuple[str, ...]] = ("question", "context")  # predict --file reads these
+    input_options: ClassVar[tuple[str, ...]] = ("top_k",)
 
     def configure(self, *, null_threshold: float | None = None, version: str = "1.1", doc_stride: int = DOC_STRIDE,
                   n_best: int = N_BEST, max_answer_length: int = MAX_ANSWER_LENGTH, **state: Any) -> None:
@@ -96,24 +97,37 @@ class QuestionAnswering(Task):
         return [None if label is None else ("answer" if label else "no answer") for label in labels]
 
     def inputs(self, items: Sequence[Any]) -> list[QAExample]:
-        """Prediction inputs: {"question", "context"} mappings or (question, context) pairs."""
+        """Prediction inputs: {"question", "context"} mappings (with an optional "top_k": how many
+        answers to list, 1 to n_best) or (question, context) pairs; a bad one raises InputError."""
         out = []
         for i, item in enumerate(items):
             if isinstance(item, QAExample):
                 out.append(item)
                 continue
+            top_k = None
             if isinstance(item, Mapping):
                 question, context = item.get("question"), item.get("context")
+                top_k = self.check_top_k(item.get("top_k"), i)
             elif isinstance(item, (tuple, list)) and len(item) == 2:
                 question, context = item
             else:
-                raise BertfitError(f"input {i + 1}: a question-answering model takes a question and a context "
-                                   '({"question": ..., "context": ...}), not ' + type(item).__name__)
+                raise InputError(i, "a question-answering model takes a question and a context "
+                                 '({"question": ..., "context": ...}), not ' + type(item).__name__)
             for what, value in (("question", question), ("context", context)):
                 if not isinstance(value, str) or not value.strip():
-                    raise BertfitError(f"input {i + 1}: the {what} is missing or empty")
-            out.append(QAExample(question, context, None, row=i + 1, id=str(i + 1)))
+                    raise InputError(i, f"the {what} is missing or empty" if value is None or isinstance(value, str)
+                                     else f"the {what} must be a string, not {type(value).__name__}", what)
+            out.append(QAExample(question, context, None, row=i + 1, id=str(i + 1), top_k=top_k))
         return out
+
+    def check_top_k(self, value: Any, index: int = 0) -> int | None:
+        """A requested number of answers: None (the task's top_k), or a whole number from 1 to n_best
+        (decoding keeps n_best candidates per question, so more cannot be listed)."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= self.n_best:
+            raise InputError(index, f"top_k must be a whole number from 1 to {self.n_best}, got {value!r:.40}", "top_k")
+        return value
 
     # -- encoding -----------------------------------------------------------------------------
     def targets(self, labels: Sequence[Hashable]) -> np.ndarray:
@@ -136,6 +150,7 @@ class QuestionAnswering(Task):
         except ValueError as exc:
             raise DataError(str(exc)) from None
         gold = [list(getattr(e, "answer_texts", [])) for e in examples]
+        windows.top_k = [getattr(e, "top_k", None) for e in examples]
         return EncodedSplit(windows.encoded, windows.targets, gold=gold, example_index=windows.example_index,
                             meta=windows)
 
@@ -194,7 +209,8 @@ class QuestionAnswering(Task):
             if split is None:
                 raise BertfitError("question answering decodes window outputs with their windows (pass the split)")
             outputs = self.gather(split, outputs)
-        return [record(p, self.top_k) for p in outputs.predictions]
+        asked = outputs.windows.top_k or [None] * len(outputs)
+        return [record(p, self.top_k if k is None else k) for p, k in zip(outputs.predictions, asked)]
 
     def answer(self, record: Mapping[str, Any]) -> Any:
         return record["answer"]

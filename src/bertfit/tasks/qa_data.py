@@ -41,6 +41,7 @@ class QAExample:
     row: int = 0
     id: str = ""
     title: str = ""
+    top_k: int | None = None  # prediction only: answers its record lists (None: the task's top_k)
 
     @property
     def question(self) -> str:

@@ -11,7 +11,8 @@ over the windows; ``null_margin`` = no-answer score − best span score, and wit
 (SQuAD v2.0, tuned on validation) a question whose margin exceeds it is answered "".
 
 ``score`` is the question-answering pipeline's: in the answer's window, the softmax over [CLS] and
-the context tokens of the start logits times that of the end logits.
+the context tokens of the start logits times that of the end logits. Every listed alternative
+(``record(..., top_k)``, as the pipeline's ``top_k``) gets the same score in its own window.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Span:
     logit: float  # start + end logit
     window: int = -1
     tokens: tuple[int, int] = (0, 0)
+    score: float = 0.0  # the pipeline's score of this span (see the module docstring)
 
 
 @dataclass
@@ -109,22 +111,31 @@ def decode_example(logits: Sequence[np.ndarray], windows: QAWindows, feats: Sequ
     ranked = list(unique.values())[:n_best]
     if not ranked:  # nothing fits (an empty context window): the only answer is "no answer"
         return QAPrediction("", 0, 0, 1.0, null, float("inf"), [], True)
+    probabilities: dict[int, tuple[np.ndarray, np.ndarray, list[int]]] = {}
+    for span in ranked:  # each alternative scored as the pipeline scores an answer (top_k lists them)
+        span.score = _window_score(logits[span.window], windows, span.window, span.tokens, probabilities)
     best = ranked[0]
     margin = null - best.logit
-    score = _window_score(logits[best.window], windows, best.window, best.tokens)
+    score = best.score
     if null_threshold is not None and margin > null_threshold:
         cls = _window_score(logits[best.window], windows, best.window, (0, 0))
         return QAPrediction("", 0, 0, cls, null, margin, ranked, True)
     return QAPrediction(best.text, best.start, best.end, score, best.logit, margin, ranked)
 
 
-def _window_score(logits: np.ndarray, windows: QAWindows, f: int, tokens: tuple[int, int]) -> float:
-    c0, n = int(windows.context_start[f]), len(windows.offsets[f])
-    rows = [0, *range(c0, c0 + n)]
-    p_start = _softmax(logits[rows, 0].astype(np.float64))
-    p_end = _softmax(logits[rows, 1].astype(np.float64))
-    s, e = rows.index(tokens[0]), rows.index(tokens[1])
-    return float(p_start[s] * p_end[e])
+def _window_score(logits: np.ndarray, windows: QAWindows, f: int, tokens: tuple[int, int],
+                  cache: dict[int, tuple[np.ndarray, np.ndarray, list[int]]] | None = None) -> float:
+    """p(start) · p(end) of ``tokens`` in window ``f``, each a softmax over [CLS] and the context
+    tokens (``cache``: those softmaxes per window, computed once for all of a question's candidates)."""
+    if cache is None or f not in cache:
+        c0, n = int(windows.context_start[f]), len(windows.offsets[f])
+        rows = [0, *range(c0, c0 + n)]
+        computed = (_softmax(logits[rows, 0].astype(np.float64)), _softmax(logits[rows, 1].astype(np.float64)), rows)
+        if cache is None:
+            cache = {}
+        cache[f] = computed
+    p_start, p_end, rows = cache[f]
+    return float(p_start[rows.index(tokens[0])] * p_end[rows.index(tokens[1])])
 
 
 def decode_all(logits: Sequence[np.ndarray], windows: QAWindows, *, n_best: int = N_BEST,
@@ -136,14 +147,22 @@ def decode_all(logits: Sequence[np.ndarray], windows: QAWindows, *, n_best: int 
 
 
 def record(prediction: QAPrediction, top_k: int = 1) -> dict[str, Any]:
-    """The JSON record predict and the server return: answer, score, start, end (and top-k alternatives)."""
+    """The JSON record predict and the server return: answer, score, start, end; with ``top_k`` > 1
+    also "top_k", the k best answers in decoding order (the first is the answer; for a question
+    judged unanswerable the empty answer, then the best spans), each {answer, score, start, end,
+    probability}: score as the top-level one (the question-answering pipeline's, which ranks the same
+    within one window), probability a softmax over the listed answers' start + end logits."""
     out: dict[str, Any] = {"answer": prediction.text, "score": prediction.score, "start": prediction.start,
                            "end": prediction.end}
     if prediction.no_answer:
         out["no_answer"] = True
     if top_k > 1:
-        logits = np.array([c.logit for c in prediction.candidates[:top_k]], dtype=np.float64)
+        listed = [(c.text, c.score, c.start, c.end, c.logit) for c in prediction.candidates]
+        if prediction.no_answer:
+            listed.insert(0, ("", prediction.score, 0, 0, prediction.logit))
+        listed = listed[:top_k]
+        logits = np.array([x[4] for x in listed], dtype=np.float64)
         probs = _softmax(logits) if len(logits) else logits
-        out["top_k"] = [{"answer": c.text, "start": c.start, "end": c.end, "probability": float(p)}
-                        for c, p in zip(prediction.candidates[:top_k], probs)]
+        out["top_k"] = [{"answer": text, "score": score, "start": start, "end": end, "probability": float(p)}
+                        for (text, score, start, end, _), p in zip(listed, probs)]
     return out

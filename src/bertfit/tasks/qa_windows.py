@@ -42,6 +42,7 @@ class QAWindows:
     targets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))  # (F, 2)
     context_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,)
     questions_cut: int = 0
+    top_k: list[int | None] = field(default_factory=list)  # (N,) per example: answers its record lists
 
     def __len__(self) -> int:
         return len(self.encoded)
