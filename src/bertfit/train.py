@@ -49,7 +49,7 @@ import torch
 from bertfit import dist
 from bertfit.batching import Batch, EncodedSplit, epoch_batches  # noqa: F401 -- EncodedSplit re-exported (job, tests)
 from bertfit.embedding_grad import WordEmbeddingGrad, clip_grad_norm
-from bertfit.errors import CheckpointError
+from bertfit.errors import BertfitError, CheckpointError
 from bertfit.precision import apply_kernel, training_precision
 from bertfit.checkpoint_checks import validate_checkpoint
 from bertfit.inference import is_out_of_memory, predict_logits  # noqa: F401 -- predict_logits re-exported: job, benchmarks and tests import it from here
@@ -223,6 +223,19 @@ class Trainer:
     def restore(self, ckpt: LoadedCheckpoint) -> None:
         """Continue exactly from ``ckpt`` (already checked by validate_checkpoint): see train_state.restore."""
         restore(self, ckpt)
+
+    def resume_latest(self) -> LoadedCheckpoint:
+        """Continue from the run's latest intact checkpoint: rank 0 reads it, every rank gets rank 0's."""
+        def latest() -> LoadedCheckpoint:
+            ckpt = self.run.latest_good_checkpoint(validate=self.validate_checkpoint)
+            if ckpt is None:
+                raise BertfitError(f"{self.run.path}: no intact checkpoint to resume from (all failed their checks)")
+            return ckpt
+
+        ckpt = self.dist.on_writer(latest, "reading the checkpoint to resume from")
+        self.restore(ckpt)
+        logger.warning("resuming %s from step %d of %d", self.run.path, ckpt.step, self.total_steps)
+        return ckpt
 
     def validate_checkpoint(self, ckpt: LoadedCheckpoint) -> None:
         """Every part of a checkpoint must fit this model and trainer before it is used (CheckpointError)."""

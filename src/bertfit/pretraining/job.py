@@ -227,15 +227,7 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
     trainer = Trainer(model, config, train, validation if len(validation) else None, run, pad_id=tokenizer.pad_id,
                       device=device, task=task, on_save_best=save_best, callback=callback)
     if resume:
-        def latest() -> Any:
-            ckpt = run.latest_good_checkpoint(validate=trainer.validate_checkpoint)
-            if ckpt is None:
-                raise BertfitError(f"{run.path}: no intact checkpoint to resume from (all failed their checks)")
-            return ckpt
-
-        ckpt = d.on_writer(latest, "reading the checkpoint to resume from")  # every rank gets rank 0's
-        trainer.restore(ckpt)
-        logger.warning("resuming %s from step %d of %d", run.path, ckpt.step, trainer.total_steps)
+        trainer.resume_latest()
         saved_before = run.file("before.json")
         if d.is_writer and saved_before.exists():
             raw = json.loads(saved_before.read_text(encoding="utf-8"))
