@@ -69,7 +69,12 @@ def test_pretraining_beats_the_unigram_baseline_and_loads_in_transformers(tmp_pa
     for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json", "report.md", "fills.json",
                  "pretrain_config.json", "data.json"):
         assert (run / name).is_file(), name
-    assert "perplexity" in (run / "report.md").read_text(encoding="utf-8")
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "perplexity" in report
+    # Worded as pretraining, not as a classifier: no labels, mistakes or labelled-file settings.
+    assert "further pretrained on" in report and "with masked LM and next-sentence prediction" in report
+    assert "fine-tuned" not in report and "Most confident mistakes" not in report
+    assert "| label_column |" not in report and "| pretrain.nsp | true |" in report
     transformers = pytest.importorskip("transformers")
     for cls in (transformers.AutoModelForPreTraining, transformers.AutoModelForMaskedLM):
         model, info = cls.from_pretrained(run, output_loading_info=True)

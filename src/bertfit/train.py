@@ -201,9 +201,8 @@ class Trainer:
             # The same start on every rank whatever each loaded; then each rank its own dropout stream.
             self.dist.broadcast_module(self.model, "sending rank 0's initial weights")
             torch.manual_seed(self.dist.rank_seed(config.seed))
-        if config.lr >= 1e-3:
-            msg = (f"lr {config.lr:g} is very high for fine-tuning BERT (typical: 2e-5 to 5e-5); "
-                   "training is likely to diverge or collapse to one class")
+        msg = self.task.lr_warning(config.lr)
+        if msg:
             logger.warning(msg)
             self.notes.append(msg)
 

@@ -261,6 +261,18 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
     return PretrainResult(run.path, metrics, report, wall, fills, settings=settings)
 
 
+# TrainConfig keys that describe a labelled file or a classifier: a pretraining run reads none of them.
+_NOT_PRETRAINING = ("file", "column", "label", "header", "columns", "tag_", "class_weights", "problem_type", "metric",
+                    "threshold", "calibrate", "classifier", "truncation", "long_text", "window", "head_tokens",
+                    "deduplicate", "split", "doc_stride", "max_answer", "n_best", "null_", "encoding", "skip_bad_rows",
+                    "max_chars", "max_train_examples", "max_eval_examples", "seeds")
+
+
+def _training_settings(config: Any) -> dict[str, Any]:
+    """The run's TrainConfig without the keys that only labelled-data tasks read (the report's settings)."""
+    return {k: v for k, v in config.to_dict().items() if not any(part in k for part in _NOT_PRETRAINING)}
+
+
 def _write_report(run: Any, config: Any, settings: PretrainSettings, summary: dict[str, Any], result: Any,
                   metrics: dict[str, Any], fills: list[dict[str, Any]], task: Any, wall: float) -> Path:
     from bertfit.report import ReportInputs, write_report
@@ -275,7 +287,7 @@ def _write_report(run: Any, config: Any, settings: PretrainSettings, summary: di
     files = ", ".join(Path(p).name for p in settings.corpus)
     inputs = ReportInputs(
         title=f"bertfit pretrain: {config.model} on {files}", model_name=config.model, labels=task.labels,
-        data_summary=summary, settings={**config.to_dict(), **{f"pretrain.{k}": v for k, v in settings.to_dict().items()}},
+        data_summary=summary, settings={**_training_settings(config), **{f"pretrain.{k}": v for k, v in settings.to_dict().items()}},
         history=result.history, final_metrics={k: v for k, v in final.items() if k == "validation"}, mistakes=[],
         best=best, wall_time_s=wall, notes=list(result.notes), task=task, outputs={})
     if "before" in metrics:

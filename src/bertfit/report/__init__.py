@@ -132,18 +132,17 @@ METRIC_TITLES = {"macro_f1": "macro-F1", "weighted_f1": "weighted-F1", "micro_f1
 
 
 def _summary(inputs: ReportInputs) -> list[Block]:
-    parts: list[Inline] = [Code(inputs.model_name), " fine-tuned"]
+    task = inputs.task
+    parts: list[Inline] = [Code(inputs.model_name), f" {task.trained_as}"]
     rows = (inputs.data_summary or {}).get("rows") or {}
     if finite(rows.get("train")):
-        parts.append(f" on {fmt_int(rows['train'])} training examples")
-    shown = ", ".join(map(str, inputs.labels[:30])) + (", ..." if len(inputs.labels) > 30 else "")
-    what = "targets" if inputs.task.problem_type == "regression" else "labels"
-    parts.append(f" ({inputs.task.name}) for {len(inputs.labels)} {what} ({shown}). ")
+        parts.append(f" on {fmt_int(rows['train'])} training {task.row_noun}")
+    parts.append(f" {task.objective()}. ")
 
     split = _headline_split(inputs.final_metrics)
     if split is not None:
         m = inputs.final_metrics[split]
-        parts.append(f"On the {split} split ({fmt_int(m.get('n', 0))} examples): ")
+        parts.append(f"On the {split} split ({fmt_int(m.get('n', 0))} {task.row_noun}): ")
         parts += inputs.task.headline(m)
     else:
         parts.append("No evaluation results were recorded. ")
@@ -352,7 +351,7 @@ def _training_section(
         shown = _thin(evals, best_step)
         rows: list[list[Cell]] = []
         # The task's own headline metrics (what its eval records hold), loss first.
-        names = ["loss", *dict.fromkeys(curve_metrics(inputs.task))]
+        names = list(dict.fromkeys(["loss", *curve_metrics(inputs.task)]))  # a task may select on loss itself
         for r in shown:
             cells: list[Cell] = [
                 fmt_int(r["step"]),
@@ -381,7 +380,7 @@ def _results_section(inputs: ReportInputs, plots: Plotter) -> list[Block]:
         return blocks
     for split in _split_order(inputs.final_metrics):
         m = inputs.final_metrics[split]
-        blocks.append(Heading(3, f"{split.capitalize()} ({fmt_int(m.get('n', 0))} examples)"))
+        blocks.append(Heading(3, f"{split.capitalize()} ({fmt_int(m.get('n', 0))} {inputs.task.row_noun})"))
         outputs, targets = inputs.outputs.get(split, (None, None))
         blocks += inputs.task.report_sections(m, split, plots, outputs=outputs, targets=targets)
     return blocks
@@ -484,7 +483,8 @@ def write_report(run_dir: Path, inputs: ReportInputs) -> Path:
     blocks += _seeds_section(inputs)
     blocks += results
     blocks += _training_section(inputs, curves, plot_note)
-    blocks += _mistakes_section(inputs)
+    if getattr(inputs.task, "reports_mistakes", True):
+        blocks += _mistakes_section(inputs)
     blocks += _data_section(inputs)
     blocks += _notes_section(notes)
     blocks += _settings_section(inputs)

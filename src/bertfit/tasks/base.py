@@ -55,6 +55,11 @@ class Task(ABC):
     default_max_length: ClassVar[int | None] = None
     # The command that trains this task: "train" (a labelled file) or "pretrain" (unlabelled corpora).
     command: ClassVar[str] = "train"
+    # How the report names the run and its rows ("fine-tuned on 800 training examples"), and whether it
+    # has a most-confident-mistakes section (pretraining predicts masked tokens, it has no mistakes to list).
+    trained_as: ClassVar[str] = "fine-tuned"
+    row_noun: ClassVar[str] = "examples"
+    reports_mistakes: ClassVar[bool] = True
     # The fields of one prediction input besides a plain text (NER: "tokens"; QA: "question", "context"):
     # `predict --file` reads these columns, and the server takes {field: ...} for one input or
     # {"inputs": [{field: ...}, ...]}. None here: texts (and pairs) only.
@@ -301,6 +306,19 @@ class Task(ABC):
                         targets: Any = None) -> list[Any]:
         """Report blocks for one split's results (report.document blocks). plots: a report.Plotter or
         None; outputs/targets: that split's arrays, for plots of every prediction (may be None)."""
+
+    def objective(self) -> str:
+        """What the run learned, for the report's first sentence: "(single_label) for 3 labels (a, b, c)"."""
+        shown = ", ".join(map(str, self.labels[:30])) + (", ..." if len(self.labels) > 30 else "")
+        what = "targets" if self.problem_type == "regression" else "labels"
+        return f"({self.name}) for {len(self.labels)} {what} ({shown})"
+
+    def lr_warning(self, lr: float) -> str | None:
+        """A note when the learning rate is far outside what this kind of training uses."""
+        if lr >= 1e-3:
+            return (f"lr {lr:g} is very high for fine-tuning BERT (typical: 2e-5 to 5e-5); "
+                    "training is likely to diverge or collapse to one class")
+        return None
 
     @abstractmethod
     def headline(self, metrics: Mapping[str, Any]) -> list[Any]:

@@ -48,6 +48,9 @@ class Pretrain(Task):
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss", "mlm_loss", "perplexity"})
     headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "perplexity", "mlm_accuracy", "nsp_accuracy")
     command: ClassVar[str] = "pretrain"  # trained by `bertfit pretrain` on unlabelled text, not `bertfit train`
+    trained_as: ClassVar[str] = "further pretrained"
+    row_noun: ClassVar[str] = "sequences"
+    reports_mistakes: ClassVar[bool] = False
 
     def __init__(self, labels: Sequence[str] = ("IsNext", "NotNext"), **state: Any) -> None:
         super().__init__(labels, **state)
@@ -246,6 +249,14 @@ class Pretrain(Task):
                                 [[f["text"], f["answer"], show(f.get("fills", [])), show(f["fills_after"])] for f in fills],
                                 ["l", "l", "l", "l"]))
         return blocks
+
+    def objective(self) -> str:
+        return "with masked LM and next-sentence prediction" if self.nsp else "with masked LM"
+
+    def lr_warning(self, lr: float) -> str | None:
+        if lr >= 1e-3:  # BERT pretrained at 1e-4; continued pretraining usually uses 2e-5 to 1e-4
+            return f"lr {lr:g} is very high for pretraining BERT (typical: 2e-5 to 1e-4); training is likely to diverge"
+        return None
 
     def headline(self, metrics: Mapping[str, Any]) -> list[Any]:
         parts: list[Any] = [f"held-out perplexity {metrics['perplexity']:.2f}, masked-token accuracy "
