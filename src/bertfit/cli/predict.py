@@ -20,6 +20,9 @@ DESCRIPTION = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from bertfit.tasks.declared import DECLARED
+    from bertfit.tasks.settings import add_flags
+
     parser.add_argument("run", help="run directory (or any BERT classifier directory)")
     parser.add_argument("texts", nargs="*", help="texts to classify (put -- before them when one starts with '-'); none, or '-', reads one text per line from stdin")
     parser.add_argument("--file", help="classify a .csv/.tsv/.jsonl file; writes it back with label and probabilities")
@@ -43,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     qa.add_argument("--question", help="the question to answer from --context or --context-file")
     qa.add_argument("--context", help="the passage the answer is a span of (any length: long ones are read in windows)")
     qa.add_argument("--context-file", help="read the passage from this UTF-8 text file")
-    qa.add_argument("--top-k", type=positive_int, default=1, help="also list the k best answers (default: 1)")
+    add_flags(parser, DECLARED, "predict")  # every task's prediction settings (QA's --top-k)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("int8 is approximate (tweets: ~99%% of labels as fp32, accuracy within ~0.3 points; "
                        "benchmarks/RESULTS.md); measure it on your data: bertfit evaluate %s --int8 --file LABELLED",
                        args.run)
-    if args.top_k > 1:
-        classifier.task.top_k = args.top_k  # tasks with alternatives (question answering) list them
+    _apply_task_options(classifier.task, args)
     if args.question is not None or args.context is not None or args.context_file is not None:
         return _answer_question(classifier, args)
     if args.file:
@@ -73,6 +75,22 @@ def run(args: argparse.Namespace) -> int:
             display = getattr(classifier.task, "display", None)  # a task with records of its own shape
             print(display(record) if display else f"{_short_answer(classifier.task, record):<12}  {shown}")
     return 0
+
+
+def _apply_task_options(task, args: argparse.Namespace) -> None:
+    """The loaded task's prediction settings given as flags (checked when parsed); another task's are
+    named and ignored, as they do not apply to this model."""
+    from bertfit.tasks.declared import DECLARED
+    from bertfit.tasks.settings import flag_values
+
+    given = {name: value for name, value in flag_values(args, DECLARED, "predict").items() if value is not None}
+    own = {s.name for s in task.settings if "predict" in s.commands}
+    ignored = sorted(set(given) - own)
+    if ignored:
+        logger.warning("%s: not a setting of this %s model; ignored", ", ".join("--" + n.replace("_", "-") for n in ignored),
+                       task.name)
+    if own & set(given):
+        task.apply_options({name: given[name] for name in own & set(given)})
 
 
 def _answer_question(classifier, args: argparse.Namespace) -> int:

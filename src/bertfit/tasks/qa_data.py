@@ -25,6 +25,17 @@ from typing import Any, Iterator, Mapping
 
 from bertfit.errors import DataError
 from bertfit.examples import LoadReport, Rejection
+from bertfit.tasks.settings import INT_MAX, Setting
+
+DOC_STRIDE = 128  # tokens of overlap between the windows over a long context (run_qa.py's default)
+
+# The question-answering task's own settings (tasks/settings.py: flags, validation, saved with the
+# run). Here, not in qa.py, because `bertfit train --help` reads them without importing torch.
+QA_SETTINGS: tuple[Setting, ...] = (
+    Setting("doc_stride", int, DOC_STRIDE, "tokens of overlap between the windows a long context is cut into",
+            low=0, high=510),
+    Setting("top_k", int, 1, "also list the k best answers", low=1, high=INT_MAX, commands=("predict",)),
+)
 
 logger = logging.getLogger("bertfit.data")
 

@@ -1,0 +1,23 @@
+"""Every registered task's own settings (tasks/settings.py), importable without torch.
+
+The CLI adds their flags and TrainConfig validates and saves the training ones from here, so neither
+names a task's setting. The keys are TASKS' (tasks/registry.py); tests/test_task_settings.py checks
+that this lists exactly the registered tasks, each with its class's ``settings``.
+"""
+
+from __future__ import annotations
+
+from bertfit.tasks.ner_data import NER_SETTINGS
+from bertfit.tasks.qa_data import QA_SETTINGS
+from bertfit.tasks.settings import Setting, by_name
+
+DECLARED: dict[str, tuple[Setting, ...]] = {
+    "single-label": (),
+    "multi-label": (),
+    "regression": (),
+    "ner": NER_SETTINGS,
+    "qa": QA_SETTINGS,
+    "pretrain": (),
+}
+# The settings a training run takes (TrainConfig keys), by name: one declaration each.
+TRAIN_SETTINGS: dict[str, Setting] = {name: setting for name, (setting, _) in by_name(DECLARED, "train").items()}
