@@ -158,3 +158,36 @@ def test_the_run_saves_its_tasks_reading_settings_and_evaluate_reads_files_alike
     capsys.readouterr()
     assert main(["evaluate", str(result.run_dir), "--file", str(conll)]) == 0
     assert "f1" in capsys.readouterr().out
+
+
+def test_a_tasks_input_fields_are_flags_of_predict(tmp_path):
+    """QA declares --question and --context (or --context-file): predict builds the one input from them,
+    and names what a model takes when the flags do not fit it."""
+    from bertfit.cli.predict import _apply_task_options, _flag_input
+    from bertfit.errors import BertfitError
+
+    class Fake:
+        def __init__(self, name):
+            self.name, self.settings, self.applied = name, DECLARED[name], None
+
+        def apply_options(self, values):
+            self.applied = dict(values)
+
+    passage = tmp_path / "passage.txt"
+    passage.write_text("The cat sat on the mat.", encoding="utf-8")
+    parse = build_parser().parse_args
+    args = parse(["predict", "run", "--question", "Who sat?", "--context-file", str(passage), "--top-k", "2"])
+    qa = Fake("qa")
+    assert _flag_input(qa, args) == {"question": "Who sat?", "context": "The cat sat on the mat."}
+    _apply_task_options(qa, args)
+    assert qa.applied == {"top_k": 2}  # the input fields are not settings
+    assert _flag_input(qa, parse(["predict", "run", "some", "text"])) is None
+    with pytest.raises(BertfitError, match=r"this qa model takes --question and --context \(or --context-file\); "
+                                           r"given: --question"):
+        _flag_input(qa, parse(["predict", "run", "--question", "Who sat?"]))
+    with pytest.raises(BertfitError, match="--context and --context-file are alternatives"):
+        _flag_input(qa, parse(["predict", "run", "--question", "q", "--context", "c", "--context-file", str(passage)]))
+    with pytest.raises(BertfitError, match=f"--context-file {tmp_path / 'missing.txt'}: no such file"):
+        _flag_input(qa, parse(["predict", "run", "--question", "q", "--context-file", str(tmp_path / "missing.txt")]))
+    with pytest.raises(BertfitError, match="this ner model takes texts"):
+        _flag_input(Fake("ner"), parse(["predict", "run", "--question", "q", "--context", "c"]))

@@ -260,6 +260,11 @@ class Task(ABC):
         """Outputs (per example, after ``gather``) → one JSON-able prediction record per example (what
         predict and the server return). ``split``: the encoded inputs, to map back to text (offsets)."""
 
+    def display(self, record: Mapping[str, Any]) -> str | None:
+        """One record as ``bertfit predict`` prints it on a terminal (a task with records of its own
+        shape: entities, answers); None: the answer and the text on one line."""
+        return None
+
     def answer(self, record: Mapping[str, Any]) -> Any:
         """The record's answer alone (what ``TextClassifier.predict`` returns per text)."""
         return next(iter(record.values()))

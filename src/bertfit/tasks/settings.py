@@ -34,10 +34,19 @@ class Setting:
     optional: bool = False  # None is allowed (and means "the task's own choice")
     commands: tuple[str, ...] = ("train",)  # the commands with its flag: train (saved with the run), predict
     reading: bool = False  # how files are read: saved in task.json, so evaluate reads files as training did
+    # predict: a field of the one input the flags give (QA's --question, --context), not a setting;
+    # from_file: also --NAME-file, the value read from a text file (QA's --context-file)
+    input: bool = False
+    from_file: bool = False
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def flags(self) -> str:
+        """How a message names the way to give it: "--context (or --context-file)"."""
+        return f"{self.flag} (or {self.flag}-file)" if self.from_file else self.flag
 
     def check(self, value: Any) -> Any:
         """The value, validated and normalised; a ConfigError naming the setting and what it allows."""
@@ -76,8 +85,8 @@ class Setting:
 
     def describe(self, tasks: Iterable[str]) -> str:
         """The flag's help: which task(s) use it, what it does, its default."""
-        default = "none" if self.default is None else str(self.default)
-        return f"{'/'.join(tasks)}: {self.help} (default: {default})"
+        default = "" if self.input else f" (default: {'none' if self.default is None else self.default})"
+        return f"{'/'.join(tasks)}: {self.help}{default}"
 
 
 def by_name(declared: Mapping[str, Iterable[Setting]], command: str | None = None) -> dict[str, tuple[Setting, list[str]]]:
@@ -114,6 +123,9 @@ def add_flags(parser: argparse.ArgumentParser, declared: Mapping[str, Iterable[S
         else:
             kind = setting.kind if command == "train" else _checked(setting)
             group.add_argument(setting.flag, dest=name, type=kind, default=None, metavar=name.upper(), help=help_text)
+        if setting.from_file:
+            group.add_argument(setting.flag + "-file", dest=name + "_file", default=None, metavar="FILE",
+                               help=f"{'/'.join(tasks)}: read {setting.flag} from this text file (UTF-8, or --encoding)")
 
 
 def _checked(setting: Setting) -> Any:
@@ -133,8 +145,9 @@ def _checked(setting: Setting) -> Any:
 
 
 def flag_values(args: argparse.Namespace, declared: Mapping[str, Iterable[Setting]], command: str) -> dict[str, Any]:
-    """The task settings' flags of ``command`` as parsed (None: not given)."""
-    return {name: getattr(args, name, None) for name in by_name(declared, command)}
+    """The task settings' flags of ``command`` as parsed (None: not given); input fields not included."""
+    return {name: getattr(args, name, None) for name, (setting, _) in by_name(declared, command).items()
+            if not setting.input}
 
 
 # -- shared helpers of validation messages (train_config.py uses them for its own settings too) ------
