@@ -78,6 +78,11 @@ class Setting:
             raise ConfigError(f"{self.name} must be a string, got {show(value)}")
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{self.name} must be one of {', '.join(self.choices)}, got {show(value)}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # an undecodable byte from argv or a file (PEP 383)
+            raise ConfigError(f"{self.name} is not valid text (undecodable byte or lone surrogate at character "
+                              f"{exc.start}); use UTF-8") from None
         return value
 
     def _in_range(self, value: float) -> bool:
