@@ -79,12 +79,23 @@ def test_an_old_train_config_loads_and_saves_the_same_keys_and_values():
                          ids=lambda s: s.name)
 def test_out_of_range_values_are_refused_naming_the_setting_and_range(setting, tmp_path, capsys):
     for value in (setting.low - 1, setting.high + 1):
-        with pytest.raises(ConfigError, match=rf"{setting.name} must be a .*at least .* and at most .*got {value}"):
+        with pytest.raises(ConfigError, match=rf"{setting.name} must be a (whole number|number) (above|at least) .* and (below|at most) "
+                                              rf".*got {value}"):
             TrainConfig.from_dict({setting.name: value})
         status = main(["train", setting.flag, str(value), "--output-dir", str(tmp_path / "run")])
         assert status == 2
         assert f"{setting.name} must be a" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_open_bounds_exclude_their_ends():
+    """multi-label's --threshold is a probability strictly between 0 and 1, as before it was declared."""
+    for value in (0, 1, 0.0, 1.0):
+        with pytest.raises(ConfigError, match=f"threshold must be a number above 0 and below 1, got {value}"):
+            TrainConfig(threshold=value)
+    with pytest.raises(ConfigError, match="threshold must be a finite number, got nan"):
+        TrainConfig(threshold=float("nan"))
+    assert TrainConfig(threshold=1 - 1e-9).threshold == 1 - 1e-9 and TrainConfig().threshold is None
 
 
 def test_wrong_types_and_choices_are_refused():

@@ -49,7 +49,6 @@ class TrainConfig:
     # None: detected from the labels (logged with the reason); see tasks/__init__.py
     problem_type: str | None = None
     label_separator: str = ","  # splits a multi-label (or multi-target) cell such as "anger,joy"
-    threshold: float | None = None  # multi-label: one fixed threshold; None = tuned per label on validation
     window_stride: int | None = None  # subwords between window starts (NER; --long-text windows); None: half a window
     encoding: str | None = None
     skip_bad_rows: bool = False
@@ -341,10 +340,10 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "epochs": (0.0, 100_000.0, False), "lr": (0.0, 1.0, False), "weight_decay": (0.0, 1.0, False),
     "warmup_ratio": (0.0, 1.0, True), "max_grad_norm": (0.0, 1e6, False), "adam_eps": (0.0, 1.0, False),
-    "classifier_dropout": (0.0, 1.0, True), "threshold": (0.0, 1.0, True),
+    "classifier_dropout": (0.0, 1.0, True),
 }
-_POSITIVE = {"epochs", "lr", "adam_eps", "threshold"}
-_OPTIONAL = {"split_seed", "window_stride", "threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience",
+_POSITIVE = {"epochs", "lr", "adam_eps"}
+_OPTIONAL = {"split_seed", "window_stride", "max_steps", "max_train_examples", "max_eval_examples", "patience",
              "threads", "classifier_dropout", "train_file", "validation_file", "test_file", "text_column", "pair_column",
              "label_column", "encoding"}
 _BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header", "gradient_checkpointing",

@@ -83,7 +83,6 @@ TRAIN_HELP: dict[str, str] = {
     "window_stride": "subwords between the starts of overlapping windows (ner: over a sentence longer than "
                      "max-length; sequence tasks: with --long-text windows) (default: half a window)",
     "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",
-    "threshold": "multi-label: one fixed decision threshold for every label (default: tuned per label on validation)",
 }
 
 

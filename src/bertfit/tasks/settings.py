@@ -28,8 +28,10 @@ class Setting:
     kind: type  # int, float, bool or str
     default: Any
     help: str  # the flag's help, without the task's name or the default (added where it is shown)
-    low: float | None = None  # numbers: the allowed range, inclusive
+    low: float | None = None  # numbers: the allowed range, inclusive unless open_low / open_high
     high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
     choices: tuple[str, ...] | None = None  # strings: the allowed values
     optional: bool = False  # None is allowed (and means "the task's own choice")
     commands: tuple[str, ...] = ("train",)  # the commands with its flag: train (saved with the run), predict
@@ -60,7 +62,7 @@ class Setting:
             if not is_int(value):
                 raise ConfigError(f"{self.name} must be a whole number, got {show(value)}")
             if not self._in_range(value):
-                raise ConfigError(range_message(self.name, value, self.low, self.high, "whole number"))
+                raise ConfigError(self._range_message(value, "whole number"))
             return value
         if self.kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -68,11 +70,11 @@ class Setting:
             try:
                 number = float(value)
             except OverflowError:  # an int too large for a float
-                raise ConfigError(range_message(self.name, value, self.low, self.high, "number")) from None
+                raise ConfigError(self._range_message(value, "number")) from None
             if not math.isfinite(number):
                 raise ConfigError(f"{self.name} must be a finite number, got {value!r}")
             if not self._in_range(number):
-                raise ConfigError(range_message(self.name, value, self.low, self.high, "number"))
+                raise ConfigError(self._range_message(value, "number"))
             return number + 0.0  # -0.0 -> 0.0
         if not isinstance(value, str):
             raise ConfigError(f"{self.name} must be a string, got {show(value)}")
@@ -86,7 +88,12 @@ class Setting:
         return value
 
     def _in_range(self, value: float) -> bool:
-        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def _range_message(self, value: Any, kind: str) -> str:
+        return range_message(self.name, value, self.low, self.high, kind, self.open_high, positive=self.open_low)
 
     def describe(self, tasks: Iterable[str]) -> str:
         """The flag's help: which task(s) use it, what it does, its default."""
