@@ -85,6 +85,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--model", default="minilm-l6",
+                        help="the model every strategy starts from: minilm-l6, or a run already fine-tuned on the "
+                             "tweets' training split (its sentiment head is then kept, so the strategies differ "
+                             "only in what of each document the model reads)")
     parser.add_argument("--work", default="/tmp/bertfit-longdoc")
     parser.add_argument("--out", default="benchmarks/longdoc_results.json")
     args = parser.parse_args()
@@ -109,13 +113,13 @@ def main() -> None:
                "test_tweet_whole_in_first_126": float((end <= 126).mean()),
                "test_tweet_starts_after_126": float((depth >= 126).mean())}
     print(json.dumps(summary))
-    results = {"data": summary, "runs": {}}
+    results = {"data": summary, "model": args.model, "runs": {}}
     texts = [d["text"] for d in docs["test"]]
     gold = [d["label"] for d in docs["test"]]
     for name in args.strategies:
         config = TrainConfig(train_file=str(files["train"]), validation_file=str(files["validation"]),
                              test_file=str(files["test"]), max_length=128, epochs=args.epochs, batch_size=args.batch_size, lr=1e-4, seed=0,
-                             output_dir=str(work / "runs" / name), **STRATEGIES[name])
+                             model=args.model, output_dir=str(work / "runs" / name), **STRATEGIES[name])
         started = time.perf_counter()
         result = fine_tune(config, overwrite=True)
         wall = time.perf_counter() - started

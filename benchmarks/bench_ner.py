@@ -224,7 +224,9 @@ def main() -> None:
     done = {(r["set"], r["seed"], r["impl"]) for r in results}
     import platform
 
-    machine = {"cpu": _cpu_model(), "threads": os.cpu_count(), "python": platform.python_version()}
+    # The cores this run may use (taskset) and the thread count both contenders get (OMP_NUM_THREADS).
+    machine = {"cpu": _cpu_model(), "cores": len(os.sched_getaffinity(0)), "cpus": os.cpu_count(),
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version()}
     for seed in args.seeds:
         for name in args.sets:
             files = {"train": str(Path(args.data) / SETS[name][0]), "test": str(Path(args.data) / SETS[name][1])}

@@ -3,7 +3,8 @@ rank's own view. Each rank writes what it saw to OUT/rank<R>.json; the test comp
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/dist_worker.py SPEC.json OUT
 
-SPEC: {"model": tiny model directory, "jobs": [{"name": ..., "config": TrainConfig fields}, ...]}
+SPEC: {"model": tiny model directory, "jobs": [{"name": ..., "config": TrainConfig fields}, ...]}; a job
+with "pretrain": PretrainSettings fields runs `bertfit pretrain`'s job instead of fine_tune.
 """
 
 from __future__ import annotations
@@ -64,9 +65,13 @@ def agreement(d) -> dict:
 
 
 def train_jobs(jobs: list[dict]) -> dict[str, list[str]]:
-    """Each job's fine_tune, with every function that writes the run directory (and the progress
-    callback) wrapped: per job, the names this rank called."""
+    """Each job's fine_tune (or pretrain), with every function that writes the run directory (and the
+    progress callback) wrapped: per job, the names this rank called."""
+    import bertfit.artifact as artifact
+    import bertfit.checkpoints as checkpoints
     import bertfit.job as job
+    import bertfit.runs as runs
+    from bertfit.pretraining.job import PretrainSettings, pretrain
     from bertfit.runs import RunDir
     from bertfit.train_config import TrainConfig
 
@@ -88,10 +93,17 @@ def train_jobs(jobs: list[dict]) -> dict[str, list[str]]:
     import bertfit.report as report
 
     spy(report, "write_report")  # job imports it when it writes the report
+    # pretrain imports these when it runs
+    for owner, name in ((runs, "write_json_atomic"), (checkpoints, "save_classifier"), (artifact, "write_task")):
+        spy(owner, name)
     writes = {}
     for spec in jobs:
         called.clear()
-        job.fine_tune(TrainConfig(**spec["config"]), callback=lambda record, state, total: called.append("progress"))
+        progress = lambda record, state, total: called.append("progress")  # noqa: E731
+        if "pretrain" in spec:
+            pretrain(TrainConfig(**spec["config"]), PretrainSettings(**spec["pretrain"]), callback=progress)
+        else:
+            job.fine_tune(TrainConfig(**spec["config"]), callback=progress)
         writes[spec["name"]] = list(called)
     return writes
 

@@ -1,7 +1,11 @@
 """Data-parallel training on torch.distributed (gloo, 2 processes on this machine, tiny random model).
 
-- 2 processes and 1 process with the same global batch give the same per-step losses and final
-  weights (≤ 1e-5), for every registered task (each task brings a tiny data maker: MAKERS);
+- 2 processes and 1 process with the same global batch give the same per-step losses, held-out
+  losses and final weights (≤ 1e-5), for every registered task (each task brings a tiny data maker:
+  MAKERS; `bertfit pretrain`, masked LM with and without NSP, under torchrun and under `--nproc 2`),
+  except the weights no loss depends on (`invisible`: question answering's span-head bias and last
+  LayerNorm bias, whose true gradient is 0, see there);
+- `bertfit pretrain --nproc 2` killed and resumed is bit-identical to the uninterrupted run;
 - evaluation is sharded and gathered back complete and in order (7, 40, 101 texts), and exactly one
   rank writes the run directory (tests/dist_worker.py, run under torchrun);
 - kill -9 of the job and `--resume` with the same world size is bit-identical to an uninterrupted
@@ -112,13 +116,29 @@ MAKERS: dict[str, Callable[[Path], dict]] = {
     "ner": ner,
     "qa": qa,
 }
-# Tasks trained by `bertfit train` (fine_tune); `bertfit pretrain` has its own job and is not covered here.
+# Tasks trained by `bertfit train` (fine_tune); `bertfit pretrain` (its own job) is PRETRAINING below.
 FINE_TUNING = {name for name, cls in TASKS.items() if getattr(cls, "command", "train") == "train"}
+
+
+def corpus(path: Path, documents: int = 120, seed: int = 8) -> Path:
+    """Documents of a few sentences, each repeating one word (BERT's format: a blank line between documents)."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(documents):
+        lines += [" ".join([rng.choice(WORDS)] * rng.randint(3, 8)) for _ in range(rng.randint(2, 5))] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+# `bertfit pretrain` jobs in the torchrun launch (name → PretrainSettings fields; the fixture adds the
+# corpus); masked LM alone (--no-nsp) runs through `bertfit pretrain --nproc 2` in its own test.
+PRETRAINING = {"pretrain": {"nsp": True, "validation_fraction": 0.1}}
 
 
 def test_every_task_has_a_data_maker():
     missing = sorted(FINE_TUNING - set(MAKERS))
     assert not missing, f"tests/test_distributed.py has no data maker for task(s) {missing}: add one to MAKERS"
+    assert {cls.command for cls in TASKS.values()} <= {"train", "pretrain"}  # pretrain: PRETRAINING's jobs
 
 
 # --- launching ----------------------------------------------------------------------------------
@@ -170,6 +190,11 @@ def launched(tmp_path_factory, no_dropout_model_dir):
     data = {task: make(base / task) for task, make in MAKERS.items() if (base / task).mkdir() is None}
     jobs = [{"name": task, "config": job_config(no_dropout_model_dir, base / task / "two", 4, data[task])}
             for task in MAKERS]
+    text = corpus(base / "corpus.txt")
+    for name, settings in PRETRAINING.items():
+        data[name] = {**settings, "corpus": [str(text)]}
+        jobs.append({"name": name, "pretrain": data[name],
+                     "config": job_config(no_dropout_model_dir, base / name / "two", 4, {})})
     spec = base / "spec.json"
     spec.write_text(json.dumps({"model": str(no_dropout_model_dir), "jobs": jobs}), encoding="utf-8")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -179,14 +204,51 @@ def launched(tmp_path_factory, no_dropout_model_dir):
     return base, data, [json.loads((base / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
-# QA (merged at the deadline): the per-step losses agree (≤ 1e-5) but the final weights differ by up
-# to 2.2e-4; suspected, not verified: AdamW turning float-noise gradients of near-zero elements into
-# lr-sized updates. Left visible as an expected failure until it is explained.
-QA_WEIGHTS = pytest.mark.xfail(reason="QA: final weights differ by 2.2e-4 (losses agree); not yet explained",
-                               strict=False)
+# Parameters that no loss depends on, so their true gradient is exactly 0, per task. Question answering:
+# the start (end) logits go through a softmax over the window's positions, which a constant shift does not
+# change; the span head's bias shifts every position's logit by the same amount, and so does the last
+# encoder layer's output LayerNorm bias (its only reader is the span head, whose logits it moves by
+# W·bias at every position). Their computed gradient is float32 rounding noise (~1e-8, and ~1e-17 in
+# float64: test_qa_invisible_parameters_get_no_gradient), which differs with the summation order of 1
+# vs 2 processes; AdamW divides by the gradient's own running RMS, so noise above its eps (1e-8)
+# becomes an update of up to ~lr per step, in different directions in the two runs. Measured on this
+# test's QA run: step 1's gradients agree to 1.2e-7 everywhere (the largest 0.64), yet the final
+# weights are 2.2e-4 apart in these two parameters only (14 steps at lr 5e-4); with plain SGD every
+# weight agrees to 1e-9, with adam_eps 1e-6 the gap is 6e-6. The losses and answers cannot see these
+# parameters, so the held-out losses are compared and every other weight agrees to 1e-5.
+def invisible(task: str, layers: int) -> set[str]:
+    return {"qa_outputs.bias", f"bert.layers.{layers - 1}.feed_forward.norm.bias"} if task == "qa" else set()
 
 
-@pytest.mark.parametrize("task", [pytest.param(t, marks=QA_WEIGHTS) if t == "qa" else t for t in sorted(MAKERS)])
+def close(x, y) -> bool:
+    """Equal, or for floats within 1e-5 (relative beyond 1: a perplexity is exp of a loss)."""
+    return abs(x - y) <= 1e-5 * max(1.0, abs(x)) if isinstance(x, float) else x == y
+
+
+def assert_same_run(one: Path, two: Path, model_dir: Path, task: str) -> None:
+    """The same steps (examples, lr, loss ≤ 1e-5), evaluations and final weights (≤ 1e-5, but the invisible ones)."""
+    a, b = train_records(one), train_records(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 10
+    for x, y in zip(a, b):
+        assert x["batch_hash"] == y["batch_hash"] and x["lr"] == y["lr"]  # the same examples in every step
+        assert abs(x["loss"] - y["loss"]) <= 1e-5, (x, y)
+    evals = [[r for r in RunDir(run).read_log() if r["kind"] == "eval"] for run in (one, two)]
+    assert len(evals[0]) == len(evals[1]) >= 1
+    for x, y in zip(*evals):  # the held-out loss (invariant to the invisible parameters); the other metrics
+        # (Pearson, F1) amplify 1e-6 differences of the outputs, or flip on a near tie, so they are not compared
+        assert x["step"] == y["step"] and close(x["loss"], y["loss"]), (x, y)
+    wa, wb = last_weights(one), last_weights(two)
+    assert wa.keys() == wb.keys()
+    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    hidden = invisible(task, layers)
+    assert hidden <= wa.keys()
+    diffs = {k: float((wa[k] - wb[k]).abs().max()) for k in wa if k not in hidden}
+    assert max(diffs.values()) <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+    start = RunDir(two).read_log()[0]
+    assert start["world_size"] == 2 and start["global_batch"] == 16
+
+
+@pytest.mark.parametrize("task", sorted(MAKERS))
 def test_two_processes_match_one_process(launched, no_dropout_model_dir, task):
     """The same global batch: 2 processes × 4 × 2 and 1 process × 8 × 2 take the same steps."""
     from bertfit.job import fine_tune
@@ -195,16 +257,105 @@ def test_two_processes_match_one_process(launched, no_dropout_model_dir, task):
     base, data, _ = launched
     one, two = base / task / "one", base / task / "two"
     fine_tune(TrainConfig(**job_config(no_dropout_model_dir, one, 8, data[task])))
-    a, b = train_records(one), train_records(two)
-    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 10
-    for x, y in zip(a, b):
-        assert x["batch_hash"] == y["batch_hash"] and x["lr"] == y["lr"]  # the same examples in every step
-        assert abs(x["loss"] - y["loss"]) <= 1e-5, (x, y)
-    wa, wb = last_weights(one), last_weights(two)
-    assert wa.keys() == wb.keys()
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-5
-    start = RunDir(two).read_log()[0]
-    assert start["world_size"] == 2 and start["global_batch"] == 16
+    assert_same_run(one, two, no_dropout_model_dir, task)
+
+
+def test_qa_invisible_parameters_get_no_gradient(no_dropout_model_dir):
+    """invisible()'s premise: in float64 their gradient is 0 (≤ 1e-15) while every other parameter's is not;
+    in float32 it is rounding noise, far below every real gradient."""
+    from bertfit.checkpoints import load_classifier
+
+    layers = json.loads((no_dropout_model_dir / "config.json").read_text())["num_hidden_layers"]
+    hidden = invisible("qa", layers)
+    torch.manual_seed(0)
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        model = load_classifier(no_dropout_model_dir, ["start", "end"], problem_type="question_answering")
+        model = model.to(dtype).train()
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(5, model.config.vocab_size, (6, 20), generator=g)
+        mask = (torch.arange(20) < torch.tensor([[20], [17], [12], [20], [9], [15]])).long()
+        targets = torch.randint(0, 9, (6, 2), generator=g)
+        logits = model(ids, mask, torch.zeros_like(ids))  # (B, T, 2); padding filled with a large negative logit
+        loss = (torch.nn.functional.cross_entropy(logits[..., 0], targets[:, 0])
+                + torch.nn.functional.cross_entropy(logits[..., 1], targets[:, 1])) / 2
+        loss.backward()
+        grads[dtype] = {n: float(p.grad.abs().max()) for n, p in model.named_parameters() if p.grad is not None}
+    exact, single = grads[torch.float64], grads[torch.float32]
+    assert all(exact[n] <= 1e-15 for n in hidden), {n: exact[n] for n in hidden}
+    visible = {n: v for n, v in exact.items() if n not in hidden}
+    assert min(visible.values()) > 1e-6, min(visible.items(), key=lambda kv: kv[1])
+    assert all(single[n] < 1e-6 for n in hidden), {n: single[n] for n in hidden}
+
+
+def assert_same_pretraining(one: Path, two: Path, model_dir: Path) -> None:
+    assert_same_run(one, two, model_dir, "pretrain")
+    ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
+    assert ma.keys() == mb.keys() == {"validation", "before"}
+    for split in ("validation", "before"):  # the held-out figures before and after pretraining
+        assert all(close(ma[split][k], mb[split][k]) for k in ma[split]), (ma[split], mb[split])
+
+
+def test_pretraining_two_processes_match_one_process(launched, no_dropout_model_dir):
+    """`bertfit pretrain` (masked LM + NSP) under torchrun: the same masks (drawn from (seed, epoch,
+    sequence), whichever rank draws them), the masked-LM loss normalised by the masked tokens of the
+    whole step across the ranks and the NSP loss by its sequences."""
+    from bertfit.pretraining.job import PretrainSettings, pretrain
+    from bertfit.train_config import TrainConfig
+
+    base, data, _ = launched
+    one, two = base / "pretrain" / "one", base / "pretrain" / "two"
+    pretrain(TrainConfig(**job_config(no_dropout_model_dir, one, 8, {})), PretrainSettings(**data["pretrain"]))
+    assert_same_pretraining(one, two, no_dropout_model_dir)
+
+
+def pretrain_cli(*args: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bertfit", "pretrain", *args], env=env(**extra), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def pretrain_nproc(tmp_path_factory, no_dropout_model_dir):
+    """`bertfit pretrain --nproc 2` (masked LM alone, packed sequences, whole-word masking): the run's
+    folder, its corpus, and its command line for another --output-dir."""
+    base = tmp_path_factory.mktemp("dist-pretrain")
+    text = corpus(base / "corpus.txt", seed=9)
+    args = lambda run: ["--corpus", str(text), "--no-nsp", "--whole-word-masking", "--validation-fraction", "0.1",  # noqa: E731
+                        "--model", str(no_dropout_model_dir), "--output-dir", str(run), "--max-length", "32",
+                        "--lr", "5e-4", "--log-every", "1", "--save-every", "3", "--epochs", "2", "--threads", "1",
+                        "--grad-accum", "2", "--batch-size", "4", "--nproc", "2"]
+    out = pretrain_cli(*args(base / "two"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("global batch 16 = 4 per process × 2 processes × 2 accumulation") == 1
+    assert out.stdout.count("run directory:") == 1  # rank 0 prints the results
+    return base, text, args
+
+
+def test_pretrain_nproc_matches_one_process(pretrain_nproc, no_dropout_model_dir):
+    from bertfit.pretraining.job import PretrainSettings, pretrain
+    from bertfit.train_config import TrainConfig
+
+    base, text, _ = pretrain_nproc
+    settings = {"corpus": [str(text)], "nsp": False, "whole_word_masking": True, "validation_fraction": 0.1}
+    pretrain(TrainConfig(**job_config(no_dropout_model_dir, base / "one", 8, {})), PretrainSettings(**settings))
+    assert_same_pretraining(base / "one", base / "two", no_dropout_model_dir)
+
+
+def test_pretrain_kill_then_resume_is_bit_identical(pretrain_nproc):
+    base, _, args = pretrain_nproc
+    run = base / "killed"
+    out = pretrain_cli(*args(run), BERTFIT_KILL_AT_STEP="7")  # every rank: SIGKILL right after step 7's update
+    assert out.returncode != 0 and 0 < RunDir(run).checkpoint_steps()[-1] < 7
+    assert "bertfit pretrain --resume RUN --nproc 2" in out.stderr  # the launcher's advice names the command
+    alone = pretrain_cli("--resume", str(run))
+    assert alone.returncode == 3 and "bertfit pretrain --resume RUN --nproc 2" in alone.stderr, alone.stderr[-2000:]
+    out = pretrain_cli("--resume", str(run), "--nproc", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING} for r in records]  # noqa: E731
+    assert strip(RunDir(run).read_log()) == strip(RunDir(base / "two").read_log())
+    a, b = load_file(str(run / "model.safetensors")), load_file(str(base / "two" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((base / "two" / "metrics.json").read_text())
 
 
 def test_gathered_evaluation_is_complete_and_in_order(launched):
@@ -223,7 +374,7 @@ def test_gathered_evaluation_is_complete_and_in_order(launched):
 
 def test_exactly_one_writer(launched):
     base, _, ranks = launched
-    for task in MAKERS:
+    for task in [*MAKERS, *PRETRAINING]:
         writes = ranks[0]["writes"][task]
         assert {"create", "append_log", "save_checkpoint", "save_classifier", "write_report", "progress"} <= set(writes)
         assert ranks[1]["writes"][task] == []  # rank 1 never wrote into the run directory, nor drew a progress bar

@@ -163,3 +163,29 @@ def test_tied_decoder_trains_on_cpu_paths_like_the_plain_path():
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
     # The decoder's gradient reaches every vocabulary row, not only the looked-up ones.
     assert (grads[0]["bert.embeddings.token.weight"].abs().sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_last_layer_at_masked_positions_only_gives_the_full_layers_states_and_gradients(fast):
+    """keep=positions computes the last layer for [CLS] and the masked positions only: the states there,
+    [CLS]/pooled, and every gradient equal those of the full last layer read at the same positions.
+    Sequences of different lengths (packing), one with no masked position at all."""
+    config = TINY.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = _perturbed(config, nsp=True).train()
+    ids, mask, types = _inputs(config.vocab_size, seed=7)
+    positions = mask.bool() & (torch.arange(ids.shape[1]) % 4 == 2)
+    positions[2] = False  # a sequence that predicts nothing: only its [CLS] runs the last layer
+    results = []
+    for keep in (None, positions):
+        model.zero_grad()
+        out = model.bert(ids, mask, types, unpad=fast, keep=keep)
+        states = out.last_hidden_state[positions] if keep is None else out.kept
+        (states.pow(2).sum() + out.pooled.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((states.detach(), out.cls.detach(), grads))
+    (full, full_cls, full_grads), (kept, kept_cls, kept_grads) = results
+    assert kept.shape == (int(positions.sum()), config.hidden_size)
+    assert torch.allclose(kept, full, atol=1e-6) and torch.allclose(kept_cls, full_cls, atol=1e-6)
+    assert full_grads.keys() == kept_grads.keys()
+    for name in full_grads:
+        assert torch.allclose(full_grads[name], kept_grads[name], atol=1e-5), name

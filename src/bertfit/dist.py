@@ -79,6 +79,7 @@ class Dist:
     store: Any = field(default=None, repr=False)
     calls: int = 0  # collectives this rank has entered (recorded in the store, for fault reports)
     step: int = 0  # the optimizer step the trainer is in (for messages)
+    command: str = "train"  # the bertfit command this job runs (train, pretrain): for the resume advice
 
     @property
     def distributed(self) -> bool:
@@ -123,8 +124,8 @@ class Dist:
         who = ("; ".join(lagging) + " never reached it: that rank died or hangs") if lagging else \
             "every rank reached it, so a peer failed inside it"
         return (f"rank {self.rank} of {self.world}: {what} failed at step {self.step}: {who} "
-                f"({_first_line(exc)}). Resume from the last checkpoint with `bertfit train --resume RUN` "
-                "and the same number of processes")
+                f"({_first_line(exc)}). Resume from the last checkpoint with "
+                f"`bertfit {self.command} --resume RUN` and the same number of processes")
 
     def all_reduce_sum(self, values: Sequence[float], what: str) -> list[float]:
         """The sum over ranks of a few numbers (float64, the same on every rank)."""
@@ -296,8 +297,9 @@ def current() -> Dist:
     return _current
 
 
-def init(device: torch.device) -> Dist:
+def init(device: torch.device, command: str = "train") -> Dist:
     """Join the job torchrun launched (gloo on CPUs, NCCL on GPUs); a world of one without a launcher.
+    command: the bertfit command the job runs (named in the advice of a failure).
 
     Returns the device this rank computes on (cuda:LOCAL_RANK on GPUs) via ``local_device``."""
     global _current
@@ -329,7 +331,7 @@ def init(device: torch.device) -> Dist:
         store = torch.distributed.PrefixStore("bertfit", _get_default_store())
     except Exception:  # noqa: BLE001 - fault reports are then less precise, training is the same
         logger.warning("no rendezvous store: a failed rank will not be named")
-    _current = Dist(rank, world, local_rank, local_world, backend, owns, store)
+    _current = Dist(rank, world, local_rank, local_world, backend, owns, store, command=command)
     if rank != 0:  # the others log warnings only, marked with their rank
         root = logging.getLogger()
         root.setLevel(logging.WARNING)

@@ -282,9 +282,8 @@ class BertForPreTraining(nn.Module):
         fast: bool = True,
         positions: Tensor | None = None,
     ) -> PretrainingOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, cls_only=False)
-        hidden = out.last_hidden_state  # (B, T, H)
-        selected = hidden if positions is None else hidden[positions]  # (B, T, H) or (M, H)
+        out = self.bert(input_ids, attention_mask, token_type_ids, unpad=fast, keep=positions)
+        selected = out.last_hidden_state if positions is None else out.kept  # (B, T, H) or (M, H)
         mlm = self.mlm(selected, self.bert.embeddings.token.weight)
         nsp = self.nsp(out.pooled) if self.nsp is not None else None
         return PretrainingOutput(mlm, nsp)

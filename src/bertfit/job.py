@@ -331,15 +331,7 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
     trainer = Trainer(model, config, train, validation, run, pad_id=tokenizer.pad_id, device=device, task=task,
                       on_save_best=save_best, callback=callback)
     if resume:
-        def latest() -> Any:
-            ckpt = run.latest_good_checkpoint(validate=trainer.validate_checkpoint)
-            if ckpt is None:
-                raise BertfitError(f"{run.path}: no intact checkpoint to resume from (all failed their checks)")
-            return ckpt
-
-        ckpt = d.on_writer(latest, "reading the checkpoint to resume from")  # every rank gets rank 0's
-        trainer.restore(ckpt)
-        logger.warning("resuming %s from step %d of %d", run.path, ckpt.step, trainer.total_steps)
+        trainer.resume_latest()
     else:
         logger.info("training on %s with %d threads%s: %d examples, %d steps", device, threads,
                     f" in each of {d.world} processes" if d.distributed else "", len(train), trainer.total_steps)

@@ -1,5 +1,6 @@
-"""`bertfit train --nproc N`: the same job as `torchrun --standalone --nproc-per-node N -m bertfit
-train ...`, launched through PyTorch's own launcher (torch.distributed.run) on this machine.
+"""`bertfit train --nproc N` (and `bertfit pretrain --nproc N`): the same job as `torchrun --standalone
+--nproc-per-node N -m bertfit train ...`, launched through PyTorch's own launcher (torch.distributed.run)
+on this machine.
 
 The launcher starts N copies of the command, each with its RANK/WORLD_SIZE, watches them, and when
 one fails stops the others; here its failure report becomes one line that names the rank and how it
@@ -31,8 +32,9 @@ def without_option(argv: Sequence[str], name: str) -> list[str]:
     return out
 
 
-def launch(nproc: int, argv: Sequence[str], timeout_s: float | None = None) -> int:
-    """Run ``python -m bertfit ARGV`` in ``nproc`` processes on this machine; their exit status."""
+def launch(nproc: int, argv: Sequence[str], timeout_s: float | None = None, command: str = "train") -> int:
+    """Run ``python -m bertfit ARGV`` in ``nproc`` processes on this machine; their exit status.
+    command: the bertfit command ARGV runs (train, pretrain), named in the resume advice of a failure."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -54,14 +56,14 @@ def launch(nproc: int, argv: Sequence[str], timeout_s: float | None = None) -> i
     try:
         run(args)
     except ChildFailedError as exc:
-        message, code = describe_failure(exc, nproc)
+        message, code = describe_failure(exc, nproc, command)
         error = DistributedError(message)
         error.exit_code = code  # a rank's own error code (2 data/config, 3 training), else 4
         raise error from None
     return 0
 
 
-def describe_failure(exc, nproc: int) -> tuple[str, int]:
+def describe_failure(exc, nproc: int, command: str = "train") -> tuple[str, int]:
     """The launcher's failure report in one sentence (the rank that caused it, and how), and an exit code.
 
     The launcher stamps failures in whole seconds, so "first" is often a tie: the cause is the rank
@@ -82,6 +84,6 @@ def describe_failure(exc, nproc: int) -> tuple[str, int]:
     others = sorted(r for r in exc.failures if r != rank)
     also = f"; rank(s) {', '.join(map(str, others))} failed too" if others else ""
     message = (f"the distributed job of {nproc} processes stopped: rank {rank} (pid {failure.pid}) {how}{also}, and "
-               "the launcher stopped the other ranks. Continue from the last checkpoint with `bertfit train --resume "
-               f"RUN --nproc {nproc}`")
+               "the launcher stopped the other ranks. Continue from the last checkpoint with `bertfit "
+               f"{command} --resume RUN --nproc {nproc}`")
     return message, failure.exitcode if failure.exitcode > 0 else DistributedError.exit_code

@@ -24,7 +24,8 @@ Two paths through the same weights:
   - On the CPU, dropout draws 16 random bits per element from numpy's SFC64 generator, seeded by
     one draw from torch's own generator (so seeding and checkpointed RNG state still govern it);
     ``bernoulli_`` costs several times more there. P(drop) = round(p·65536)/65536, within 8e-6 of p.
-  - ``cls_only``: the last layer computes queries, attention output and feed-forward for [CLS] only.
+  - ``cls_only``: the last layer computes queries, attention output and feed-forward for [CLS] only;
+    ``keep``: for [CLS] and the given positions only (masked-LM training predicts ~15% of them).
 
 Under bf16 autocast (training on CPUs with AVX512-BF16/AMX, see precision.py; CUDA) the linear
 layers and attention products run in bf16 while the residual stream, LayerNorm, the attention
@@ -114,6 +115,50 @@ class Packing:
     def rows(self, x: Tensor, rows: Tensor) -> Tensor:
         """x[rows] for distinct rows (e.g. first_rows); on the fast path with a cheap backward."""
         return _GatherRows.apply(x, rows) if self.fast else x.index_select(0, rows)
+
+
+@dataclass
+class RowSelection:
+    """The rows of the packed (N, H) layout whose final hidden states are used: the last layer computes
+    queries, attention output and feed-forward for these rows only (every row stays a key and value).
+
+    For attention the selected rows are laid out as queries (B, Q, H), Q = the most rows one sequence
+    has; ``slots`` places row r at flat position slots[r] of that (B·Q) layout (None: exactly one row
+    per sequence, in order: the [CLS]-only case).
+    """
+
+    rows: Tensor  # (R,) distinct packed rows, ordered by sequence, then position
+    slots: Tensor | None
+    width: int  # Q
+
+    @classmethod
+    def first_tokens(cls, packing: Packing) -> "RowSelection":
+        return cls(packing.first_rows, None, 1)
+
+    @classmethod
+    def positions(cls, selected: Tensor, attention_mask: Tensor | None, packing: Packing) -> "RowSelection":
+        """selected (B, T) bool, a subset of the real tokens, with at least one per sequence."""
+        positions = selected.reshape(-1).nonzero().squeeze(1)  # flat in B·T, row-major
+        rows = positions
+        if packing.indices is not None:  # flat position → packed row: the real tokens before it
+            rows = (torch.cumsum(attention_mask.reshape(-1).long(), 0) - 1)[positions]
+        counts = selected.sum(dim=1)
+        width = int(counts.max())
+        sequence = positions // packing.seq_len
+        rank = torch.arange(len(positions), device=positions.device) - (torch.cumsum(counts, 0) - counts)[sequence]
+        return cls(rows, sequence * width + rank, width)
+
+    def queries(self, q: Tensor, batch_size: int) -> Tensor:
+        """(R, H) → (B, Q, H); unused slots are zeros (their outputs are dropped by ``rows_of``)."""
+        if self.slots is None:
+            return q[:, None, :]
+        return _ScatterRows.apply(q, self.slots, batch_size * self.width).view(batch_size, self.width, -1)
+
+    def rows_of(self, ctx: Tensor) -> Tensor:
+        """(B, Q, H) → (R, H)."""
+        if self.slots is None:
+            return ctx[:, 0]
+        return _GatherRows.apply(ctx.reshape(-1, ctx.shape[-1]), self.slots)
 
 
 def _scatter_rows(packed: Tensor, indices: Tensor, num_rows: int) -> Tensor:
@@ -233,25 +278,25 @@ class SelfAttention(nn.Module):
         B, T, _ = x.shape  # (B, T, H) → (B, nh, T, hd)
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, packing: Packing, first_only: bool = False) -> Tensor:
+    def forward(self, x: Tensor, packing: Packing, only: RowSelection | None = None) -> Tensor:
         H = x.shape[-1]
-        if first_only:
-            # Only the [CLS] row is used after the last layer: project queries for it alone.
-            residual = packing.rows(x, packing.first_rows)  # (B, H)
+        if only is not None:
+            # Only some rows are used after the last layer: project queries for them alone.
+            residual = packing.rows(x, only.rows)  # (R, H)
             if isinstance(self.qkv, nn.Linear):
-                q = F.linear(residual, self.qkv.weight[:H], self.qkv.bias[:H])  # (B, H)
+                q = F.linear(residual, self.qkv.weight[:H], self.qkv.bias[:H])  # (R, H)
                 kv = F.linear(x, self.qkv.weight[H:], self.qkv.bias[H:])  # (N, 2H)
             else:  # an int8-quantized projection has no weight to slice: project all, keep what is used
                 qkv = self.qkv(x)
-                q, kv = packing.rows(qkv, packing.first_rows)[:, :H], qkv[:, H:]
-            q = q[:, None, :]  # (B, 1, H)
+                q, kv = packing.rows(qkv, only.rows)[:, :H], qkv[:, H:]
+            q = only.queries(q, packing.batch_size)  # (B, Q, H)
             k, v = packing.scatter(kv).split(H, dim=-1)  # 2 × (B, T, H)
         else:
             residual = x
             q, k, v = packing.scatter(self.qkv(x)).split(H, dim=-1)  # 3 × (B, T, H)
         ctx = self._attend(self._heads(q), self._heads(k), self._heads(v), packing)  # (B, nh, Tq, hd)
         ctx = ctx.transpose(1, 2).reshape(ctx.shape[0], ctx.shape[2], H)  # (B, Tq, H)
-        ctx = ctx[:, 0] if first_only else packing.gather(ctx)  # (B, H) or (N, H)
+        ctx = only.rows_of(ctx) if only is not None else packing.gather(ctx)  # (R, H) or (N, H)
         return self.norm(residual + self.dropout(self.output(ctx), packing.fast))
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, packing: Packing) -> Tensor:
@@ -291,8 +336,8 @@ class EncoderLayer(nn.Module):
         self.attention = SelfAttention(config)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x: Tensor, packing: Packing, first_only: bool = False) -> Tensor:
-        return self.feed_forward(self.attention(x, packing, first_only), packing.fast)
+    def forward(self, x: Tensor, packing: Packing, only: RowSelection | None = None) -> Tensor:
+        return self.feed_forward(self.attention(x, packing, only), packing.fast)
 
 
 class Pooler(nn.Module):
@@ -308,9 +353,10 @@ class Pooler(nn.Module):
 
 @dataclass
 class BertOutput:
-    last_hidden_state: Tensor | None  # (B, T, H); None when only [CLS] was computed
+    last_hidden_state: Tensor | None  # (B, T, H); None when only [CLS] or ``keep`` was computed
     cls: Tensor  # (B, H) final hidden state of [CLS]
     pooled: Tensor  # (B, H) pooler output
+    kept: Tensor | None = None  # (M, H) final hidden states at forward(keep=...)'s positions, row-major
 
 
 class BertModel(nn.Module):
@@ -348,12 +394,16 @@ class BertModel(nn.Module):
         *,
         unpad: bool = True,
         cls_only: bool = False,
+        keep: Tensor | None = None,
     ) -> BertOutput:
         """input_ids (B, T); attention_mask (B, T) 1 = real token, 0 = [PAD].
 
         unpad: run dense layers on real tokens only (the fast path; same numbers as the plain one).
         cls_only: skip every computation whose result cannot reach the [CLS] vector (queries,
         attention output and feed-forward of the other tokens in the last layer).
+        keep: (B, T) bool, real tokens: the last layer computes only these positions and [CLS]; their
+        final states come back as ``kept`` (row-major) and ``last_hidden_state`` is None. Masked-LM
+        training needs ~15% of the positions: the last layer's other rows are wasted work.
         """
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
@@ -364,21 +414,36 @@ class BertModel(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         packing = Packing.build(attention_mask, B, T, unpad, dtype=self.embeddings.token.weight.dtype)
         x = self.embeddings(input_ids, token_type_ids, packing)  # (N, H)
+        only, wanted = None, None
+        if cls_only:
+            only = RowSelection.first_tokens(packing)
+        elif keep is not None:
+            wanted = keep.clone()
+            wanted[:, 0] = True  # [CLS], for the pooler
+            if attention_mask is not None:
+                wanted &= attention_mask.bool()
+            only = RowSelection.positions(wanted, attention_mask, packing)
         last = len(self.layers) - 1
         checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
+            selection = only if i == last else None
             if checkpointed:
-                x = torch.utils.checkpoint.checkpoint(layer, x, packing, cls_only and i == last, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, packing, selection, use_reentrant=False)
             else:
-                x = layer(x, packing, first_only=cls_only and i == last)
+                x = layer(x, packing, selection)
+        kept = None
         if cls_only:
             cls, hidden = x, None  # (B, H)
+        elif wanted is not None:  # x: (R, H), the wanted positions row-major
+            chosen = wanted.reshape(-1).nonzero().squeeze(1)
+            kept = x[keep.reshape(-1)[chosen]]
+            cls, hidden = x[chosen % T == 0], None
         else:
             cls = packing.rows(x, packing.first_rows)
             hidden = packing.scatter(x)  # (B, T, H), zeros at padding on the fast path
             if unpad and packing.indices is None and packing.key_mask is not None:  # padded view: zero it
                 hidden = hidden.masked_fill(~packing.key_mask[:, 0, 0, :, None], 0.0)
-        return BertOutput(last_hidden_state=hidden, cls=cls, pooled=self.pooler(cls))
+        return BertOutput(last_hidden_state=hidden, cls=cls, pooled=self.pooler(cls), kept=kept)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -8,7 +8,8 @@ Task-agnostic: the task (tasks/) owns the loss, the metrics and the selection di
 only moves batches. Loss scaling: the task returns each micro-batch's summed loss and the loop divides
 by the whole optimizer step's weight (examples, class weights, label elements), so the gradient is
 the same however a step is split into micro-batches (accumulation, or the smaller micro-batches used
-after an out-of-memory error).
+after an out-of-memory error). A loss of several means (masked LM + NSP) returns one (sum, weight)
+per term (Task.loss_components), each divided by its own step total.
 
 Faults: a non-finite loss or gradient stops training before the weights are updated (TrainingError,
 exit code 3); weights are checked finite before every evaluation, best-model save and checkpoint,
@@ -48,7 +49,7 @@ import torch
 from bertfit import dist
 from bertfit.batching import Batch, EncodedSplit, epoch_batches  # noqa: F401 -- EncodedSplit re-exported (job, tests)
 from bertfit.embedding_grad import WordEmbeddingGrad, clip_grad_norm
-from bertfit.errors import CheckpointError
+from bertfit.errors import BertfitError, CheckpointError
 from bertfit.precision import apply_kernel, training_precision
 from bertfit.checkpoint_checks import validate_checkpoint
 from bertfit.inference import is_out_of_memory, predict_logits  # noqa: F401 -- predict_logits re-exported: job, benchmarks and tests import it from here
@@ -223,6 +224,19 @@ class Trainer:
         """Continue exactly from ``ckpt`` (already checked by validate_checkpoint): see train_state.restore."""
         restore(self, ckpt)
 
+    def resume_latest(self) -> LoadedCheckpoint:
+        """Continue from the run's latest intact checkpoint: rank 0 reads it, every rank gets rank 0's."""
+        def latest() -> LoadedCheckpoint:
+            ckpt = self.run.latest_good_checkpoint(validate=self.validate_checkpoint)
+            if ckpt is None:
+                raise BertfitError(f"{self.run.path}: no intact checkpoint to resume from (all failed their checks)")
+            return ckpt
+
+        ckpt = self.dist.on_writer(latest, "reading the checkpoint to resume from")
+        self.restore(ckpt)
+        logger.warning("resuming %s from step %d of %d", self.run.path, ckpt.step, self.total_steps)
+        return ckpt
+
     def validate_checkpoint(self, ckpt: LoadedCheckpoint) -> None:
         """Every part of a checkpoint must fit this model and trainer before it is used (CheckpointError)."""
         validate_checkpoint(ckpt, self.model, self.optimizer, len(self.lengths))
@@ -395,12 +409,16 @@ class Trainer:
         step = d.step = self.state.step + 1
         shards = [shard for idx in group if (shard := d.shard(idx))]  # this rank's part of the global batches
         batches = [self.task.collate(data, self._features(idx), self.pad_id, epoch=self.state.epoch) for idx in shards]
-        total_weight = sum(float(self.task.loss_weight(b.labels)) for b in batches)
+        # One weight per loss component (most tasks: one), each summed over the whole step; a rank with
+        # no share of this step adds zeros (every rank all-reduces the same number of values).
+        components = self.task.loss_components
+        weights = [np.asarray(self.task.loss_weight(b.labels), dtype=np.float64).reshape(components) for b in batches]
+        total_weight = [sum(float(w[k]) for w in weights) for k in range(components)]
         tokens = sum(b.real_tokens for b in batches)
-        if d.distributed:  # the normaliser is the whole step's, over every rank
-            total_weight, tokens = d.all_reduce_sum([total_weight, tokens], f"the loss weight all-reduce of step {step}")
+        if d.distributed:  # the normalisers are the whole step's, over every rank
+            *total_weight, tokens = d.all_reduce_sum([*total_weight, tokens], f"the loss weight all-reduce of step {step}")
             tokens = int(tokens)
-        if total_weight <= 0:
+        if not any(w > 0 for w in total_weight):
             raise TrainingError(f"every example of step {step}'s batch has loss weight 0, so there is no loss to "
                                 f"learn from; give every class a positive --class-weights ({self._last_checkpoint_text()})")
         # A retry after out-of-memory starts from the same random state (dropout), like the first try.
@@ -454,7 +472,7 @@ class Trainer:
         """A batch of units → the features it holds, in order."""
         return units if self.units is None else [f for u in units for f in self.units[u]]
 
-    def _accumulate(self, batches: list[Batch], total_weight: float) -> float:
+    def _accumulate(self, batches: list[Batch], total_weight: list[float]) -> float:
         loss_value = 0.0
         for batch in batches:
             for micro in batch.split(self.state.micro_splits) if self.state.micro_splits > 1 else [batch]:
@@ -465,7 +483,10 @@ class Trainer:
                     outputs = self.task.forward(self.forward, micro)
                 outputs = self.task.batch_outputs(outputs, micro)  # a text's windows combined (or unchanged)
                 summed, _ = self.task.loss(outputs, micro.labels)
-                loss = summed / total_weight  # the micro-batch's (weighted) sum / the whole step's weight
+                if len(total_weight) == 1:  # the micro-batch's (weighted) sum / the whole step's weight
+                    loss = summed / total_weight[0]
+                else:  # each component's sum / its own step total (a component absent from the step adds 0)
+                    loss = sum(summed[k] / (w if w > 0 else 1.0) for k, w in enumerate(total_weight))
                 loss.backward()
                 loss_value += float(loss.detach())
         return loss_value

@@ -111,7 +111,7 @@ def check_world(trainer: Any, ckpt: LoadedCheckpoint) -> None:
         f"{trainer.run.path}: the checkpoint of step {ckpt.step} was written by {saved} process(es) (global batch "
         f"{batch} = {cfg.batch_size} per process × {saved} × accumulation {cfg.grad_accum}); this job has "
         f"{d.world}, which would change the global batch to {trainer.global_batch} and with it the data order, so it "
-        f"could not continue exactly. Resume with {saved} process(es) (`bertfit train --resume RUN --nproc {saved}`, "
+        f"could not continue exactly. Resume with {saved} process(es) (`bertfit {trainer.task.command} --resume RUN --nproc {saved}`, "
         "or torchrun with that many in total), or start a new run")
 
 

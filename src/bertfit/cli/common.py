@@ -86,6 +86,41 @@ TRAIN_HELP: dict[str, str] = {
 }
 
 
+def add_distributed_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """--nproc and --dist-timeout: the training commands' data-parallel flags (README: Scaling out)."""
+    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                        help="data-parallel training in N processes on this machine (launched with torch.distributed.run; "
+                             "gloo on CPUs, NCCL on GPUs; --batch-size is per process). For several machines use "
+                             f"torchrun ... -m bertfit {command} (README: Scaling out)")
+    parser.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                        help="distributed runs: how long a rank waits for the others before it stops with an error "
+                             "naming the rank that did not answer (default: 300)")
+
+
+def launch_if_asked(args: argparse.Namespace, command: str) -> int | None:
+    """Check --nproc / --dist-timeout; with --nproc N > 1, run this same command line in N processes
+    (launch.py) and return their exit status. None: this process trains (alone, or as a torchrun rank)."""
+    if args.dist_timeout is not None:
+        if not args.dist_timeout > 0:
+            raise BertfitError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+        os.environ["BERTFIT_DIST_TIMEOUT"] = str(args.dist_timeout)
+    if args.nproc is None:
+        return None
+    if args.nproc < 1:
+        raise BertfitError(f"--nproc must be at least 1, got {args.nproc}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BertfitError("--nproc launches the processes itself; under torchrun leave it out "
+                           "(torchrun's --nproc-per-node says how many)")
+    if args.nproc == 1:
+        return None
+    import sys
+
+    from bertfit.launch import launch, without_option
+
+    argv = without_option(getattr(args, "argv", None) or sys.argv[1:], "--nproc")
+    return launch(args.nproc, argv, args.dist_timeout, command=command)
+
+
 def add_header_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--header", action=argparse.BooleanOptionalAction, default=True, help=TRAIN_HELP["header"])
     parser.add_argument("--columns", help=TRAIN_HELP["columns"])

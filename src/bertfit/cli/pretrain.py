@@ -25,7 +25,7 @@ TRAIN_FLAGS = {
     "max_length": (int, "tokens per sequence (default: 128)"),
     "epochs": (float, "passes over the corpus (default: 3)"),
     "max_steps": (int, "stop after this many optimizer steps (overrides --epochs)"),
-    "batch_size": (int, "sequences per batch (default: 32)"),
+    "batch_size": (int, "sequences per batch, per process with --nproc / torchrun (default: 32)"),
     "grad_accum": (int, "batches per optimizer step (default: 1)"),
     "lr": (float, "peak learning rate (default: 5e-5)"),
     "warmup_ratio": (float, "share of the steps with linear warmup (default: 0.1)"),
@@ -57,12 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN", help="continue a run from its latest intact checkpoint, with its settings")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: auto)")
+    from bertfit.cli.common import add_distributed_arguments
+
+    add_distributed_arguments(parser, "pretrain")
     for name, (kind, text) in TRAIN_FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertfit.cli.common import ProgressBar
+    import os
+
+    from bertfit.cli.common import ProgressBar, launch_if_asked
+
+    launched = launch_if_asked(args, "pretrain")
+    if launched is not None:
+        return launched
     from bertfit.errors import ConfigError
     from bertfit.pretraining.job import PretrainSettings, pretrain
     from bertfit.train_config import TrainConfig
@@ -86,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
     progress = ProgressBar("pretraining", args.quiet, evaluated="held out")
     result = pretrain(config, settings, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)
     progress.close()
+    if os.environ.get("RANK", "0") != "0":  # a distributed job: rank 0 prints the results
+        return 0
     from bertfit.tasks.pretrain import Pretrain
 
-    task = Pretrain(nsp=settings.nsp)
+    task = Pretrain(nsp=(result.settings or settings).nsp)  # a resumed run's own objectives
     if "before" in result.metrics:
         print("\nheld out, before pretraining")
         print(task.format_metrics(result.metrics["before"]))

@@ -6,11 +6,10 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-from bertfit.cli.common import TRAIN_HELP, ProgressBar
+from bertfit.cli.common import TRAIN_HELP, ProgressBar, add_distributed_arguments, launch_if_asked
 from bertfit.errors import BertfitError
 
 logger = logging.getLogger("bertfit")
@@ -40,13 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN", help="continue a run from its latest intact checkpoint, with the "
                         "settings saved in it (settings given with --resume that differ are ignored, with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    parser.add_argument("--nproc", type=int, default=None, metavar="N",
-                        help="data-parallel training in N processes on this machine (launched with torch.distributed.run; "
-                             "gloo on CPUs, NCCL on GPUs; --batch-size is per process). For several machines use torchrun "
-                             "(README: Scaling out)")
-    parser.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
-                        help="distributed runs: how long a rank waits for the others before it stops with an error "
-                             "naming the rank that did not answer (default: 300)")
+    add_distributed_arguments(parser, "train")
     for f in dataclasses.fields(TrainConfig):
         if f.name in NOT_FLAGS:
             continue
@@ -84,21 +77,9 @@ def _show(value: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    if args.dist_timeout is not None:
-        if not args.dist_timeout > 0:
-            raise BertfitError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
-        os.environ["BERTFIT_DIST_TIMEOUT"] = str(args.dist_timeout)
-    if args.nproc is not None:
-        if args.nproc < 1:
-            raise BertfitError(f"--nproc must be at least 1, got {args.nproc}")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise BertfitError("--nproc launches the processes itself; under torchrun leave it out "
-                               "(torchrun's --nproc-per-node says how many)")
-        if args.nproc > 1:
-            from bertfit.launch import launch, without_option
-
-            argv = without_option(getattr(args, "argv", None) or sys.argv[1:], "--nproc")
-            return launch(args.nproc, argv, args.dist_timeout)
+    launched = launch_if_asked(args, "train")
+    if launched is not None:
+        return launched
     from bertfit.data import parse_label_map
     from bertfit.job import fine_tune
     from bertfit.tasks.declared import DECLARED

@@ -4,6 +4,13 @@ stopping) → a run directory that is a transformers BertForPreTraining / BertFo
 
 The run directory is also a base model: ``bertfit train --model RUN`` fine-tunes any task from the
 further-pretrained encoder (the loader sets the pretraining heads aside).
+
+Under torchrun (or ``bertfit pretrain --nproc N``) every process calls ``pretrain``, as ``fine_tune``:
+each builds the same sequences from the corpus (a pure function of the seed), the trainer cuts the
+global batches across the ranks (masks drawn from (seed, epoch, sequence index), so they do not
+depend on which rank draws them; the masked-token and sequence counts normalising the loss are
+summed over the ranks), the held-out evaluations are sharded and gathered, and rank 0 alone
+decides about and writes the run directory.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class PretrainResult:
     report: Path
     wall_time_s: float
     fills: list[dict[str, Any]] = field(default_factory=list)
+    settings: PretrainSettings | None = None  # the run's (a resumed run's saved ones, not the caller's)
 
 
 def _open_run(run: Any, config: Any, settings: PretrainSettings, resume: bool, overwrite: bool) -> tuple[Any, PretrainSettings, bool, bool]:
@@ -135,6 +143,20 @@ def tokenizer_mask(tokenizer: Any) -> str:
 def pretrain(config: Any, settings: PretrainSettings, *, resume: bool = False, overwrite: bool = False,
              callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> PretrainResult:
     """Further-pretrain ``config.model`` on ``settings.corpus``; see the module docstring."""
+    from bertfit import dist
+    from bertfit.job import select_device
+
+    started = time.perf_counter()
+    d = dist.init(select_device(config.device), command="pretrain")
+    try:
+        return _pretrain(config, settings, d, started, resume, overwrite, callback)
+    finally:
+        d.close()
+
+
+def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, resume: bool, overwrite: bool,
+              callback: Callable[[dict[str, Any], Any, int], None] | None) -> PretrainResult:
+    from bertfit import dist
     from bertfit.artifact import write_task
     from bertfit.checkpoints import load_pretraining, resolve_model, save_classifier
     from bertfit.job import configure_threads, select_device
@@ -144,12 +166,16 @@ def pretrain(config: Any, settings: PretrainSettings, *, resume: bool = False, o
     from bertfit.tokenizer import WordPieceTokenizer
     from bertfit.train import Trainer, seed_everything
 
-    started = time.perf_counter()
     run = RunDir(config.output_dir)
-    run.check_is_run()
-    config, settings, resume, replace = _open_run(run, config, settings, resume, overwrite)
+
+    def decide() -> tuple[Any, PretrainSettings, bool, bool]:
+        run.check_is_run()
+        return _open_run(run, config, settings, resume, overwrite)
+
+    # rank 0 reads the run directory; every rank follows its decision (or raises its error)
+    config, settings, resume, replace = d.on_writer(decide, "checking the run directory")
     threads = configure_threads(config.threads)
-    device = select_device(config.device)
+    device = dist.local_device(select_device(config.device))
     seed_everything(config.seed)
 
     model_dir = resolve_model(config.model)
@@ -163,25 +189,36 @@ def pretrain(config: Any, settings: PretrainSettings, *, resume: bool = False, o
     task.set_masker(Pretrain.masker_for(tokenizer, config.seed, settings.whole_word_masking, settings.mlm_probability))
     train = task.encode(tokenizer, data.train, config.max_length)
     validation = task.encode(tokenizer, data.validation, config.max_length)
-    model = load_pretraining(model_dir, nsp=settings.nsp)
+    model = load_pretraining(model_dir, nsp=settings.nsp).to(device)
     if model.fresh_head:
         logger.info("%s has no (complete) pretraining head: the missing parts start fresh; the masked-LM decoder is the "
                     "model's own word embeddings (tied)", config.model)
+    d.broadcast_module(model, "sending rank 0's initial weights")  # the fresh head too: one start for all
+
+    def held_out(m: Any) -> dict[str, Any]:
+        """The held-out metrics of ``m``: each rank evaluates a share of the sequences, gathered in order."""
+        stats = d.map_sharded(len(validation), lambda idx: task.evaluation_outputs(
+            m, validation, tokenizer.pad_id, device, config.eval_batch_tokens, indices=idx), "the held-out evaluation")
+        return task.evaluate(stats, validation.gold)
 
     before: dict[str, Any] = {}
     fills_before: list[dict[str, Any]] = []
     if not resume and len(validation):
-        before = task.evaluate(task.evaluation_outputs(model, validation, tokenizer.pad_id, device, config.eval_batch_tokens),
-                               validation.gold)
-        fills_before = fill_examples(model, tokenizer, data.validation_texts, config.seed)
+        before = held_out(model)
+        if d.is_writer:  # only rank 0's report shows them
+            fills_before = fill_examples(model.cpu(), tokenizer, data.validation_texts, config.seed)  # on the CPU
         logger.info("before pretraining, held out: %s", "  ".join(f"{k} {before[k]:.4f}" for k in task.headline_metrics
                                                                     if isinstance(before.get(k), float)))
-    run.create(replace=replace)
-    write_json_atomic(run.file("train_config.json"), config.to_dict())
-    write_json_atomic(run.file(SETTINGS_FILE), settings.to_dict())
-    write_json_atomic(run.file("data.json"), data.summary)
-    if before:
-        write_json_atomic(run.file("before.json"), {"metrics": before, "fills": fills_before})
+
+    def create() -> None:
+        run.create(replace=replace)
+        write_json_atomic(run.file("train_config.json"), config.to_dict())
+        write_json_atomic(run.file(SETTINGS_FILE), settings.to_dict())
+        write_json_atomic(run.file("data.json"), data.summary)
+        if before:
+            write_json_atomic(run.file("before.json"), {"metrics": before, "fills": fills_before})
+
+    d.on_writer(create, "creating the run directory")
 
     def save_best(m: Any, step: int) -> None:
         save_classifier(m, run.path, tokenizer=tokenizer)
@@ -190,37 +227,38 @@ def pretrain(config: Any, settings: PretrainSettings, *, resume: bool = False, o
     trainer = Trainer(model, config, train, validation if len(validation) else None, run, pad_id=tokenizer.pad_id,
                       device=device, task=task, on_save_best=save_best, callback=callback)
     if resume:
-        ckpt = run.latest_good_checkpoint(validate=trainer.validate_checkpoint)
-        if ckpt is None:
-            raise BertfitError(f"{run.path}: no intact checkpoint to resume from (all failed their checks)")
-        trainer.restore(ckpt)
-        logger.warning("resuming %s from step %d of %d", run.path, ckpt.step, trainer.total_steps)
+        trainer.resume_latest()
         saved_before = run.file("before.json")
-        if saved_before.exists():
+        if d.is_writer and saved_before.exists():
             raw = json.loads(saved_before.read_text(encoding="utf-8"))
             before, fills_before = raw.get("metrics", {}), raw.get("fills", [])
     else:
-        logger.info("pretraining on %s with %d threads: %d sequences, %d steps", device, threads, len(train),
-                    trainer.total_steps)
-    write_json_atomic(run.file("precision.json"), trainer.precision.record())
+        logger.info("pretraining on %s with %d threads%s: %d sequences, %d steps", device, threads,
+                    f" in each of {d.world} processes" if d.distributed else "", len(train), trainer.total_steps)
+    if d.is_writer:
+        write_json_atomic(run.file("precision.json"), trainer.precision.record())
     result = trainer.train()
 
-    best = load_pretraining(run.path, nsp=settings.nsp, require_head=True).to(device)
+    # The best weights: rank 0 reads them from the run directory and sends them to the others.
+    best = load_pretraining(run.path, nsp=settings.nsp, require_head=True).to(device) if d.is_writer else trainer.model
+    d.broadcast_module(best, "sending the best weights")
     metrics: dict[str, Any] = {}
     fills_after: list[dict[str, Any]] = []
     if len(validation):
-        metrics["validation"] = task.evaluate(task.evaluation_outputs(best, validation, tokenizer.pad_id, device,
-                                                                      config.eval_batch_tokens), validation.gold)
+        metrics["validation"] = held_out(best)
         if before:
             metrics["before"] = before
-        fills_after = fill_examples(best.cpu(), tokenizer, data.validation_texts, config.seed)
+        if d.is_writer:
+            fills_after = fill_examples(best.cpu(), tokenizer, data.validation_texts, config.seed)
+    wall = time.perf_counter() - started
+    if not d.is_writer:
+        return PretrainResult(run.path, metrics, run.file("report.md"), wall, settings=settings)
     fills = [{**b, "fills_after": a["fills"]} for b, a in zip(fills_before, fills_after)] if fills_before else \
         [{**a, "fills_after": a.pop("fills")} for a in fills_after]
     write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": "no held-out slice"})
     write_json_atomic(run.file("fills.json"), fills)
-    wall = time.perf_counter() - started
     report = _write_report(run, config, settings, data.summary, result, metrics, fills, task, wall)
-    return PretrainResult(run.path, metrics, report, wall, fills)
+    return PretrainResult(run.path, metrics, report, wall, fills, settings=settings)
 
 
 def _write_report(run: Any, config: Any, settings: PretrainSettings, summary: dict[str, Any], result: Any,

@@ -222,14 +222,21 @@ class Task(ABC):
     def init_head(self, model: Any) -> None:
         """Adjust a freshly initialised head to the training targets (regression: their mean/scale)."""
 
+    # How many separately normalised terms ``loss`` sums (masked LM + NSP: 2, each a mean over its own
+    # elements). With more than one, ``loss_weight`` and ``loss`` return one value per term.
+    loss_components: int = 1
+
     def loss_weight(self, targets: Tensor) -> Tensor:
         """The weight ``loss`` returns for these targets, known before the forward pass: the trainer
-        sums it over a whole optimizer step to scale each micro-batch's loss."""
+        sums it over a whole optimizer step (and over the ranks of a distributed job) to scale each
+        micro-batch's loss. With ``loss_components`` > 1: a (K,) tensor, one weight per term."""
         return torch.tensor(float(targets.numel()))
 
     @abstractmethod
     def loss(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """(summed loss, weight) of a micro-batch; the trainer divides by the whole step's weight."""
+        """(summed loss, weight) of a micro-batch; the trainer divides by the whole step's weight, so
+        the step's gradient does not depend on how the step is split (micro-batches, ranks). With
+        ``loss_components`` > 1: (K,) sums and (K,) weights; the step's loss is Σ_k sum_k / step weight_k."""
 
     # -- evaluation ---------------------------------------------------------------------------
     @abstractmethod

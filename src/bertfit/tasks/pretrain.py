@@ -9,9 +9,10 @@ loss is comparable between evaluations. The collated labels are (B, 1 + T): colu
 
 The head (heads.BertForPreTraining) computes the vocabulary projection at the masked positions
 only; ``forward`` hands it those positions. Loss, as transformers' BertForPreTraining: mean
-cross-entropy over the masked tokens + mean NSP cross-entropy over the sequences, returned as a
-(sum, weight) pair with the masked-token count as weight (the NSP sum is scaled by the batch's
-masked tokens per sequence, so the two means keep their 1:1 weight).
+cross-entropy over the masked tokens + mean NSP cross-entropy over the sequences, returned as two
+(sum, weight) terms (``loss_components``): the trainer divides each sum by its own total over the
+whole optimizer step, every micro-batch and every rank, so the two means are the step's, exactly,
+however the step is split (accumulation, out-of-memory halving, processes).
 
 Evaluation runs the held-out slice with its fixed masks and returns per-feature statistics —
 (masked-LM loss sum, masked tokens, correctly predicted masked tokens, NSP loss, NSP correct) —
@@ -54,6 +55,7 @@ class Pretrain(Task):
     def configure(self, nsp: bool = True, **state: Any) -> None:
         super().configure(**state)
         self.nsp = nsp
+        self.loss_components = 2 if nsp else 1  # mean over masked tokens (+ mean over sequences)
         self.masker: Masker | None = None
         if not nsp:  # masked LM alone: no NSP figures anywhere (records, tables, selection)
             self.headline_metrics = ("loss", "perplexity", "mlm_accuracy")
@@ -147,17 +149,21 @@ class Pretrain(Task):
 
     # -- training -----------------------------------------------------------------------------
     def loss_weight(self, targets: Tensor) -> Tensor:
-        return (targets[:, 1:] != IGNORE).sum().float()
+        """The masked tokens (and, with NSP, the sequences): each term's own normaliser."""
+        masked = (targets[:, 1:] != IGNORE).sum().float()
+        return torch.stack([masked, torch.tensor(float(targets.shape[0]))]) if self.nsp else masked
 
     def loss(self, outputs: Any, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Summed masked-LM cross-entropy (and summed NSP cross-entropy): the trainer divides each by the
+        step's total over every micro-batch and rank, so the loss is exactly transformers' mean over the
+        masked tokens + mean over the sequences of the whole step, however the step is split."""
         mlm_labels = targets[:, 1:]
         gold = mlm_labels[mlm_labels != IGNORE]  # row-major, as the head's selected positions
-        masked = torch.tensor(float(len(gold)))
-        total = F.cross_entropy(outputs.mlm.float(), gold, reduction="sum")
-        if self.nsp and outputs.nsp is not None:
-            nsp = F.cross_entropy(outputs.nsp.float(), targets[:, 0], reduction="sum")
-            total = total + nsp * (masked / targets.shape[0])
-        return total, masked
+        mlm = F.cross_entropy(outputs.mlm.float(), gold, reduction="sum")
+        if not self.nsp:
+            return mlm, torch.tensor(float(len(gold)))
+        nsp = F.cross_entropy(outputs.nsp.float(), targets[:, 0], reduction="sum")
+        return torch.stack([mlm, nsp]), self.loss_weight(targets)
 
     def statistics(self, outputs: Any, targets: Tensor) -> np.ndarray:
         """Per-feature (B, 5) evaluation statistics, see STATS."""
