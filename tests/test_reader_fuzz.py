@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bertfit.data import guard_cell, read_examples
+from bertfit.tasks.declared import TRAIN_SETTINGS
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -105,6 +106,9 @@ FLOAT_FLAGS = ["--lr", "--epochs", "--weight-decay", "--warmup-ratio", "--max-gr
 INT_FLAGS = ["--batch-size", "--grad-accum", "--max-steps", "--max-length", "--eval-every", "--patience",
              "--eval-batch-tokens", "--seed", "--log-every", "--save-every", "--keep-checkpoints", "--threads",
              "--bucket-window", "--max-chars", "--max-train-examples", "--max-eval-examples"]
+# ...and every task's own numeric settings (tasks/declared.py): --tag-column, --doc-stride, ...
+FLOAT_FLAGS += [s.flag for s in TRAIN_SETTINGS.values() if s.kind is float]
+INT_FLAGS += [s.flag for s in TRAIN_SETTINGS.values() if s.kind is int]
 any_float = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([-0.0, 1e308, -1e308, 5e-324]))
 any_number_text = st.one_of(any_float.map(repr), st.integers(-10**30, 10**30).map(str),
                             st.sampled_from(["nan", "inf", "-inf", "-0", "1e999", "0x10", ""]))

@@ -322,7 +322,7 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
     # How this run read its files: export --check-file and evaluate read labelled files the same way.
     reading = {"label_map": config.label_map, "label_separator": config.label_separator,
                "text_column": config.text_column, "pair_column": config.pair_column, "label_column": config.label_column,
-               "tag_column": config.tag_column, "tag_scheme": config.tag_scheme}
+               **{s.name: getattr(config, s.name) for s in task.settings if s.reading}}  # the task's own (NER: tag column)
 
     def save_best(m, step: int) -> None:
         save_classifier(m, run.path, tokenizer=tokenizer)

@@ -6,15 +6,20 @@ The resolved config is saved in the run directory (train_config.json) and is wha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from bertfit.errors import ConfigError
+from bertfit.tasks.declared import TRAIN_SETTINGS, TRAIN_TASKS
+from bertfit.tasks.settings import is_int as _is_int
+from bertfit.tasks.settings import range_message
+from bertfit.tasks.settings import show as _show
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +27,7 @@ logger = logging.getLogger(__name__)
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
            "pearson", "spearman", "r2", "rmse", "mae", "f1", "macro_f1", "precision", "recall", "token_accuracy", "exact_match", "loss",
            "mlm_loss", "perplexity", "mlm_accuracy", "nsp_accuracy")
-PROBLEM_TYPES = ("single-label", "multi-label", "regression", "ner", "qa")
-TAG_SCHEMES = ("auto", "iob1", "iob2", "bioes")
+PROBLEM_TYPES = TRAIN_TASKS  # the registered tasks that `bertfit train` trains
 # The quick default: a documented subset that fits the README's main job in minutes on 2 CPU cores.
 # 6,000 tweets at lr 5e-5 gave 74.6% test accuracy, below the TF-IDF baseline's 75.8%; 16,000 at
 # lr 1e-4 (one epoch, warmup 10%, linear decay) is what benchmarks/RESULTS.md (issue 16) measures.
@@ -45,13 +49,7 @@ class TrainConfig:
     # None: detected from the labels (logged with the reason); see tasks/__init__.py
     problem_type: str | None = None
     label_separator: str = ","  # splits a multi-label (or multi-target) cell such as "anger,joy"
-    threshold: float | None = None  # multi-label: one fixed threshold; None = tuned per label on validation
-    # NER (tasks/ner.py): CoNLL tag column, tag scheme, subword labels, windows over long sentences
-    tag_column: int = -1
-    tag_scheme: str = "auto"
-    label_all_subwords: bool = False
     window_stride: int | None = None  # subwords between window starts (NER; --long-text windows); None: half a window
-    doc_stride: int = 128  # question answering: tokens of overlap between windows over a long context
     encoding: str | None = None
     skip_bad_rows: bool = False
     max_chars: int = 100_000
@@ -103,6 +101,10 @@ class TrainConfig:
     compile: bool = False
     gradient_checkpointing: bool = False  # recompute each encoder layer in the backward: less memory, same results
     bucket_window: int = 50
+    # Every task's own settings (tasks/declared.py: NER's tag_column, QA's doc_stride, ...), by name,
+    # validated by their declarations. Given and saved as flat keys (TrainConfig(tag_column=2),
+    # train_config.json's "tag_column") and read as attributes (config.tag_column); missing: defaults.
+    task_settings: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,8 +146,7 @@ class TrainConfig:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {_show(self.metric)}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {_show(self.problem_type)}")
-        if self.tag_scheme not in TAG_SCHEMES:
-            raise ConfigError(f"tag_scheme must be one of {', '.join(TAG_SCHEMES)}, got {_show(self.tag_scheme)}")
+        self._check_task_settings()
         if self.window_stride is not None and self.window_stride > self.max_length - 2:
             raise ConfigError(f"window_stride must be at most max_length - 2 = {self.max_length - 2} (the window's "
                               f"subwords), got {self.window_stride}; a larger stride would skip subwords")
@@ -187,6 +188,23 @@ class TrainConfig:
                 raise ConfigError(f"columns names a column more than once: {_show(list(self.columns))}")
             _check_text("columns", "".join(self.columns))
 
+    def _check_task_settings(self) -> None:
+        given = self.task_settings
+        if not isinstance(given, dict):
+            raise ConfigError(f"task_settings must be a mapping of task settings, got {_show(given)}")
+        unknown = sorted(set(given) - set(TRAIN_SETTINGS))
+        if unknown:
+            raise ConfigError(f"unknown task setting(s) {', '.join(unknown)}; see `bertfit train --help`")
+        resolved = {name: setting.check(given.get(name, setting.default)) for name, setting in TRAIN_SETTINGS.items()}
+        object.__setattr__(self, "task_settings", resolved)
+
+    def __getattr__(self, name: str) -> Any:
+        """A task's setting as an attribute (config.tag_column); only called for names that are not fields."""
+        settings = self.__dict__.get("task_settings")
+        if settings is not None and name in settings:
+            return settings[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def _check_class_weights(self) -> None:
         weights = self.class_weights
         if weights is None or weights == "balanced":
@@ -216,11 +234,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("extra")
+        out.update(out.pop("task_settings"))  # flat, as train_config.json has always had them
         return out
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        names = ({f.name for f in dataclasses.fields(cls)} - {"extra", "task_settings"}) | set(TRAIN_SETTINGS)
         unknown = sorted(set(raw) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; see `bertfit train --help`")
@@ -242,6 +261,21 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _flat_task_settings(generated: Callable[..., None]) -> Callable[..., None]:
+    """TrainConfig's __init__ takes a task's settings as flat keywords (TrainConfig(tag_column=2)), as
+    train_config.json, config files and flags name them, and keeps them in ``task_settings``."""
+    @functools.wraps(generated)
+    def __init__(self: TrainConfig, *args: Any, task_settings: Mapping[str, Any] | None = None, **values: Any) -> None:
+        given = dict(task_settings or {})
+        given.update({name: values.pop(name) for name in list(values) if name in TRAIN_SETTINGS})
+        generated(self, *args, task_settings=given, **values)
+
+    return __init__
+
+
+TrainConfig.__init__ = _flat_task_settings(TrainConfig.__init__)  # type: ignore[method-assign]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -298,43 +332,29 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "keep_checkpoints": (1, 1_000_000), "bucket_window": (1, 1_000_000), "max_steps": (1, _INT_MAX),
     "max_train_examples": (1, _INT_MAX), "max_eval_examples": (1, _INT_MAX), "patience": (1, _INT_MAX),
     "threads": (1, 4096), "eval_every": (0, _INT_MAX), "seed": (0, 2**32 - 1), "split_seed": (0, 2**32 - 1),
-    "tag_column": (-1000, 1000), "window_stride": (1, 510), "head_tokens": (1, 512), "max_windows": (1, 1024),
-    "seeds": (1, 100), "doc_stride": (0, 510),
+    "window_stride": (1, 510), "head_tokens": (1, 512), "max_windows": (1, 1024),
+    "seeds": (1, 100),
 }
 #: Real-number settings: (low, high, whether high itself is excluded); low is always included,
 #: except for the settings in _POSITIVE, which must be above it.
 _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "epochs": (0.0, 100_000.0, False), "lr": (0.0, 1.0, False), "weight_decay": (0.0, 1.0, False),
     "warmup_ratio": (0.0, 1.0, True), "max_grad_norm": (0.0, 1e6, False), "adam_eps": (0.0, 1.0, False),
-    "classifier_dropout": (0.0, 1.0, True), "threshold": (0.0, 1.0, True),
+    "classifier_dropout": (0.0, 1.0, True),
 }
-_POSITIVE = {"epochs", "lr", "adam_eps", "threshold"}
-_OPTIONAL = {"split_seed", "window_stride", "threshold", "max_steps", "max_train_examples", "max_eval_examples", "patience",
+_POSITIVE = {"epochs", "lr", "adam_eps"}
+_OPTIONAL = {"split_seed", "window_stride", "max_steps", "max_train_examples", "max_eval_examples", "patience",
              "threads", "classifier_dropout", "train_file", "validation_file", "test_file", "text_column", "pair_column",
              "label_column", "encoding"}
 _BOOLS = ("skip_bad_rows", "deduplicate", "eval_each_epoch", "compile", "bf16", "header", "gradient_checkpointing",
-          "label_all_subwords", "calibrate")
+          "calibrate")
 _STRINGS = ("truncation", "long_text", "window_aggregate", "train_file", "validation_file", "test_file", "text_column",
             "pair_column", "label_column", "encoding",
             "model", "output_dir")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _range_message(name: str, value: Any, low: float, high: float, kind: str, open_high: bool = False) -> str:
-    def fmt(x: float) -> str:
-        return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
-
-    low_s = f"above {fmt(low)}" if name in _POSITIVE else f"at least {fmt(low)}"
-    high_s = f"below {fmt(high)}" if open_high else f"at most {fmt(high)}"
-    return f"{name} must be a {kind} {low_s} and {high_s}, got {_show(value)}"
+    return range_message(name, value, low, high, kind, open_high, positive=name in _POSITIVE)
 
 
 def _check_float(name: str, value: Any, low: float, high: float, open_high: bool) -> None:

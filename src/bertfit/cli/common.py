@@ -10,7 +10,8 @@ from typing import Any
 
 from bertfit.errors import BertfitError
 
-# Help for every training setting; the flag is the field name with dashes.
+# Help for every training setting; the flag is the field name with dashes. A task's own settings
+# carry their help in their declarations (tasks/settings.py, tasks/declared.py).
 TRAIN_HELP: dict[str, str] = {
     "train_file": "labelled training data: .csv, .tsv or .jsonl (default: the bundled tweets corpus)",
     "validation_file": "separate validation file (default: a stratified split of --train-file)",
@@ -79,14 +80,9 @@ TRAIN_HELP: dict[str, str] = {
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
     "problem_type": "the task: single-label, multi-label, regression, ner or qa (extractive question answering on "
                     "SQuAD-style JSON/JSONL) (default: detected from the labels, and logged; --problem-type is the same flag)",
-    "doc_stride": "qa: tokens of overlap between the windows a long context is cut into",
-    "tag_column": "ner: the CoNLL column holding the tag (0-based; -1: the last)",
-    "tag_scheme": "ner: the files' tag scheme: auto, iob1, iob2 or bioes (read into IOB2; invalid tags repaired)",
-    "label_all_subwords": "ner: label every subword of a word (the I- form after the first) instead of the first only",
     "window_stride": "subwords between the starts of overlapping windows (ner: over a sentence longer than "
                      "max-length; sequence tasks: with --long-text windows) (default: half a window)",
     "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",
-    "threshold": "multi-label: one fixed decision threshold for every label (default: tuned per label on validation)",
 }
 
 

@@ -20,6 +20,9 @@ DESCRIPTION = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from bertfit.tasks.declared import DECLARED
+    from bertfit.tasks.settings import add_flags
+
     parser.add_argument("run", help="run directory (or any BERT classifier directory)")
     parser.add_argument("texts", nargs="*", help="texts to classify (put -- before them when one starts with '-'); none, or '-', reads one text per line from stdin")
     parser.add_argument("--file", help="classify a .csv/.tsv/.jsonl file; writes it back with label and probabilities")
@@ -39,11 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_argument(parser)
     parser.add_argument("--batch-tokens", type=positive_int, default=8192, help="token budget of a prediction batch")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    qa = parser.add_argument_group("question answering (a model trained with --problem-type qa)")
-    qa.add_argument("--question", help="the question to answer from --context or --context-file")
-    qa.add_argument("--context", help="the passage the answer is a span of (any length: long ones are read in windows)")
-    qa.add_argument("--context-file", help="read the passage from this UTF-8 text file")
-    qa.add_argument("--top-k", type=positive_int, default=1, help="also list the k best answers (default: 1)")
+    add_flags(parser, DECLARED, "predict")  # every task's prediction settings and input fields (QA's --top-k, --question)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("int8 is approximate (tweets: ~99%% of labels as fp32, accuracy within ~0.3 points; "
                        "benchmarks/RESULTS.md); measure it on your data: bertfit evaluate %s --int8 --file LABELLED",
                        args.run)
-    if args.top_k > 1:
-        classifier.task.top_k = args.top_k  # tasks with alternatives (question answering) list them
-    if args.question is not None or args.context is not None or args.context_file is not None:
-        return _answer_question(classifier, args)
+    _apply_task_options(classifier.task, args)
+    item = _flag_input(classifier.task, args)
+    if item is not None:
+        return _predict_one(classifier, args, item)
     if args.file:
         return _predict_file(classifier, args)
     texts = args.texts
@@ -70,30 +69,71 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"text": text, **_rounded(record)}, ensure_ascii=False))
         else:
             shown = text if len(text) <= 80 else text[:77] + "..."
-            display = getattr(classifier.task, "display", None)  # a task with records of its own shape
-            print(display(record) if display else f"{_short_answer(classifier.task, record):<12}  {shown}")
+            display = classifier.task.display(record)  # a task with records of its own shape
+            print(display if display is not None else f"{_short_answer(classifier.task, record):<12}  {shown}")
     return 0
 
 
-def _answer_question(classifier, args: argparse.Namespace) -> int:
-    """--question with --context or --context-file: one answer (a span of the context) with its offsets."""
-    if args.question is None or (args.context is None) == (args.context_file is None):
-        raise BertfitError("question answering needs --question and one of --context or --context-file")
-    context = args.context
-    if args.context_file is not None:
-        try:
-            context = Path(args.context_file).read_text(encoding=args.encoding or "utf-8")
-        except FileNotFoundError:
-            raise BertfitError(f"--context-file {args.context_file}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BertfitError(f"--context-file {args.context_file}: cannot read it ({exc}); pass a UTF-8 text file "
-                               "or its --encoding") from None
-    record = classifier.records([{"question": args.question, "context": context}], max_tokens=args.batch_tokens)[0]
+def _apply_task_options(task, args: argparse.Namespace) -> None:
+    """The loaded task's prediction settings given as flags (checked when parsed); another task's are
+    named and ignored, as they do not apply to this model."""
+    from bertfit.tasks.declared import DECLARED
+    from bertfit.tasks.settings import flag_values
+
+    given = {name: value for name, value in flag_values(args, DECLARED, "predict").items() if value is not None}
+    own = {s.name for s in task.settings if "predict" in s.commands and not s.input}
+    ignored = sorted(set(given) - own)
+    if ignored:
+        logger.warning("%s: not a setting of this %s model; ignored", ", ".join("--" + n.replace("_", "-") for n in ignored),
+                       task.name)
+    if own & set(given):
+        task.apply_options({name: given[name] for name in own & set(given)})
+
+
+def _flag_input(task, args: argparse.Namespace) -> dict[str, str] | None:
+    """The one input given as flags (a task's input fields: QA's --question and --context or
+    --context-file), or None when no such flag was given."""
+    from bertfit.tasks.declared import DECLARED
+    from bertfit.tasks.settings import by_name
+
+    given: dict[str, str] = {}
+    for name, (setting, _) in by_name(DECLARED, "predict").items():
+        if not setting.input:
+            continue
+        value, path = getattr(args, name, None), getattr(args, name + "_file", None) if setting.from_file else None
+        if value is not None and path is not None:
+            raise BertfitError(f"{setting.flag} and {setting.flag}-file are alternatives; give one")
+        if path is not None:
+            value = _read_text_file(path, f"{setting.flag}-file", args.encoding)
+        if value is not None:
+            given[name] = value
+    if not given:
+        return None
+    fields = [s for s in task.settings if s.input]
+    if not fields or set(given) != {s.name for s in fields}:
+        takes = " and ".join(s.flags for s in fields) if fields else "texts (or --file), not these flags"
+        raise BertfitError(f"this {task.name} model takes {takes}; given: "
+                           f"{', '.join('--' + n.replace('_', '-') for n in given)}")
+    return given
+
+
+def _read_text_file(path: str, flag: str, encoding: str | None) -> str:
+    try:
+        return Path(path).read_text(encoding=encoding or "utf-8")
+    except FileNotFoundError:
+        raise BertfitError(f"{flag} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, LookupError) as exc:
+        raise BertfitError(f"{flag} {path}: cannot read it ({exc}); pass a UTF-8 text file or its --encoding") from None
+
+
+def _predict_one(classifier, args: argparse.Namespace, item: dict[str, str]) -> int:
+    """One input given as flags (QA: a question over a context): its record, with offsets."""
+    record = classifier.records([item], max_tokens=args.batch_tokens)[0]
     if args.json:
         print(json.dumps(_rounded(record), ensure_ascii=False))
     else:
-        display = getattr(classifier.task, "display", None)
-        print(display(record) if display else json.dumps(_rounded(record), ensure_ascii=False))
+        display = classifier.task.display(record)
+        print(display if display is not None else json.dumps(_rounded(record), ensure_ascii=False))
     return 0
 
 

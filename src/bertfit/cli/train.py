@@ -24,7 +24,13 @@ CHOICES = {"truncation": ("head", "tail", "head+tail"), "long_text": ("truncate"
            "window_aggregate": ("mean", "max")}
 
 
+# TrainConfig fields that are not flags of their own: a task's settings come from its declarations.
+NOT_FLAGS = ("extra", "task_settings")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from bertfit.tasks.declared import DECLARED
+    from bertfit.tasks.settings import add_flags
     from bertfit.train_config import TrainConfig
 
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
@@ -35,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     add_distributed_arguments(parser, "train")
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
+        if f.name in NOT_FLAGS:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -57,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)
+    add_flags(parser, DECLARED, "train")  # every task's own settings (NER's --tag-column, QA's --doc-stride, ...)
 
 
 def _show(value: Any) -> str:
@@ -75,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
         return launched
     from bertfit.data import parse_label_map
     from bertfit.job import fine_tune
+    from bertfit.tasks.declared import DECLARED
+    from bertfit.tasks.settings import flag_values
     from bertfit.train_config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
 
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FLAGS}
+    flags.update(flag_values(args, DECLARED, "train"))
     if flags["label_map"] is not None:
         flags["label_map"] = parse_label_map(flags["label_map"])
     flags["columns"] = parse_columns(flags["columns"])

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bertfit.tasks.settings import Setting
 from bertfit.windows import LongText
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ class Task(ABC):
     input_columns: ClassVar[tuple[str, ...]] = ()
     # Per-input options ``inputs`` reads next to those fields (QA: "top_k"), which the server passes on.
     input_options: ClassVar[tuple[str, ...]] = ()
+    # Settings of this task's own (tasks/settings.py), declared in a torch-free module and listed in
+    # tasks/declared.py: the CLI adds their flags, TrainConfig validates and saves the training ones.
+    settings: ClassVar[tuple[Setting, ...]] = ()
 
     def __init__(self, labels: Sequence[str], **state: Any) -> None:
         self.labels = [str(label) for label in labels]
@@ -75,6 +79,12 @@ class Task(ABC):
     def create(cls, labels: Sequence[str], settings: Mapping[str, Any]) -> "Task":
         """A fresh task for training, from its label space and the run's settings (TrainConfig.to_dict())."""
         return cls(labels)
+
+    def apply_options(self, values: Mapping[str, Any]) -> None:
+        """Prediction settings given to ``bertfit predict`` (this task's settings of the predict command,
+        e.g. QA's --top-k), already checked: each becomes the attribute of its name."""
+        for name, value in values.items():
+            setattr(self, name, value)
 
     def configure(self, **state: Any) -> None:
         """Set what ``state()`` saved (thresholds, scaling); the default task has no state."""
@@ -261,6 +271,11 @@ class Task(ABC):
     def decode(self, outputs: Any, split: "EncodedSplit | None" = None) -> list[dict[str, Any]]:
         """Outputs (per example, after ``gather``) → one JSON-able prediction record per example (what
         predict and the server return). ``split``: the encoded inputs, to map back to text (offsets)."""
+
+    def display(self, record: Mapping[str, Any]) -> str | None:
+        """One record as ``bertfit predict`` prints it on a terminal (a task with records of its own
+        shape: entities, answers); None: the answer and the text on one line."""
+        return None
 
     def answer(self, record: Mapping[str, Any]) -> Any:
         """The record's answer alone (what ``TextClassifier.predict`` returns per text)."""

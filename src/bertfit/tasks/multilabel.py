@@ -22,6 +22,7 @@ from bertfit.errors import ConfigError
 from bertfit.heads import sequence_loss
 from bertfit.report.document import Paragraph, Strong, Table, finite, fmt_int, fmt_score
 from bertfit.tasks.base import LabelProblem
+from bertfit.tasks.multilabel_settings import MULTILABEL_SETTINGS
 from bertfit.tasks.sequence import SequenceTask, preview, sigmoid, split_cell
 
 DEFAULT_THRESHOLD = 0.5
@@ -35,6 +36,7 @@ class MultiLabel(SequenceTask):
     lower_is_better = frozenset({"loss", "hamming_loss"})
     headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "micro_f1", "macro_f1", "samples_f1")
     mistake_score = "confidence"
+    settings = MULTILABEL_SETTINGS  # --threshold
 
     @classmethod
     def create(cls, labels: Sequence[str], settings: Mapping[str, Any]) -> "MultiLabel":

@@ -22,7 +22,7 @@ from bertfit.errors import DataError, InputError
 from bertfit.heads import token_loss, token_loss_weight
 from bertfit.tasks.base import LabelProblem, Task
 from bertfit.tasks.entities import OUTSIDE, entity_metrics, spans, split_tag, type_confusion
-from bertfit.tasks.ner_data import Sentence, from_text, from_tokens, read_ner_file
+from bertfit.tasks.ner_data import NER_SETTINGS, Sentence, from_text, from_tokens, read_ner_file
 from bertfit.tasks.ner_encode import IGNORE, encode_windows, stitch
 
 
@@ -59,6 +59,7 @@ class NER(Task):
     headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "f1", "precision", "recall", "token_accuracy")
     mistake_score = "confidence"
     input_columns: ClassVar[tuple[str, ...]] = ("tokens",)  # predict --file: pre-tokenised rows
+    settings = NER_SETTINGS  # tag_column, tag_scheme (reading), label_all_subwords (encoding)
 
     def configure(self, label_all_subwords: bool = False, window_stride: int | None = None, **state: Any) -> None:
         super().configure(**state)

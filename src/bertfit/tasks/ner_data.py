@@ -26,6 +26,18 @@ from typing import Any, Mapping, Sequence
 from bertfit.errors import DataError
 from bertfit.examples import Rejection
 from bertfit.tasks.entities import OUTSIDE, SCHEMES, detect_scheme, split_tag, to_iob2
+from bertfit.tasks.settings import Setting
+
+# The NER task's own settings (tasks/settings.py: flags, validation, saved with the run). Here, not in
+# ner.py, because `bertfit train --help` reads them without importing torch.
+NER_SETTINGS: tuple[Setting, ...] = (
+    Setting("tag_column", int, -1, "the CoNLL column holding the tag (0-based; -1: the last)",
+            low=-1000, high=1000, reading=True),
+    Setting("tag_scheme", str, "auto", "the files' tag scheme: auto, iob1, iob2 or bioes (read into IOB2; invalid "
+            "tags repaired)", choices=SCHEMES, reading=True),
+    Setting("label_all_subwords", bool, False,
+            "label every subword of a word (the I- form after the first) instead of the first only"),
+)
 
 TAG_KEYS = ("tags", "ner_tags", "labels")
 ENTITY_KEYS = ("entities", "label", "spans")

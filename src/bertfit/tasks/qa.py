@@ -22,12 +22,11 @@ from bertfit.errors import BertfitError, DataError, InputError
 from bertfit.heads import span_loss
 from bertfit.report.document import Paragraph, Strong, Table, fmt_int, fmt_score
 from bertfit.tasks.base import Task
-from bertfit.tasks.qa_data import QAExample, read_qa
+from bertfit.tasks.qa_data import DOC_STRIDE, QA_SETTINGS, QAExample, read_qa
 from bertfit.tasks.qa_decode import MAX_ANSWER_LENGTH, N_BEST, QAPrediction, decode_all, record
 from bertfit.tasks.qa_windows import QAWindows, encode_windows
 from bertfit.tasks.squad_metric import best_threshold, squad_scores
 
-DOC_STRIDE = 128
 QA_MAX_LENGTH = 384
 
 
@@ -59,6 +58,7 @@ class QuestionAnswering(Task):
     default_max_length: ClassVar[int] = QA_MAX_LENGTH
     input_columns: ClassVar[tuple[str, ...]] = ("question", "context")  # predict --file reads these
     input_options: ClassVar[tuple[str, ...]] = ("top_k",)
+    settings = QA_SETTINGS  # doc_stride (training), top_k (predict --top-k)
 
     def configure(self, *, null_threshold: float | None = None, version: str = "1.1", doc_stride: int = DOC_STRIDE,
                   n_best: int = N_BEST, max_answer_length: int = MAX_ANSWER_LENGTH, **state: Any) -> None:

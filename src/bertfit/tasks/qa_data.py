@@ -25,6 +25,22 @@ from typing import Any, Iterator, Mapping
 
 from bertfit.errors import DataError
 from bertfit.examples import LoadReport, Rejection
+from bertfit.tasks.settings import INT_MAX, Setting
+
+DOC_STRIDE = 128  # tokens of overlap between the windows over a long context (run_qa.py's default)
+
+# The question-answering task's own settings (tasks/settings.py: flags, validation, saved with the
+# run), and the fields of the one input `bertfit predict --question ... --context ...` answers.
+# Here, not in qa.py, because `bertfit train --help` reads them without importing torch.
+QA_SETTINGS: tuple[Setting, ...] = (
+    Setting("doc_stride", int, DOC_STRIDE, "tokens of overlap between the windows a long context is cut into",
+            low=0, high=510),
+    Setting("top_k", int, 1, "also list the k best answers", low=1, high=INT_MAX, commands=("predict",)),
+    Setting("question", str, None, "the question to answer from --context or --context-file", optional=True,
+            commands=("predict",), input=True),
+    Setting("context", str, None, "the passage the answer is a span of (any length: long ones are read in windows)",
+            optional=True, commands=("predict",), input=True, from_file=True),
+)
 
 logger = logging.getLogger("bertfit.data")
 
