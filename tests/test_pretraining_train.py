@@ -123,3 +123,19 @@ def test_one_document_corpus_needs_no_nsp(tmp_path, model_dir):
                 "--corpus-format", "sentences")
     assert done.returncode != 0 and "--no-nsp" in done.stderr and "Traceback" not in done.stderr
 
+
+
+def test_the_reports_settings_are_what_pretraining_reads():
+    """The pretraining report lists TrainConfig settings by name: each is a real field, and no task's
+    declared setting (NER's tag_column, QA's doc_stride, ...) or labelled-file setting is among them."""
+    import dataclasses
+
+    from bertfit.pretraining.job import PRETRAINING_READS, _training_settings
+    from bertfit.tasks.declared import TRAIN_SETTINGS
+    from bertfit.train_config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(PRETRAINING_READS) <= fields
+    shown = _training_settings(TrainConfig(model="minilm-l6", lr=1e-4))
+    assert list(shown) == list(PRETRAINING_READS) and shown["lr"] == 1e-4
+    assert not set(shown) & (set(TRAIN_SETTINGS) | {"train_file", "label_column", "class_weights", "calibrate"})
