@@ -13,7 +13,9 @@
    split; never its test split), then the held-out slice's perplexity (fixed masks) before and after.
 
     flock -x /tmp/cpu.lock .venv/bin/python benchmarks/bench_pretrain.py throughput --steps 10 --repeats 2
-    flock -x /tmp/cpu.lock .venv/bin/python benchmarks/bench_pretrain.py perplexity --steps 100 --max-documents 0
+    .venv/bin/python benchmarks/bench_pretrain.py perplexity --steps 2000 --max-documents 0 --lr 1e-4 \
+        --eval-every 250 --output-dir runs/pretrained-tweets
+    .venv/bin/bertfit train --quick --seeds 3 --model runs/pretrained-tweets --output-dir runs/sentiment-from-pretrained
 """
 
 from __future__ import annotations
@@ -46,15 +48,21 @@ def corpus_files(work: Path, data: Path) -> list[str]:
     return sorted(str(p) for p in (data / "unlabelled").glob("*.txt")) + [str(tweets_corpus(work / "tweets_train_val.txt"))]
 
 
-def run_bertfit(files: list[str], steps: int, work: Path, max_documents: int | None, validation: float) -> dict:
+def run_bertfit(files: list[str], steps: int, work: Path, max_documents: int | None, validation: float, *,
+                lr: float = LR, eval_every: int = 0, output_dir: str | None = None) -> dict:
     from bertfit.pretraining.job import PretrainSettings, pretrain
     from bertfit.train_config import TrainConfig
 
-    config = TrainConfig(model="minilm-l6", output_dir=str(work / "bertfit-run"), max_length=MAX_LENGTH, max_steps=steps,
-                         batch_size=BATCH, lr=LR, log_every=max(1, steps), save_every=10**6, eval_every=0)
+    # save_every: a long perplexity run can be resumed (`bertfit pretrain --resume DIR`) if it is killed.
+    config = TrainConfig(model="minilm-l6", output_dir=output_dir or str(work / "bertfit-run"), max_length=MAX_LENGTH,
+                         max_steps=steps, batch_size=BATCH, lr=lr, log_every=min(50, max(1, steps)),
+                         save_every=200 if output_dir else 10**6, eval_every=eval_every)
     settings = PretrainSettings(corpus=tuple(files), nsp=False, validation_fraction=validation, max_documents=max_documents)
     result = pretrain(config, settings, overwrite=True)
-    return {"metrics": result.metrics, "fills": result.fills, "wall_s": result.wall_time_s}
+    records = [json.loads(line) for line in open(result.run_dir / "metrics.jsonl", encoding="utf-8") if line.strip()]
+    curve = [{"step": r["step"], **{k: r[k] for k in ("loss", "perplexity", "mlm_accuracy") if k in r}}
+             for r in records if r.get("kind") == "eval" and r.get("split") == "validation"]
+    return {"metrics": result.metrics, "fills": result.fills, "wall_s": result.wall_time_s, "curve": curve}
 
 
 def throughput_bertfit(files: list[str], steps: int, max_documents: int) -> dict:
@@ -113,6 +121,9 @@ def main() -> None:
     parser.add_argument("--contender", choices=("bertfit", "transformers"))
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument("--eval-every", type=int, default=0, help="perplexity: held-out evaluations every N steps (a curve)")
+    parser.add_argument("--output-dir", default=None, help="perplexity: keep the run here (a base for `bertfit train --model`)")
     args = parser.parse_args()
     import logging
 
@@ -148,13 +159,15 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=2))
     else:
-        result = run_bertfit(files, args.steps, work, args.max_documents or None, validation=0.05)
+        result = run_bertfit(files, args.steps, work, args.max_documents or None, validation=0.05, lr=args.lr,
+                             eval_every=args.eval_every, output_dir=args.output_dir)
         before, after = result["metrics"].get("before", {}), result["metrics"].get("validation", {})
         print(json.dumps({"before": before, "after": after, "wall_s": result["wall_s"]}, indent=2))
         print(f"held-out perplexity {before.get('perplexity'):.2f} -> {after.get('perplexity'):.2f}; masked-token accuracy "
               f"{before.get('mlm_accuracy'):.4f} -> {after.get('mlm_accuracy'):.4f}")
         if args.out:
-            Path(args.out).write_text(json.dumps(result["metrics"], indent=2))
+            Path(args.out).write_text(json.dumps({**result["metrics"], "curve": result["curve"], "wall_s": result["wall_s"],
+                                                  "steps": args.steps, "lr": args.lr, "batch": BATCH}, indent=2))
 
 
 if __name__ == "__main__":
