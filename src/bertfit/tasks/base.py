@@ -61,6 +61,8 @@ class Task(ABC):
     trained_as: ClassVar[str] = "fine-tuned"
     row_noun: ClassVar[str] = "examples"
     reports_mistakes: ClassVar[bool] = True
+    # The most-confident-mistakes table's titles for the gold value, the prediction, the text and the pair.
+    mistake_columns: ClassVar[tuple[str, str, str, str]] = ("true", "predicted", "text", "text pair")
     # The fields of one prediction input besides a plain text (NER: "tokens"; QA: "question", "context"):
     # `predict --file` reads these columns, and the server takes {field: ...} for one input or
     # {"inputs": [{field: ...}, ...]}. None here: texts (and pairs) only.

@@ -25,3 +25,9 @@ DECLARED: dict[str, tuple[Setting, ...]] = {
 TRAIN_TASKS: tuple[str, ...] = ("single-label", "multi-label", "regression", "ner", "qa")
 # The settings a training run takes (TrainConfig keys), by name: one declaration each.
 TRAIN_SETTINGS: dict[str, Setting] = {name: setting for name, (setting, _) in by_name(DECLARED, "train").items()}
+
+
+def other_tasks_settings(task: str) -> frozenset[str]:
+    """The training settings only other tasks read: a run of ``task`` saves them (train_config.json has
+    every setting, so a config file is complete) but its report does not show them."""
+    return frozenset(name for name, (_, tasks) in by_name(DECLARED, "train").items() if task not in tasks)

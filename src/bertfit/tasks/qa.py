@@ -55,6 +55,8 @@ class QuestionAnswering(Task):
     default_metric = "f1"
     headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "exact_match", "f1")
     mistake_score = "score"
+    mistake_columns: ClassVar[tuple[str, str, str, str]] = ("gold answers", "predicted answer", "question", "context")
+    row_noun: ClassVar[str] = "questions"
     default_max_length: ClassVar[int] = QA_MAX_LENGTH
     input_columns: ClassVar[tuple[str, ...]] = ("question", "context")  # predict --file reads these
     input_options: ClassVar[tuple[str, ...]] = ("top_k",)
@@ -227,6 +229,12 @@ class QuestionAnswering(Task):
         for alt in record.get("top_k", [])[1:]:
             line += f"\n  or: {alt['answer']}  (p {alt['probability']:.3f}, characters {alt['start']}-{alt['end']})"
         return line
+
+    def objective(self) -> str:
+        """For the report's first sentence (not "for 2 labels (start, end)": the labels are span ends)."""
+        if self.version.startswith("2"):
+            return "for extractive question answering (SQuAD v2.0: an answer span of the passage, or no answer)"
+        return "for extractive question answering (SQuAD v1.1: an answer span of the passage)"
 
     def sample_inputs(self) -> list[Any]:
         return [{"question": "warm-up?", "context": "a warm-up passage"}]
