@@ -4,6 +4,7 @@ library entry point, and the run predicts (Python, CLI), loads in transformers, 
 from __future__ import annotations
 
 import json
+import re
 import os
 import random
 import subprocess
@@ -118,6 +119,15 @@ def test_cli_predict_question_and_context(qa_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["answer"] == "great coffee" and context[record["start"]:record["end"]] == "great coffee"
+    # The terminal form with --top-k: the answer, then the next ones, each with score, p and characters.
+    proc = subprocess.run([sys.executable, "-m", "bertfit", "-q", "predict", str(out), "--question", "the good",
+                           "--context-file", str(tmp_path / "ctx.txt"), "--top-k", "2", "--engine", "pytorch"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.strip().splitlines()[-2:]
+    start = context.index("great coffee")
+    assert re.fullmatch(rf"great coffee  \(score 0\.\d{{3}}, p 0\.\d{{3}}, characters {start}-{start + 12}\)", first), first
+    assert re.fullmatch(r"  or: .+  \(score 0\.\d{3}, p 0\.\d{3}, characters \d+-\d+\)", second), second
     # Files in and out: JSON lines with question and context.
     rows = tmp_path / "in.jsonl"
     rows.write_text(json.dumps({"question": "the bad", "context": "the day a terrible car"}) + "\n", encoding="utf-8")

@@ -225,10 +225,14 @@ class QuestionAnswering(Task):
         """One record on the terminal: the answer, its score and where it is in the context."""
         if record.get("no_answer"):
             return f"(no answer)  score {record['score']:.3f}"
-        line = f"{record['answer']}  (score {record['score']:.3f}, characters {record['start']}-{record['end']})"
-        for alt in record.get("top_k", [])[1:]:
-            line += f"\n  or: {alt['answer']}  (p {alt['probability']:.3f}, characters {alt['start']}-{alt['end']})"
-        return line
+        # With --top-k every line has both figures: the pipeline's score and the share among the listed answers.
+        ranked = record.get("top_k") or [record]
+
+        def where(r: Mapping[str, Any]) -> str:
+            p = f", p {r['probability']:.3f}" if "probability" in r else ""
+            return f"(score {r['score']:.3f}{p}, characters {r['start']}-{r['end']})"
+
+        return "\n".join([f"{record['answer']}  {where(ranked[0])}"] + [f"  or: {r['answer']}  {where(r)}" for r in ranked[1:]])
 
     def objective(self) -> str:
         """For the report's first sentence (not "for 2 labels (start, end)": the labels are span ends)."""
