@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 
 CONTENDERS = ("bertfit", "transformers")
-BATCH, LR, WARMUP, WEIGHT_DECAY, MAX_LENGTH, STRIDE, SEED = 16, 1e-4, 0.1, 0.01, 384, 128, 0
+BATCH, LR, WARMUP, WEIGHT_DECAY, MAX_LENGTH, STRIDE = 16, 1e-4, 0.1, 0.01, 384, 128
+SUBSET_SEED = 0  # the train/dev subsets: the same questions whatever --seed trains with
+SEED = 0  # the training seed (--seed; set in the main process and passed to the children)
 
 
 def prepare(data: Path, work: Path, n_train: int, n_dev: int) -> dict[str, str]:
@@ -44,7 +46,7 @@ def prepare(data: Path, work: Path, n_train: int, n_dev: int) -> dict[str, str]:
     out = {}
     for split, name, n in (("train", "train-v1.1.json.gz", n_train), ("dev", "dev-v1.1.json.gz", n_dev)):
         examples, _ = read_qa(data / name)
-        chosen = sorted(random.Random(SEED).sample(range(len(examples)), n))
+        chosen = sorted(random.Random(SUBSET_SEED).sample(range(len(examples)), n))
         path = work / f"squad-{split}-{n}.jsonl"
         with open(path, "w", encoding="utf-8") as f:
             for i in chosen:
@@ -214,9 +216,79 @@ def run_pipeline(files: dict[str, str], run: str) -> dict:
     return {"predict_questions_per_s": len(rows) / seconds, "dev": score(answers, rows)}
 
 
+def predict_bertfit(files: dict[str, str], run: str, int8: bool) -> dict:
+    """bertfit's predictor (the default CPU engine, ONNX Runtime; int8: its --int8) on the dev questions:
+    questions/s, answers, and the linear-layer FLOPs of the windows it ran (for the share of the peak)."""
+    from bertfit.predict import TextClassifier
+
+    rows = _rows(files["dev"])
+    items = [{"question": r["question"], "context": r["context"]} for r in rows]
+    predictor = TextClassifier.load(run, int8=int8)
+    predictor.records(items[:4])  # warm-up (the export is cached before this)
+    started = time.perf_counter()
+    records = predictor.records(items)
+    seconds = time.perf_counter() - started
+    return {"predict_questions_per_s": len(rows) / seconds, "seconds": seconds, "engine": predictor.engine,
+            "int8": int8, "dev": score([r["answer"] for r in records], rows)}
+
+
+def window_tokens(files: dict[str, str]) -> int:
+    """Tokens in the dev questions' windows (max_length 384, stride 128: bertfit's and the pipeline's)."""
+    from transformers import AutoTokenizer
+
+    from bertfit.checkpoints import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    rows = _rows(files["dev"])
+    enc = tok([r["question"].lstrip() for r in rows], [r["context"] for r in rows], truncation="only_second",
+              max_length=MAX_LENGTH, stride=STRIDE, return_overflowing_tokens=True)
+    return sum(len(ids) for ids in enc["input_ids"])
+
+
+def predict_only(args) -> None:
+    """Prediction alone on a trained run: bertfit fp32, bertfit int8 and pipeline("question-answering"),
+    each in a fresh process, interleaved, --repeats times; questions/s, EM/F1, and each one's linear-layer
+    GFLOP/s as a share of this core's fp32 matmul peak (measured here, one thread)."""
+    work = Path(tempfile.mkdtemp(prefix="bench-qa-predict-"))
+    files = prepare(Path(args.data), work, args.train, args.dev)
+    tokens = window_tokens(files)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_speed import matmul_peak_gflops
+
+    import torch
+
+    from bertfit.checkpoints import resolve_model
+
+    config = json.loads((resolve_model(args.predict_only) / "config.json").read_text())
+    hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    gflop = tokens * layers * 2 * (4 * hidden * hidden + 2 * hidden * inter) / 1e9  # dense layers, every token
+    peak = matmul_peak_gflops("cpu")
+    order = [("bertfit", False), ("bertfit", True), ("pipeline", False)]
+    results: dict[str, list] = {}
+    for repeat in range(args.repeats):
+        for impl, int8 in order if repeat % 2 == 0 else order[::-1]:
+            name = impl + (" int8" if int8 else "")
+            result = _child(impl if impl == "pipeline" else "predict", files, 0, work, run=args.predict_only,
+                            path=args.transformers4 if impl == "pipeline" else None, int8=int8)
+            result["gflop_per_s"] = gflop * result["predict_questions_per_s"] / len(_rows(files["dev"]))
+            results.setdefault(name, []).append(result)
+            print(name, json.dumps(result), flush=True)
+    mean = {name: sum(r["predict_questions_per_s"] for r in rs) / len(rs) for name, rs in results.items()}
+    summary = {"dev_questions": args.dev, "window_tokens": tokens, "dense_gflop": gflop, "matmul_peak_gflop_per_s": peak,
+               "threads": torch.get_num_threads(), "questions_per_s": mean,
+               "share_of_peak": {name: gflop * q / args.dev / peak for name, q in mean.items()},
+               "ratio_vs_pipeline": {name: q / mean["pipeline"] for name, q in mean.items() if name != "pipeline"},
+               "dev_em_f1": {name: [rs[0]["dev"]["exact_match"], rs[0]["dev"]["f1"]] for name, rs in results.items()}}
+    Path(args.out).write_text(json.dumps({"machine": {"cpu": _cpu_model()}, "summary": summary, "results": results},
+                                         indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
 def child(args) -> None:
     files = json.loads(args.files)
-    if args.impl == "pipeline":
+    if args.impl == "predict":
+        result = predict_bertfit(files, args.run, args.int8)
+    elif args.impl == "pipeline":
         result = run_pipeline(files, args.run)
     else:
         work = Path(args.work)
@@ -224,9 +296,10 @@ def child(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _child(impl: str, files: dict, steps: int, work: Path, run: str | None = None, path: str | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--impl", impl, "--steps", str(steps), "--files", json.dumps(files),
-           "--work", str(work), *(["--run", run] if run else [])]
+def _child(impl: str, files: dict, steps: int, work: Path, run: str | None = None, path: str | None = None,
+           int8: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--seed", str(SEED), "--impl", impl, "--steps", str(steps), "--files", json.dumps(files),
+           "--work", str(work), *(["--run", run] if run else []), *(["--int8"] if int8 else [])]
     env = dict(os.environ)
     if path:  # a transformers 4.x installed with pip --target (5.x removed the question-answering pipeline)
         env["PYTHONPATH"] = os.pathsep.join([path, env.get("PYTHONPATH", "")])
@@ -246,6 +319,12 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=300, help="dev questions (a seeded subset)")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps (default: one epoch of the windows)")
     parser.add_argument("--out", default="benchmarks/qa_results.json")
+    parser.add_argument("--seed", type=int, default=0, help="the training seed of both contenders (the subsets stay fixed)")
+    parser.add_argument("--no-pipeline", action="store_true", help="quality only: skip the pipeline's prediction timing")
+    parser.add_argument("--predict-only", metavar="RUN", help="prediction alone on a trained QA run: bertfit fp32 and "
+                        "int8 vs the pipeline, interleaved (--repeats), with each one's share of the matmul peak")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--int8", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--transformers4", help="a folder holding transformers 4.x for the pipeline, made with: pip "
                         "install --target DIR --no-deps transformers==4.57.1 huggingface_hub==0.36.0 tokenizers==0.22.1 "
                         "requests urllib3 idna certifi charset_normalizer")
@@ -255,8 +334,13 @@ def main() -> None:
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global SEED
+    SEED = args.seed
     if args.child:
         child(args)
+        return
+    if args.predict_only:
+        predict_only(args)
         return
     work = Path(tempfile.mkdtemp(prefix="bench-qa-"))
     files = prepare(Path(args.data), work, args.train, args.dev)
@@ -276,14 +360,17 @@ def main() -> None:
         results.append(_child(impl, files, steps, work / impl))
         print(json.dumps(results[-1]), flush=True)
     bertfit = results[0]
-    results.append(_child("pipeline", files, steps, work, run=bertfit["run"], path=args.transformers4))
-    print(json.dumps(results[-1]), flush=True)
+    if not args.no_pipeline:
+        results.append(_child("pipeline", files, steps, work, run=bertfit["run"], path=args.transformers4))
+        print(json.dumps(results[-1]), flush=True)
     machine = {"cpu": _cpu_model(), "threads": os.cpu_count()}
     summary = {
         "train_questions": args.train, "dev_questions": args.dev, "steps": steps, "batch": BATCH, "lr": LR,
+        "seed": SEED, "dev_em_f1": {r["impl"]: [r["dev"]["exact_match"], r["dev"]["f1"]] for r in results[:2]},
         "training_throughput_ratio": bertfit["tokens_per_s"] / results[1]["tokens_per_s"],
-        "prediction_ratio": bertfit["predict_questions_per_s"] / results[2]["predict_questions_per_s"],
     }
+    if not args.no_pipeline:
+        summary["prediction_ratio"] = bertfit["predict_questions_per_s"] / results[2]["predict_questions_per_s"]
     Path(args.out).write_text(json.dumps({"machine": machine, "summary": summary, "results": results}, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
