@@ -220,5 +220,5 @@ def _predict_file(classifier, args: argparse.Namespace) -> int:
     if written[0] != extra_columns[0]:
         print(f"the file has its own {extra_columns[0]!r} column (kept): predictions are in {written[0]!r}",
               file=sys.stderr)
-    print(f"labelled {len(predictions)} rows -> {output}")
+    print(f"predictions for {len(predictions)} rows -> {output}")
     return 0
