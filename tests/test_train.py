@@ -147,6 +147,9 @@ def test_early_stopping_counts_evaluations_exactly(tmp_path, tiny_model_dir, syn
     assert [bool(r.get("early_stop")) for r in evals] == [False] * stop + [True]
     assert result.train.state.stopped_early
     assert result.train.state.step == evals[-1]["step"] == 3 * len(evals)  # no training step after the stop
+    # Each evaluation's epoch is counted as the train records count it (mid-epoch: a fraction, not the floor).
+    per_epoch = result.train.history[0]["steps_per_epoch"]
+    assert [r["epoch"] for r in evals] == [round(r["step"] / per_epoch, 4) for r in evals]
     assert max(r["step"] for r in result.train.history if r["kind"] == "train") == evals[-1]["step"]
     best = [r["step"] for r in evals if r.get("best")][-1]
     assert result.train.state.best_step == best and len(evals) - 1 - evals.index(

@@ -501,7 +501,9 @@ class Trainer:
             f"gathering the validation outputs of step {st.step}")
         logits = self.task.gather(self.validation, raw)  # per example (windows stitched, spans decoded)
         metrics = self.task.evaluate(logits, self.validation.gold)
-        record = {"kind": "eval", "split": "validation", "step": st.step, "epoch": round(st.epoch + 0.0, 4),
+        # The epoch as the train records count it (an evaluation every N steps falls mid-epoch: 0.125, not 0).
+        epoch = self._epoch_progress(len(self._epoch_order(st.epoch))) if st.batch_in_epoch else round(st.epoch + 0.0, 4)
+        record = {"kind": "eval", "split": "validation", "step": st.step, "epoch": epoch,
                   **{k: metrics[k] for k in self.task.headline_metrics}}
         for warning in self.task.warnings(logits):
             msg = f"step {st.step}: {warning}"
