@@ -263,7 +263,7 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
 
 # The TrainConfig settings a pretraining run reads (the model, the optimiser, evaluation, the run), by
 # name: the report shows these and no labelled-data or classifier setting (a new task's declared
-# settings stay out without an edit here). tests/test_pretraining_job.py checks each is a TrainConfig field.
+# settings stay out without an edit here). tests/test_pretraining_train.py checks each is a TrainConfig field.
 PRETRAINING_READS = ("model", "max_length", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay",
                      "warmup_ratio", "max_grad_norm", "adam_betas", "adam_eps", "eval_every", "eval_each_epoch", "metric",
                      "patience", "eval_batch_tokens", "output_dir", "seed", "log_every", "save_every", "keep_checkpoints",
