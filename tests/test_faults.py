@@ -30,6 +30,7 @@ from bertfit.job import fine_tune
 from bertfit.runs import CHECKPOINT_FILES, RunDir, sha256_file
 from bertfit.train import Trainer, TrainingError
 from bertfit.train_config import TrainConfig
+from conftest import BF16_EPS
 
 # ---------------------------------------------------------------------------------------------
 # Shared: a validator like the one a resume uses, and the corruption catalogue
@@ -656,7 +657,9 @@ def oom_above(monkeypatch, limit: int, training: bool = True) -> None:
 
 
 def test_out_of_memory_backs_off_to_smaller_micro_batches(no_dropout_model_dir, synthetic_csv, tmp_path, monkeypatch):
-    config = small_config(no_dropout_model_dir, synthetic_csv, tmp_path / "plain", lr=1e-4, classifier_dropout=0.0)
+    # fp32: the same gradient summed in another order agrees to 1e-6 only without bf16's 2^-8 roundings
+    config = small_config(no_dropout_model_dir, synthetic_csv, tmp_path / "plain", lr=1e-4, classifier_dropout=0.0,
+                          bf16=False)
     plain = fine_tune(config)
     oom_above(monkeypatch, 8)
     backed_off = fine_tune(config.replace(output_dir=str(tmp_path / "oom")))
@@ -677,12 +680,35 @@ def test_out_of_memory_backs_off_to_smaller_micro_batches(no_dropout_model_dir, 
     assert json.loads((RunDir(backed_off.run_dir).checkpoint_path(STEPS) / "state.json").read_text())["micro_splits"] == 2
 
 
+def test_out_of_memory_back_off_in_bf16_takes_the_same_steps(no_dropout_model_dir, synthetic_csv, tmp_path,
+                                                             monkeypatch):
+    """The back-off under bf16 autocast (emulated where the CPU lacks the instructions): micro-batches
+    of 8 round other matmul shapes than 16, so each step's loss is held to 4 bf16 roundings of itself
+    (4 · 2^-8), and the weights' mean difference to 1/100 of how far training moved them."""
+    config = small_config(no_dropout_model_dir, synthetic_csv, tmp_path / "plain", lr=1e-4, classifier_dropout=0.0,
+                          bf16=True)
+    plain = fine_tune(config)
+    oom_above(monkeypatch, 8)
+    backed_off = fine_tune(config.replace(output_dir=str(tmp_path / "oom")))
+    assert backed_off.train.state.micro_splits == 2 and backed_off.train.state.step == STEPS
+    assert json.loads((backed_off.run_dir / "precision.json").read_text())["bf16"] is True
+    losses = [(r["loss"], s["loss"]) for r, s in zip(plain.train.history, backed_off.train.history) if r["kind"] == "train"]
+    assert len(losses) == STEPS and all(abs(x - y) <= 4 * BF16_EPS * abs(x) for x, y in losses), losses
+    a = load_file(str(plain.run_dir / "model.safetensors"))
+    b = load_file(str(backed_off.run_dir / "model.safetensors"))
+    start = load_file(str(no_dropout_model_dir / "model.safetensors"))
+    shared = [k for k in start if k in a]
+    apart = sum(float((a[k] - b[k]).abs().mean()) for k in shared) / len(shared)
+    moved = sum(float((a[k] - start[k]).abs().mean()) for k in shared) / len(shared)
+    assert apart * 100 <= moved, (apart, moved)
+
+
 def test_out_of_memory_after_a_backward_restarts_the_step_cleanly(no_dropout_model_dir, synthetic_csv, tmp_path,
                                                                   monkeypatch):
     """Out of memory in the step's second batch, after the first one's backward has written gradients
     (the word embeddings' kept buffer included): the retry must start from zero gradients."""
     config = small_config(no_dropout_model_dir, synthetic_csv, tmp_path / "plain", lr=1e-4, classifier_dropout=0.0,
-                          batch_size=8, grad_accum=2)
+                          batch_size=8, grad_accum=2, bf16=False)  # fp32: compared to 1e-6
     plain = fine_tune(config)
     real = BertForSequenceClassification.forward
     calls = []

@@ -14,7 +14,7 @@ from bertfit.predict import TextClassifier
 from bertfit.tasks.classify import class_weight_vector
 from bertfit.train import linear_schedule, param_groups
 from bertfit.train_config import TrainConfig
-from conftest import synthetic_rows, write_csv
+from conftest import BF16_EPS, synthetic_rows, write_csv
 
 
 def tiny_config(tmp_path, model_dir, train_file, **overrides) -> TrainConfig:
@@ -78,7 +78,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, no_dropout_model_
     micro-batch matters: a loss averaged per micro-batch would weight its 6 examples like 8."""
     train = write_csv(tmp_path / "train.csv", unique_rows(30, seed=11))
     common = dict(validation_file=str(train), max_steps=6, eval_each_epoch=False, lr=1e-3, warmup_ratio=0.0,
-                  save_every=100)
+                  save_every=100, bf16=False)  # fp32: 1e-6 is fp32's summation-order noise, not bf16's
     runs = {(b, k): fine_tune(tiny_config(tmp_path / f"b{b}k{k}", no_dropout_model_dir, train, batch_size=b,
                                           grad_accum=k, **common))
             for b, k in ((32, 1), (16, 2), (8, 4))}
@@ -91,6 +91,32 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, no_dropout_model_
     untrained = fine_tune(tiny_config(tmp_path / "one-step", no_dropout_model_dir, train, batch_size=32,
                                       **{**common, "max_steps": 1}))
     assert max_weight_difference(one_batch, untrained) > 1e-3
+
+
+def test_gradient_accumulation_matches_one_big_batch_in_bf16(tmp_path, no_dropout_model_dir):
+    """The same property under bf16 autocast (emulated where the CPU lacks the instructions): 4
+    micro-batches of 8 and one batch of 30 round other matmul shapes, so each step's loss may differ
+    by a few bf16 roundings (held to 4 · 2^-8 of itself), and AdamW turns a rounding of a near-zero
+    gradient into a different update of up to lr, so the weights are compared on average: their mean
+    difference must be under 1/100 of how far training moved them."""
+    train = write_csv(tmp_path / "train.csv", unique_rows(30, seed=11))
+    common = dict(validation_file=str(train), max_steps=6, eval_each_epoch=False, lr=1e-3, warmup_ratio=0.0,
+                  save_every=100, bf16=True)
+    runs = {(b, k): fine_tune(tiny_config(tmp_path / f"b{b}k{k}", no_dropout_model_dir, train, batch_size=b,
+                                          grad_accum=k, **common))
+            for b, k in ((32, 1), (8, 4))}
+    one, split = runs[(32, 1)], runs[(8, 4)]
+    assert json.loads((one.run_dir / "precision.json").read_text())["bf16"] is True
+    losses = [[r["loss"] for r in run.train.history if r["kind"] == "train"] for run in (one, split)]
+    assert len(losses[0]) == len(losses[1]) == 6
+    for x, y in zip(*losses):
+        assert abs(x - y) <= 4 * BF16_EPS * abs(x), (x, y)
+    a, b = (load_file(str(r.run_dir / "model.safetensors")) for r in (one, split))
+    start = load_file(str(no_dropout_model_dir / "model.safetensors"))
+    shared = [k for k in start if k in a]
+    apart = sum(float((a[k] - b[k]).abs().mean()) for k in shared) / len(shared)
+    moved = sum(float((a[k] - start[k]).abs().mean()) for k in shared) / len(shared)
+    assert apart * 100 <= moved, (apart, moved)
 
 
 def test_sparse_word_embedding_gradient_gives_the_dense_results(tmp_path, tiny_model_dir, synthetic_csv, monkeypatch):
@@ -187,12 +213,18 @@ def test_class_weights():
         class_weight_vector([1, 2], ["a", "b", "c"], [0])
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("batch_size, grad_accum", [(24, 1), (8, 3)])
 def test_class_weights_give_the_hand_computed_weighted_loss_and_gradient(tmp_path, no_dropout_model_dir,
-                                                                       batch_size, grad_accum):
+                                                                       batch_size, grad_accum, bf16):
     """One optimizer step over 24 examples with class weights [1, 5] (whole, or as 3 accumulated
     micro-batches): the logged loss is sum(w_y · nll) / sum(w_y), computed here by hand, and the
-    gradient the optimizer receives is that loss's gradient, computed on a copy of the model."""
+    gradient the optimizer receives is that loss's gradient, computed on a copy of the model.
+
+    In fp32 to fp32 rounding (loss 1e-6, gradients rtol 1e-4). In bf16 (autocast, emulated where
+    the CPU lacks the instructions) the hand computation runs under the same autocast; micro-batches
+    of 8 round other matmul shapes than one batch of 24, so the loss is held to what a few bf16
+    roundings of the logits can move it, and each gradient to 2 · 2^-8 relative error in its norm."""
     import copy
 
     import torch.nn.functional as F
@@ -211,7 +243,8 @@ def test_class_weights_give_the_hand_computed_weighted_loss_and_gradient(tmp_pat
     model = load_classifier(no_dropout_model_dir, labels)
     reference = copy.deepcopy(model)
     config = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, max_steps=1, class_weights=[1.0, 5.0],
-                         max_grad_norm=0.0, log_every=1, max_length=32, output_dir=str(tmp_path / "run"))
+                         max_grad_norm=0.0, log_every=1, max_length=32, output_dir=str(tmp_path / "run"),
+                         bf16=bf16)
     run = RunDir(config.output_dir)
     run.create()
     split = EncodedSplit(tokenizer.encode(texts, max_length=32), y.tolist())
@@ -225,21 +258,31 @@ def test_class_weights_give_the_hand_computed_weighted_loss_and_gradient(tmp_pat
     result = trainer.train()
     assert result.state.step == 1
 
+    assert trainer.precision.bf16 is bf16
     batch = tokenizer(texts, max_length=32)
-    logits = reference.train()(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], fast=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = reference.train()(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], fast=False)
+    logits = logits.float()
     w = torch.tensor([1.0, 5.0])[y]
     nll = -torch.log_softmax(logits, dim=-1)[torch.arange(len(y)), y]
     weighted = (w * nll).sum() / w.sum()
     logged = next(r["loss"] for r in result.history if r["kind"] == "train")
-    assert logged == pytest.approx(weighted.item(), abs=1e-6)
-    assert abs(nll.mean().item() - weighted.item()) > 1e-3  # the unweighted loss would be told apart
+    # an nll moves by at most twice the largest change of a logit (its gradient's entries sum to 2 in
+    # magnitude), and a bf16 logit by a rounding of itself: two roundings' worth, twice over
+    loss_tolerance = 4 * BF16_EPS * float(logits.abs().max()) if bf16 else 1e-6
+    assert logged == pytest.approx(weighted.item(), abs=loss_tolerance)
+    assert abs(nll.mean().item() - weighted.item()) > 3 * loss_tolerance  # the unweighted loss would be told apart
     weighted.backward()
     names = ["classifier.weight", "classifier.bias", "bert.pooler.dense.weight"]
     names += [n for n, _ in reference.named_parameters() if n.startswith("bert.layers.0.")][:2]
     for name, p in reference.named_parameters():
         if name in names:
             assert name in seen, name
-            assert torch.allclose(seen[name], p.grad, rtol=1e-4, atol=1e-7), (name, (seen[name] - p.grad).abs().max())
+            if bf16:
+                error = float((seen[name] - p.grad).norm() / p.grad.norm())
+                assert error <= 2 * BF16_EPS, (name, error)
+            else:
+                assert torch.allclose(seen[name], p.grad, rtol=1e-4, atol=1e-7), (name, (seen[name] - p.grad).abs().max())
 
 
 def test_high_learning_rate_warns(tmp_path, tiny_model_dir, synthetic_csv, caplog):

@@ -18,6 +18,12 @@ bf16 autocast for training where the ISA has it *and* it measured ≥ ``BF16_MIN
 fastest fp32 kernel; fp32 dense layers through oneDNN where that measured ≥ ``ONEDNN_MIN_SPEEDUP``
 times MKL, else MKL (PyTorch's default). ``--bf16`` / ``--no-bf16`` (TrainConfig.bf16) override the
 bf16 part. A resumed run keeps the precision and kernel its checkpoint was written with.
+
+``BERTFIT_CPU_PRECISION`` replaces the automatic CPU choice (not an explicit ``--bf16``/``--no-bf16``)
+so one machine can act as another: ``bf16`` chooses bf16 autocast as an AVX512-BF16/AMX machine
+would (emulated, slower but numerically the same, where the instructions are missing), ``fp32``
+chooses fp32 through MKL as an AVX2-only machine would, ``fp32-onednn`` fp32 through oneDNN as an
+AVX-512 machine without bf16 may. The test suite sets it from ``pytest --cpu-precision``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ CACHE_FORMAT = 2
 # and never switches fp32 away from PyTorch's default: on the project's loaded 2-core machine one
 # such measurement showed oneDNN 1.4x MKL where a quiet one shows MKL ahead.
 QUIET_CPU_SHARE = 0.8
+# The environment variable that makes this machine choose as another processor would (see above).
+PRECISION_ENV = "BERTFIT_CPU_PRECISION"
+FORCED_CHOICES = {"bf16": (True, "mkl"), "fp32": (False, "mkl"), "fp32-onednn": (False, "onednn")}
 
 
 @dataclass(frozen=True)
@@ -214,7 +223,7 @@ def cache_path(key: str) -> Path:
 def cpu_selection(refresh: bool = False) -> Selection:
     """This machine's measured choice, from this process's memo, the cache, or measured now."""
     isa = read_isa()
-    key = cache_key(isa, torch.get_num_threads())
+    key = cache_key(isa, torch.get_num_threads()) + os.environ.get(PRECISION_ENV, "").strip().lower()
     if not refresh and key in _memo:
         return _memo[key]
     path = cache_path(key)
@@ -238,9 +247,24 @@ def cpu_selection(refresh: bool = False) -> Selection:
             os.replace(tmp, path)
         except OSError as exc:  # a read-only cache only costs the measurement again next time
             logger.debug("could not cache the CPU measurement in %s: %s", path, exc)
-    selection = Selection(isa, measurement, choose(isa, measurement), cached)
+    selection = Selection(isa, measurement, forced_choice() or choose(isa, measurement), cached)
     _memo[key] = selection
     return selection
+
+
+def forced_choice() -> Choice | None:
+    """The choice ``BERTFIT_CPU_PRECISION`` imposes, or None where it is unset or ``auto``."""
+    raw = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw not in FORCED_CHOICES:
+        from bertfit.errors import ConfigError
+
+        raise ConfigError(f"{PRECISION_ENV}={raw!r} is not a precision choice; use one of "
+                        f"{', '.join(['auto', *FORCED_CHOICES])}")
+    bf16, kernel = FORCED_CHOICES[raw]
+    return Choice(bf16, kernel, f"{PRECISION_ENV}={raw}: acting as a machine that chooses "
+                                f"{'bf16' if bf16 else 'fp32 through ' + kernel}")
 
 
 # -- what a training run uses --------------------------------------------------------------------
