@@ -14,9 +14,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from bertfit.baseline import split_fingerprint
-from bertfit.job import prepare_data
-from bertfit.train_config import TrainConfig
+from bertfit.train.baseline import split_fingerprint
+from bertfit.train.finetune import prepare_data
+from bertfit.train.config import TrainConfig
 
 
 def main() -> None:

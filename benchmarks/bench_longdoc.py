@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bertfit.job import fine_tune, prepare_data
-from bertfit.predict import TextClassifier
+from bertfit.train.finetune import fine_tune, prepare_data
+from bertfit.predict.predictor import TextClassifier
 from bertfit.tokenizer import WordPieceTokenizer
-from bertfit.checkpoints import resolve_model
-from bertfit.train_config import TrainConfig
+from bertfit.hub import resolve_model
+from bertfit.train.config import TrainConfig
 
 UNLABELLED = "/work/shared/data/unlabelled"  # ../shared/data/unlabelled of the project checkout
 STRATEGIES = {

@@ -48,8 +48,8 @@ def limited_test(path: str, work: Path) -> str:
 
 
 def run_bertfit(name: str, files: dict, seed: int, work: Path, predict: bool) -> dict:
-    from bertfit.job import fine_tune
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.config import TrainConfig
 
     run_dir = work / "run"
     config = TrainConfig(train_file=files["train"], test_file=limited_test(files["test"], work), problem_type="ner",
@@ -74,7 +74,7 @@ def compare_prediction(run_dir: Path, test_file: str) -> dict:
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     import bertfit
-    from bertfit.tasks.ner_data import read_ner_file
+    from bertfit.tasks.ner.data import read_ner_file
 
     transformers.logging.set_verbosity_error()
     sentences, _ = read_ner_file(test_file)  # the limited copy: its first PREDICT_TEXTS sentences
@@ -106,8 +106,8 @@ def run_transformers(name: str, files: dict, seed: int, work: Path, predict: boo
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification)
     from hf_trainer import train_with_trainer
 
-    from bertfit.checkpoints import resolve_model
-    from bertfit.tasks.ner_data import read_ner_file
+    from bertfit.hub import resolve_model
+    from bertfit.tasks.ner.data import read_ner_file
 
     transformers.logging.set_verbosity_error()
     model_dir = resolve_model("minilm-l6")

@@ -34,8 +34,8 @@ BATCH, LR, MAX_LENGTH = 16, 5e-5, 128
 
 def tweets_corpus(out: Path) -> Path:
     """The bundled tweets' training + validation texts (bertfit's default seeded split), one per line."""
-    from bertfit.job import prepare_data
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import prepare_data
+    from bertfit.train.config import TrainConfig
 
     prepared = prepare_data(TrainConfig())
     with open(out, "w", encoding="utf-8") as f:
@@ -50,8 +50,8 @@ def corpus_files(work: Path, data: Path) -> list[str]:
 
 def run_bertfit(files: list[str], steps: int, work: Path, max_documents: int | None, validation: float, *,
                 lr: float = LR, eval_every: int = 0, output_dir: str | None = None) -> dict:
-    from bertfit.pretraining.job import PretrainSettings, pretrain
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.pretrain import PretrainSettings, pretrain
+    from bertfit.train.config import TrainConfig
 
     # save_every: a long perplexity run can be resumed (`bertfit pretrain --resume DIR`) if it is killed.
     config = TrainConfig(model="minilm-l6", output_dir=output_dir or str(work / "bertfit-run"), max_length=MAX_LENGTH,
@@ -66,7 +66,7 @@ def run_bertfit(files: list[str], steps: int, work: Path, max_documents: int | N
 
 
 def throughput_bertfit(files: list[str], steps: int, max_documents: int) -> dict:
-    from bertfit.train import Trainer
+    from bertfit.train.loop import Trainer
 
     seen = {}
     original = Trainer.train
@@ -87,8 +87,8 @@ def throughput_transformers(files: list[str], steps: int, max_documents: int) ->
     import torch
     import transformers
 
-    from bertfit.checkpoints import resolve_model
-    from bertfit.pretraining.prepare import prepare_corpus
+    from bertfit.hub import resolve_model
+    from bertfit.tasks.pretrain.prepare import prepare_corpus
     from bertfit.tokenizer import WordPieceTokenizer
 
     directory = resolve_model("minilm-l6")

@@ -3,7 +3,7 @@
 Same model (minilm-l6), same training subset of SQuAD v1.1 train, same steps, batch size, learning
 rate, warmup, weight decay, seed and windowing (max_length 384, doc_stride 128), for both. Each
 contender trains in a fresh process (contenders alternate), then answers the same subset of SQuAD
-v1.1 dev; EM/F1 are computed by one scorer (bertfit.tasks.squad_metric, equal to the official v1.1
+v1.1 dev; EM/F1 are computed by one scorer (bertfit.tasks.qa.squad_metric, equal to the official v1.1
 script on its tests) for both. Training throughput counts real (non-padding) tokens per second of
 training time. Prediction: bertfit's Python predictor vs transformers' pipeline("question-answering")
 on the same dev questions with the same trained weights (bertfit's run directory), questions/s.
@@ -41,7 +41,7 @@ SEED = 0  # the training seed (--seed; set in the main process and passed to the
 
 def prepare(data: Path, work: Path, n_train: int, n_dev: int) -> dict[str, str]:
     """Seeded subsets of train and dev as SQuAD-style JSON lines (the flattened form both read)."""
-    from bertfit.tasks.qa_data import read_qa
+    from bertfit.tasks.qa.data import read_qa
 
     out = {}
     for split, name, n in (("train", "train-v1.1.json.gz", n_train), ("dev", "dev-v1.1.json.gz", n_dev)):
@@ -63,7 +63,7 @@ def _rows(path: str) -> list[dict]:
 
 
 def score(predictions: list[str], rows: list[dict]) -> dict:
-    from bertfit.tasks.squad_metric import squad_scores
+    from bertfit.tasks.qa.squad_metric import squad_scores
 
     m = squad_scores(predictions, [r["answers"]["text"] for r in rows])
     return {"exact_match": m["exact_match"], "f1": m["f1"], "n": m["n"]}
@@ -72,8 +72,8 @@ def score(predictions: list[str], rows: list[dict]) -> dict:
 # --- bertfit ---------------------------------------------------------------------------------
 
 def run_bertfit(files: dict[str, str], steps: int, work: Path) -> dict:
-    from bertfit.job import fine_tune
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.config import TrainConfig
 
     config = TrainConfig(train_file=files["train"], validation_file=files["dev"], problem_type="qa", model="minilm-l6",
                          max_steps=steps, batch_size=BATCH, lr=LR, warmup_ratio=WARMUP, weight_decay=WEIGHT_DECAY,
@@ -82,7 +82,7 @@ def run_bertfit(files: dict[str, str], steps: int, work: Path) -> dict:
     result = fine_tune(config)
     state = result.train.state
     rows = _rows(files["dev"])
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     # What `bertfit predict` runs by default on a CPU (ONNX Runtime when installed; exported once, untimed).
     predictor = TextClassifier.load(str(work / "run"))
@@ -172,7 +172,7 @@ def run_transformers(files: dict[str, str], steps: int, work: Path) -> dict:
     from transformers import (AutoModelForQuestionAnswering, AutoTokenizer, default_data_collator)
     from hf_trainer import train_with_trainer
 
-    from bertfit.checkpoints import resolve_model
+    from bertfit.hub import resolve_model
 
     transformers.logging.set_verbosity_error()
     model_dir = resolve_model("minilm-l6")
@@ -219,7 +219,7 @@ def run_pipeline(files: dict[str, str], run: str) -> dict:
 def predict_bertfit(files: dict[str, str], run: str, int8: bool) -> dict:
     """bertfit's predictor (the default CPU engine, ONNX Runtime; int8: its --int8) on the dev questions:
     questions/s, answers, and the linear-layer FLOPs of the windows it ran (for the share of the peak)."""
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     rows = _rows(files["dev"])
     items = [{"question": r["question"], "context": r["context"]} for r in rows]
@@ -236,7 +236,7 @@ def window_tokens(files: dict[str, str]) -> int:
     """Tokens in the dev questions' windows (max_length 384, stride 128: bertfit's and the pipeline's)."""
     from transformers import AutoTokenizer
 
-    from bertfit.checkpoints import resolve_model
+    from bertfit.hub import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
     rows = _rows(files["dev"])
@@ -257,7 +257,7 @@ def predict_only(args) -> None:
 
     import torch
 
-    from bertfit.checkpoints import resolve_model
+    from bertfit.hub import resolve_model
 
     config = json.loads((resolve_model(args.predict_only) / "config.json").read_text())
     hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
@@ -348,7 +348,7 @@ def main() -> None:
     if not steps:  # one epoch of the training windows (same count for both: same tokenizer and windowing)
         from transformers import AutoTokenizer
 
-        from bertfit.checkpoints import resolve_model
+        from bertfit.hub import resolve_model
 
         tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
         rows = _rows(files["train"])

@@ -156,9 +156,9 @@ def precision_peak(device: str, bf16: bool) -> float:
 
 def prepare(args):
     """The data exactly as `bertfit train` splits it, and the model directory."""
-    from bertfit.checkpoints import resolve_model
-    from bertfit.job import prepare_data
-    from bertfit.train_config import TrainConfig
+    from bertfit.hub import resolve_model
+    from bertfit.train.finetune import prepare_data
+    from bertfit.train.config import TrainConfig
 
     data = prepare_data(TrainConfig(seed=0))
     if args.train_examples:
@@ -177,12 +177,12 @@ def setup_threads(args) -> None:
 def train_bertfit(args) -> dict:
     import torch
 
-    from bertfit.checkpoints import load_classifier, save_classifier
-    from bertfit.job import encode
-    from bertfit.runs import RunDir
+    from bertfit.weights import load_classifier, save_classifier
+    from bertfit.train.finetune import encode
+    from bertfit.train.run_dir import RunDir
     from bertfit.tokenizer import WordPieceTokenizer
-    from bertfit.train import Trainer, predict_logits, seed_everything
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.loop import Trainer, predict_logits, seed_everything
+    from bertfit.train.config import TrainConfig
 
     data, model_dir = prepare(args)
     config = TrainConfig(max_steps=args.steps, batch_size=32, lr=args.lr, warmup_ratio=0.1, weight_decay=0.01,
@@ -192,8 +192,8 @@ def train_bertfit(args) -> dict:
                          bf16=False if args.impl == "bertfit-fp32" else (True if args.device == "cuda" else None),
                          compile=args.compile)
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
-    train = encode(tokenizer, data.train, data.labels, config.max_length)
-    validation = encode(tokenizer, data.validation, data.labels, config.max_length)
+    train = encode(tokenizer, data.train, data.task, config.max_length)
+    validation = encode(tokenizer, data.validation, data.task, config.max_length)
     device = torch.device(args.device)
     seed_everything(0)
     model = load_classifier(model_dir, data.labels)
@@ -305,7 +305,7 @@ def predictor(args):
 
     model_dir = args.model_dir
     if args.impl.startswith("bertfit"):
-        from bertfit.predict import TextClassifier
+        from bertfit.predict.predictor import TextClassifier
 
         # bertfit is the default (`bertfit predict RUN`): on the CPU, ONNX Runtime fp32; bertfit-int8 is
         # `--int8`, ONNX Runtime int8 -- both exported into the cache before any timed process. The
@@ -486,7 +486,7 @@ def parent(args) -> None:
             impls = [i for i in impls if "int8" not in i and i != "bertfit-pytorch"]
         if onnx and args.device != "cuda":  # export the graphs into the cache now, not inside a timed process
             os.environ["BERTFIT_CACHE"] = str(work / "cache")
-            from bertfit.export import cached_export
+            from bertfit.predict.export import cached_export
 
             cached_export(model_dir)
             cached_export(model_dir, int8=True)

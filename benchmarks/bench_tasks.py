@@ -67,8 +67,8 @@ def prepare(data: Path, work: Path) -> dict[str, dict[str, Path]]:
 # --- children ----------------------------------------------------------------------------
 
 def run_bertfit(task: str, files: dict[str, str], seed: int, work: Path) -> dict:
-    from bertfit.job import fine_tune
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.config import TrainConfig
 
     problem, steps, max_length = TASKS[task]
     config = TrainConfig(train_file=files["train"], validation_file=files["dev"], test_file=files["test"],
@@ -101,7 +101,7 @@ def run_transformers(task: str, files: dict[str, str], seed: int, work: Path) ->
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding)
     from hf_trainer import train_with_trainer
 
-    from bertfit.checkpoints import resolve_model
+    from bertfit.hub import resolve_model
     from bertfit.tasks.multilabel import multilabel_metrics
     from bertfit.tasks.regression import regression_metrics
 

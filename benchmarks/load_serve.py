@@ -61,7 +61,8 @@ def load_texts(n: int, seed: int) -> list[str]:
 
 
 def build_run(directory: Path) -> Path:
-    from bertfit.checkpoints import load_classifier, resolve_model, save_classifier
+    from bertfit.weights import load_classifier, save_classifier
+    from bertfit.hub import resolve_model
     from bertfit.tokenizer import WordPieceTokenizer
 
     src = resolve_model("minilm-l6")

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from bertfit.runs import CRASH_POINTS, RunDir  # noqa: E402
-from bertfit.train_config import TrainConfig  # noqa: E402
+from bertfit.train.run_dir import CRASH_POINTS, RunDir  # noqa: E402
+from bertfit.train.config import TrainConfig  # noqa: E402
 from conftest import build_tiny_model_dir, synthetic_rows, write_csv  # noqa: E402
 from test_faults import checkpoint_validator, corrupt, corruption_kinds, detects  # noqa: E402
 
@@ -202,7 +202,7 @@ def main() -> int:
     shutil.copytree(newest, pristine)
     kinds = corruption_kinds()
     detected, by_kind, missed = 0, Counter(), []
-    logging.getLogger("bertfit.runs").setLevel(logging.CRITICAL)  # one warning per corruption otherwise
+    logging.getLogger("bertfit.train.run_dir").setLevel(logging.CRITICAL)  # one warning per corruption otherwise
     for i in range(a.corruptions):
         shutil.rmtree(newest)
         shutil.copytree(pristine, newest)

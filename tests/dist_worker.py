@@ -20,7 +20,7 @@ import torch
 
 def gathered_evaluation(d, model_dir: Path) -> dict:
     """dist.map_sharded over 7, 40 and 101 texts: every output once, in input order, equal to one process's."""
-    from bertfit.checkpoints import load_classifier
+    from bertfit.weights import load_classifier
     from bertfit.inference import predict_logits
     from bertfit.tokenizer import WordPieceTokenizer
 
@@ -68,12 +68,12 @@ def train_jobs(jobs: list[dict]) -> dict[str, list[str]]:
     """Each job's fine_tune (or pretrain), with every function that writes the run directory (and the
     progress callback) wrapped: per job, the names this rank called."""
     import bertfit.artifact as artifact
-    import bertfit.checkpoints as checkpoints
-    import bertfit.job as job
-    import bertfit.runs as runs
-    from bertfit.pretraining.job import PretrainSettings, pretrain
-    from bertfit.runs import RunDir
-    from bertfit.train_config import TrainConfig
+    import bertfit.io as io
+    import bertfit.train.finetune as job
+    import bertfit.weights as weights
+    from bertfit.train.pretrain import PretrainSettings, pretrain
+    from bertfit.train.run_dir import RunDir
+    from bertfit.train.config import TrainConfig
 
     called: list[str] = []
 
@@ -94,7 +94,7 @@ def train_jobs(jobs: list[dict]) -> dict[str, list[str]]:
 
     spy(report, "write_report")  # job imports it when it writes the report
     # pretrain imports these when it runs
-    for owner, name in ((runs, "write_json_atomic"), (checkpoints, "save_classifier"), (artifact, "write_task")):
+    for owner, name in ((io, "write_json_atomic"), (weights, "save_classifier"), (artifact, "write_task")):
         spy(owner, name)
     writes = {}
     for spec in jobs:
@@ -111,7 +111,7 @@ def train_jobs(jobs: list[dict]) -> dict[str, list[str]]:
 def main() -> None:
     spec_path, out = Path(sys.argv[1]), Path(sys.argv[2])
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    from bertfit import dist
+    from bertfit.train import dist
 
     d = dist.init(torch.device("cpu"))
     rank = d.rank

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertfit.calibration import (expected_calibration_error, fit_platt, fit_temperature, reliability, softmax_nll,
+from bertfit.tasks.calibration import (expected_calibration_error, fit_platt, fit_temperature, reliability, softmax_nll,
                                  top_label)
 from bertfit.tasks.classify import SingleLabel
 from bertfit.tasks.multilabel import MultiLabel

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertfit.checkpoints import load_classifier, read_state_dict, resolve_model, save_classifier
+from bertfit.weights import load_classifier, read_state_dict, save_classifier
+from bertfit.hub import resolve_model
 from bertfit.config import BertConfig
 from bertfit.errors import CheckpointError, ConfigError, ModelNotFoundError
 from bertfit.heads import BertForSequenceClassification
@@ -220,7 +221,7 @@ def test_hub_id_offline_fails_fast_with_a_clear_message(tmp_path, offline):
             s.bind(("127.0.0.1", 0))
             env["HF_ENDPOINT"] = f"http://127.0.0.1:{s.getsockname()[1]}"
     code = (
-        "from bertfit.checkpoints import resolve_model\n"
+        "from bertfit.hub import resolve_model\n"
         "try:\n    resolve_model('bert-base-cased')\n"
         "except Exception as e:\n    print(type(e).__name__, e)\n"
     )

@@ -293,7 +293,7 @@ def test_engine_choices_are_the_library_s():
     from bertfit import serve
     from bertfit.cli import build_parser
     from bertfit.errors import ConfigError
-    from bertfit.predict import ENGINES
+    from bertfit.predict.predictor import ENGINES
 
     parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices

@@ -120,7 +120,7 @@ def test_sentence_pair_model_trains_evaluates_and_predicts(tmp_path, tiny_model_
     assert json.loads((tmp_path / "default.json").read_text())["accuracy"] == metrics["accuracy"]
 
     # Without the pair, the same model sees only filler: the pair column is what it learned from.
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     alone = TextClassifier.load(run, engine="pytorch").predict([p for p, _, _ in pair_rows(60, seed=2)])
     assert sum(a == t for a, t in zip(alone, truth)) / 60 < metrics["accuracy"] - 0.2
@@ -299,7 +299,7 @@ def test_collapsed_run_reports_the_one_class_warning_and_its_confident_mistakes(
 def test_thread_count_defaults_to_the_usable_cores_and_follows_threads(monkeypatch):
     import torch
 
-    from bertfit.job import configure_threads
+    from bertfit.train.finetune import configure_threads
 
     before = torch.get_num_threads()
     try:

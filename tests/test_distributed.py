@@ -34,7 +34,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bertfit.runs import RunDir
+from bertfit.train.run_dir import RunDir
 from bertfit.tasks import TASKS
 from conftest import BF16_EPS, NEGATIVE, POSITIVE, WORDS, synthetic_rows, write_csv
 
@@ -255,8 +255,8 @@ def assert_same_run(one: Path, two: Path, model_dir: Path, task: str) -> None:
 @pytest.mark.parametrize("task", sorted(MAKERS))
 def test_two_processes_match_one_process(launched, no_dropout_model_dir, task):
     """The same global batch: 2 processes × 4 × 2 and 1 process × 8 × 2 take the same steps."""
-    from bertfit.job import fine_tune
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.config import TrainConfig
 
     base, data, _ = launched
     one, two = base / task / "one", base / task / "two"
@@ -267,7 +267,7 @@ def test_two_processes_match_one_process(launched, no_dropout_model_dir, task):
 def test_qa_invisible_parameters_get_no_gradient(no_dropout_model_dir):
     """invisible()'s premise: in float64 their gradient is 0 (≤ 1e-15) while every other parameter's is not;
     in float32 it is rounding noise, far below every real gradient."""
-    from bertfit.checkpoints import load_classifier
+    from bertfit.weights import load_classifier
 
     layers = json.loads((no_dropout_model_dir / "config.json").read_text())["num_hidden_layers"]
     hidden = invisible("qa", layers)
@@ -304,8 +304,8 @@ def test_pretraining_two_processes_match_one_process(launched, no_dropout_model_
     """`bertfit pretrain` (masked LM + NSP) under torchrun: the same masks (drawn from (seed, epoch,
     sequence), whichever rank draws them), the masked-LM loss normalised by the masked tokens of the
     whole step across the ranks and the NSP loss by its sequences."""
-    from bertfit.pretraining.job import PretrainSettings, pretrain
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.pretrain import PretrainSettings, pretrain
+    from bertfit.train.config import TrainConfig
 
     base, data, _ = launched
     one, two = base / "pretrain" / "one", base / "pretrain" / "two"
@@ -336,8 +336,8 @@ def pretrain_nproc(tmp_path_factory, no_dropout_model_dir):
 
 
 def test_pretrain_nproc_matches_one_process(pretrain_nproc, no_dropout_model_dir):
-    from bertfit.pretraining.job import PretrainSettings, pretrain
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.pretrain import PretrainSettings, pretrain
+    from bertfit.train.config import TrainConfig
 
     base, text, _ = pretrain_nproc
     settings = {"corpus": [str(text)], "nsp": False, "whole_word_masking": True, "validation_fraction": 0.1}
@@ -495,8 +495,8 @@ def test_two_nodes_over_a_loopback_rendezvous(tmp_path, tiny_model_dir):
 
 # --- activation checkpointing ---------------------------------------------------------------------
 def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_model_dir):
-    from bertfit.job import fine_tune
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.config import TrainConfig
 
     csv = write_csv(tmp_path / "data.csv", synthetic_rows(60, seed=3))
     runs = {}
@@ -519,7 +519,7 @@ def test_nproc_mistakes_are_one_line_errors(tmp_path):
 
 
 def test_without_option_drops_only_the_launchers_flag():
-    from bertfit.launch import without_option
+    from bertfit.train.launch import without_option
 
     assert without_option(["-q", "train", "--nproc", "2", "--batch-size", "4", "--nproc=3"], "--nproc") == \
         ["-q", "train", "--batch-size", "4"]

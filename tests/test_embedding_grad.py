@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from bertfit.embedding_grad import WordEmbeddingGrad, clip_grad_norm
+from bertfit.train.embedding_grad import WordEmbeddingGrad, clip_grad_norm
 
 
 def model_with_sparse_grad(seed: int, ids: torch.Tensor) -> tuple[nn.ModuleDict, WordEmbeddingGrad]:

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def tweets(tweets_csv):
     """The split `bertfit train` makes: (labels, train, validation, test) example lists."""
-    from bertfit.job import prepare_data
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import prepare_data
+    from bertfit.train.config import TrainConfig
 
     data = prepare_data(TrainConfig(train_file=str(tweets_csv), seed=0))
     return data.labels, data.train, data.validation, data.test
@@ -40,18 +40,20 @@ def tuned_run(minilm_dir, tweets, tmp_path_factory):
     """MiniLM fine-tuned for 80 steps on 2,560 tweets (the fast training path), saved as a run.
     Trained in fp32 on every processor (bf16=False): the tests here compare prediction paths of one
     model, and the agreement thresholds were set on this fp32-trained one."""
-    from bertfit.checkpoints import load_classifier, save_classifier
-    from bertfit.job import encode
-    from bertfit.runs import RunDir
+    from bertfit.weights import load_classifier, save_classifier
+    from bertfit.train.finetune import encode
+    from bertfit.train.run_dir import RunDir
     from bertfit.tokenizer import WordPieceTokenizer
-    from bertfit.train import Trainer, seed_everything
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.loop import Trainer, seed_everything
+    from bertfit.train.config import TrainConfig
 
     labels, train, _, _ = tweets
     config = TrainConfig(max_steps=80, lr=1e-4, warmup_ratio=0.1, max_length=128, seed=0, save_every=10**6,
                          eval_each_epoch=False, device="cpu", bf16=False)
     tokenizer = WordPieceTokenizer.from_dir(minilm_dir)
-    split = encode(tokenizer, train[:2560], labels, config.max_length)
+    from bertfit.tasks.classify import SingleLabel
+
+    split = encode(tokenizer, train[:2560], SingleLabel(labels), config.max_length)
     seed_everything(0)
     model = load_classifier(minilm_dir, labels)
     out = tmp_path_factory.mktemp("tuned")
@@ -65,7 +67,7 @@ def tuned_run(minilm_dir, tweets, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def classifier(tuned_run):
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     return TextClassifier.load(tuned_run, device="cpu", engine="pytorch")
 
@@ -78,7 +80,7 @@ def test_slice(tweets):
 @pytest.fixture(scope="session")
 def plain_logits(classifier, test_slice):
     """The reference: plain padded path, batches of 32 in input order (lots of padding)."""
-    from bertfit.export import reference_logits
+    from bertfit.predict.export import reference_logits
 
     return reference_logits(classifier, [e.text for e in test_slice], batch_size=32)
 
@@ -131,7 +133,7 @@ def test_fast_forward_matches_plain_on_both_layouts(classifier, plain_logits, te
 
 def test_fast_training_gradients_match_plain_path(tuned_run, test_slice, classifier):
     """One backward pass (eval mode: no dropout) on the real model: same loss, same gradients."""
-    from bertfit.checkpoints import load_classifier
+    from bertfit.weights import load_classifier
 
     model = load_classifier(tuned_run, require_head=True).eval()
     labels = {label: i for i, label in enumerate(classifier.labels)}
@@ -187,7 +189,7 @@ def test_training_mode_uses_dropout_on_the_fast_path(classifier):
 
 def test_torch_dynamic_int8_fallback_cost_is_measured(tuned_run, plain_logits, test_slice, tweets):
     """PyTorch dynamic quantization (the fallback without onnxruntime): 7-bit activations, ~97-98%."""
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     int8 = TextClassifier.load(tuned_run, int8=True, engine="pytorch")
     assert int8.int8 and int8.model is not None
@@ -204,7 +206,7 @@ onnx_needed = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
 @onnx_needed
 def test_onnx_export_fp32_matches_plain_path(tuned_run, plain_logits, test_slice, tmp_path):
     from bertfit.cli import export as export_command
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     parser = argparse.ArgumentParser()
     export_command.add_arguments(parser)
@@ -219,7 +221,7 @@ def test_onnx_export_fp32_matches_plain_path(tuned_run, plain_logits, test_slice
 @onnx_needed
 def test_int8_flag_agrees_with_fp32_on_99_percent(tuned_run, plain_logits, test_slice, tweets, tmp_path, monkeypatch):
     """The int8 path (`--int8`): ONNX Runtime int8, exported once into the cache."""
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
     int8 = TextClassifier.load(tuned_run, int8=True)
@@ -238,7 +240,7 @@ def test_export_without_onnxruntime_names_the_fix(monkeypatch, tuned_run, tmp_pa
     import builtins
 
     from bertfit.errors import BertfitError
-    from bertfit.export import export_onnx
+    from bertfit.predict.export import export_onnx
 
     real_import = builtins.__import__
 
@@ -257,8 +259,8 @@ def test_export_without_onnxruntime_names_the_fix(monkeypatch, tuned_run, tmp_pa
 @onnx_needed
 def test_default_cpu_engine_is_onnx_runtime_with_the_plain_logits(tuned_run, plain_logits, test_slice, tmp_path,
                                                                   monkeypatch):
-    from bertfit import export
-    from bertfit.predict import TextClassifier
+    from bertfit.predict import export
+    from bertfit.predict.predictor import TextClassifier
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
     default = TextClassifier.load(tuned_run, device="cpu")
@@ -280,9 +282,9 @@ def test_default_cpu_engine_is_onnx_runtime_with_the_plain_logits(tuned_run, pla
 
 @onnx_needed
 def test_auto_engine_falls_back_to_pytorch_when_the_export_fails(tuned_run, tmp_path, monkeypatch, caplog):
-    from bertfit import export
+    from bertfit.predict import export
     from bertfit.errors import BertfitError
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
 
@@ -290,7 +292,7 @@ def test_auto_engine_falls_back_to_pytorch_when_the_export_fails(tuned_run, tmp_
         raise RuntimeError("unsupported operator SomeOp")
 
     monkeypatch.setattr(export, "export_onnx", broken)
-    with caplog.at_level(logging.WARNING, logger="bertfit.predict"):
+    with caplog.at_level(logging.WARNING, logger="bertfit.predict.predictor"):
         fallback = TextClassifier.load(tuned_run, device="cpu")
     assert fallback.engine == "pytorch" and fallback.model is not None
     assert "unsupported operator SomeOp" in caplog.text and "predicting with PyTorch" in caplog.text
@@ -302,14 +304,14 @@ def test_auto_engine_falls_back_to_pytorch_when_the_export_fails(tuned_run, tmp_
     blocker.write_text("x")
     monkeypatch.setenv("BERTFIT_CACHE", str(blocker))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bertfit.predict"):
+    with caplog.at_level(logging.WARNING, logger="bertfit.predict.predictor"):
         assert TextClassifier.load(tuned_run, device="cpu").engine == "pytorch"
     assert "ONNX Runtime export failed" in caplog.text
 
 
 def test_engine_choices_are_checked(tuned_run, tmp_path):
     from bertfit.errors import BertfitError
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     with pytest.raises(BertfitError, match="engine 'tensorrt': choose one of auto, pytorch, onnxruntime"):
         TextClassifier.load(tuned_run, engine="tensorrt")
@@ -320,8 +322,8 @@ def test_engine_choices_are_checked(tuned_run, tmp_path):
 @onnx_needed
 def test_an_onnx_export_cannot_be_run_by_pytorch(tuned_run, tmp_path):
     from bertfit.errors import BertfitError
-    from bertfit.export import export_onnx
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.export import export_onnx
+    from bertfit.predict.predictor import TextClassifier
 
     export_onnx(tuned_run, tmp_path / "fp32")
     with pytest.raises(BertfitError, match="is an ONNX export, which runs with ONNX Runtime"):
@@ -331,7 +333,7 @@ def test_an_onnx_export_cannot_be_run_by_pytorch(tuned_run, tmp_path):
 def test_export_cache_keeps_the_most_recently_used(tmp_path):
     import os
 
-    from bertfit.export import _prune
+    from bertfit.predict.export import _prune
 
     kind = tmp_path / "onnx-fp32"
     for i in range(5):
@@ -345,7 +347,7 @@ def test_export_cache_keeps_the_most_recently_used(tmp_path):
 
 
 def test_an_explicit_non_cpu_device_keeps_pytorch(tuned_run):
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     # "meta" stands in for a GPU on this CPU-only machine: the default engine must not take the
     # model to ONNX Runtime (on the CPU) when the caller asked for another device.
@@ -355,7 +357,7 @@ def test_an_explicit_non_cpu_device_keeps_pytorch(tuned_run):
 
 def test_without_onnx_runtime_auto_uses_pytorch_and_onnxruntime_names_the_fix(tuned_run, monkeypatch):
     from bertfit.errors import BertfitError
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -26,10 +26,11 @@ from safetensors.torch import load_file, save_file
 
 from bertfit.errors import BertfitError, CheckpointError
 from bertfit.heads import BertForSequenceClassification
-from bertfit.job import fine_tune
-from bertfit.runs import CHECKPOINT_FILES, RunDir, sha256_file
-from bertfit.train import Trainer, TrainingError
-from bertfit.train_config import TrainConfig
+from bertfit.train.finetune import fine_tune
+from bertfit.train.run_dir import CHECKPOINT_FILES, RunDir
+from bertfit.io import sha256_file
+from bertfit.train.loop import Trainer, TrainingError
+from bertfit.train.config import TrainConfig
 from conftest import BF16_EPS
 
 # ---------------------------------------------------------------------------------------------
@@ -39,13 +40,13 @@ from conftest import BF16_EPS
 
 def checkpoint_validator(config: TrainConfig) -> Trainer:
     """A Trainer set up as `fine_tune` sets it up; its validate_checkpoint is what a resume applies."""
-    from bertfit.checkpoints import load_classifier
-    from bertfit.job import encode, prepare_data
+    from bertfit.weights import load_classifier
+    from bertfit.train.finetune import encode, prepare_data
     from bertfit.tokenizer import WordPieceTokenizer
 
     prepared = prepare_data(config)
     tokenizer = WordPieceTokenizer.from_dir(Path(config.model))
-    train = encode(tokenizer, prepared.train, prepared.labels, config.max_length)
+    train = encode(tokenizer, prepared.train, prepared.task, config.max_length)
     model = load_classifier(config.model, prepared.labels)
     return Trainer(model, config, train, None, RunDir(config.output_dir), pad_id=tokenizer.pad_id,
                    device=torch.device("cpu"))
@@ -294,7 +295,7 @@ def test_every_kind_of_corruption_is_detected_and_the_previous_checkpoint_used(k
                                                                                  tmp_path, caplog):
     _, run = copy_run(reference, tmp_path)
     corrupt(run / "checkpoints" / f"step-{STEPS:08d}", kind, random.Random(kind))
-    with caplog.at_level(logging.WARNING, logger="bertfit.runs"):
+    with caplog.at_level(logging.WARNING, logger="bertfit.train.run_dir"):
         ok, problem = detects(run, validator, STEPS)
     assert ok, (kind, problem)
     assert f"step-{STEPS:08d} is unusable" in caplog.text and "trying an earlier one" in caplog.text

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import synthetic_rows, write_csv
 from bertfit.errors import BertfitError
-from bertfit.runs import MARKER, RunDir
-from bertfit.train_config import TrainConfig
+from bertfit.train.run_dir import MARKER, RunDir
+from bertfit.train.config import TrainConfig
 
 BERTFIT = str(Path(sys.executable).with_name("bertfit"))
 
@@ -51,7 +51,7 @@ def tiny(tmp_path, model_dir, train_file, **overrides) -> TrainConfig:
 
 
 def test_overwrite_refuses_a_folder_bertfit_did_not_create(tmp_path, tiny_model_dir, synthetic_csv):
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     home = tmp_path / "home"
     (home / "photos").mkdir(parents=True)
@@ -70,7 +70,7 @@ def test_overwrite_refuses_a_folder_bertfit_did_not_create(tmp_path, tiny_model_
 
 
 def test_overwrite_deletes_nothing_before_the_new_inputs_are_valid(tmp_path, tiny_model_dir, synthetic_csv):
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     config = tiny(tmp_path, tiny_model_dir, synthetic_csv)
     first = fine_tune(config)
@@ -84,7 +84,7 @@ def test_overwrite_deletes_nothing_before_the_new_inputs_are_valid(tmp_path, tin
 
 
 def test_overwrite_replaces_a_run_and_keeps_what_the_user_added(tmp_path, tiny_model_dir, synthetic_csv):
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     config = tiny(tmp_path, tiny_model_dir, synthetic_csv)
     run = fine_tune(config).run_dir
@@ -135,7 +135,7 @@ def test_replace_never_follows_a_symlink(tmp_path):
 
 
 def test_predict_output_must_not_be_the_input_and_keeps_the_gold_label(tmp_path, tiny_model_dir, synthetic_csv):
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     run = fine_tune(tiny(tmp_path, tiny_model_dir, synthetic_csv)).run_dir
     data = write_csv(tmp_path / "in.csv", [("good day", "positive"), ("=cmd|' /C calc'!A0", "-1+1")])
@@ -165,7 +165,7 @@ def test_predict_output_must_not_be_the_input_and_keeps_the_gold_label(tmp_path,
 
 
 def test_an_unclosed_quote_does_not_swallow_the_next_rows(tmp_path):
-    from bertfit.data import read_examples
+    from bertfit.data.labelled import read_examples
 
     f = tmp_path / "d.csv"
     f.write_text('text,label\ngood,positive\n"never closed,negative\nfine row,positive\n"quoted, ok",negative\n')
@@ -176,7 +176,7 @@ def test_an_unclosed_quote_does_not_swallow_the_next_rows(tmp_path):
 
 
 def test_a_nul_byte_near_the_top_is_a_row_error_and_messages_are_bounded(tmp_path):
-    from bertfit.data import read_examples
+    from bertfit.data.labelled import read_examples
     from bertfit.errors import DataError
 
     f = tmp_path / "d.csv"
@@ -231,7 +231,7 @@ def test_predict_batch_tokens_must_be_positive(capsys):
 def test_undecodable_bytes_in_argv_and_on_stdin(tmp_path, tiny_model_dir, synthetic_csv):
     out = bertfit(b"predict", os.fsencode(tmp_path), b"caf\xe9 \xff")
     assert out.returncode == 2 and b"not valid UTF-8" in out.stderr and b"Traceback" not in out.stderr
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     run = fine_tune(tiny(tmp_path, tiny_model_dir, synthetic_csv)).run_dir
     out = bertfit("predict", run, "--engine", "pytorch", stdin=b"good\ncaf\xe9 bad\n")
@@ -250,7 +250,7 @@ STSB = ("main-captions\tMSRvid\t2012test\t0001\t5.000\tA plane is taking off.\tA
 
 
 def test_headerless_files_by_position_and_by_names(tmp_path):
-    from bertfit.data import read_examples, read_table
+    from bertfit.data.labelled import read_examples, read_table
     from bertfit.errors import DataError
 
     f = tmp_path / "stsb.tsv"
@@ -293,7 +293,7 @@ def test_headerless_flags_on_the_command_line(tmp_path, capsys):
 
 
 def test_empty_splits_are_reported_loudly(tmp_path, tiny_model_dir, caplog):
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     f = write_csv(tmp_path / "few.csv", [("good day", "positive"), ("bad day", "negative"),
                                           ("great film", "positive"), ("awful film", "negative")])

@@ -75,3 +75,73 @@ def test_modules_are_short():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
             if p.name != "model.py" and (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (split them by what they own): {long}"
+
+
+# --- the layout (issue 34): folders that own one thing each, and what may import what ---------------
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: _imports(path, set(files)) for name, path in files.items()}
+
+
+def _room(module: str) -> str:
+    """A module's folder-level room: the sub-package it lives in (bertfit.train, bertfit.tasks, ...),
+    or the module itself for the top level's shared core (bertfit.model, bertfit.hub, ...)."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def test_no_folder_level_import_loops():
+    """Rooms (a sub-package, or one top-level module) import each other in one direction only:
+    a loop between two folders means neither can be read, moved or tested without the other."""
+    rooms: dict[str, set[str]] = {}
+    for name, targets in _graph().items():
+        rooms.setdefault(_room(name), set()).update(_room(t) for t in targets if _room(t) != _room(name))
+    rooms.pop("bertfit", None)  # the package's __init__ (bertfit.load, the alias finder) sits on top
+    loops, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(rooms.get(node, ())):
+            if nxt == "bertfit":
+                continue
+            if state.get(nxt) == "open":
+                loops.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for room in sorted(rooms):
+        if room not in state:
+            visit(room, [room])
+    assert not loops, "folder-level import loops: " + "; ".join(" -> ".join(loop) for loop in loops)
+
+
+def test_no_module_imports_another_modules_private_names():
+    """`from bertfit.x import _name` binds two modules to one's internals: make the name public, or
+    move the code to the module that owns it."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    found = []
+    for name, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bertfit") and node.module != name:
+                found += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found
+
+
+def test_the_top_level_is_the_shared_core():
+    """Training, prediction, data, tasks, the report, the server and the CLI live in their folders;
+    the top level keeps what every one of them shares."""
+    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert top == ["artifact", "batching", "compat", "config", "cpu_linear", "errors", "heads", "hub", "inference",
+                   "io", "model", "precision", "tokenizer", "tokenizer_files", "weights"], top
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert folders == ["cli", "data", "predict", "report", "serve", "tasks", "train"], folders
+
+
+def test_loading_a_model_for_prediction_never_imports_training():
+    code = ("import sys\nimport bertfit.predict.predictor, bertfit.predict.export, bertfit.serve.host\n"
+            "print(sorted(m for m in sys.modules if m.startswith('bertfit.train.') and m != 'bertfit.train.config'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

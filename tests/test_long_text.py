@@ -11,10 +11,10 @@ import numpy as np
 import torch
 import pytest
 
-from bertfit.job import fine_tune
-from bertfit.predict import TextClassifier
-from bertfit.train_config import TrainConfig
-from bertfit.windows import LongText, encode
+from bertfit.train.finetune import fine_tune
+from bertfit.predict.predictor import TextClassifier
+from bertfit.train.config import TrainConfig
+from bertfit.tasks.windows import LongText, encode
 
 from conftest import NEGATIVE, POSITIVE, WORDS
 
@@ -80,7 +80,7 @@ def test_truncation_round_trips_into_predict_evaluate_and_export(tmp_path, tiny_
     assert metrics["accuracy"] == expected["accuracy"] and metrics["loss"] == pytest.approx(expected["loss"], abs=1e-5)
 
     pytest.importorskip("onnxruntime")
-    from bertfit.export import export_onnx
+    from bertfit.predict.export import export_onnx
 
     export_onnx(run, tmp_path / "onnx")
     exported = TextClassifier.load(tmp_path / "onnx")
@@ -132,7 +132,7 @@ def test_windowed_training_batches_whole_texts_and_loses_on_the_text(tmp_path, t
 
     tok = WordPieceTokenizer.from_dir(tiny_model_dir)
     task = SingleLabel(["negative", "positive"])
-    from bertfit.data import Example
+    from bertfit.data.labelled import Example
 
     examples = [Example(r["text"], r["label"], None, row=i) for i, r in enumerate(long_rows(6, seed=3))]
     split = task.encode(tok, examples, 16, {**WINDOWS, "max_length": 16})

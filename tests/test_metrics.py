@@ -1,4 +1,4 @@
-"""bertfit.metrics against scikit-learn (labels=range(K), zero_division=0), to 1e-12."""
+"""bertfit.tasks.metrics against scikit-learn (labels=range(K), zero_division=0), to 1e-12."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bertfit.metrics import (
+from bertfit.tasks.metrics import (
     classification_metrics,
     confusion_matrix,
     format_metrics_table,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertfit.checkpoints import load_into
+from bertfit.weights import load_into
 from bertfit.config import BertConfig
 from bertfit.heads import BertForSequenceClassification
 from bertfit.model import BertModel

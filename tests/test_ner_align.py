@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertfit.tasks.ner_data import from_text, from_tokens, split_words
-from bertfit.tasks.ner_encode import IGNORE, encode_windows, stitch, window_starts
+from bertfit.tasks.ner.data import from_text, from_tokens, split_words
+from bertfit.tasks.ner.encode import IGNORE, encode_windows, stitch, window_starts
 from bertfit.tokenizer import WordPieceTokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "play", "##ing", "##ed", "in", "par", "##is", "the",

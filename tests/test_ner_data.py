@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bertfit.errors import DataError
-from bertfit.tasks.ner_data import entities_from_tags, from_text, read_ner_file, tags_from_entities
+from bertfit.tasks.ner.data import entities_from_tags, from_text, read_ner_file, tags_from_entities
 
 
 def write(tmp_path, name, text):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertfit.checkpoints import load_into, to_transformers_state_dict
+from bertfit.weights import load_into, to_transformers_state_dict
 from bertfit.config import BertConfig
 from bertfit.heads import HEADS, BertForTokenClassification, token_loss
 
@@ -72,7 +72,7 @@ def test_token_loss_matches_transformers():
 
 @pytest.mark.slow
 def test_minilm_token_head_parity(minilm_dir):
-    from bertfit.checkpoints import load_config
+    from bertfit.weights import load_config
     from bertfit.tokenizer import WordPieceTokenizer
 
     torch.manual_seed(0)

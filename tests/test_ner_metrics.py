@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from bertfit.tasks.entities import (detect_scheme, entity_metrics, iob2_to_bioes, spans, to_iob2,
+from bertfit.tasks.ner.entities import (detect_scheme, entity_metrics, iob2_to_bioes, spans, to_iob2,
                                     type_confusion)
 
 seqeval = pytest.importorskip("seqeval")

@@ -13,7 +13,7 @@ TEXTS = ["yesterday John Smith visited Paris 😀 with acme corp .", "nothing he
 
 
 def test_server_returns_the_predict_records(ner_run, tmp_path):
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     expected = TextClassifier.load(ner_run.run_dir).predictions(TEXTS)
     srv = Server(ner_run.run_dir, tmp_path / "serve.log")

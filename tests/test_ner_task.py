@@ -56,8 +56,8 @@ def ner_model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ner_run(tmp_path_factory, ner_model_dir):
     """A tiny model trained on the synthetic task (shared by the tests below)."""
-    from bertfit.job import fine_tune
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.config import TrainConfig
 
     d = tmp_path_factory.mktemp("ner-data")
     config = TrainConfig(train_file=str(write_conll(d / "train.conll", 400, 1)),
@@ -77,7 +77,7 @@ def test_tiny_model_learns_synthetic_ner(ner_run):
 
 
 def test_predict_offsets_point_into_the_input(ner_run):
-    import bertfit.predict as predict_mod
+    import bertfit.predict.predictor as predict_mod
 
     model = predict_mod.TextClassifier.load(ner_run.run_dir)
     text = "yesterday  John Smith visited Paris and PARIS with acme corp ."
@@ -101,7 +101,7 @@ def test_predict_offsets_point_into_the_input(ner_run):
 
 
 def test_long_sentence_is_windowed_not_truncated(ner_run):
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     model = TextClassifier.load(ner_run.run_dir)
     assert model.max_length == 32
@@ -113,7 +113,7 @@ def test_long_sentence_is_windowed_not_truncated(ner_run):
 
 def test_transformers_loads_the_run_and_the_pipeline_agrees(ner_run):
     transformers = pytest.importorskip("transformers")
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     hf, info = transformers.AutoModelForTokenClassification.from_pretrained(ner_run.run_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -134,9 +134,9 @@ def test_stitched_windows_equal_one_large_window(ner_model_dir):
     windowed sentence must give exactly the tags (and logits) of one window large enough."""
     import torch
 
-    from bertfit.checkpoints import load_classifier
+    from bertfit.weights import load_classifier
     from bertfit.inference import predict_logits
-    from bertfit.tasks.ner import NER
+    from bertfit.tasks.ner.task import NER
     from bertfit.tokenizer import WordPieceTokenizer
 
     task = NER(["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
@@ -161,8 +161,8 @@ def test_stitched_windows_equal_one_large_window(ner_model_dir):
 
 def test_unknown_types_in_validation_are_named(tmp_path, ner_model_dir):
     from bertfit.errors import DataError
-    from bertfit.job import fine_tune
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.config import TrainConfig
 
     write_conll(tmp_path / "train.conll", 30, 1)
     (tmp_path / "dev.conll").write_text("paris\tB-LOC\n\nacme\tB-COMPANY\ncorp\tI-COMPANY\n", encoding="utf-8")
@@ -178,9 +178,9 @@ def test_resume_class_weights_and_early_stopping(tmp_path, ner_model_dir):
     import torch
     from safetensors.torch import load_file
 
-    from bertfit.job import fine_tune
-    from bertfit.train import Trainer
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.loop import Trainer
+    from bertfit.train.config import TrainConfig
 
     train = write_conll(tmp_path / "train.conll", 120, 4)
     dev = write_conll(tmp_path / "dev.conll", 30, 5)
@@ -227,9 +227,9 @@ def test_pipeline_agrees_on_real_subwords(tmp_path, minilm_dir):
     import torch
 
     from bertfit.artifact import write_task
-    from bertfit.checkpoints import load_classifier, save_classifier
-    from bertfit.predict import TextClassifier
-    from bertfit.tasks.ner import NER, tag_names
+    from bertfit.weights import load_classifier, save_classifier
+    from bertfit.predict.predictor import TextClassifier
+    from bertfit.tasks.ner.task import NER, tag_names
     from bertfit.tokenizer import WordPieceTokenizer
 
     task = NER(tag_names(["DIS", "GENE", "LOC"]))
@@ -263,11 +263,11 @@ def test_training_steps_equal_transformers_adamw_on_the_same_batches(tmp_path, m
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file
 
-    from bertfit.checkpoints import save_classifier
-    from bertfit.job import fine_tune
-    from bertfit.tasks.ner import NER
-    from bertfit.train import Trainer, linear_schedule
-    from bertfit.train_config import TrainConfig
+    from bertfit.weights import save_classifier
+    from bertfit.train.finetune import fine_tune
+    from bertfit.tasks.ner.task import NER
+    from bertfit.train.loop import Trainer, linear_schedule
+    from bertfit.train.config import TrainConfig
 
     model_dir = build_tiny_model_dir(tmp_path / "bert", words=WORDS, max_position_embeddings=128, dropout=0.0)
     steps, lr = 8, 3e-3

@@ -21,7 +21,7 @@ from bertfit.config import BertConfig
 from bertfit.cpu_linear import OneDnnLinear, onednn_linear_available, use_onednn_linears
 from bertfit.heads import BertForSequenceClassification
 from bertfit.precision import Isa, Measurement
-from bertfit.runs import RunDir
+from bertfit.train.run_dir import RunDir
 from conftest import synthetic_rows, write_csv
 from test_resume import bertfit, log_records
 

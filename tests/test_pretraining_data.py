@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from bertfit.errors import DataError
-from bertfit.pretraining.corpus import read_corpus, split_sentences
-from bertfit.pretraining.instances import IS_NEXT, NOT_NEXT, nsp_instances, packed_instances
-from bertfit.pretraining.masking import IGNORE, TRAIN_STREAM, VALIDATION_STREAM, Masker, MaskingConfig
+from bertfit.tasks.pretrain.corpus import read_corpus, split_sentences
+from bertfit.tasks.pretrain.instances import IS_NEXT, NOT_NEXT, nsp_instances, packed_instances
+from bertfit.tasks.pretrain.masking import IGNORE, TRAIN_STREAM, VALIDATION_STREAM, Masker, MaskingConfig
 
 
 # --- corpus --------------------------------------------------------------------------------------

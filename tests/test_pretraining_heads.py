@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertfit.checkpoints import load_classifier, load_pretraining, save_classifier
+from bertfit.weights import load_classifier, load_pretraining, save_classifier
 from bertfit.config import BertConfig
 from bertfit.errors import CheckpointError
 from bertfit.heads import BertForPreTraining

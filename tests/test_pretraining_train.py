@@ -41,11 +41,11 @@ def _cli(*args, env=None):
 
 
 def test_pretraining_beats_the_unigram_baseline_and_loads_in_transformers(tmp_path, model_dir):
-    from bertfit.pretraining.job import PretrainSettings, pretrain
-    from bertfit.pretraining.prepare import prepare_corpus
-    from bertfit.tasks.pretrain import Pretrain
+    from bertfit.train.pretrain import PretrainSettings, pretrain
+    from bertfit.tasks.pretrain.prepare import prepare_corpus
+    from bertfit.tasks.pretrain.task import Pretrain
     from bertfit.tokenizer import WordPieceTokenizer
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.config import TrainConfig
 
     corpus = _corpus(tmp_path / "corpus.txt")
     config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_length=32, epochs=20, lr=5e-3,
@@ -130,9 +130,9 @@ def test_the_reports_settings_are_what_pretraining_reads():
     declared setting (NER's tag_column, QA's doc_stride, ...) or labelled-file setting is among them."""
     import dataclasses
 
-    from bertfit.pretraining.job import PRETRAINING_READS, _training_settings
+    from bertfit.train.pretrain import PRETRAINING_READS, _training_settings
     from bertfit.tasks.declared import TRAIN_SETTINGS
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(PRETRAINING_READS) <= fields

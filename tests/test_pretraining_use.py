@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from bertfit.checkpoints import load_pretraining, save_classifier
-from bertfit.pretraining.use import fill_mask, next_sentence
+from bertfit.weights import load_pretraining, save_classifier
+from bertfit.tasks.pretrain.use import fill_mask, next_sentence
 from bertfit.tokenizer import WordPieceTokenizer
 
 transformers = pytest.importorskip("transformers")

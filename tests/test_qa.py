@@ -51,7 +51,7 @@ def qa_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def _config(files, model_dir, out, **kw):
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.config import TrainConfig
 
     values = dict(train_file=str(files["train"]), validation_file=str(files["validation"]),
                   test_file=str(files["test"]), problem_type="qa", model=str(model_dir), max_length=32, doc_stride=8,
@@ -63,7 +63,7 @@ def _config(files, model_dir, out, **kw):
 
 @pytest.fixture(scope="module")
 def qa_run(qa_files, no_dropout_model_dir, tmp_path_factory):
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     out = tmp_path_factory.mktemp("qa-run") / "run"
     result = fine_tune(_config(qa_files, no_dropout_model_dir, out))
@@ -88,7 +88,7 @@ def test_tiny_model_learns_synthetic_qa(qa_run):
 
 
 def test_run_predicts_answers_as_spans_of_the_text(qa_run):
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     out, _ = qa_run
     model = TextClassifier.load(str(out), engine="pytorch")
@@ -145,7 +145,7 @@ def test_run_loads_in_transformers_without_missing_weights(qa_run):
     out, _ = qa_run
     model, info = transformers.AutoModelForQuestionAnswering.from_pretrained(str(out), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     ours = TextClassifier.load(str(out), engine="pytorch")
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
@@ -159,7 +159,7 @@ def test_run_loads_in_transformers_without_missing_weights(qa_run):
 
 def test_bad_training_file_is_a_row_error(tmp_path, no_dropout_model_dir, qa_files):
     from bertfit.errors import DataError
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     rows = synthetic_qa(20, 5)
     rows[7]["answers"]["answer_start"] = [0] if rows[7]["context"].find(rows[7]["answers"]["text"][0]) else [1]
@@ -201,7 +201,7 @@ def test_pipeline_question_answering_gives_the_same_answers(qa_run):
     if path is None:
         pytest.skip("transformers 5 has no pipeline('question-answering'); set BERTFIT_TRANSFORMERS4 to a folder "
                     "holding transformers 4.x (see this test's helper for the pip command)")
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     out, _ = qa_run
     rows = synthetic_qa(40, 11)

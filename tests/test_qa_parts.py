@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from bertfit.errors import DataError
-from bertfit.tasks.qa_data import read_qa
-from bertfit.tasks.qa_decode import decode_all
-from bertfit.tasks.qa_windows import encode_windows
-from bertfit.tasks.squad_metric import best_threshold, squad_scores
+from bertfit.tasks.qa.data import read_qa
+from bertfit.tasks.qa.decode import decode_all
+from bertfit.tasks.qa.windows import encode_windows
+from bertfit.tasks.qa.squad_metric import best_threshold, squad_scores
 
 
 # --- the official SQuAD v1.1 evaluation (evaluate-v1.1.py), re-typed as the oracle ------------------
@@ -303,7 +303,7 @@ def test_long_questions_are_cut_to_fit(tokenizer):
 def test_span_head_parity_with_transformers():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from bertfit.checkpoints import load_into, to_transformers_state_dict
+    from bertfit.weights import load_into, to_transformers_state_dict
     from bertfit.config import BertConfig
     from bertfit.heads import BertForQuestionAnswering
 
@@ -372,8 +372,8 @@ def test_v2_threshold_tuned_on_validation_and_saved(tokenizer):
     """The task tunes the no-answer threshold on validation outputs (v2.0), keeps it in its state, and
     evaluation then reports HasAns / NoAns."""
     from bertfit.tasks import build_task
-    from bertfit.tasks.qa import QuestionAnswering
-    from bertfit.tasks.qa_data import QAExample
+    from bertfit.tasks.qa.task import QuestionAnswering
+    from bertfit.tasks.qa.data import QAExample
 
     context = _context(30, seed=4)
     word = context.split()[5]

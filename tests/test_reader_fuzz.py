@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bertfit.data import guard_cell, read_examples
+from bertfit.data.labelled import guard_cell, read_examples
 from bertfit.tasks.declared import TRAIN_SETTINGS
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -120,12 +120,12 @@ class Accepted(Exception):
 
 @pytest.fixture
 def no_training(monkeypatch):
-    import bertfit.job
+    import bertfit.train.finetune
 
     def fake_fine_tune(config, **kw):
         raise Accepted(config)
 
-    monkeypatch.setattr(bertfit.job, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(bertfit.train.finetune, "fine_tune", fake_fine_tune)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertfit.metrics import classification_metrics
+from bertfit.tasks.metrics import classification_metrics
 from bertfit.report import (
     PLOTS_SKIPPED,
     ReportInputs,
@@ -86,6 +86,10 @@ def _inputs(**overrides: object) -> ReportInputs:
         notes=["model predicts one class for 97% of validation"],
     )
     base.update(overrides)
+    if "task" not in base:  # the run's task writes the results sections: single-label over the labels
+        from bertfit.tasks.classify import SingleLabel
+
+        base["task"] = SingleLabel(list(base["labels"]))
     return ReportInputs(**base)  # type: ignore[arg-type]
 
 
@@ -264,7 +268,7 @@ def test_plot_training_curves_handles_gaps(tmp_path: Path) -> None:
 def test_a_qa_report_names_its_mistakes_columns_and_answer_counts(tmp_path):
     """QA: the worst answers under question / context / gold / predicted titles, the answered/unanswered
     counts without zero rows for the span ends (the task's labels are "start" and "end")."""
-    from bertfit.tasks.qa import QuestionAnswering
+    from bertfit.tasks.qa.task import QuestionAnswering
 
     task = QuestionAnswering.create(["start", "end"], {})
     inputs = _inputs(

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bertfit.runs import CRASH_POINTS, RunDir
+from bertfit.train.run_dir import CRASH_POINTS, RunDir
 from conftest import synthetic_rows, write_csv
 
 STEPS = 30  # 200 rows -> 160 training examples -> 10 steps of 16 per epoch, 3 epochs
@@ -164,9 +164,9 @@ def test_crash_at_every_point_inside_a_checkpoint_save_then_resume(setup, tmp_pa
 def test_resume_inside_a_logging_window_logs_the_same_mean_loss(tmp_path, tiny_model_dir, synthetic_csv):
     """log_every=4 with checkpoints every 3 steps: a resume in the middle of a logging window must
     still log the mean over the whole window, and the same batch hash (in-process interruption)."""
-    from bertfit.job import fine_tune
-    from bertfit.train import Trainer
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.loop import Trainer
+    from bertfit.train.config import TrainConfig
 
     config = TrainConfig(train_file=str(synthetic_csv), model=str(tiny_model_dir), output_dir=str(tmp_path / "a"),
                          max_length=32, batch_size=16, lr=5e-4, max_steps=14, log_every=4, save_every=3,
@@ -201,7 +201,7 @@ def test_kill_then_resume_is_bit_identical_with_the_default_thread_count(setup, 
     2 or more threads on most machines), not only the one thread of the other tests. Reference and
     resumed run both use the default; reductions split across threads differ from one thread's, so a
     run resumed with another --threads is not expected to match bit for bit."""
-    from bertfit.job import configure_threads
+    from bertfit.train.finetune import configure_threads
 
     model_dir, csv, _ = setup
     args = train_args(model_dir, csv, tmp_path / "reference")

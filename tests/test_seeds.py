@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bertfit.seeds import aggregate, best_seed
+from bertfit.train.seeds import aggregate, best_seed
 from bertfit.tasks.classify import SingleLabel
 
 
@@ -33,9 +33,9 @@ def test_best_seed_follows_the_metrics_direction():
 
 
 def test_seeds_run_keeps_the_best_model_and_every_seeds_metrics(tmp_path, tiny_model_dir, synthetic_csv):
-    from bertfit.job import fine_tune
-    from bertfit.predict import TextClassifier
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+    from bertfit.predict.predictor import TextClassifier
+    from bertfit.train.config import TrainConfig
 
     run = tmp_path / "run"
     config = TrainConfig(train_file=str(synthetic_csv), model=str(tiny_model_dir), output_dir=str(run), max_steps=3,

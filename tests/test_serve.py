@@ -49,7 +49,7 @@ def build_run_dir(tmp_path_factory, minilm_dir: Path, name: str, labels: list[st
     run = tmp_path_factory.getbasetemp() / "serve-runs" / name
     if (run / "config.json").is_file():
         return run
-    from bertfit.checkpoints import load_classifier, save_classifier
+    from bertfit.weights import load_classifier, save_classifier
     from bertfit.tokenizer import WordPieceTokenizer
 
     model = load_classifier(minilm_dir, labels)
@@ -182,7 +182,7 @@ def odd_run_dir(tmp_path_factory, minilm_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier(run_dir):
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     return TextClassifier.load(run_dir)
 

@@ -40,7 +40,7 @@ def served(run_dir, **limits):
 @pytest.fixture(scope="module")
 def qa_run_dir(qa_files, no_dropout_model_dir, tmp_path_factory):  # noqa: F811
     """A tiny QA run (a few steps: these tests compare records, they do not need good answers)."""
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     out = tmp_path_factory.mktemp("qa-serve") / "run"
     fine_tune(_config(qa_files, no_dropout_model_dir, out, max_steps=6, threads=1, save_every=6))
@@ -75,7 +75,7 @@ def _error(r, field: str | None = None, code: str | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def test_ner_tokens_over_http_give_the_predict_records(ner_client, ner_run):  # noqa: F811
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     model = TextClassifier.load(ner_run.run_dir, engine="pytorch")
     want = model.records([{"tokens": s} for s in SENTENCES])
@@ -130,7 +130,7 @@ def test_ner_bad_token_requests_get_422_naming_the_field(ner_client, payload, fi
 
 def test_ner_task_rejects_empty_and_mixed_inputs_in_python():
     from bertfit.errors import InputError
-    from bertfit.tasks.ner import NER
+    from bertfit.tasks.ner.task import NER
 
     for item, reason in (({"tokens": []}, "must not be empty"), ({"tokens": ["a"], "text": "a"}, "not both"),
                          ({"tokens": ["a", 1]}, "tokens[1] is int")):
@@ -144,7 +144,7 @@ def test_ner_task_rejects_empty_and_mixed_inputs_in_python():
 # ---------------------------------------------------------------------------------------------
 
 def test_qa_over_http_default_is_the_cli_record_and_top_k_lists_the_best(qa_client, qa_run_dir):
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     model = TextClassifier.load(qa_run_dir, engine="pytorch")
     (want,) = model.records([{"question": "the good", "context": PASSAGE}])
@@ -207,7 +207,7 @@ def test_qa_bad_requests_get_422_naming_the_field(qa_client, payload, field, cod
 
 
 def test_qa_top_k_record_lists_the_empty_answer_first_when_unanswerable():
-    from bertfit.tasks.qa_decode import QAPrediction, Span, record
+    from bertfit.tasks.qa.decode import QAPrediction, Span, record
 
     spans = [Span("lovely pizza", 10, 22, 5.0, score=0.4), Span("pizza", 17, 22, 4.0, score=0.2)]
     unanswered = record(QAPrediction("", 0, 0, 0.6, 6.0, 1.0, spans, no_answer=True), top_k=2)
@@ -313,7 +313,7 @@ def test_top_k_answers_are_the_question_answering_pipelines(qa_run_dir):
     path = _transformers_with_qa_pipeline()
     if path is None:
         pytest.skip("transformers 5 has no pipeline('question-answering'); set BERTFIT_TRANSFORMERS4 (see test_qa)")
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     model = TextClassifier.load(str(qa_run_dir), engine="pytorch")
     items = [{"question": r["question"], "context": r["context"]} for r in synthetic_qa(60, 12)]

@@ -20,7 +20,7 @@ from bertfit.errors import ConfigError
 from bertfit.tasks import TASKS
 from bertfit.tasks.declared import DECLARED, TRAIN_SETTINGS, TRAIN_TASKS
 from bertfit.tasks.settings import Setting, add_flags, by_name, flag_values
-from bertfit.train_config import TrainConfig
+from bertfit.train.config import TrainConfig
 
 DATA = Path(__file__).parent / "data"
 
@@ -109,7 +109,7 @@ def test_wrong_types_and_choices_are_refused():
 
 def test_a_new_tasks_setting_needs_no_edit_in_shared_code(monkeypatch):
     """A task declaring a setting gets its flag, its validation and its flat key in train_config.json."""
-    import bertfit.train_config as train_config
+    import bertfit.train.config as train_config
 
     toy = Setting("toy_span", int, 4, "longest span the toy task reads", low=1, high=9, reading=True)
     declared = {**DECLARED, "toy": (toy,)}
@@ -152,7 +152,7 @@ def test_the_run_saves_its_tasks_reading_settings_and_evaluate_reads_files_alike
     `bertfit evaluate` reads a file whose last column is not the tag as training did."""
     from conftest import build_tiny_model_dir
 
-    from bertfit.job import fine_tune
+    from bertfit.train.finetune import fine_tune
 
     words = "john mary paris rome saw met the .".split()
     model_dir = build_tiny_model_dir(tmp_path / "model", words=words, max_position_embeddings=64)

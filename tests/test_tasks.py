@@ -16,8 +16,8 @@ import torch
 from bertfit.config import PROBLEM_TYPES, BertConfig
 from bertfit.errors import DataError
 from bertfit.heads import HEADS, BertForSequenceClassification, sequence_loss
-from bertfit.job import fine_tune
-from bertfit.predict import TextClassifier
+from bertfit.train.finetune import fine_tune
+from bertfit.predict.predictor import TextClassifier
 from bertfit.tasks import TASKS, detect_problem_type
 
 # The tasks `bertfit train` trains on a labelled file (pretraining has its own command and tests).
@@ -25,7 +25,7 @@ FINE_TUNING = {name: cls for name, cls in TASKS.items() if cls.command == "train
 from bertfit.tasks.base import Task
 from bertfit.tasks.multilabel import multilabel_metrics, tune_thresholds
 from bertfit.tasks.regression import regression_metrics
-from bertfit.train_config import TrainConfig
+from bertfit.train.config import TrainConfig
 
 from conftest import NEGATIVE, POSITIVE, WORDS
 
@@ -120,9 +120,9 @@ def test_registry_is_complete():
 def _sample(cls: type[Task]) -> tuple[list[str], object, object]:
     """(output names, outputs of examples, their targets) for a task's evaluate."""
     if cls.name == "qa":  # per question: the decoded spans of its windows; targets are the answer texts
-        from bertfit.tasks.qa import QAOutputs
-        from bertfit.tasks.qa_decode import QAPrediction
-        from bertfit.tasks.qa_windows import QAWindows
+        from bertfit.tasks.qa.task import QAOutputs
+        from bertfit.tasks.qa.decode import QAPrediction
+        from bertfit.tasks.qa.windows import QAWindows
         from bertfit.tokenizer import Encoded
 
         windows = QAWindows([Encoded([2, 5, 3], [0, 0, 0], False)], np.array([0]), np.array([1]), [np.array([[0, 1]])],
@@ -141,7 +141,7 @@ def _labels_for(cls: type[Task]) -> list:
 def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     """read → encode → collate → forward → loss → decode → save → load → export: the same outputs."""
     pytest.importorskip("onnxruntime")
-    from bertfit.export import export_onnx
+    from bertfit.predict.export import export_onnx
 
     run, rows = _train(tmp_path, tiny_model_dir, task)
     saved = json.loads((run / "task.json").read_text())
@@ -224,7 +224,7 @@ def _hf_pair(problem_type: str, num_labels: int):
                         problem_type=problem_type).with_labels([f"l{i}" for i in range(num_labels)])
     torch.manual_seed(0)
     ours = BertForSequenceClassification(config).eval()
-    from bertfit.checkpoints import to_transformers_state_dict
+    from bertfit.weights import to_transformers_state_dict
 
     theirs = transformers.BertForSequenceClassification(transformers.BertConfig(**config.to_dict())).eval()
     missing, unexpected = theirs.load_state_dict(to_transformers_state_dict(ours), strict=False)
@@ -364,7 +364,7 @@ def test_detected_problem_type_is_logged(tmp_path, tiny_model_dir, caplog):
     train = _write_jsonl(tmp_path / "ml.jsonl", _rows("multi-label", 60, seed=3))
     config = TrainConfig(train_file=str(train), model=str(tiny_model_dir), output_dir=str(tmp_path / "run"),
                          max_steps=2, batch_size=16, threads=1, max_length=32)
-    with caplog.at_level(logging.INFO, logger="bertfit.job"):
+    with caplog.at_level(logging.INFO, logger="bertfit.train.finetune"):
         result = fine_tune(config)
     assert result.task.name == "multi-label"
     assert any("problem type: multi-label (detected: 60 labels are JSON lists" in r.getMessage() for r in caplog.records)

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from bertfit.errors import BertfitError
-from bertfit.job import fine_tune
-from bertfit.predict import TextClassifier
+from bertfit.train.finetune import fine_tune
+from bertfit.predict.predictor import TextClassifier
 from bertfit.tasks.classify import class_weight_vector
-from bertfit.train import linear_schedule, param_groups
-from bertfit.train_config import TrainConfig
+from bertfit.train.loop import linear_schedule, param_groups
+from bertfit.train.config import TrainConfig
 from conftest import BF16_EPS, synthetic_rows, write_csv
 
 
@@ -122,7 +122,7 @@ def test_gradient_accumulation_matches_one_big_batch_in_bf16(tmp_path, no_dropou
 def test_sparse_word_embedding_gradient_gives_the_dense_results(tmp_path, tiny_model_dir, synthetic_csv, monkeypatch):
     """On the CPU the Trainer adds a sparse word-embedding gradient into one kept dense buffer (no
     fresh vocab × H gradient per step); the trained weights must be the ordinary dense path's."""
-    from bertfit import train as train_module
+    from bertfit.train import loop as train_module
 
     original = train_module.Trainer.__init__
     used = []
@@ -194,7 +194,7 @@ def test_lr_schedule_warmup_then_linear_decay():
 
 
 def test_weight_decay_skips_biases_and_layer_norm(tiny_model_dir):
-    from bertfit.checkpoints import load_classifier
+    from bertfit.weights import load_classifier
 
     model = load_classifier(tiny_model_dir, ["a", "b"])
     decay, no_decay = param_groups(model, 0.01)
@@ -229,10 +229,10 @@ def test_class_weights_give_the_hand_computed_weighted_loss_and_gradient(tmp_pat
 
     import torch.nn.functional as F
 
-    from bertfit.checkpoints import load_classifier
-    from bertfit.runs import RunDir
+    from bertfit.weights import load_classifier
+    from bertfit.train.run_dir import RunDir
     from bertfit.tokenizer import WordPieceTokenizer
-    from bertfit.train import EncodedSplit, Trainer
+    from bertfit.train.loop import EncodedSplit, Trainer
 
     labels = ["negative", "positive"]
     rows = unique_rows(24, seed=7)

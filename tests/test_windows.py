@@ -9,7 +9,7 @@ import torch
 
 from bertfit.errors import ConfigError
 from bertfit.tokenizer import WordPieceTokenizer
-from bertfit.windows import (LongText, aggregate, aggregate_torch, build, encode, kept_positions, pair_budgets,
+from bertfit.tasks.windows import (LongText, aggregate, aggregate_torch, build, encode, kept_positions, pair_budgets,
                              summary, window_starts)
 
 CLS, SEP = 101, 102

@@ -5,10 +5,10 @@ import logging; logging.disable(logging.WARNING)
 import sys, time, shutil, numpy as np, torch, onnx
 from pathlib import Path
 torch.set_num_threads(2)
-from bertfit.predict import TextClassifier
-from bertfit.export import export_onnx
-from bertfit.job import prepare_data
-from bertfit.train_config import TrainConfig
+from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.export import export_onnx
+from bertfit.train.finetune import prepare_data
+from bertfit.train.config import TrainConfig
 from onnxruntime.quantization import QuantType, quantize_dynamic
 m=sys.argv[1]
 data = prepare_data(TrainConfig(seed=0))

@@ -3,9 +3,9 @@ Run: .venv/bin/python benchmarks/adhoc/latency_prepack_ab.py 2 MODEL_DIR"""
 import time, statistics, torch, sys
 torch.set_num_threads(int(sys.argv[1]))
 import bertfit.cpu_linear as cl
-from bertfit.predict import TextClassifier
-from bertfit.job import prepare_data
-from bertfit.train_config import TrainConfig
+from bertfit.predict.predictor import TextClassifier
+from bertfit.train.finetune import prepare_data
+from bertfit.train.config import TrainConfig
 import logging; logging.disable(logging.WARNING)
 clf = TextClassifier.load(sys.argv[2], device="cpu", engine="pytorch")
 data = prepare_data(TrainConfig(seed=0))

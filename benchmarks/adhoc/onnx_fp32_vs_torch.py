@@ -10,9 +10,9 @@ if len(sys.argv) > 2 and sys.argv[1] == "--child":
     import numpy as np
     import torch
     torch.set_num_threads(2)
-    from bertfit.job import prepare_data
-    from bertfit.predict import TextClassifier
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.finetune import prepare_data
+    from bertfit.predict.predictor import TextClassifier
+    from bertfit.train.config import TrainConfig
     # the export directory runs with ONNX Runtime; the run directory with PyTorch (not the CPU default)
     clf = TextClassifier.load(sys.argv[2], engine="pytorch" if sys.argv[2] == sys.argv[4] else "auto")
     texts = [e.text for e in prepare_data(TrainConfig(seed=0)).test[:2000]]

@@ -4,9 +4,9 @@
 EXPORT_DIR: from `bertfit export RUN --output DIR`, or the cache ($BERTFIT_CACHE/onnx-fp32/HASH)."""
 import sys, time, logging; logging.disable(logging.WARNING)
 import torch; torch.set_num_threads(2)
-from bertfit.job import prepare_data
-from bertfit.train_config import TrainConfig
-from bertfit.predict import TextClassifier
+from bertfit.train.finetune import prepare_data
+from bertfit.train.config import TrainConfig
+from bertfit.predict.predictor import TextClassifier
 clf = TextClassifier.load(sys.argv[1])  # an export directory: ONNX Runtime
 texts = [e.text for e in prepare_data(TrainConfig(seed=0)).test[:2000]]
 clf.predict(texts[:200])

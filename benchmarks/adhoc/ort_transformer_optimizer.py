@@ -6,9 +6,9 @@ import time, numpy as np, onnx, shutil, collections
 from pathlib import Path
 from onnxruntime.transformers import optimizer
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from bertfit.predict import TextClassifier
-from bertfit.job import prepare_data
-from bertfit.train_config import TrainConfig
+from bertfit.predict.predictor import TextClassifier
+from bertfit.train.finetune import prepare_data
+from bertfit.train.config import TrainConfig
 base=Path("/tmp/qexp")
 src=base/"fp32"/"model.onnx"
 opt = optimizer.optimize_model(str(src), model_type="bert", num_heads=12, hidden_size=384, opt_level=1)

@@ -2,9 +2,9 @@
 Run: .venv/bin/python benchmarks/adhoc/prediction_flops.py MODEL_DIR"""
 import sys
 import logging; logging.disable(logging.WARNING)
-from bertfit.predict import TextClassifier
-from bertfit.job import prepare_data
-from bertfit.train_config import TrainConfig
+from bertfit.predict.predictor import TextClassifier
+from bertfit.train.finetune import prepare_data
+from bertfit.train.config import TrainConfig
 clf = TextClassifier.load(sys.argv[1], device="cpu", engine="pytorch")
 data = prepare_data(TrainConfig(seed=0))
 texts = [e.text for e in data.test[:2000]]

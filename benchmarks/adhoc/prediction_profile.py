@@ -8,9 +8,9 @@ import statistics, sys, time
 import torch
 torch.set_num_threads(2)
 from torch.profiler import profile, ProfilerActivity
-from bertfit.predict import TextClassifier
-from bertfit.job import prepare_data
-from bertfit.train_config import TrainConfig
+from bertfit.predict.predictor import TextClassifier
+from bertfit.train.finetune import prepare_data
+from bertfit.train.config import TrainConfig
 clf = TextClassifier.load(sys.argv[1], device="cpu", engine="pytorch")
 mode = sys.argv[2] if len(sys.argv) > 2 else "batch"
 data = prepare_data(TrainConfig(seed=0))

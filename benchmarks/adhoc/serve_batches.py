@@ -5,9 +5,9 @@ does) and in bulk (2,000 tweets in one call), for several per-call overheads of 
   BERTFIT_CACHE=... .venv/bin/python benchmarks/adhoc/serve_batches.py MODEL_DIR THREADS"""
 import sys, time, random, logging; logging.disable(logging.WARNING)
 import torch; torch.set_num_threads(int(sys.argv[2]))
-from bertfit.job import prepare_data
-from bertfit.train_config import TrainConfig
-from bertfit.predict import TextClassifier
+from bertfit.train.finetune import prepare_data
+from bertfit.train.config import TrainConfig
+from bertfit.predict.predictor import TextClassifier
 m = sys.argv[1]
 texts = [e.text for e in prepare_data(TrainConfig(seed=0)).test[:2000]]
 rng = random.Random(0)

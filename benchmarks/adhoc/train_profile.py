@@ -9,18 +9,19 @@
 import logging; logging.disable(logging.WARNING)
 import torch, time, tempfile, sys
 torch.set_num_threads(2)
-from bertfit.checkpoints import load_classifier, resolve_model
-from bertfit.job import encode, prepare_data
-from bertfit.runs import RunDir
+from bertfit.weights import load_classifier
+from bertfit.hub import resolve_model
+from bertfit.train.finetune import encode, prepare_data
+from bertfit.train.run_dir import RunDir
 from bertfit.tokenizer import WordPieceTokenizer
-from bertfit.train import Trainer, seed_everything
-from bertfit.train_config import TrainConfig
+from bertfit.train.loop import Trainer, seed_everything
+from bertfit.train.config import TrainConfig
 steps, mode = int(sys.argv[1]), sys.argv[2]
 data = prepare_data(TrainConfig(seed=0))
 md = resolve_model("minilm-l6")
 config = TrainConfig(max_steps=steps, batch_size=32, lr=5e-5, warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, max_length=128, seed=0, log_every=50, save_every=10**9, eval_each_epoch=False, device="cpu", threads=2)
 tok = WordPieceTokenizer.from_dir(md)
-train = encode(tok, data.train, data.labels, 128)
+train = encode(tok, data.train, data.task, 128)
 
 
 def run(sparse=True, profiled=False):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from bertfit import compat
 from bertfit.errors import BertfitError
+
+compat.install()  # the module names before the package layout, as deprecated aliases
 
 __all__ = ["BertfitError", "__version__", "load"]
 
@@ -12,6 +15,6 @@ __all__ = ["BertfitError", "__version__", "load"]
 def load(run, **options):
     """A trained run directory (or export) as a predictor: ``bertfit.load(RUN).predict(texts)``.
     options: those of predict.TextClassifier.load (device, engine, int8). Imports torch on call."""
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     return TextClassifier.load(run, **options)

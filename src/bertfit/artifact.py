@@ -21,9 +21,9 @@ from typing import Any
 
 from bertfit.config import BertConfig
 from bertfit.errors import CheckpointError, ConfigError
-from bertfit.tasks import BY_PROBLEM_TYPE, build_task, task_class
+from bertfit.tasks import build_task, task_class
 from bertfit.tasks.base import Task
-from bertfit.windows import LongText
+from bertfit.tasks.windows import LongText
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Artifact:
 
 
 def write_task(directory: str | os.PathLike, task: Task, *, max_length: int, reading: dict[str, Any]) -> Path:
-    from bertfit.runs import write_json_atomic
+    from bertfit.io import write_json_atomic
 
     path = Path(directory) / TASK_FILE
     write_json_atomic(path, {"format": FORMAT, "task": task.name, "labels": task.labels, "state": task.state(),
@@ -48,13 +48,19 @@ def write_task(directory: str | os.PathLike, task: Task, *, max_length: int, rea
     return path
 
 
+def task_of_config(config: BertConfig) -> Task:
+    """The task a model's config.json implies (its problem_type and labels), for a directory
+    without task.json: a run from before the task seam, or any transformers checkpoint. The one
+    place a run's task is resolved from the model itself."""
+    return task_class(config.problem_type)(config.labels)
+
+
 def read_artifact(directory: str | os.PathLike, config: BertConfig) -> Artifact:
     """The task of a model directory (task.json, else config.json), rebuilt for prediction."""
     directory = Path(directory)
     path = directory / TASK_FILE
     if not path.is_file():
-        task = BY_PROBLEM_TYPE[config.problem_type](config.labels)
-        return Artifact(task, max_length=_train_config_max_length(directory))
+        return Artifact(task_of_config(config), max_length=_train_config_max_length(directory))
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:

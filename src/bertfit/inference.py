@@ -12,7 +12,7 @@ import torch
 from bertfit.batching import collate, inference_batches
 from bertfit.tokenizer import Encoded
 
-logger = logging.getLogger("bertfit.train")
+logger = logging.getLogger("bertfit.train.loop")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -215,7 +215,7 @@ def cache_key(isa: Isa, threads: int) -> str:
 
 
 def cache_path(key: str) -> Path:
-    from bertfit.checkpoints import cache_dir
+    from bertfit.io import cache_dir
 
     return cache_dir() / "cpu-precision" / f"{key}.json"
 

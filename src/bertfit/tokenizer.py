@@ -25,7 +25,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import WordPiece
 
 from bertfit.errors import CheckpointError
-from bertfit.tokenizer_files import _bert_template, _read_tokenizer_config, _read_vocab, _write_atomic
+from bertfit.tokenizer_files import bert_template, read_tokenizer_config, read_vocab, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class WordPieceTokenizer:
                 f"Tokenizer directory {directory} does not exist or is not a directory. "
                 f"Pass the model directory that holds {TOKENIZER_FILE} or {VOCAB_FILE}."
             )
-        config = _read_tokenizer_config(directory / TOKENIZER_CONFIG_FILE)
+        config = read_tokenizer_config(directory / TOKENIZER_CONFIG_FILE)
         tokenizer_json = directory / TOKENIZER_FILE
         if tokenizer_json.is_file():
             tokenizer = cls.from_tokenizer_json(tokenizer_json)
@@ -209,7 +209,7 @@ class WordPieceTokenizer:
             # Without a post-processor nothing would add [CLS]/[SEP], and the classifier reads
             # [CLS]; transformers 5 adds the same template when it rebuilds a BertTokenizer.
             logger.info("%s has no post-processor; adding BERT's [CLS]/[SEP] template.", path)
-            tokenizer.post_processor = _bert_template(tokenizer, names["cls_token"], names["sep_token"], str(path))
+            tokenizer.post_processor = bert_template(tokenizer, names["cls_token"], names["sep_token"], str(path))
         return cls(tokenizer, source=str(path), **names)
 
     @classmethod
@@ -226,7 +226,7 @@ class WordPieceTokenizer:
         `strip_accents=None` means "strip when lowercasing", as in the original BERT.
         """
         vocab_path = Path(vocab_path)
-        vocab = _read_vocab(vocab_path)
+        vocab = read_vocab(vocab_path)
         names = _DEFAULT_SPECIAL_TOKENS
         for key in ("cls_token", "sep_token", "pad_token", "unk_token"):
             if names[key] not in vocab:
@@ -251,7 +251,7 @@ class WordPieceTokenizer:
                 for key in ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
             ]
         )
-        tokenizer.post_processor = _bert_template(tokenizer, names["cls_token"], names["sep_token"], str(vocab_path))
+        tokenizer.post_processor = bert_template(tokenizer, names["cls_token"], names["sep_token"], str(vocab_path))
         return cls(tokenizer, source=str(vocab_path), **names)
 
     # ------------------------------------------------------------------------------ properties
@@ -505,14 +505,14 @@ class WordPieceTokenizer:
         # Saved files must not force a length on whoever loads them (MiniLM's fixed 128 did).
         copy.no_truncation()
         copy.no_padding()
-        _write_atomic(directory / TOKENIZER_FILE, copy.to_str(pretty=True))
+        write_atomic(directory / TOKENIZER_FILE, copy.to_str(pretty=True))
 
         vocab = copy.get_vocab(with_added_tokens=True)
         by_id: dict[int, str] = {i: token for token, i in vocab.items()}
         # vocab.txt is positional (line n is id n); a hole (from a duplicated line in the source
         # vocab) gets a filler that BertPreTokenizer can never produce, so no id shifts.
         lines = [by_id.get(i, f"[unused_bertfit_{i}]") for i in range(max(by_id) + 1)]
-        _write_atomic(directory / VOCAB_FILE, "".join(f"{token}\n" for token in lines))
+        write_atomic(directory / VOCAB_FILE, "".join(f"{token}\n" for token in lines))
 
         special = {f"{role}_token": token for role, token in self._tokens.items() if role in self._ids}
         config = {
@@ -524,8 +524,8 @@ class WordPieceTokenizer:
             **special,
             "clean_up_tokenization_spaces": True,
         }
-        _write_atomic(directory / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        _write_atomic(directory / SPECIAL_TOKENS_MAP_FILE, json.dumps(special, indent=2, ensure_ascii=False) + "\n")
+        write_atomic(directory / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        write_atomic(directory / SPECIAL_TOKENS_MAP_FILE, json.dumps(special, indent=2, ensure_ascii=False) + "\n")
 
     # --------------------------------------------------------------------------------- helpers
 

@@ -17,7 +17,7 @@ from bertfit.errors import CheckpointError
 logger = logging.getLogger("bertfit.tokenizer")
 
 
-def _bert_template(tokenizer: Tokenizer, cls_token: str, sep_token: str, source: str) -> processors.TemplateProcessing:
+def bert_template(tokenizer: Tokenizer, cls_token: str, sep_token: str, source: str) -> processors.TemplateProcessing:
     """BERT's `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]` template, segment ids 0 then 1."""
     ids = {token: tokenizer.token_to_id(token) for token in (cls_token, sep_token)}
     missing = [token for token, token_id in ids.items() if token_id is None]
@@ -33,7 +33,7 @@ def _bert_template(tokenizer: Tokenizer, cls_token: str, sep_token: str, source:
     )
 
 
-def _read_vocab(path: Path) -> dict[str, int]:
+def read_vocab(path: Path) -> dict[str, int]:
     """vocab.txt to {token: id}, line n being id n, read the way transformers' load_vocab reads it."""
     try:
         with open(path, encoding="utf-8") as file:
@@ -55,7 +55,7 @@ def _read_vocab(path: Path) -> dict[str, int]:
     return vocab
 
 
-def _read_tokenizer_config(path: Path) -> dict[str, Any]:
+def read_tokenizer_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
@@ -69,7 +69,7 @@ def _read_tokenizer_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a tokenizer behind."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

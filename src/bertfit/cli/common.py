@@ -115,7 +115,7 @@ def launch_if_asked(args: argparse.Namespace, command: str) -> int | None:
         return None
     import sys
 
-    from bertfit.launch import launch, without_option
+    from bertfit.train.launch import launch, without_option
 
     argv = without_option(getattr(args, "argv", None) or sys.argv[1:], "--nproc")
     return launch(args.nproc, argv, args.dist_timeout, command=command)
@@ -127,7 +127,7 @@ def add_header_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def header_options(args: argparse.Namespace) -> dict[str, Any]:
-    from bertfit.train_config import parse_columns
+    from bertfit.train.config import parse_columns
 
     columns = parse_columns(args.columns)
     return {"header": bool(args.header) and columns is None, "columns": columns}
@@ -165,7 +165,7 @@ def check_output_file(output: Path, source: Path | None, flag: str) -> None:
 
 def module_doc(name: str) -> str | None:
     """A bertfit module's docstring, read from its source without importing it: the export and serve
-    commands show their library module's docstring in --help, and bertfit.export imports torch."""
+    commands show their library module's docstring in --help, and bertfit.predict.export imports torch."""
     import ast
     import importlib.util
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bertfit.cli.common import TRAIN_HELP, add_header_arguments, check_output_file, header_options
-from bertfit.engines import add_engine_argument
+from bertfit.predict.engines import add_engine_argument
 
 HELP = "score a trained model on a labelled file"
 DESCRIPTION = None
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
     from bertfit.tasks.sequence import reading_options
 
     classifier = TextClassifier.load(args.run, int8=args.int8, engine=args.engine)

@@ -8,7 +8,7 @@ from pathlib import Path
 from bertfit.cli.common import module_doc
 
 HELP = "export a trained model to ONNX, optionally int8 (extra: bertfit[export])"
-DESCRIPTION = module_doc("bertfit.export")
+DESCRIPTION = module_doc("bertfit.predict.export")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertfit.export import MODEL_FILE, export_onnx
+    from bertfit.predict.export import MODEL_FILE, export_onnx
 
     report = export_onnx(args.run, args.output, int8=args.int8, opset=args.opset, check_file=args.check_file)
     kind = "int8" if args.int8 else "fp32"

@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertfit.checkpoints import load_pretraining, resolve_model
-    from bertfit.pretraining.use import next_sentence
+    from bertfit.weights import load_pretraining
+    from bertfit.hub import resolve_model
+    from bertfit.tasks.pretrain.use import next_sentence
     from bertfit.tokenizer import WordPieceTokenizer
 
     directory = resolve_model(args.model)

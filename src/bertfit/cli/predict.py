@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bertfit.cli.common import add_header_arguments, check_output_file, header_options, positive_int
-from bertfit.engines import add_engine_argument
+from bertfit.predict.engines import add_engine_argument
 from bertfit.errors import BertfitError
 
 logger = logging.getLogger("bertfit")
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
     classifier = TextClassifier.load(args.run, int8=args.int8, device=args.device, engine=args.engine)
     if args.int8:
@@ -180,7 +180,7 @@ def _stdin_lines(encoding: str | None) -> list[str]:
 
 def _predict_columns(classifier, args: argparse.Namespace, table, inputs: list[str]) -> list[dict]:
     """Predictions for a table's text (and pair) column, or a task's own list column (NER tokens)."""
-    from bertfit.data import predict_columns
+    from bertfit.data.labelled import predict_columns
 
     if inputs and args.text_column is None and not any(c in table.columns for c in ("text",)):
         column, pair_column = inputs[0], None
@@ -200,7 +200,7 @@ def _predict_columns(classifier, args: argparse.Namespace, table, inputs: list[s
 
 
 def _predict_file(classifier, args: argparse.Namespace) -> int:
-    from bertfit.data import read_table, write_table
+    from bertfit.data.labelled import read_table, write_table
 
     source = Path(args.file)
     output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")

@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if launched is not None:
         return launched
     from bertfit.errors import ConfigError
-    from bertfit.pretraining.job import PretrainSettings, pretrain
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.pretrain import PretrainSettings, pretrain
+    from bertfit.train.config import TrainConfig
 
     values: dict[str, Any] = {"output_dir": "runs/pretrain"}
     values.update({name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None})
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     if os.environ.get("RANK", "0") != "0":  # a distributed job: rank 0 prints the results
         return 0
-    from bertfit.tasks.pretrain import Pretrain
+    from bertfit.tasks.pretrain.task import Pretrain
 
     task = Pretrain(nsp=(result.settings or settings).nsp)  # a resumed run's own objectives
     if "before" in result.metrics:

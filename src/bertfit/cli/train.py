@@ -31,7 +31,7 @@ NOT_FLAGS = ("extra", "task_settings")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from bertfit.tasks.declared import DECLARED
     from bertfit.tasks.settings import add_flags
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.config import TrainConfig
 
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
     parser.add_argument("--quick", action="store_true",
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif f.name in ("label_map", "columns"):
             parser.add_argument(flag, default=None, help=help_text)
         elif f.name == "problem_type":
-            from bertfit.train_config import PROBLEM_TYPES
+            from bertfit.train.config import PROBLEM_TYPES
 
             parser.add_argument("--task", flag, dest=f.name, choices=PROBLEM_TYPES, default=None, help=help_text)
         elif f.name in CHOICES:
@@ -80,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
     launched = launch_if_asked(args, "train")
     if launched is not None:
         return launched
-    from bertfit.data import parse_label_map
-    from bertfit.job import fine_tune
+    from bertfit.data.labelled import parse_label_map
+    from bertfit.train.finetune import fine_tune
     from bertfit.tasks.declared import DECLARED
     from bertfit.tasks.settings import flag_values
-    from bertfit.train_config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
+    from bertfit.train.config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FLAGS}
     flags.update(flag_values(args, DECLARED, "train"))
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
               f"{test['macro_f1']:.4f} ({100 * (test['macro_f1'] - baseline['macro_f1']):+.1f} points)")
     spread = result.metrics.get("seeds") if result.metrics else None
     if spread:
-        from bertfit.seeds import format_spread
+        from bertfit.train.seeds import format_spread
 
         print(f"\nover {len(spread['seeds'])} seeds {spread['seeds']} (mean ± {spread['std']}; the model kept is seed "
               f"{spread['best_seed']}'s, best {spread['selected_on']}, whose figures are above):")
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
 def _warn_ignored_on_resume(run: str, given: set[str], config) -> None:
     """`--resume RUN` continues RUN with the settings it saved (that is what makes it exact): a setting
     given with it (flag, --config file, --quick) that differs from the saved one is ignored, and named."""
-    from bertfit.train_config import TrainConfig
+    from bertfit.train.config import TrainConfig
 
     path = Path(run) / "train_config.json"
     try:

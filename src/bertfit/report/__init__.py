@@ -59,17 +59,15 @@ class ReportInputs:
     best: dict | None = None
     wall_time_s: float | None = None
     notes: list[str] = field(default_factory=list)
-    task: Any = None  # the run's Task (tasks/); None: single-label over ``labels``
+    task: Any = None  # the run's Task (tasks/): it supplies the results sections; required
     # Per split, (outputs, targets) for plots that need every prediction (regression scatter).
     outputs: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     # `train --seeds N` (seeds.py): {"seeds", "best_seed", "selected_on", "spread": {split: {metric: mean/std}}}
     seed_spread: dict | None = None
 
     def __post_init__(self) -> None:
-        if self.task is None:
-            from bertfit.tasks.classify import SingleLabel
-
-            self.task = SingleLabel(self.labels)
+        if self.task is None:  # the report names no task of its own: the run's task writes its results
+            raise ValueError("ReportInputs needs the run's task (task=...)")
 
 
 class Plotter:

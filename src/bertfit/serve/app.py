@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from bertfit.errors import BertfitError, ConfigError
 from bertfit.serve.batcher import DeadlineExceededError, DynamicBatcher, QueueFullError, ShuttingDownError
 from bertfit.serve.config import ServeConfig
-from bertfit.serve.host import FAILED, LOADING, READY, ModelHost, _local_model_dir, read_model_info
+from bertfit.serve.host import FAILED, LOADING, READY, ModelHost, local_model_dir, read_model_info
 from bertfit.serve.requests import ApiError, check_inputs, parse_predict_request
 from bertfit.serve.metrics import CLIENT_CLOSED
 from bertfit.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -110,7 +110,7 @@ def create_app(config: ServeConfig) -> "FastAPI":
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 
-    local_dir = _local_model_dir(config.run)
+    local_dir = local_model_dir(config.run)
     host = ModelHost(config, read_model_info(local_dir) if local_dir is not None else None)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertfit-model")
     batcher = DynamicBatcher(host.run_batch, max_batch_size=config.max_batch_size,

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from bertfit.engines import ENGINES, add_engine_argument
+from bertfit.predict.engines import ENGINES, add_engine_argument
 from bertfit.errors import ConfigError
 
 

@@ -16,7 +16,7 @@ from bertfit.serve.batcher import Job
 from bertfit.serve.config import ServeConfig, default_threads
 
 if TYPE_CHECKING:
-    from bertfit.predict import TextClassifier
+    from bertfit.predict.predictor import TextClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _local_model_dir(run: str) -> Path | None:
+def local_model_dir(run: str) -> Path | None:
     """The directory when ``run`` is a local path (checked now, so mistakes fail before binding).
 
     Bundled names and hub ids resolve in the background, because resolving may extract or
@@ -112,8 +112,8 @@ class ModelHost:
         self._wait_at_gate()
         import torch
 
-        from bertfit.checkpoints import resolve_model
-        from bertfit.predict import TextClassifier
+        from bertfit.hub import resolve_model
+        from bertfit.predict.predictor import TextClassifier
 
         # Set on this thread, the one that runs every batch: OpenMP's thread count is per thread.
         torch.set_num_threads(self.config.threads or default_threads())

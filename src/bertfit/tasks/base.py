@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from bertfit.tasks.settings import Setting
-from bertfit.windows import LongText
+from bertfit.tasks.windows import LongText
 
 if TYPE_CHECKING:
     from bertfit.batching import Batch, EncodedSplit
@@ -150,7 +150,7 @@ class Task(ABC):
         context: its ``input_columns``) overrides this; a bad item raises errors.InputError (its
         position, and a reason that names the field)."""
         from bertfit.errors import InputError
-        from bertfit.examples import Example
+        from bertfit.data.examples import Example
 
         examples = []
         for i, item in enumerate(items):

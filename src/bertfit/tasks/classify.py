@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bertfit import data as data_mod
-from bertfit.calibration import expected_calibration_error, fit_temperature, reliability, softmax_nll, top_label
+from bertfit.data import labelled as data_mod
+from bertfit.data.files import sort_labels
+from bertfit.tasks.calibration import expected_calibration_error, fit_temperature, reliability, softmax_nll, top_label
 from bertfit.errors import ConfigError, DataError
 from bertfit.heads import sequence_loss
-from bertfit.metrics import classification_metrics, format_metrics_table, predicted_class_share
+from bertfit.tasks.metrics import classification_metrics, format_metrics_table, predicted_class_share
 from bertfit.report.document import Image, Paragraph, Strong, Table, finite, fmt_int, fmt_score
 from bertfit.tasks.base import LabelProblem
 from bertfit.tasks.sequence import SequenceTask, preview, softmax
@@ -66,7 +67,7 @@ class SingleLabel(SequenceTask):
         mapping = options.get("label_map")
         if mapping is not None:
             if text not in mapping:
-                keys = data_mod._sort_labels(mapping)
+                keys = sort_labels(mapping)
                 shown = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
                 raise LabelProblem(f"label {preview(text)} is not in the label map (keys: {shown}); add it to --label-map")
             text = mapping[text]

@@ -9,8 +9,8 @@ checks that this lists exactly the registered tasks, each with its class's ``set
 from __future__ import annotations
 
 from bertfit.tasks.multilabel_settings import MULTILABEL_SETTINGS
-from bertfit.tasks.ner_data import NER_SETTINGS
-from bertfit.tasks.qa_data import QA_SETTINGS
+from bertfit.tasks.ner.data import NER_SETTINGS
+from bertfit.tasks.qa.data import QA_SETTINGS
 from bertfit.tasks.settings import Setting, by_name
 
 DECLARED: dict[str, tuple[Setting, ...]] = {

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bertfit import data as data_mod
-from bertfit.calibration import expected_calibration_error, fit_platt, per_label, reliability
+from bertfit.data.files import sort_labels
+from bertfit.tasks.calibration import expected_calibration_error, fit_platt, per_label, reliability
 from bertfit.errors import ConfigError
 from bertfit.heads import sequence_loss
 from bertfit.report.document import Paragraph, Strong, Table, finite, fmt_int, fmt_score
@@ -111,11 +111,11 @@ class MultiLabel(SequenceTask):
                     raise LabelProblem(f"label {preview(text)} is not in the label map; add it to --label-map")
                 text = mapping[text]
             items.append(text)
-        return tuple(data_mod._sort_labels(set(items)))
+        return tuple(sort_labels(set(items)))
 
     @classmethod
     def label_space(cls, labels: Sequence[Hashable], options: Mapping[str, Any]) -> list[str]:
-        return data_mod._sort_labels({item for row in labels for item in row})  # type: ignore[union-attr]
+        return sort_labels({item for row in labels for item in row})  # type: ignore[union-attr]
 
     def check_label(self, label: Hashable) -> str | None:
         known = set(self.labels)

@@ -17,9 +17,9 @@ from bertfit.errors import ConfigError
 from bertfit.tasks.base import LabelProblem, Task
 from bertfit.tasks.classify import SingleLabel
 from bertfit.tasks.multilabel import MultiLabel
-from bertfit.tasks.ner import NER
-from bertfit.tasks.qa import QuestionAnswering
-from bertfit.tasks.pretrain import Pretrain
+from bertfit.tasks.ner.task import NER
+from bertfit.tasks.qa.task import QuestionAnswering
+from bertfit.tasks.pretrain.task import Pretrain
 from bertfit.tasks.regression import Regression
 
 logger = logging.getLogger(__name__)

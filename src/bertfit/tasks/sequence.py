@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bertfit import windows
+from bertfit.tasks import windows
 from bertfit.batching import Batch, EncodedSplit, collate
-from bertfit.windows import LongText
+from bertfit.tasks.windows import LongText
 
-from bertfit import data as data_mod
-from bertfit.data import Example, LoadReport, Rejection
+from bertfit.data import labelled as data_mod
+from bertfit.data.labelled import Example, LoadReport, Rejection
 from bertfit.errors import DataError
 from bertfit.heads import sequence_loss
 from bertfit.tasks.base import LabelProblem, Task

@@ -1,0 +1,277 @@
+"""TextClassifier: load a run (or any classifier checkpoint) and predict, whatever its task.
+
+The model's task (task.json, else config.json's problem_type; see artifact.py) turns outputs into
+records: a label with probabilities (single-label), the labels over their tuned thresholds
+(multi-label), values (regression). ``predictions`` returns those records; ``predict`` the answers.
+
+Prediction sorts texts by length into token-budgeted batches (almost no padding), runs the packed
+fast path under ``torch.inference_mode``, and returns results in input order.
+
+Engines. On the CPU, when onnx and onnxruntime are installed (the ``export`` extra; ``make`` installs
+it), the model runs as an ONNX Runtime graph exported once into a cache (export.py): the same fp32
+logits as PyTorch (checked to 1e-4 at export; ~1e-6 in practice) at about half the single-text
+latency, since one static graph skips PyTorch's per-operator overhead. ``engine="pytorch"``
+(``--engine pytorch``) keeps PyTorch; a GPU always uses it.
+
+int8 (CPU): ``TextClassifier.load(run, int8=True)`` runs an ONNX Runtime int8 graph of the model,
+which agrees with fp32 on >= 99% of tweet labels. Without onnxruntime, or with engine "pytorch", it is
+PyTorch dynamic quantization, whose 7-bit activations agree on only ~97-98%; a warning says so.
+Neither is exact: agreement and accuracy cost are measured in benchmarks/SPEED_RESULTS.md and
+tests/test_fast_paths.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from bertfit.artifact import read_artifact
+from bertfit.batching import EncodedSplit, engine_logits, inference_batches
+from bertfit.weights import load_classifier
+from bertfit.hub import resolve_model
+from bertfit.config import BertConfig
+from bertfit.cpu_linear import prepack_linears
+from bertfit.predict.engines import ENGINES
+from bertfit.errors import BertfitError, CheckpointError, ConfigError
+from bertfit.heads import BertForSequenceClassification
+from bertfit.predict.onnx_runtime import OnnxEngine, OnnxExport, load_export
+from bertfit.artifact import task_of_config
+from bertfit.tasks.base import Task
+from bertfit.precision import log_prediction_line
+from bertfit.tokenizer import WordPieceTokenizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ENGINES", "TextClassifier", "TorchEngine", "quantize_int8"]
+
+
+def quantize_int8(model: BertForSequenceClassification) -> torch.nn.Module:
+    """PyTorch dynamic int8 quantization of the encoder's linear layers (weights int8 per output
+    channel, activations per batch) except the first layer's; pooler and classifier, one row per
+    text, stay fp32. The fallback when onnxruntime is missing: unlike the ONNX Runtime export it
+    quantizes the FFN up projections too (its measured agreement, ~98%, is in SPEED_RESULTS.md).
+    """
+    # The torch.ao entry point is deprecated in favour of torchao, which is not installed here;
+    # silence the notice rather than pull a dependency in for one call.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        encoder = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and name.startswith("bert.layers.")
+                   and not name.startswith("bert.layers.0.")}
+        return quantize_dynamic(model, encoder, dtype=torch.qint8)
+
+
+class TorchEngine:
+    """Runs batches through the PyTorch model: the packed fast path, on ``device``; on the CPU with
+    prepacked linears, or PyTorch dynamic int8 quantization (``int8``)."""
+
+    name = "pytorch"
+
+    def __init__(self, model: BertForSequenceClassification, *, device: str | torch.device = "cpu",
+                 int8: bool = False) -> None:
+        self.device = torch.device(device)
+        self.int8 = int8
+        model = model.eval().to(self.device)
+        if int8:
+            model = quantize_int8(model)
+        elif self.device.type == "cpu":
+            prepack_linears(model)  # faster single texts and small batches (see cpu_linear.py)
+        self.model = model
+        if int8:
+            logger.warning("int8 with PyTorch dynamic quantization: not exact; on tweets ~97-98% of labels agree with "
+                           "fp32 (ONNX Runtime int8, used when onnxruntime is installed: ~99%); "
+                           "see benchmarks/SPEED_RESULTS.md")
+
+    def batches(self, lengths: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+        # The packed fast path runs its dense layers on real tokens only: padding costs little.
+        return inference_batches(lengths, max_tokens, max_batch)
+
+    def run(self, batch) -> np.ndarray:
+        batch = batch.to(self.device)
+        logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        return logits.float().cpu().numpy()
+
+
+class TextClassifier:
+    """A fine-tuned model with its tokenizer and task, ready to predict, whatever runs it.
+
+    ``model`` is a BertForSequenceClassification (run by a :class:`TorchEngine` on ``device``,
+    int8 if asked) or an engine object (``onnx_runtime.OnnxEngine``; then pass ``config``). The
+    engine object is ``backend``; ``engine`` is its name, "pytorch" or "onnxruntime".
+    """
+
+    def __init__(self, model: "BertForSequenceClassification | TorchEngine | OnnxEngine", tokenizer: WordPieceTokenizer,
+                 *, max_length: int = 512, device: str | torch.device = "cpu", int8: bool = False,
+                 name: str = "model", task: Task | None = None, config: BertConfig | None = None) -> None:
+        self.backend = TorchEngine(model, device=device, int8=int8) if isinstance(model, torch.nn.Module) else model
+        self.config = config if config is not None else self.backend.model.config
+        self.labels = self.config.labels
+        self.task = task if task is not None else task_of_config(self.config)
+        self.tokenizer = tokenizer
+        self.max_length = min(max_length, self.config.max_position_embeddings)
+        self.name = name
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> str:
+        return self.backend.name
+
+    @property
+    def int8(self) -> bool:
+        return self.backend.int8
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The PyTorch module (None when ONNX Runtime runs an exported graph)."""
+        return self.backend.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @classmethod
+    def from_export(cls, loaded: OnnxExport) -> "TextClassifier":
+        """The predictor over an export directory loaded by ``onnx_runtime.load_export``."""
+        return cls(loaded.engine, loaded.tokenizer, max_length=loaded.max_length, name=loaded.name,
+                   task=loaded.task, config=loaded.config)
+
+    @classmethod
+    def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
+             max_length: int | None = None, engine: str = "auto") -> "TextClassifier":
+        """From a bertfit run directory, any BERT classifier directory / hub id, or an ONNX export.
+
+        engine: "pytorch", "onnxruntime" (the model exported once into a cache, CPU only), or "auto":
+        ONNX Runtime on the CPU when onnx and onnxruntime are installed (same fp32 logits to ~1e-6,
+        about half the single-text latency; see benchmarks/RESULTS.md), else PyTorch; PyTorch on a GPU.
+        int8 with engine "pytorch" is PyTorch dynamic quantization (less exact: see quantize_int8).
+        """
+        if engine not in ENGINES:
+            raise BertfitError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        if (Path(run_or_model) / "model.onnx").is_file() and not (Path(run_or_model) / "model.safetensors").is_file():
+            if device not in (None, "cpu"):
+                raise BertfitError(f"{run_or_model} is an ONNX export, which runs on the CPU; drop --device")
+            if engine == "pytorch":
+                raise BertfitError(f"{run_or_model} is an ONNX export, which runs with ONNX Runtime; "
+                                   "for PyTorch, load the run directory it was exported from")
+            classifier = cls.from_export(load_export(run_or_model))
+            if int8 and not classifier.int8:
+                raise BertfitError(f"{run_or_model} is an fp32 ONNX export; for int8 export again with --int8")
+            return classifier
+        directory = resolve_model(run_or_model)
+        gpu = torch.cuda.is_available() and not int8 and engine != "onnxruntime"
+        device = device or ("cuda" if gpu else "cpu")
+        on_cpu = torch.device(device).type == "cpu"
+        if not on_cpu and (int8 or engine == "onnxruntime"):
+            raise BertfitError(f"{'int8 prediction' if int8 else 'ONNX Runtime'} runs on the CPU only; drop --device")
+        if engine != "pytorch" and on_cpu:
+            classifier = _onnx_runtime_classifier(directory, int8=int8, required=engine == "onnxruntime")
+            if classifier is not None:
+                artifact = read_artifact(directory, classifier.config)
+                classifier.task = artifact.task
+                classifier.max_length = min(max_length or artifact.max_length, classifier.config.max_position_embeddings)
+                log_prediction_line(torch.device("cpu"), f"ONNX Runtime {'int8' if int8 else 'fp32'}")
+                return classifier
+        model = load_classifier(directory, require_head=True)
+        tokenizer = WordPieceTokenizer.from_dir(directory)
+        artifact = read_artifact(directory, model.config)
+        log_prediction_line(torch.device(device), "PyTorch int8" if int8 else "PyTorch fp32")
+        return cls(model, tokenizer, max_length=max_length or artifact.max_length, device=device, int8=int8,
+                   name=Path(directory).name, task=artifact.task)
+
+    # -- prediction ---------------------------------------------------------------------------
+    def outputs(self, items: Sequence, *, max_tokens: int = 8192, max_batch: int = 128) -> tuple[EncodedSplit, Any]:
+        """(the encoded features, the outputs per example) for any task's inputs: texts, (text, pair)
+        tuples, or what the task's ``inputs`` takes (tokens, question + context). The task encodes
+        (windows, offsets), the engine runs the features, the task gathers them back per example."""
+        return self.run_examples(self.task.inputs(list(items)), max_tokens=max_tokens, max_batch=max_batch)
+
+    def run_examples(self, examples: Sequence, *, max_tokens: int = 8192, max_batch: int = 128) -> tuple[EncodedSplit, Any]:
+        """``outputs`` for examples already read (labelled files: the split's ``gold`` holds their targets)."""
+        split = self.task.encode(self.tokenizer, examples, self.max_length)
+        with self._lock, torch.inference_mode():
+            raw = engine_logits(self.backend, split.encoded, len(self.labels), self.tokenizer.pad_id,
+                                max_tokens=max_tokens, max_batch=max_batch)
+        return split, self.task.gather(split, raw)
+
+    def records(self, items: Sequence, **kw) -> list[dict]:
+        """One prediction record per input, in input order (what predict prints and the server returns)."""
+        split, outputs = self.outputs(items, **kw)
+        return self.task.decode(outputs, split)
+
+    def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                       max_tokens: int = 8192, max_batch: int = 128) -> Any:
+        """The outputs per text (sequence tasks: an (N, num_labels) array of logits)."""
+        return self.outputs(_items(texts, pairs), max_tokens=max_tokens, max_batch=max_batch)[1]
+
+    def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> np.ndarray:
+        """(len(texts), num_labels) probabilities, columns in ``self.labels`` order: softmax over the
+        classes (single-label) or one sigmoid per label (multi-label); regression has none."""
+        return self.task.probabilities(self.predict_logits(texts, pairs, **kw))
+
+    def predict(self, texts: Sequence, pairs: Sequence[str] | None = None, **kw) -> list:
+        """Each input's answer, in input order: a label, a list of labels, a value (regression), or
+        the task's answer (entities, an answer span)."""
+        return [self.task.answer(record) for record in self.predictions(texts, pairs, **kw)]
+
+    def predictions(self, texts: Sequence, pairs: Sequence[str] | None = None, **kw) -> list[dict]:
+        """One record per input, in input order (what predict prints and the server returns)."""
+        return self.records(_items(texts, pairs), **kw)
+
+
+def _items(texts: Sequence, pairs: Sequence[str] | None) -> list:
+    """texts (and pairs) → the task's input items; a lone string is one input."""
+    if isinstance(texts, (str, Mapping)):
+        texts = [texts]
+    texts = list(texts)
+    if pairs is None:
+        return texts
+    texts = _check_texts(texts, "texts")
+    pairs = _check_texts(pairs, "pairs")
+    if len(pairs) != len(texts):
+        raise BertfitError(f"got {len(texts)} texts but {len(pairs)} pairs; they must match one to one")
+    return list(zip(texts, pairs))
+
+
+def _check_texts(texts: Sequence[str], name: str) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise BertfitError(f"{name}[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected a string")
+    return texts
+
+
+def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> "TextClassifier | None":
+    """The model through ONNX Runtime (cached export), or None where it cannot run and is not required."""
+    import importlib.util
+
+    if not (importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx")):
+        if required:
+            raise BertfitError("engine 'onnxruntime' needs onnx and onnxruntime: pip install 'bertfit[export]'")
+        return None
+    from bertfit.predict.export import cached_export
+
+    try:
+        exported = cached_export(directory, int8=int8)
+        classifier = TextClassifier.from_export(exported)
+        classifier.name = Path(directory).name
+        return classifier
+    except (CheckpointError, ConfigError):
+        raise  # the model directory itself is unusable: PyTorch would fail the same way
+    except Exception as exc:  # noqa: BLE001 -- ONNX Runtime is an optimisation: PyTorch is the reference path
+        if required:
+            raise BertfitError(f"{directory}: could not export to ONNX Runtime: {exc}") from exc
+        logger.warning("%s: ONNX Runtime export failed (%s); predicting with PyTorch (--engine pytorch skips the "
+                       "attempt)", directory, exc)
+        return None
