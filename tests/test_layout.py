@@ -145,3 +145,29 @@ def test_loading_a_model_for_prediction_never_imports_training():
             "print(sorted(m for m in sys.modules if m.startswith('bertfit.train.') and m != 'bertfit.train.config'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_the_task_table_is_the_only_list_of_tasks():
+    """No module but tasks/table.py writes down two or more task names together (a list, tuple, set
+    or dict of them): each such list is derived from the table, so a new task is one row."""
+    from bertfit.tasks.table import TABLE
+
+    names = {row.name for row in TABLE} | {row.problem_type for row in TABLE}
+    # transformers' own three sequence problem types (config.py): a fact of its config.json format
+    allowed = {("config.py", "SEQUENCE_PROBLEM_TYPES")}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).as_posix() == "tasks/table.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        exempt = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign) and any(
+            isinstance(t, ast.Name) and (path.name, t.id) in allowed for t in n.targets)}
+        for node in ast.walk(tree):
+            if id(node) in exempt:
+                continue
+            items = node.elts if isinstance(node, (ast.List, ast.Tuple, ast.Set)) else \
+                node.keys if isinstance(node, ast.Dict) else []
+            listed = {i.value for i in items if isinstance(i, ast.Constant) and i.value in names}
+            if len(listed) >= 2:
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {sorted(listed)}")
+    assert not found, found

@@ -20,13 +20,11 @@ ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 CLASSIFIER_INPUTS = ("pooled", "cls")
 
 # transformers' names for what a sequence head's outputs mean (config.json "problem_type"): softmax
-# over classes, independent sigmoids per label, or real-valued targets.
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression",
-                 "token_classification", "question_answering")
-# Heads whose kind transformers tells by the architecture, not by problem_type (which it validates
-# against the three sequence types only): config.json names the architecture and no problem_type.
-ARCHITECTURE_PROBLEM_TYPES = {"BertForTokenClassification": "token_classification",
-                              "BertForQuestionAnswering": "question_answering"}
+# over classes, independent sigmoids per label, or real-valued targets. transformers validates
+# problem_type against these three only; other heads are told apart by config.json's architecture.
+# Which problem types and architectures exist is the task table's (tasks/table.py) to say: the
+# loader passes its architecture map to from_dict, and the task registry refuses an unknown type.
+SEQUENCE_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
 @dataclass(frozen=True)
@@ -77,8 +75,8 @@ class BertConfig:
             raise ConfigError(
                 f"config: classifier_input must be one of {CLASSIFIER_INPUTS}, got {self.classifier_input!r}"
             )
-        if self.problem_type not in PROBLEM_TYPES:
-            raise ConfigError(f"config: problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        if not isinstance(self.problem_type, str) or not self.problem_type:
+            raise ConfigError(f"config: problem_type must be a non-empty string, got {self.problem_type!r}")
         if sorted(self.id2label) != list(range(len(self.id2label))):
             raise ConfigError(f"config: id2label ids must be 0..N-1, got {sorted(self.id2label)}")
         if len(set(self.id2label.values())) != len(self.id2label):
@@ -115,7 +113,10 @@ class BertConfig:
 
     # -- config.json -----------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> "BertConfig":
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "config",
+                  architectures: Mapping[str, str] | None = None) -> "BertConfig":
+        """architectures: transformers class name → problem_type, for a config.json that names its
+        head's architecture and no problem_type (weights.load_config passes the task table's)."""
         model_type = raw.get("model_type", "bert")
         if model_type != "bert":
             raise ConfigError(
@@ -140,8 +141,8 @@ class BertConfig:
         # transformers writes null for "infer from the labels' dtype"; the loaded head then trains as
         # single-label (num_labels > 1) or regression (num_labels == 1), which is what we infer too.
         problem_type = raw.get("problem_type")
-        architectures = raw.get("architectures") or []
-        by_architecture = [ARCHITECTURE_PROBLEM_TYPES[a] for a in architectures if a in ARCHITECTURE_PROBLEM_TYPES]
+        architectures_map, architectures = architectures, raw.get("architectures") or []
+        by_architecture = [(architectures_map or {})[a] for a in architectures if a in (architectures_map or {})]
         if problem_type is None and by_architecture:
             problem_type = by_architecture[0]
         if problem_type is None:
@@ -157,7 +158,7 @@ class BertConfig:
             raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "BertConfig":
+    def from_json_file(cls, path: str | Path, architectures: Mapping[str, str] | None = None) -> "BertConfig":
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such file; a model directory needs a config.json")
@@ -167,7 +168,7 @@ class BertConfig:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(raw, source=str(path), architectures=architectures)
 
     def to_dict(self) -> dict[str, Any]:
         """config.json contents that transformers' AutoConfig reads as a BertConfig."""
@@ -179,12 +180,13 @@ class BertConfig:
         out["model_type"] = "bert"
         out["position_embedding_type"] = "absolute"
         if self.num_labels:
-            named = {v: k for k, v in ARCHITECTURE_PROBLEM_TYPES.items()}.get(self.problem_type)
-            out["architectures"] = [named or "BertForSequenceClassification"]
+            # a sequence head: transformers' BertForSequenceClassification with its problem_type; any
+            # other head keeps the architecture it was read with (save_classifier writes the head's own)
+            if self.problem_type in SEQUENCE_PROBLEM_TYPES:
+                out["architectures"] = ["BertForSequenceClassification"]
+                out["problem_type"] = self.problem_type
             out["id2label"] = {str(i): label for i, label in self.id2label.items()}
             out["label2id"] = dict(self.label2id)
-            if named is None:
-                out["problem_type"] = self.problem_type
         else:
             out["architectures"] = ["BertModel"]
         out["bertfit"] = {"classifier_input": self.classifier_input}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertfit.config import BertConfig
+from bertfit.config import SEQUENCE_PROBLEM_TYPES, BertConfig
 from bertfit.model import BertModel, activation
 
 
@@ -49,7 +49,7 @@ class BertForSequenceClassification(_LinearHead):
     """
 
     needs: ClassVar[str] = "cls"
-    problem_types: ClassVar[tuple[str, ...]] = ("single_label_classification", "multi_label_classification", "regression")
+    problem_types: ClassVar[tuple[str, ...]] = SEQUENCE_PROBLEM_TYPES
     weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
 
     def __init__(self, config: BertConfig) -> None:

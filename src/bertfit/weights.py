@@ -263,7 +263,11 @@ def to_transformers_state_dict(model: BertForSequenceClassification) -> dict[str
 
 
 def load_config(directory: Path, labels: Iterable[str] | None = None) -> BertConfig:
-    config = BertConfig.from_json_file(directory / "config.json")
+    """config.json of a model directory; a head named only by its architecture gets the problem
+    type the task table gives that architecture (a token or span head has no problem_type)."""
+    from bertfit.tasks.table import ARCHITECTURE_PROBLEM_TYPES
+
+    config = BertConfig.from_json_file(directory / "config.json", architectures=ARCHITECTURE_PROBLEM_TYPES)
     if labels is not None:
         labels = list(labels)
         if config.labels != labels:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bertfit.errors import BertfitError
+from bertfit.tasks.table import tasks_help
 
 # Help for every training setting; the flag is the field name with dashes. A task's own settings
 # carry their help in their declarations (tasks/settings.py, tasks/declared.py).
@@ -78,8 +79,8 @@ TRAIN_HELP: dict[str, str] = {
     "gradient_checkpointing": "recompute each encoder layer's activations in the backward: less memory for large "
                               "models or batches, about a third more compute, the same results",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
-    "problem_type": "the task: single-label, multi-label, regression, ner or qa (extractive question answering on "
-                    "SQuAD-style JSON/JSONL) (default: detected from the labels, and logged; --problem-type is the same flag)",
+    "problem_type": f"the task ({tasks_help()}) (default: detected from the labels, and logged; --problem-type is "
+                    "the same flag)",
     "window_stride": "subwords between the starts of overlapping windows (ner: over a sentence longer than "
                      "max-length; sequence tasks: with --long-text windows) (default: half a window)",
     "label_separator": "splits a multi-label cell ('anger,joy') or a multi-target one ('3.5,1')",

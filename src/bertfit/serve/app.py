@@ -180,7 +180,7 @@ def create_app(config: ServeConfig) -> "FastAPI":
 
     class PredictResponse(BaseModel):
         model: str
-        task: str = Field(..., description="single-label, multi-label, regression, ner, qa, ...")
+        task: str = Field(..., description="the model's task (bertfit.tasks.table: single-label, ner, qa, ...)")
         labels: list[str] = Field(..., description="class, label or target names, in the model's order")
         predictions: list[Prediction] = Field(..., description="one per text, in request order")
 

@@ -40,9 +40,9 @@ class ModelInfo:
 
 def read_model_info(directory: Path) -> ModelInfo:
     """Name, labels, architecture and recorded metrics of a model directory."""
-    from bertfit.config import BertConfig
+    from bertfit.weights import load_config
 
-    config = BertConfig.from_json_file(directory / "config.json")
+    config = load_config(directory)
     if config.num_labels < (2 if config.problem_type == "single_label_classification" else 1):
         raise ConfigError(f"{directory}: config.json has no labels (id2label); this is not a trained model")
     train_config = _read_json(directory / "train_config.json")
@@ -180,7 +180,7 @@ class ModelHost:
 
 
 def prediction_payloads(model: str, labels: list[str], records: list[dict], sizes: Sequence[int], *,
-                        task: str = "single-label") -> list[bytes]:
+                        task: str) -> list[bytes]:
     """The JSON answer of each request, from the task's prediction records of all their texts in order
     (``sizes``: texts per request). The records come from the task's decode (tasks/), so the server
     returns what ``bertfit predict`` prints, whatever the task."""

@@ -2,27 +2,28 @@
 importable without torch.
 
 The CLI adds their flags and TrainConfig validates and saves the training ones from here, so neither
-names a task or its settings. The keys are TASKS' (tasks/registry.py); tests/test_task_settings.py
-checks that this lists exactly the registered tasks, each with its class's ``settings`` and command.
+names a task or its settings. The keys are the task table's rows (tasks/table.py); tests/test_task_settings.py
+checks that each matches its class's ``settings`` and command.
 """
 
 from __future__ import annotations
 
-from bertfit.tasks.multilabel_settings import MULTILABEL_SETTINGS
-from bertfit.tasks.ner.data import NER_SETTINGS
-from bertfit.tasks.qa.data import QA_SETTINGS
-from bertfit.tasks.settings import Setting, by_name
+import importlib
 
-DECLARED: dict[str, tuple[Setting, ...]] = {
-    "single-label": (),
-    "multi-label": MULTILABEL_SETTINGS,
-    "regression": (),
-    "ner": NER_SETTINGS,
-    "qa": QA_SETTINGS,
-    "pretrain": (),
-}
-# The tasks `bertfit train` trains (--task's choices); the others have a command of their own (Task.command).
-TRAIN_TASKS: tuple[str, ...] = ("single-label", "multi-label", "regression", "ner", "qa")
+from bertfit.tasks.settings import Setting, by_name
+from bertfit.tasks.table import TABLE, TRAIN_TASKS
+
+
+def _settings(ref: str) -> tuple[Setting, ...]:
+    if not ref:
+        return ()
+    module, _, name = ref.partition(":")
+    return tuple(getattr(importlib.import_module(module), name))
+
+
+# Each task's own settings, from its row's declaration module (torch-free).
+DECLARED: dict[str, tuple[Setting, ...]] = {row.name: _settings(row.settings) for row in TABLE}
+__all__ = ["DECLARED", "TRAIN_TASKS", "TRAIN_SETTINGS", "other_tasks_settings"]
 # The settings a training run takes (TrainConfig keys), by name: one declaration each.
 TRAIN_SETTINGS: dict[str, Setting] = {name: setting for name, (setting, _) in by_name(DECLARED, "train").items()}
 

@@ -17,17 +17,14 @@ from typing import Any, Callable, Mapping
 
 from bertfit.errors import ConfigError
 from bertfit.tasks.declared import TRAIN_SETTINGS, TRAIN_TASKS
+from bertfit.tasks.table import METRICS
 from bertfit.tasks.settings import is_int as _is_int
 from bertfit.tasks.settings import range_message
 from bertfit.tasks.settings import show as _show
 
 logger = logging.getLogger(__name__)
 
-# Every task's selectable metrics (tasks/*.py metric_names); the task checks its own at the start.
-METRICS = ("macro_f1", "accuracy", "weighted_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss",
-           "pearson", "spearman", "r2", "rmse", "mae", "f1", "macro_f1", "precision", "recall", "token_accuracy", "exact_match", "loss",
-           "mlm_loss", "perplexity", "mlm_accuracy", "nsp_accuracy")
-PROBLEM_TYPES = TRAIN_TASKS  # the registered tasks that `bertfit train` trains
+PROBLEM_TYPES = TRAIN_TASKS  # the registered tasks that `bertfit train` trains (tasks/table.py)
 # The quick default: a documented subset that fits the README's main job in minutes on 2 CPU cores.
 # 6,000 tweets at lr 5e-5 gave 74.6% test accuracy, below the TF-IDF baseline's 75.8%; 16,000 at
 # lr 1e-4 (one epoch, warmup 10%, linear decay) is what benchmarks/RESULTS.md (issue 16) measures.

@@ -1,0 +1,66 @@
+"""The one list of tasks. Everything else that names the tasks derives from this table: the
+registry (``registry.TASKS``: each row's class, imported on first use), the problem types and
+transformers architectures a model directory may name, ``bertfit train --task``'s choices and help,
+the settings each task declares (``declared.py``) and the metrics ``--metric`` may select on.
+
+This module imports nothing that imports torch (``bertfit train --help`` reads it). A new task
+adds one row here, its module under tasks/ and its head in heads.py; tests/test_layout.py checks
+that no other module keeps a list of task names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    name: str  # the registry key and the value of --task / --problem-type
+    module: str  # the module that defines the task class (imported only when the task is used)
+    cls: str  # the class's name in that module
+    problem_type: str  # config.json "problem_type" of its models (transformers' name where there is one)
+    architecture: str  # the transformers class its run directory loads as (config.json "architectures")
+    command: str  # the command that trains it: "train" (labelled files) or "pretrain" (raw text)
+    metrics: tuple[str, ...]  # what --metric may select the best checkpoint on (the first is the default)
+    summary: str  # one phrase for --help
+    settings: str = ""  # "module:NAME" of its own Setting declarations (torch-free), or "" for none
+
+
+TABLE: tuple[TaskRow, ...] = (
+    TaskRow("single-label", "bertfit.tasks.classify", "SingleLabel", "single_label_classification",
+            "BertForSequenceClassification", "train", ("macro_f1", "accuracy", "weighted_f1", "loss"),
+            "one class per text or pair"),
+    TaskRow("multi-label", "bertfit.tasks.multilabel", "MultiLabel", "multi_label_classification",
+            "BertForSequenceClassification", "train",
+            ("macro_f1", "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "loss"),
+            "any number of labels per text", "bertfit.tasks.multilabel_settings:MULTILABEL_SETTINGS"),
+    TaskRow("regression", "bertfit.tasks.regression", "Regression", "regression",
+            "BertForSequenceClassification", "train", ("pearson", "spearman", "r2", "rmse", "mae", "loss"),
+            "one or more numbers per text or pair"),
+    TaskRow("ner", "bertfit.tasks.ner.task", "NER", "token_classification", "BertForTokenClassification", "train",
+            ("f1", "macro_f1", "precision", "recall", "token_accuracy", "loss"),
+            "named entities (CoNLL or JSON lines)", "bertfit.tasks.ner.data:NER_SETTINGS"),
+    TaskRow("qa", "bertfit.tasks.qa.task", "QuestionAnswering", "question_answering", "BertForQuestionAnswering",
+            "train", ("f1", "exact_match", "loss"), "extractive question answering on SQuAD-style JSON/JSONL",
+            "bertfit.tasks.qa.data:QA_SETTINGS"),
+    TaskRow("pretrain", "bertfit.tasks.pretrain.task", "Pretrain", "pretraining", "BertForPreTraining", "pretrain",
+            ("loss", "mlm_loss", "perplexity", "mlm_accuracy", "nsp_accuracy"),
+            "masked-LM + next-sentence further pretraining (bertfit pretrain)"),
+)
+
+ROWS: dict[str, TaskRow] = {row.name: row for row in TABLE}
+# The tasks `bertfit train` trains (--task's choices); the others have a command of their own.
+TRAIN_TASKS: tuple[str, ...] = tuple(row.name for row in TABLE if row.command == "train")
+# The problem types a fine-tuned model's config.json may hold, and the architectures that name their
+# model's kind without one (a pretraining checkpoint is an encoder to fine-tune, not a trained head).
+PROBLEM_TYPES: tuple[str, ...] = tuple(dict.fromkeys(row.problem_type for row in TABLE if row.command == "train"))
+ARCHITECTURE_PROBLEM_TYPES: dict[str, str] = {row.architecture: row.problem_type for row in TABLE
+                                              if row.command == "train"
+                                              and row.architecture != "BertForSequenceClassification"}
+# Every task's selectable metrics, for validating --metric before the task is built.
+METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for row in TABLE for m in row.metrics))
+
+
+def tasks_help() -> str:
+    """The task list as --help shows it."""
+    return "; ".join(f"{row.name}: {row.summary}" for row in TABLE if row.command == "train")
