@@ -71,29 +71,6 @@ class BertForSequenceClassification(_LinearHead):
         return self.classifier(self.dropout(features))
 
 
-def sequence_loss(logits: Tensor, targets: Tensor, problem_type: str, *, class_weight: Tensor | None = None,
-                  pos_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(summed loss, weight) of a batch: their ratio is transformers' mean loss for ``problem_type``.
-
-    A sum and its weight instead of a mean, so a step split into micro-batches (accumulation, an
-    out-of-memory retry, several processes) divides by the whole step's weight and gets the same
-    gradient. single-label: Σ w_y · nll over Σ w_y; multi-label: Σ BCE over B·L elements;
-    regression: Σ squared error over B·L elements (transformers' MSELoss squeezes one target).
-    """
-    logits = logits.float()  # the loss in fp32 under autocast too
-    if problem_type == "single_label_classification":
-        total = F.cross_entropy(logits, targets, weight=class_weight, reduction="sum")
-        weight = class_weight[targets].sum() if class_weight is not None else torch.tensor(float(len(targets)))
-        return total, weight
-    if problem_type == "multi_label_classification":
-        total = F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=pos_weight, reduction="sum")
-        return total, torch.tensor(float(targets.numel()))
-    if problem_type == "regression":
-        total = F.mse_loss(logits, targets.float().view_as(logits), reduction="sum")
-        return total, torch.tensor(float(targets.numel()))
-    raise ValueError(f"unknown problem_type {problem_type!r}")
-
-
 class BertForTokenClassification(_LinearHead):
     """Dropout + linear on every token's final hidden state: (B, T, num_labels), as transformers'
     BertForTokenClassification (same ``classifier.*`` names, so a run loads there unchanged).

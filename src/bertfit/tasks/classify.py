@@ -12,13 +12,13 @@ from typing import Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from bertfit.data import labelled as data_mod
 from bertfit.data.files import sort_labels
 from bertfit.tasks.calibration import expected_calibration_error, fit_temperature, reliability, softmax_nll, top_label
 from bertfit.errors import ConfigError, DataError
-from bertfit.heads import sequence_loss
 from bertfit.tasks.metrics import classification_metrics, format_metrics_table, predicted_class_share
 from bertfit.report.document import Image, Paragraph, Strong, Table, finite, fmt_int, fmt_score
 from bertfit.tasks.base import LabelProblem
@@ -105,7 +105,11 @@ class SingleLabel(SequenceTask):
         weight = self.class_weight
         if weight is not None and weight.device != outputs.device:
             weight = self.class_weight = weight.to(outputs.device)
-        return sequence_loss(outputs, targets, self.problem_type, class_weight=weight)
+        # Σ w_y · nll over Σ w_y (transformers' mean for unit weights); a sum and its weight, so a
+        # step split into micro-batches or processes divides by the whole step's weight
+        logits = outputs.float()  # the loss in fp32 under autocast too
+        total = F.cross_entropy(logits, targets, weight=weight, reduction="sum")
+        return total, weight[targets].sum() if weight is not None else torch.tensor(float(len(targets)))
 
     # -- evaluation and decoding --------------------------------------------------------------
     def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:

@@ -14,12 +14,12 @@ from typing import Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from bertfit.data.files import sort_labels
 from bertfit.tasks.calibration import expected_calibration_error, fit_platt, per_label, reliability
 from bertfit.errors import ConfigError
-from bertfit.heads import sequence_loss
 from bertfit.report.document import Paragraph, Strong, Table, finite, fmt_int, fmt_score
 from bertfit.tasks.base import LabelProblem
 from bertfit.tasks.multilabel_settings import MULTILABEL_SETTINGS
@@ -179,7 +179,9 @@ class MultiLabel(SequenceTask):
         weight = self.pos_weight
         if weight is not None and weight.device != outputs.device:
             weight = self.pos_weight = weight.to(outputs.device)
-        return sequence_loss(outputs, targets, self.problem_type, pos_weight=weight)
+        # Σ BCE over the B·L elements (transformers' BCEWithLogitsLoss mean), in fp32 under autocast too
+        total = F.binary_cross_entropy_with_logits(outputs.float(), targets.float(), pos_weight=weight, reduction="sum")
+        return total, torch.tensor(float(targets.numel()))
 
     # -- decisions ----------------------------------------------------------------------------
     def current_thresholds(self, outputs: np.ndarray | None = None, targets: np.ndarray | None = None) -> np.ndarray:

@@ -16,10 +16,10 @@ from typing import Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from bertfit.errors import ConfigError
-from bertfit.heads import sequence_loss
 from bertfit.report.document import Image, Paragraph, Strong, Table, fmt_int, fmt_score
 from bertfit.tasks.base import LabelProblem
 from bertfit.tasks.sequence import SequenceTask, preview, split_cell
@@ -108,7 +108,11 @@ class Regression(SequenceTask):
     def loss(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=outputs.device)
         std = torch.tensor(self.std, dtype=torch.float32, device=outputs.device)
-        return sequence_loss((outputs.float() - mean) / std, (targets - mean) / std, self.problem_type)
+        # Σ squared error of the standardised targets over the B·L elements (transformers' MSELoss
+        # mean, which squeezes one target), in fp32 under autocast too
+        predicted = (outputs.float() - mean) / std
+        total = F.mse_loss(predicted, ((targets.float() - mean) / std).view_as(predicted), reduction="sum")
+        return total, torch.tensor(float(targets.numel()))
 
     # -- evaluation and decoding --------------------------------------------------------------
     def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:

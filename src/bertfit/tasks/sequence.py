@@ -24,7 +24,6 @@ from bertfit.tasks.windows import LongText
 from bertfit.data import labelled as data_mod
 from bertfit.data.labelled import Example, LoadReport, Rejection
 from bertfit.errors import DataError
-from bertfit.heads import sequence_loss
 from bertfit.tasks.base import LabelProblem, Task
 
 logger = logging.getLogger(__name__)
@@ -46,9 +45,6 @@ class SequenceTask(Task):
 
     def label_summary(self, labels: Sequence[Hashable]) -> dict[str, int]:
         return label_counts(self, labels)
-
-    def loss(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        return sequence_loss(outputs, targets, self.problem_type)
 
     # -- long texts (windows.py): truncation strategies, or windows aggregated per text --------------
     def encode(self, tokenizer: Any, examples: Sequence[Any], max_length: int,
