@@ -71,6 +71,22 @@ class BertForSequenceClassification(_LinearHead):
         return self.classifier(self.dropout(features))
 
 
+class BertForMultipleChoice(BertForSequenceClassification):
+    """One score per (question, choice) row: dropout + Linear(hidden, 1) on the pooled [CLS] vector,
+    exactly transformers' BertForMultipleChoice (same ``classifier.*`` names and pooler), which views
+    the (B·C, 1) scores as (B, C). Here the task does that viewing (a question's rows are grouped by
+    ``Batch.groups``), so questions with different numbers of choices share a batch and the head keeps
+    the sequence head's signature: every engine, the ONNX export and inference run it unchanged."""
+
+    problem_types: ClassVar[tuple[str, ...]] = ("multiple_choice",)
+    architecture: ClassVar[str] = "BertForMultipleChoice"
+
+    def __init__(self, config: BertConfig) -> None:
+        if config.num_labels != 1:  # transformers' head has one output: its config must say num_labels=1
+            raise ValueError(f"a multiple-choice head has one output (a score per choice), got labels {config.labels}")
+        super().__init__(config)
+
+
 class BertForTokenClassification(_LinearHead):
     """Dropout + linear on every token's final hidden state: (B, T, num_labels), as transformers'
     BertForTokenClassification (same ``classifier.*`` names, so a run loads there unchanged).
@@ -268,4 +284,5 @@ class BertForPreTraining(nn.Module):
 
 # The registry: a task names its head by key.
 HEADS: dict[str, type[nn.Module]] = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification,
-                                     "span": BertForQuestionAnswering, "pretraining": BertForPreTraining}
+                                     "span": BertForQuestionAnswering, "pretraining": BertForPreTraining,
+                                     "choice": BertForMultipleChoice}
