@@ -107,6 +107,20 @@ def qa(path: Path) -> dict:
     return {"train_file": str(_jsonl(path / "qa.jsonl", rows)), "problem_type": "qa", "doc_stride": 8}
 
 
+def multiple_choice(path: Path) -> dict:
+    """The choice with a positive word answers "the good"; 2 to 4 choices, so batches mix question sizes
+    and the loss is per question (its rows' scores, one cross-entropy)."""
+    rng = random.Random(9)
+    rows = []
+    for _ in range(130):
+        count = rng.randint(2, 4)
+        choices = [f"{_text(rng, [w])} {i}" for i, w in enumerate(rng.sample(NEGATIVE, count - 1))]
+        k = rng.randrange(count)
+        choices.insert(k, _text(rng, [rng.choice(POSITIVE)]) + " x")
+        rows.append({"question": "the good", "choices": choices, "label": k})
+    return {"train_file": str(_jsonl(path / "choices.jsonl", rows)), "problem_type": "multiple-choice"}
+
+
 # Each maker writes a small learnable file for its task into the folder and returns the TrainConfig
 # fields that read it (train_file, problem_type, columns...).
 MAKERS: dict[str, Callable[[Path], dict]] = {
@@ -115,6 +129,7 @@ MAKERS: dict[str, Callable[[Path], dict]] = {
     "regression": regression,
     "ner": ner,
     "qa": qa,
+    "multiple-choice": multiple_choice,
 }
 # Tasks trained by `bertfit train` (fine_tune); `bertfit pretrain` (its own job) is PRETRAINING below.
 FINE_TUNING = {name for name, cls in TASKS.items() if getattr(cls, "command", "train") == "train"}

@@ -65,12 +65,20 @@ def _rows(task: str, n: int, seed: int) -> list[dict]:
             context = _text(rng, [answer])
             rows.append({"question": "the " + ask, "context": context, "text": "the " + ask, "text_pair": context,
                          "answers": {"text": [answer], "answer_start": [(" " + context + " ").index(f" {answer} ")]}})
+        elif task == "multiple-choice":  # the choice with a positive word answers "the good", among 2 to 4
+            count = rng.randint(2, 4)
+            choices = [_text(rng, [w])[:40] for w in rng.sample(NEGATIVE, count - 1)]
+            k = rng.randrange(count)
+            choices.insert(k, _text(rng, [rng.choice(POSITIVE)])[:40])
+            choices = [c + f" {'abcd'[i]}" for i, c in enumerate(choices)]  # always distinct
+            rows.append({"question": "the good", "choices": choices, "label": k,
+                         "input": {"question": "the good", "choices": choices}})
     return rows
 
 
 def _flat(outputs) -> np.ndarray:
-    """Outputs per example as one array: (N, L), a token task's per-word rows stacked, or question
-    answering's gathered answers as (N, 3) start, end and score."""
+    """Outputs per example as one array: (N, L), a token task's per-word rows (or a question's
+    choice scores) stacked, or question answering's gathered answers as (N, 3) start, end and score."""
     if isinstance(outputs, np.ndarray):
         return outputs
     if hasattr(outputs, "predictions"):
@@ -84,6 +92,8 @@ def _truth(task, rows: list[dict]):
         return [tuple(r["tags"]) for r in rows]
     if "answers" in rows[0]:
         return [r["answers"]["text"] for r in rows]
+    if "choices" in rows[0]:
+        return np.array([r["label"] for r in rows])
     return task.targets([task.parse_label(r.get("label", r.get("labels", r.get("score"))), {}) for r in rows])
 
 
@@ -107,7 +117,7 @@ def _train(tmp_path: Path, model_dir: Path, task: str, **settings) -> tuple[Path
 def test_registry_is_complete():
     from bertfit.config import BertConfig
 
-    assert set(TASKS) == {"single-label", "multi-label", "regression", "ner", "qa", "pretrain"}
+    assert set(TASKS) == {"single-label", "multi-label", "regression", "ner", "qa", "multiple-choice", "pretrain"}
     for name, cls in FINE_TUNING.items():
         assert issubclass(cls, Task) and cls.name == name and not inspect.isabstract(cls), name
         assert cls.head in HEADS and cls.problem_type in PROBLEM_TYPES
@@ -116,7 +126,7 @@ def test_registry_is_complete():
             cls(names).evaluate(outputs, targets))
         assert _rows(name, 2, 0), f"the contract test has no data for task {name!r}: add it to _rows"
         HEADS[cls.head](BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
-                                   problem_type=cls.problem_type).with_labels(["a", "b"]))
+                                   problem_type=cls.problem_type).with_labels(names))
 
 
 def _sample(cls: type[Task]) -> tuple[list[str], object, object]:
@@ -130,6 +140,10 @@ def _sample(cls: type[Task]) -> tuple[list[str], object, object]:
         windows = QAWindows([Encoded([2, 5, 3], [0, 0, 0], False)], np.array([0]), np.array([1]), [np.array([[0, 1]])],
                             [np.array([0])], [np.array([True])], ["a"], ["q"], np.zeros((1, 2), np.int64), np.array([1]))
         return ["start", "end"], QAOutputs([QAPrediction("a", 0, 1, 1.0, 2.0, -1.0)], 0.5, windows), [["a"]]
+    if cls.name == "multiple-choice":  # per question: one score per choice; targets are the right choices
+        from bertfit.tasks.multiple_choice import ChoiceScores
+
+        return ["score"], ChoiceScores([np.zeros(2, np.float32), np.zeros(3, np.float32)]), np.array([0, 2])
     if cls.name == "ner":  # per word: one (words, L) array per sentence; targets are the tags
         return ["O", "B-a", "I-a"], [np.zeros((2, 3), np.float32), np.zeros((1, 3), np.float32)], [("B-a", "O"), ("O",)]
     return ["a", "b"], np.zeros((2, 2), np.float32), cls(["a", "b"]).targets(_labels_for(cls))
@@ -155,7 +169,8 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"validation", "test"} and metrics["test"]["n"] > 0
 
-    texts = [r["text"] for r in rows]
+    # A task with inputs of its own that are not a text and a pair (multiple choice) gives them as objects.
+    texts = [r["input"] if "input" in r else r["text"] for r in rows]
     pairs = [r["text_pair"] for r in rows] if task in ("regression", "qa") else None
     torch_model = TextClassifier.load(run, engine="pytorch")
     assert torch_model.task.name == task and torch_model.task.state() == saved["state"]
@@ -199,7 +214,7 @@ def _check_served(run: Path, tmp_path: Path, texts: list[str], pairs: list[str] 
     server = Server(run, tmp_path / "serve.log")
     try:
         server.wait("/ready")
-        body = {"texts": texts, **({"pairs": pairs} if pairs else {})}
+        body = {"inputs": texts} if isinstance(texts[0], dict) else {"texts": texts, **({"pairs": pairs} if pairs else {})}
         answer = httpx.post(server.url + "/predict", json=body, timeout=60).json()
         info = httpx.get(server.url + "/info", timeout=10).json()
     finally:
@@ -212,6 +227,8 @@ def _check_served(run: Path, tmp_path: Path, texts: list[str], pairs: list[str] 
             if isinstance(value, float):
                 assert got[key] == pytest.approx(value, abs=1e-4)
             elif isinstance(value, dict):
+                assert got[key] == pytest.approx(value, abs=1e-4)
+            elif isinstance(value, list) and value and isinstance(value[0], float):  # per-choice scores: to 1e-4
                 assert got[key] == pytest.approx(value, abs=1e-4)
             elif isinstance(value, list) and value and isinstance(value[0], dict):  # entities: scores to 1e-4
                 assert [{k: pytest.approx(v, abs=1e-4) if isinstance(v, float) else v for k, v in e.items()}
