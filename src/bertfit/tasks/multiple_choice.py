@@ -245,9 +245,8 @@ class MultipleChoice(Task):
         return ["score"]
 
     def label_summary(self, labels: Sequence[Hashable]) -> dict[str, int]:
-        counts = np.bincount([int(label) for label in labels if label is not None] or [0], minlength=1)
-        if not any(label is not None for label in labels):
-            counts[:] = 0
+        known = [int(label) for label in labels if label is not None]
+        counts = np.bincount(known) if known else np.zeros(1, dtype=np.int64)
         return {f"answer is choice {i}": int(c) for i, c in enumerate(counts)}
 
     def objective(self) -> str:
@@ -286,8 +285,7 @@ class MultipleChoice(Task):
         return [{"question": "warm-up?", "choices": ["yes", "no"]}]
 
     def probe_inputs(self, texts: Sequence[str]) -> list[Any]:
-        return [{"question": t, "choices": ["yes", "no", t.split()[-1]] if t.split()[-1] not in ("yes", "no")
-                 else ["yes", "no"]} for t in texts if t.strip()]
+        return [{"question": t, "choices": ["yes", "no"]} for t in texts if t.strip()]
 
     # -- encoding -----------------------------------------------------------------------------
     def targets(self, labels: Sequence[Hashable]) -> np.ndarray:
