@@ -11,8 +11,9 @@ from typing import Any
 
 
 def train_with_trainer(model: Any, tokenizer: Any, train: Any, collator: Any, *, batch: int, steps: int, lr: float,
-                       warmup: float, weight_decay: float, seed: int) -> dict[str, float]:
-    """Train ``model`` in place; returns {"seconds", "tokens", "steps"} and leaves it in eval mode."""
+                       warmup: float, weight_decay: float, seed: int, bf16: bool = False) -> dict[str, float]:
+    """Train ``model`` in place; returns {"seconds", "tokens", "steps"} and leaves it in eval mode.
+    bf16: TrainingArguments(bf16=True), autocast on the CPU (for CPUs with bf16 hardware)."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     counted = {"tokens": 0}
@@ -36,7 +37,7 @@ def train_with_trainer(model: Any, tokenizer: Any, train: Any, collator: Any, *,
             output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
             warmup_steps=int(warmup * steps), lr_scheduler_type="linear", weight_decay=weight_decay, max_grad_norm=1.0,
             seed=seed, logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
-            use_cpu=True, dataloader_num_workers=0)
+            use_cpu=True, dataloader_num_workers=0, bf16=bf16)
         trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=collator,
                           processing_class=tokenizer, callbacks=[clock])
         trainer.train()
