@@ -171,3 +171,15 @@ def test_the_task_table_is_the_only_list_of_tasks():
             if len(listed) >= 2:
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {sorted(listed)}")
     assert not found, found
+
+
+def test_models_are_called_only_through_the_signature_their_head_declares():
+    """No module calls a head with the encoder's three tensors spelled out, or asks a head what it
+    `needs`: training, inference, both engines and the export go through heads.run_head / head_inputs."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for pattern in ("batch.input_ids, batch.attention_mask, batch.token_type_ids", '"needs"', ".needs "):
+            if pattern in text:
+                found.append(f"{path.relative_to(PACKAGE)}: {pattern}")
+    assert not found, found

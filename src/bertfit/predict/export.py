@@ -45,6 +45,7 @@ from bertfit.artifact import read_artifact, write_task
 from bertfit.weights import load_classifier
 from bertfit.hub import resolve_model
 from bertfit.errors import BertfitError
+from bertfit.heads import head_inputs, output_axes, per_token, run_head
 from bertfit.predict.onnx_runtime import MODEL_FILE, OnnxExport, load_export, require_onnx
 from bertfit.tasks.base import Task
 from bertfit.tokenizer import WordPieceTokenizer
@@ -87,18 +88,18 @@ class Source:
 class ExportGraph(nn.Module):
     """The model's own forward on the padded layout, as one static graph for tracing.
 
-    No second copy of the encoder: the head's forward with fast=False (no data-dependent packing;
-    Packing.build takes its static branch while tracing) and the [CLS]-only last layer for heads that
-    need only [CLS] (``needs == "cls"``).
+    No second copy of the encoder: the head's forward on its declared inputs with fast=False (no
+    data-dependent packing; Packing.build takes its static branch while tracing) and the [CLS]-only
+    last layer for heads without an output per token.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        return self.model(input_ids, attention_mask, token_type_ids, fast=False,
-                          cls_only=getattr(self.model, "needs", "cls") == "cls")
+    def forward(self, *inputs: Tensor) -> Tensor:
+        options = {} if per_token(self.model) else {"cls_only": True}
+        return self.model(*inputs, fast=False, **options)
 
 
 def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool = False, opset: int = 17,
@@ -114,14 +115,14 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
     from bertfit.batching import collate
 
     batch = collate(example, [0, 1], None, source.tokenizer.pad_id)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    names = list(head_inputs(model))  # the graph takes what the head declares, under the same names
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    # A head with an output per token (needs "tokens") has a sequence axis in its output too.
-    axes["logits"] = {0: "batch", 1: "sequence"} if getattr(model, "needs", "cls") == "tokens" else {0: "batch"}
+    # the output's dynamic axes are the head's declared ones (all but its fixed label axis)
+    axes["logits"] = {i: axis for i, axis in enumerate(output_axes(model)) if axis != "label"}
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / MODEL_FILE
         with torch.no_grad(), _quiet_export():
-            torch.onnx.export(graph, (batch.input_ids, batch.attention_mask, batch.token_type_ids), str(fp32_path),
+            torch.onnx.export(graph, tuple(batch.named(names)), str(fp32_path),
                               input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=opset,
                               dynamo=False, do_constant_folding=True)
         target = output / MODEL_FILE
@@ -308,7 +309,7 @@ def reference_logits(classifier, texts: Sequence[str] | None = None, batch_size:
         for start in range(0, len(encoded), batch_size):
             idx = list(range(start, min(start + batch_size, len(encoded))))
             b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
-            out = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).float().numpy()
+            out = run_head(classifier.model, b, fast=False).float().numpy()
             rows += [out[row, : len(encoded[i].ids)] if out.ndim == 3 else out[row] for row, i in enumerate(idx)]
     if rows and rows[0].ndim == 2:
         return rows

@@ -59,9 +59,9 @@ class OnnxEngine:
         return padded_batches(lengths, max_tokens, min(max_batch, 16), self.batch_overhead_tokens)
 
     def run(self, batch) -> np.ndarray:
-        feeds = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy(),
-                 "token_type_ids": batch.token_type_ids.numpy()}
-        return self.session.run(["logits"], feeds)[0]
+        # the graph's inputs are the head's declared ones (export.py names them so)
+        names = [i.name for i in self.session.get_inputs()]
+        return self.session.run(["logits"], dict(zip(names, (t.numpy() for t in batch.named(names)))))[0]
 
 
 @dataclass

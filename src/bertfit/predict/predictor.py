@@ -39,7 +39,7 @@ from bertfit.config import BertConfig
 from bertfit.cpu_linear import prepack_linears
 from bertfit.predict.engines import ENGINES
 from bertfit.errors import BertfitError, CheckpointError, ConfigError
-from bertfit.heads import BertForSequenceClassification
+from bertfit.heads import BertForSequenceClassification, run_head
 from bertfit.predict.onnx_runtime import OnnxEngine, OnnxExport, load_export
 from bertfit.artifact import task_of_config
 from bertfit.tasks.base import Task
@@ -98,7 +98,7 @@ class TorchEngine:
 
     def run(self, batch) -> np.ndarray:
         batch = batch.to(self.device)
-        logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        logits = run_head(self.model, batch)
         return logits.float().cpu().numpy()
 
 
