@@ -120,9 +120,9 @@ def test_sentence_pair_model_trains_evaluates_and_predicts(tmp_path, tiny_model_
     assert json.loads((tmp_path / "default.json").read_text())["accuracy"] == metrics["accuracy"]
 
     # Without the pair, the same model sees only filler: the pair column is what it learned from.
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    alone = TextClassifier.load(run, engine="pytorch").predict([p for p, _, _ in pair_rows(60, seed=2)])
+    alone = Predictor.load(run, engine="pytorch").predict([p for p, _, _ in pair_rows(60, seed=2)])
     assert sum(a == t for a, t in zip(alone, truth)) / 60 < metrics["accuracy"] - 0.2
 
 

@@ -5,7 +5,7 @@ batch contents via each step's batch hash, evaluations).
 Every run here is a real `bertfit train` in a subprocess (a kill -9 takes the process with it):
 - BERTFIT_KILL_AT_STEP=k  (train.py) sends SIGKILL right after step k's optimizer update;
 - BERTFIT_CRASH_AT=point@k (runs.py) exits abruptly (os._exit(137)) at that point of step k's save;
-- a tiny driver patches os.replace to die inside the best-model save (checkpoints.save_classifier).
+- a tiny driver patches os.replace to die inside the best-model save (checkpoints.save_model).
 The runs use one thread: the comparison is bit-for-bit, on one machine.
 """
 

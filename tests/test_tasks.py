@@ -19,7 +19,7 @@ from bertfit.errors import DataError
 from bertfit.heads import HEADS, BertForSequenceClassification
 from bertfit.tasks import task_class
 from bertfit.train.finetune import fine_tune
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 from bertfit.tasks import TASKS, detect_problem_type
 
 # The tasks `bertfit train` trains on a labelled file (pretraining has its own command and tests).
@@ -157,7 +157,7 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
 
     texts = [r["text"] for r in rows]
     pairs = [r["text_pair"] for r in rows] if task in ("regression", "qa") else None
-    torch_model = TextClassifier.load(run, engine="pytorch")
+    torch_model = Predictor.load(run, engine="pytorch")
     assert torch_model.task.name == task and torch_model.task.state() == saved["state"]
     outputs = torch_model.predict_logits(texts, pairs)
     assert len(outputs) == len(texts) and np.isfinite(_flat(outputs)).all()
@@ -167,13 +167,13 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     json.dumps(records)  # what predict prints and the server returns is JSON
 
     # A fresh process-like load gives the same task state and outputs.
-    again = TextClassifier.load(run, engine="pytorch")
+    again = Predictor.load(run, engine="pytorch")
     np.testing.assert_array_equal(_flat(again.predict_logits(texts, pairs)), _flat(outputs))
 
     _check_served(run, tmp_path, texts, pairs, records)
 
     export_onnx(run, tmp_path / "onnx")
-    exported = TextClassifier.load(tmp_path / "onnx")
+    exported = Predictor.load(tmp_path / "onnx")
     assert exported.engine == "onnxruntime" and exported.task.state() == torch_model.task.state()
     np.testing.assert_allclose(_flat(exported.predict_logits(texts, pairs)), _flat(outputs), atol=1e-4)
     assert [r.keys() for r in exported.predictions(texts, pairs)] == [r.keys() for r in records]
@@ -183,7 +183,7 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     report = export_onnx(run, tmp_path / "int8", int8=True, check_file=str(check))
     metric = report["metric"]
     assert metric == ("accuracy" if task == "single-label" else TASKS[task].default_metric)
-    got = TextClassifier.load(tmp_path / "int8").predict_logits(texts, pairs)
+    got = Predictor.load(tmp_path / "int8").predict_logits(texts, pairs)
     truth = _truth(torch_model.task, rows)
     assert report[f"{metric}_export"] == pytest.approx(torch_model.task.evaluate(got, truth)[metric])
     assert report[f"{metric}_pytorch_fp32"] == pytest.approx(torch_model.task.evaluate(outputs, truth)[metric], abs=1e-6)
@@ -319,7 +319,7 @@ def test_regression_head_starts_at_the_target_mean_and_outputs_real_values(tmp_p
     scores = [r["score"] for r in _rows("regression", 120, seed=1)]
     assert 0 < state["target_mean"][0] < 5 and state["target_std"][0] > 0
     assert state["target_mean"][0] == pytest.approx(np.mean(scores), abs=0.5)  # the training split's mean
-    out = TextClassifier.load(run, engine="pytorch").predict([r["text"] for r in rows], [r["text_pair"] for r in rows])
+    out = Predictor.load(run, engine="pytorch").predict([r["text"] for r in rows], [r["text_pair"] for r in rows])
     assert all(isinstance(v, float) for v in out) and -2 < np.mean(out) < 7  # real scale, not standardised
 
 
@@ -343,7 +343,7 @@ def test_run_directory_loads_in_transformers(problem_type, transformers_type, tm
     model, info = transformers.AutoModelForSequenceClassification.from_pretrained(run, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert model.config.problem_type == transformers_type
-    ours = TextClassifier.load(run, engine="pytorch")
+    ours = Predictor.load(run, engine="pytorch")
     tok = transformers.AutoTokenizer.from_pretrained(run)
     texts = [r["text"] for r in rows[:6]]
     pairs = [r["text_pair"] for r in rows[:6]] if problem_type == "regression" else None

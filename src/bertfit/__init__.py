@@ -14,7 +14,7 @@ __all__ = ["BertfitError", "__version__", "load"]
 
 def load(run, **options):
     """A trained run directory (or export) as a predictor: ``bertfit.load(RUN).predict(texts)``.
-    options: those of predict.TextClassifier.load (device, engine, int8). Imports torch on call."""
-    from bertfit.predict.predictor import TextClassifier
+    options: those of predict.Predictor.load (device, engine, int8). Imports torch on call."""
+    from bertfit.predict.predictor import Predictor
 
-    return TextClassifier.load(run, **options)
+    return Predictor.load(run, **options)

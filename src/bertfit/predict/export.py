@@ -3,10 +3,10 @@
     bertfit export RUN --output DIR [--int8] [--check-file labelled.csv]
 
 DIR is a self-describing model directory: ``model.onnx``, config.json (labels), the tokenizer, and
-train_config.json (max_length); ``TextClassifier.load(DIR)`` / ``bertfit predict DIR`` run it through
+train_config.json (max_length); ``Predictor.load(DIR)`` / ``bertfit predict DIR`` run it through
 ONNX Runtime (onnx_runtime.py). ``--int8`` quantizes the weight matrices to int8, per output
 channel (ONNX Runtime dynamic quantization: activations quantized per batch at run time), about
-2.5× smaller (35 vs 87 MiB for MiniLM). On the CPU, ``TextClassifier.load(run)`` (``bertfit
+2.5× smaller (35 vs 87 MiB for MiniLM). On the CPU, ``Predictor.load(run)`` (``bertfit
 predict``, ``serve``, ``evaluate``) runs the same graphs, exported once into a cache
 (:func:`cached_export`): fp32 by default, which gives the PyTorch logits to ~1e-6 and halves
 single-text latency; int8 with ``int8=True`` (``--int8``).
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from bertfit.artifact import read_artifact, write_task
-from bertfit.weights import load_classifier
+from bertfit.weights import load_model
 from bertfit.hub import resolve_model
 from bertfit.errors import BertfitError
 from bertfit.heads import head_inputs, output_axes, per_token, run_head
@@ -79,7 +79,7 @@ class Source:
         if (Path(run) / MODEL_FILE).is_file() and not (Path(run) / "model.safetensors").is_file():
             raise BertfitError(f"{run} is already an ONNX export; export from the run directory it came from")
         directory = resolve_model(run)
-        model = load_classifier(directory, require_head=True).eval()
+        model = load_model(directory, require_head=True).eval()
         artifact = read_artifact(directory, model.config)
         return cls(model, WordPieceTokenizer.from_dir(directory), task=artifact.task,
                    max_length=min(artifact.max_length, model.config.max_position_embeddings), reading=artifact.reading)
@@ -255,7 +255,7 @@ class _quiet_export:
 def check_export(reference, exported, *, int8: bool,
                  check_file: str | None = None) -> dict:
     """Compare the export with the PyTorch plain path on probe inputs (and optionally the task's
-    metric on a labelled file). ``reference``: a :class:`Source` or a PyTorch TextClassifier;
+    metric on a labelled file). ``reference``: a :class:`Source` or a PyTorch Predictor;
     ``exported``: an :class:`~bertfit.predict.onnx_runtime.OnnxExport`. Whatever the task, the comparison
     is on the model's raw outputs per feature (per text, or per token for token heads)."""
     from bertfit.batching import engine_logits
@@ -294,7 +294,7 @@ def reference_logits(classifier, texts: Sequence[str] | None = None, batch_size:
                      pairs: Sequence[str] | None = None, split=None) -> "np.ndarray | list[np.ndarray]":
     """Outputs of the PyTorch plain path (padded, SDPA) in batches of ``batch_size`` in input order:
     the reference every fast path and export is compared with. ``classifier``: anything with the
-    PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a TextClassifier, a Source).
+    PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a Predictor, a Source).
     Either ``texts`` (and ``pairs``), or ``split``: features the task encoded. A head with an output
     per token gives one (len(ids), L) array per feature."""
     from bertfit.batching import collate

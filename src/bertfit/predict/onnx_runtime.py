@@ -3,7 +3,7 @@
 An export directory holds ``model.onnx``, config.json (labels), the tokenizer, task.json and
 train_config.json (max_length), and export.json (how it was made: int8 or fp32). :func:`load_export`
 reads it; :class:`OnnxEngine` runs its graph on batches cut for a padded graph. The predictor
-(predict.TextClassifier) holds one as its engine, as it holds a PyTorch engine otherwise; the
+(predict.Predictor) holds one as its engine, as it holds a PyTorch engine otherwise; the
 exporter loads one to check a fresh export. This module imports neither of them.
 """
 

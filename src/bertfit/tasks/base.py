@@ -282,7 +282,7 @@ class Task(ABC):
         return None
 
     def answer(self, record: Mapping[str, Any]) -> Any:
-        """The record's answer alone (what ``TextClassifier.predict`` returns per text)."""
+        """The record's answer alone (what ``Predictor.predict`` returns per text)."""
         return next(iter(record.values()))
 
     def agreement(self, reference: Any, outputs: Any, split: "EncodedSplit | None" = None) -> tuple[str, float]:

@@ -20,7 +20,7 @@ import torch
 from bertfit.data import labelled as data_mod
 from bertfit.train import dist
 from bertfit.artifact import write_task
-from bertfit.weights import load_classifier, save_classifier
+from bertfit.weights import load_model, save_model
 from bertfit.hub import resolve_model
 from bertfit.data.labelled import Example
 from bertfit.errors import BertfitError, DataError
@@ -308,7 +308,7 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
     overrides = {"classifier_input": config.classifier_input, "problem_type": task.problem_type}
     if config.classifier_dropout is not None:
         overrides["classifier_dropout"] = config.classifier_dropout
-    model = load_classifier(model_dir, task.labels, **overrides)
+    model = load_model(model_dir, task.labels, **overrides)
     task.prepare_training(config.to_dict(), train.targets)
     if getattr(model, "fresh_head", True):
         task.init_head(model)
@@ -328,7 +328,7 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
                **{s.name: getattr(config, s.name) for s in task.settings if s.reading}}  # the task's own (NER: tag column)
 
     def save_best(m, step: int) -> None:
-        save_classifier(m, run.path, tokenizer=tokenizer)
+        save_model(m, run.path, tokenizer=tokenizer)
         write_task(run.path, task, max_length=config.max_length, reading=reading)
 
     trainer = Trainer(model, config, train, validation, run, pad_id=tokenizer.pad_id, device=device, task=task,
@@ -343,7 +343,7 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
     result = trainer.train()
 
     # The best weights: rank 0 reads them from the run directory and sends them to the others.
-    best = load_classifier(run.path, require_head=True).to(device) if d.is_writer else trainer.model
+    best = load_model(run.path, require_head=True).to(device) if d.is_writer else trainer.model
     d.broadcast_module(best, "sending the best weights")
     splits = {name: split for name, split in (("validation", validation), ("test", test)) if len(split)}
     # Outputs per example: the task gathers its features' outputs (windows, spans) back; the features

@@ -158,7 +158,7 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
               callback: Callable[[dict[str, Any], Any, int], None] | None) -> PretrainResult:
     from bertfit.train import dist
     from bertfit.artifact import write_task
-    from bertfit.weights import load_pretraining, save_classifier
+    from bertfit.weights import load_pretraining, save_model
     from bertfit.hub import resolve_model
     from bertfit.train.finetune import configure_threads, select_device
     from bertfit.tasks.pretrain.prepare import prepare_corpus
@@ -223,7 +223,7 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
     d.on_writer(create, "creating the run directory")
 
     def save_best(m: Any, step: int) -> None:
-        save_classifier(m, run.path, tokenizer=tokenizer)
+        save_model(m, run.path, tokenizer=tokenizer)
         write_task(run.path, task, max_length=config.max_length, reading={})
 
     trainer = Trainer(model, config, train, validation if len(validation) else None, run, pad_id=tokenizer.pad_id,
