@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertfit import precision
+from bertfit.errors import BertfitError
 from bertfit.config import BertConfig
 from bertfit.cpu_linear import OneDnnLinear, onednn_linear_available, use_onednn_linears
 from bertfit.heads import BertForSequenceClassification
@@ -96,8 +97,10 @@ def test_the_measurement_skips_bf16_without_the_instructions():
 
 @pytest.fixture
 def fake_cpu(monkeypatch, tmp_path):
-    """Force the ISA and the measurement; a fresh cache directory; count the measurements."""
+    """Force the ISA and the measurement; a fresh cache directory; count the measurements. The
+    automatic choice is what these tests check, so a --cpu-precision of the session is set aside."""
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
     monkeypatch.setattr(precision, "_memo", {})
     state = {"isa": isa(AVX2), "measurement": measured(170, 140), "calls": 0}
 
@@ -108,6 +111,27 @@ def fake_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "read_isa", lambda *a: state["isa"])
     monkeypatch.setattr(precision, "measure", measure)
     return state
+
+
+@pytest.mark.parametrize("forced, bf16, kernel", [("bf16", True, "onednn-bf16"), ("fp32", False, "mkl"),
+                                                  ("fp32-onednn", False, "onednn")])
+@pytest.mark.parametrize("flags", [AVX2, AMX])
+def test_the_environment_makes_the_machine_choose_as_another_would(fake_cpu, monkeypatch, flags, forced, bf16,
+                                                                   kernel):
+    """BERTFIT_CPU_PRECISION (pytest --cpu-precision) replaces the automatic choice on any processor,
+    whatever it measured; an explicit --bf16/--no-bf16 still wins; a wrong value is a clear error."""
+    fake_cpu["isa"] = isa(flags)
+    fake_cpu["measurement"] = measured(211, 420, bf16=758 if "amx_bf16" in flags else None)
+    monkeypatch.setenv(precision.PRECISION_ENV, forced)
+    cpu = torch.device("cpu")
+    auto = precision.training_precision(None, cpu)
+    assert (auto.bf16, auto.kernel) == (bf16, kernel)
+    assert f"{precision.PRECISION_ENV}={forced}" in auto.source
+    assert precision.training_precision(not bf16, cpu).bf16 is (not bf16)  # the flag overrides it
+    monkeypatch.setenv(precision.PRECISION_ENV, "fp16")
+    monkeypatch.setattr(precision, "_memo", {})
+    with pytest.raises(BertfitError, match="BERTFIT_CPU_PRECISION='fp16' is not a precision choice"):
+        precision.training_precision(None, cpu)
 
 
 @pytest.mark.parametrize("flags, auto_bf16", [(AVX2, False), (AVX512, False), (AVX512_BF16, True), (AMX, True)])
