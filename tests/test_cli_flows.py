@@ -299,7 +299,7 @@ def test_collapsed_run_reports_the_one_class_warning_and_its_confident_mistakes(
 def test_thread_count_defaults_to_the_usable_cores_and_follows_threads(monkeypatch):
     import torch
 
-    from bertfit.train.finetune import configure_threads
+    from bertfit.train.setup import configure_threads
 
     before = torch.get_num_threads()
     try:

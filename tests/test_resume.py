@@ -201,7 +201,7 @@ def test_kill_then_resume_is_bit_identical_with_the_default_thread_count(setup, 
     2 or more threads on most machines), not only the one thread of the other tests. Reference and
     resumed run both use the default; reductions split across threads differ from one thread's, so a
     run resumed with another --threads is not expected to match bit for bit."""
-    from bertfit.train.finetune import configure_threads
+    from bertfit.train.setup import configure_threads
 
     model_dir, csv, _ = setup
     args = train_args(model_dir, csv, tmp_path / "reference")
