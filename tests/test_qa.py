@@ -185,14 +185,18 @@ def _transformers_with_qa_pipeline() -> list[str] | None:
     charset_normalizer`; the installed transformers counts if it still has the pipeline."""
     import importlib.util
 
-    folder = os.environ.get("BERTFIT_TRANSFORMERS4")
-    if folder and Path(folder, "transformers").is_dir():
+    # `make setup` puts it in .venv/transformers4
+    folder = os.environ.get("BERTFIT_TRANSFORMERS4") or str(Path(sys.prefix) / "transformers4")
+    if Path(folder, "transformers").is_dir():
         return [folder]
     if importlib.util.find_spec("transformers") is not None:
         import transformers
 
         if int(transformers.__version__.split(".")[0]) < 5:
             return []
+    if os.environ.get("CI"):  # CI installs it (make setup): the parity claim must rest on CI, not skip there
+        pytest.fail("transformers 4.x for pipeline('question-answering') is missing: make setup installs it in "
+                    ".venv/transformers4, or set BERTFIT_TRANSFORMERS4")
     return None
 
 
