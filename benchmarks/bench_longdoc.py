@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bertfit.train.finetune import fine_tune, prepare_data
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 from bertfit.tokenizer import WordPieceTokenizer
 from bertfit.hub import resolve_model
 from bertfit.train.config import TrainConfig
@@ -123,7 +123,7 @@ def main() -> None:
         started = time.perf_counter()
         result = fine_tune(config, overwrite=True)
         wall = time.perf_counter() - started
-        model = TextClassifier.load(result.run_dir, engine="pytorch")
+        model = Predictor.load(result.run_dir, engine="pytorch")
         t0 = time.perf_counter()
         predicted = model.predict(texts)
         predict_s = time.perf_counter() - t0

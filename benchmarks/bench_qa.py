@@ -82,10 +82,10 @@ def run_bertfit(files: dict[str, str], steps: int, work: Path) -> dict:
     result = fine_tune(config)
     state = result.train.state
     rows = _rows(files["dev"])
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     # What `bertfit predict` runs by default on a CPU (ONNX Runtime when installed; exported once, untimed).
-    predictor = TextClassifier.load(str(work / "run"))
+    predictor = Predictor.load(str(work / "run"))
     items = [{"question": r["question"], "context": r["context"]} for r in rows]
     predictor.records(items[:4])  # warm-up
     started = time.perf_counter()
@@ -219,11 +219,11 @@ def run_pipeline(files: dict[str, str], run: str) -> dict:
 def predict_bertfit(files: dict[str, str], run: str, int8: bool) -> dict:
     """bertfit's predictor (the default CPU engine, ONNX Runtime; int8: its --int8) on the dev questions:
     questions/s, answers, and the linear-layer FLOPs of the windows it ran (for the share of the peak)."""
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     rows = _rows(files["dev"])
     items = [{"question": r["question"], "context": r["context"]} for r in rows]
-    predictor = TextClassifier.load(run, int8=int8)
+    predictor = Predictor.load(run, int8=int8)
     predictor.records(items[:4])  # warm-up (the export is cached before this)
     started = time.perf_counter()
     records = predictor.records(items)

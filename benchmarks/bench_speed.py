@@ -177,7 +177,7 @@ def setup_threads(args) -> None:
 def train_bertfit(args) -> dict:
     import torch
 
-    from bertfit.weights import load_classifier, save_classifier
+    from bertfit.weights import load_model, save_model
     from bertfit.train.finetune import encode
     from bertfit.train.run_dir import RunDir
     from bertfit.tokenizer import WordPieceTokenizer
@@ -196,7 +196,7 @@ def train_bertfit(args) -> dict:
     validation = encode(tokenizer, data.validation, data.task, config.max_length)
     device = torch.device(args.device)
     seed_everything(0)
-    model = load_classifier(model_dir, data.labels)
+    model = load_model(model_dir, data.labels)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(tmp)
         run.create()
@@ -213,7 +213,7 @@ def train_bertfit(args) -> dict:
     logits = predict_logits(model, validation.encoded, tokenizer.pad_id, device, 16384, bf16=bf16)
     metrics = data.task.evaluate(logits, validation.targets)
     if args.save:
-        save_classifier(model, args.save, tokenizer=tokenizer)
+        save_model(model, args.save, tokenizer=tokenizer)
         config.save(Path(args.save) / "train_config.json")
     tokens = result.state.tokens_seen
     flops = 6 * model.config.non_embedding_parameters() * tokens
@@ -305,14 +305,14 @@ def predictor(args):
 
     model_dir = args.model_dir
     if args.impl.startswith("bertfit"):
-        from bertfit.predict.predictor import TextClassifier
+        from bertfit.predict.predictor import Predictor
 
         # bertfit is the default (`bertfit predict RUN`): on the CPU, ONNX Runtime fp32; bertfit-int8 is
         # `--int8`, ONNX Runtime int8 -- both exported into the cache before any timed process. The
         # "-pytorch"/"-torch" contenders are `--engine pytorch`: the same models in PyTorch.
         # "bertfit-bf16-pytorch": the PyTorch engine under CPU bf16 autocast (CPUs with bf16 instructions).
         engine = "pytorch" if args.impl.endswith(("-pytorch", "-torch")) else "auto"
-        clf = TextClassifier.load(model_dir, int8="int8" in args.impl, engine=engine, device=args.device)
+        clf = Predictor.load(model_dir, int8="int8" in args.impl, engine=engine, device=args.device)
         bf16 = args.device == "cuda" or "bf16" in args.impl
 
         def run(texts):

@@ -61,13 +61,13 @@ def load_texts(n: int, seed: int) -> list[str]:
 
 
 def build_run(directory: Path) -> Path:
-    from bertfit.weights import load_classifier, save_classifier
+    from bertfit.weights import load_model, save_model
     from bertfit.hub import resolve_model
     from bertfit.tokenizer import WordPieceTokenizer
 
     src = resolve_model("minilm-l6")
-    model = load_classifier(src, ["negative", "neutral", "positive"])
-    save_classifier(model, directory, tokenizer=WordPieceTokenizer.from_dir(src))
+    model = load_model(src, ["negative", "neutral", "positive"])
+    save_model(model, directory, tokenizer=WordPieceTokenizer.from_dir(src))
     (directory / "train_config.json").write_text(json.dumps({"model": "minilm-l6"}))
     return directory
 

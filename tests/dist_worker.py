@@ -20,12 +20,12 @@ import torch
 
 def gathered_evaluation(d, model_dir: Path) -> dict:
     """dist.map_sharded over 7, 40 and 101 texts: every output once, in input order, equal to one process's."""
-    from bertfit.weights import load_classifier
+    from bertfit.weights import load_model
     from bertfit.inference import predict_logits
     from bertfit.tokenizer import WordPieceTokenizer
 
     torch.manual_seed(0)
-    model = load_classifier(model_dir, ["a", "b", "c"])
+    model = load_model(model_dir, ["a", "b", "c"])
     d.broadcast_module(model, "test weights")
     tokenizer = WordPieceTokenizer.from_dir(model_dir)
     rng = np.random.default_rng(5)
@@ -88,13 +88,13 @@ def train_jobs(jobs: list[dict]) -> dict[str, list[str]]:
 
     for name in ("create", "append_log", "sync_log", "save_checkpoint", "truncate_log", "set_aside_after", "replace"):
         spy(RunDir, name)
-    for name in ("write_json_atomic", "save_classifier", "write_task"):
+    for name in ("write_json_atomic", "save_model", "write_task"):
         spy(job, name)
     import bertfit.report as report
 
     spy(report, "write_report")  # job imports it when it writes the report
     # pretrain imports these when it runs
-    for owner, name in ((io, "write_json_atomic"), (weights, "save_classifier"), (artifact, "write_task")):
+    for owner, name in ((io, "write_json_atomic"), (weights, "save_model"), (artifact, "write_task")):
         spy(owner, name)
     writes = {}
     for spec in jobs:

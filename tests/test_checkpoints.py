@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertfit.weights import load_classifier, read_state_dict, save_classifier
+from bertfit.weights import load_model, read_state_dict, save_model
 from bertfit.hub import resolve_model
 from bertfit.config import BertConfig
 from bertfit.errors import CheckpointError, ConfigError, ModelNotFoundError
@@ -56,7 +56,7 @@ def test_real_minilm_matches_transformers_on_200_sentences(minilm_dir, tweets_cs
     assert len(texts) == 200
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
-    ours = load_classifier(minilm_dir, LABELS)
+    ours = load_model(minilm_dir, LABELS)
     worst = {"hidden": 0.0, "pooled": 0.0, "hidden_fast": 0.0, "logits_fast": 0.0}
     with torch.no_grad():
         for i in range(0, len(texts), 32):
@@ -76,7 +76,7 @@ def test_real_minilm_matches_transformers_on_200_sentences(minilm_dir, tweets_cs
 
 def test_saved_model_loads_in_transformers_with_same_logits(tmp_path):
     ours = tiny_classifier()
-    save_classifier(ours, tmp_path)
+    save_model(ours, tmp_path)
     hf, info = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == [] or info["missing_keys"] == set()
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -94,7 +94,7 @@ def test_transformers_checkpoints_load_in_bertfit(tmp_path):
                                      id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
     hf = transformers.BertForSequenceClassification(config).eval()
     hf.save_pretrained(tmp_path / "cls")
-    ours = load_classifier(tmp_path / "cls", require_head=True)
+    ours = load_model(tmp_path / "cls", require_head=True)
     assert ours.config.labels == LABELS
     ids, mask, types = tiny_inputs()
     with torch.no_grad():
@@ -105,7 +105,7 @@ def test_transformers_checkpoints_load_in_bertfit(tmp_path):
     bare = transformers.BertModel(config).eval()
     bare.save_pretrained(tmp_path / "bare")
     for name, ref in (("pre", pre.bert), ("bare", bare)):
-        model = load_classifier(tmp_path / name, LABELS)
+        model = load_model(tmp_path / name, LABELS)
         with torch.no_grad():
             assert (model.bert(ids, mask, types).pooled - ref(input_ids=ids, attention_mask=mask,
                                                              token_type_ids=types).pooler_output).abs().max() <= 1e-5
@@ -113,7 +113,7 @@ def test_transformers_checkpoints_load_in_bertfit(tmp_path):
 
 def test_legacy_bin_and_sharded_safetensors(tmp_path):
     ours = tiny_classifier(2)
-    save_classifier(ours, tmp_path / "ref")
+    save_model(ours, tmp_path / "ref")
     state = read_state_dict(tmp_path / "ref")
     # pytorch_model.bin with the old position_ids buffer
     legacy = tmp_path / "legacy"
@@ -135,7 +135,7 @@ def test_legacy_bin_and_sharded_safetensors(tmp_path):
     with torch.no_grad():
         expected = ours(ids, mask, types)
         for d in (legacy, sharded):
-            assert torch.equal(load_classifier(d, require_head=True)(ids, mask, types), expected)
+            assert torch.equal(load_model(d, require_head=True)(ids, mask, types), expected)
 
 
 # --- bad inputs ----------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_hidden_size_not_divisible_by_heads(tmp_path):
         BertConfig(hidden_size=100, num_attention_heads=12)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 100, "num_attention_heads": 12}))
     with pytest.raises(ConfigError, match="not divisible"):
-        load_classifier(tmp_path, LABELS)
+        load_model(tmp_path, LABELS)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -165,11 +165,11 @@ def test_invalid_configs_are_named(bad, match):
 
 
 def test_truncated_safetensors(tmp_path):
-    save_classifier(tiny_classifier(), tmp_path)
+    save_model(tiny_classifier(), tmp_path)
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file"):
-        load_classifier(tmp_path)
+        load_model(tmp_path)
 
 
 class _Payload:
@@ -181,31 +181,31 @@ class _Payload:
 
 
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
-    save_classifier(tiny_classifier(), tmp_path)
+    save_model(tiny_classifier(), tmp_path)
     (tmp_path / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
     with open(tmp_path / "pytorch_model.bin", "wb") as f:
         pickle.dump({"bert.embeddings.word_embeddings.weight": _Payload(marker)}, f)
     with pytest.raises(CheckpointError, match="refused to load"):
-        load_classifier(tmp_path)
+        load_model(tmp_path)
     assert not marker.exists()
 
 
 def test_missing_and_unexpected_weights_are_named(tmp_path):
-    save_classifier(tiny_classifier(), tmp_path)
+    save_model(tiny_classifier(), tmp_path)
     from safetensors.torch import load_file, save_file
     state = load_file(str(tmp_path / "model.safetensors"))
     dropped = dict(state)
     del dropped["bert.encoder.layer.1.output.dense.weight"]
     save_file(dropped, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"missing weights: bert\.encoder\.layer\.1\.output\.dense\.weight"):
-        load_classifier(tmp_path)
+        load_model(tmp_path)
     save_file({**state, "bert.encoder.layer.7.extra.weight": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"unexpected weights.*bert\.encoder\.layer\.7\.extra\.weight"):
-        load_classifier(tmp_path)
+        load_model(tmp_path)
     save_file({**state, "classifier.weight": torch.full((3, 32), float("nan"))}, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match="classifier.weight holds NaN"):
-        load_classifier(tmp_path)
+        load_model(tmp_path)
 
 
 @pytest.mark.parametrize("offline", ["unreachable hub", "offline mode"])

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NEGATIVE, POSITIVE, WORDS, synthetic_rows, write_csv
+from bertfit.train.run_dir import RunDir
 
 BERTFIT = str(Path(sys.executable).with_name("bertfit"))
 
@@ -120,9 +121,9 @@ def test_sentence_pair_model_trains_evaluates_and_predicts(tmp_path, tiny_model_
     assert json.loads((tmp_path / "default.json").read_text())["accuracy"] == metrics["accuracy"]
 
     # Without the pair, the same model sees only filler: the pair column is what it learned from.
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    alone = TextClassifier.load(run, engine="pytorch").predict([p for p, _, _ in pair_rows(60, seed=2)])
+    alone = Predictor.load(run, engine="pytorch").predict([p for p, _, _ in pair_rows(60, seed=2)])
     assert sum(a == t for a, t in zip(alone, truth)) / 60 < metrics["accuracy"] - 0.2
 
 
@@ -136,7 +137,8 @@ def test_sigint_during_training_exits_130_and_the_run_resumes(tmp_path, tiny_mod
     env.pop("BERTFIT_KILL_AT_STEP", None)
     # SIGINT back to its default in the child: a process started in the background by a shell
     # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
-    process = subprocess.Popen([BERTFIT, *map(str, tiny_train(tiny_model_dir, data, run, "--epochs", 1000,
+    steps = 300  # far more than the 6 it trains before the interrupt; the resume trains the rest
+    process = subprocess.Popen([BERTFIT, *map(str, tiny_train(tiny_model_dir, data, run, "--max-steps", steps,
                                                               "--save-every", 5))],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -155,6 +157,15 @@ def test_sigint_during_training_exits_130_and_the_run_resumes(tmp_path, tiny_mod
     assert process.returncode == 130, stderr[-3000:]
     assert "bertfit: interrupted (resume with --resume RUN)" in stderr and "Traceback" not in stderr
     assert (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir())
+    interrupted_at = RunDir(run).checkpoint_steps()[-1]
+    assert 5 <= interrupted_at < steps and not (run / "metrics.json").exists()  # stopped mid-run, unfinished
+    resumed = bertfit("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {run} from step {interrupted_at} of {steps}" in resumed.stderr, resumed.stderr[-3000:]
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line).get("kind") == "train"]
+    assert logged == list(range(1, steps + 1))  # every step once: the interrupted tail replaced, not repeated
+    assert json.loads((run / "metrics.json").read_text())  # finished: metrics written
 
 
 def test_evaluate_and_export_input_errors_exit_2(tmp_path, tiny_model_dir):
@@ -299,7 +310,7 @@ def test_collapsed_run_reports_the_one_class_warning_and_its_confident_mistakes(
 def test_thread_count_defaults_to_the_usable_cores_and_follows_threads(monkeypatch):
     import torch
 
-    from bertfit.train.finetune import configure_threads
+    from bertfit.train.setup import configure_threads
 
     before = torch.get_num_threads()
     try:

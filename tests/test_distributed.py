@@ -286,14 +286,14 @@ def test_two_processes_match_one_process(launched, no_dropout_model_dir, task):
 def test_qa_invisible_parameters_get_no_gradient(no_dropout_model_dir):
     """invisible()'s premise: in float64 their gradient is 0 (≤ 1e-15) while every other parameter's is not;
     in float32 it is rounding noise, far below every real gradient."""
-    from bertfit.weights import load_classifier
+    from bertfit.weights import load_model
 
     layers = json.loads((no_dropout_model_dir / "config.json").read_text())["num_hidden_layers"]
     hidden = invisible("qa", layers)
     torch.manual_seed(0)
     grads = {}
     for dtype in (torch.float64, torch.float32):
-        model = load_classifier(no_dropout_model_dir, ["start", "end"], problem_type="question_answering")
+        model = load_model(no_dropout_model_dir, ["start", "end"], problem_type="question_answering")
         model = model.to(dtype).train()
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(5, model.config.vocab_size, (6, 20), generator=g)
@@ -429,7 +429,7 @@ def test_exactly_one_writer(launched):
     base, _, ranks = launched
     for task in [*MAKERS, *PRETRAINING]:
         writes = ranks[0]["writes"][task]
-        assert {"create", "append_log", "save_checkpoint", "save_classifier", "write_report", "progress"} <= set(writes)
+        assert {"create", "append_log", "save_checkpoint", "save_model", "write_report", "progress"} <= set(writes)
         assert ranks[1]["writes"][task] == []  # rank 1 never wrote into the run directory, nor drew a progress bar
         assert (base / task / "two" / "report.md").exists()
 

@@ -40,7 +40,7 @@ def tuned_run(minilm_dir, tweets, tmp_path_factory):
     """MiniLM fine-tuned for 80 steps on 2,560 tweets (the fast training path), saved as a run.
     Trained in fp32 on every processor (bf16=False): the tests here compare prediction paths of one
     model, and the agreement thresholds were set on this fp32-trained one."""
-    from bertfit.weights import load_classifier, save_classifier
+    from bertfit.weights import load_model, save_model
     from bertfit.train.finetune import encode
     from bertfit.train.run_dir import RunDir
     from bertfit.tokenizer import WordPieceTokenizer
@@ -55,21 +55,21 @@ def tuned_run(minilm_dir, tweets, tmp_path_factory):
 
     split = encode(tokenizer, train[:2560], SingleLabel(labels), config.max_length)
     seed_everything(0)
-    model = load_classifier(minilm_dir, labels)
+    model = load_model(minilm_dir, labels)
     out = tmp_path_factory.mktemp("tuned")
     run = RunDir(out / "log")
     run.create()
     Trainer(model, config, split, None, run, pad_id=tokenizer.pad_id, device=torch.device("cpu")).train()
-    save_classifier(model, out / "model", tokenizer=tokenizer)
+    save_model(model, out / "model", tokenizer=tokenizer)
     config.save(out / "model" / "train_config.json")
     return out / "model"
 
 
 @pytest.fixture(scope="session")
 def classifier(tuned_run):
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    return TextClassifier.load(tuned_run, device="cpu", engine="pytorch")
+    return Predictor.load(tuned_run, device="cpu", engine="pytorch")
 
 
 @pytest.fixture(scope="session")
@@ -133,9 +133,9 @@ def test_fast_forward_matches_plain_on_both_layouts(classifier, plain_logits, te
 
 def test_fast_training_gradients_match_plain_path(tuned_run, test_slice, classifier):
     """One backward pass (eval mode: no dropout) on the real model: same loss, same gradients."""
-    from bertfit.weights import load_classifier
+    from bertfit.weights import load_model
 
-    model = load_classifier(tuned_run, require_head=True).eval()
+    model = load_model(tuned_run, require_head=True).eval()
     labels = {label: i for i, label in enumerate(classifier.labels)}
     encoded = classifier.tokenizer.encode([e.text for e in test_slice[:48]], max_length=128)
     b = collate(encoded, list(range(48)), [labels[e.label] for e in test_slice[:48]], classifier.tokenizer.pad_id)
@@ -189,9 +189,9 @@ def test_training_mode_uses_dropout_on_the_fast_path(classifier):
 
 def test_torch_dynamic_int8_fallback_cost_is_measured(tuned_run, plain_logits, test_slice, tweets):
     """PyTorch dynamic quantization (the fallback without onnxruntime): 7-bit activations, ~97-98%."""
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    int8 = TextClassifier.load(tuned_run, int8=True, engine="pytorch")
+    int8 = Predictor.load(tuned_run, int8=True, engine="pytorch")
     assert int8.int8 and int8.model is not None
     logits = int8.predict_logits([e.text for e in test_slice])
     # Below the 99% bar the ONNX Runtime path meets: that is why it is the default int8 path, and
@@ -206,32 +206,32 @@ onnx_needed = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
 @onnx_needed
 def test_onnx_export_fp32_matches_plain_path(tuned_run, plain_logits, test_slice, tmp_path):
     from bertfit.cli import export as export_command
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     parser = argparse.ArgumentParser()
     export_command.add_arguments(parser)
     assert export_command.run(parser.parse_args([str(tuned_run), "--output", str(tmp_path / "fp32")])) == 0
-    onnx = TextClassifier.load(tmp_path / "fp32")  # an export directory loads like a run
+    onnx = Predictor.load(tmp_path / "fp32")  # an export directory loads like a run
     assert onnx.engine == "onnxruntime" and onnx.model is None and not onnx.int8
     logits = onnx.predict_logits([e.text for e in test_slice])
     assert np.abs(logits - plain_logits).max() <= 1e-4
-    assert onnx.predict(["what a wonderful day"]) == TextClassifier.load(tuned_run, device="cpu").predict(["what a wonderful day"])
+    assert onnx.predict(["what a wonderful day"]) == Predictor.load(tuned_run, device="cpu").predict(["what a wonderful day"])
 
 
 @onnx_needed
 def test_int8_flag_agrees_with_fp32_on_99_percent(tuned_run, plain_logits, test_slice, tweets, tmp_path, monkeypatch):
     """The int8 path (`--int8`): ONNX Runtime int8, exported once into the cache."""
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
-    int8 = TextClassifier.load(tuned_run, int8=True)
+    int8 = Predictor.load(tuned_run, int8=True)
     assert int8.engine == "onnxruntime" and int8.int8
     exported = next((tmp_path / "cache" / "onnx-int8").iterdir())
     assert (exported / "model.onnx").stat().st_size < 48 * 2**20  # int8 weights (FFN up projections fp32): ~half the 87 MB fp32 graph
     logits = int8.predict_logits([e.text for e in test_slice])
     assert agreement_report("int8 (ONNX Runtime)", logits, plain_logits, test_slice, tweets[0]) >= 0.99
     few = [e.text for e in test_slice[:20]]  # (int8 activations are scaled per batch: compare like batches)
-    again = TextClassifier.load(tuned_run, int8=True)  # from the cache, not exported again
+    again = Predictor.load(tuned_run, int8=True)  # from the cache, not exported again
     assert len(list((tmp_path / "cache" / "onnx-int8").iterdir())) == 1
     assert np.array_equal(again.predict_logits(few), int8.predict_logits(few))
 
@@ -260,12 +260,12 @@ def test_export_without_onnxruntime_names_the_fix(monkeypatch, tuned_run, tmp_pa
 def test_default_cpu_engine_is_onnx_runtime_with_the_plain_logits(tuned_run, plain_logits, test_slice, tmp_path,
                                                                   monkeypatch):
     from bertfit.predict import export
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
-    default = TextClassifier.load(tuned_run, device="cpu")
+    default = Predictor.load(tuned_run, device="cpu")
     assert default.engine == "onnxruntime" and default.model is None and not default.int8
-    assert default.name == Path(tuned_run).name and default.labels == TextClassifier.load(tuned_run, engine="pytorch").labels
+    assert default.name == Path(tuned_run).name and default.labels == Predictor.load(tuned_run, engine="pytorch").labels
     assert np.abs(default.predict_logits([e.text for e in test_slice]) - plain_logits).max() <= 1e-4
     (exported,) = (tmp_path / "cache" / "onnx-fp32").iterdir()
     made = (exported / "model.onnx").stat().st_mtime_ns
@@ -274,9 +274,9 @@ def test_default_cpu_engine_is_onnx_runtime_with_the_plain_logits(tuned_run, pla
         raise AssertionError("exported again instead of using the cache")
 
     monkeypatch.setattr(export, "export_onnx", no_second_export)
-    again = TextClassifier.load(tuned_run)
+    again = Predictor.load(tuned_run)
     assert again.engine == "onnxruntime" and (exported / "model.onnx").stat().st_mtime_ns == made
-    pytorch = TextClassifier.load(tuned_run, engine="pytorch")
+    pytorch = Predictor.load(tuned_run, engine="pytorch")
     assert pytorch.engine == "pytorch" and pytorch.model is not None
 
 
@@ -284,7 +284,7 @@ def test_default_cpu_engine_is_onnx_runtime_with_the_plain_logits(tuned_run, pla
 def test_auto_engine_falls_back_to_pytorch_when_the_export_fails(tuned_run, tmp_path, monkeypatch, caplog):
     from bertfit.predict import export
     from bertfit.errors import BertfitError
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
 
@@ -293,11 +293,11 @@ def test_auto_engine_falls_back_to_pytorch_when_the_export_fails(tuned_run, tmp_
 
     monkeypatch.setattr(export, "export_onnx", broken)
     with caplog.at_level(logging.WARNING, logger="bertfit.predict.predictor"):
-        fallback = TextClassifier.load(tuned_run, device="cpu")
+        fallback = Predictor.load(tuned_run, device="cpu")
     assert fallback.engine == "pytorch" and fallback.model is not None
     assert "unsupported operator SomeOp" in caplog.text and "predicting with PyTorch" in caplog.text
     with pytest.raises(BertfitError, match="could not export to ONNX Runtime: unsupported operator SomeOp"):
-        TextClassifier.load(tuned_run, engine="onnxruntime")
+        Predictor.load(tuned_run, engine="onnxruntime")
     # A cache that cannot be written (here: a file where the directory should be) is no reason to fail.
     monkeypatch.undo()
     blocker = tmp_path / "not-a-dir"
@@ -305,29 +305,29 @@ def test_auto_engine_falls_back_to_pytorch_when_the_export_fails(tuned_run, tmp_
     monkeypatch.setenv("BERTFIT_CACHE", str(blocker))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="bertfit.predict.predictor"):
-        assert TextClassifier.load(tuned_run, device="cpu").engine == "pytorch"
+        assert Predictor.load(tuned_run, device="cpu").engine == "pytorch"
     assert "ONNX Runtime export failed" in caplog.text
 
 
 def test_engine_choices_are_checked(tuned_run, tmp_path):
     from bertfit.errors import BertfitError
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     with pytest.raises(BertfitError, match="engine 'tensorrt': choose one of auto, pytorch, onnxruntime"):
-        TextClassifier.load(tuned_run, engine="tensorrt")
+        Predictor.load(tuned_run, engine="tensorrt")
     with pytest.raises(BertfitError, match="ONNX Runtime runs on the CPU only"):
-        TextClassifier.load(tuned_run, engine="onnxruntime", device="cuda")
+        Predictor.load(tuned_run, engine="onnxruntime", device="cuda")
 
 
 @onnx_needed
 def test_an_onnx_export_cannot_be_run_by_pytorch(tuned_run, tmp_path):
     from bertfit.errors import BertfitError
     from bertfit.predict.export import export_onnx
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     export_onnx(tuned_run, tmp_path / "fp32")
     with pytest.raises(BertfitError, match="is an ONNX export, which runs with ONNX Runtime"):
-        TextClassifier.load(tmp_path / "fp32", engine="pytorch")
+        Predictor.load(tmp_path / "fp32", engine="pytorch")
 
 
 def test_export_cache_keeps_the_most_recently_used(tmp_path):
@@ -347,21 +347,21 @@ def test_export_cache_keeps_the_most_recently_used(tmp_path):
 
 
 def test_an_explicit_non_cpu_device_keeps_pytorch(tuned_run):
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     # "meta" stands in for a GPU on this CPU-only machine: the default engine must not take the
     # model to ONNX Runtime (on the CPU) when the caller asked for another device.
-    on_meta = TextClassifier.load(tuned_run, device="meta")
+    on_meta = Predictor.load(tuned_run, device="meta")
     assert on_meta.engine == "pytorch" and on_meta.device.type == "meta"
 
 
 def test_without_onnx_runtime_auto_uses_pytorch_and_onnxruntime_names_the_fix(tuned_run, monkeypatch):
     from bertfit.errors import BertfitError
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("onnx", "onnxruntime") else real_find_spec(name, *a))
-    assert TextClassifier.load(tuned_run, device="cpu").engine == "pytorch"
+    assert Predictor.load(tuned_run, device="cpu").engine == "pytorch"
     with pytest.raises(BertfitError, match=r"engine 'onnxruntime' needs onnx and onnxruntime: pip install 'bertfit\[export\]'"):
-        TextClassifier.load(tuned_run, engine="onnxruntime")
+        Predictor.load(tuned_run, engine="onnxruntime")

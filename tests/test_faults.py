@@ -40,14 +40,14 @@ from conftest import BF16_EPS
 
 def checkpoint_validator(config: TrainConfig) -> Trainer:
     """A Trainer set up as `fine_tune` sets it up; its validate_checkpoint is what a resume applies."""
-    from bertfit.weights import load_classifier
+    from bertfit.weights import load_model
     from bertfit.train.finetune import encode, prepare_data
     from bertfit.tokenizer import WordPieceTokenizer
 
     prepared = prepare_data(config)
     tokenizer = WordPieceTokenizer.from_dir(Path(config.model))
     train = encode(tokenizer, prepared.train, prepared.task, config.max_length)
-    model = load_classifier(config.model, prepared.labels)
+    model = load_model(config.model, prepared.labels)
     return Trainer(model, config, train, None, RunDir(config.output_dir), pad_id=tokenizer.pad_id,
                    device=torch.device("cpu"))
 

@@ -171,3 +171,53 @@ def test_the_task_table_is_the_only_list_of_tasks():
             if len(listed) >= 2:
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {sorted(listed)}")
     assert not found, found
+
+
+def test_models_are_called_only_through_the_signature_their_head_declares():
+    """No module calls a head with the encoder's three tensors spelled out, or asks a head what it
+    `needs`: training, inference, both engines and the export go through heads.run_head / head_inputs."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for pattern in ("batch.input_ids, batch.attention_mask, batch.token_type_ids", '"needs"', ".needs "):
+            if pattern in text:
+                found.append(f"{path.relative_to(PACKAGE)}: {pattern}")
+    assert not found, found
+
+
+def test_old_names_still_work_with_a_deprecation_warning():
+    """Code written against the flat layout and the classifier-only names keeps running (a warning,
+    not a break): old module paths, names of modules that became packages, and the renamed API."""
+    code = """
+import warnings
+warnings.simplefilter("error")  # every old name must warn, so each is checked by the raise
+import bertfit
+from bertfit.predict.predictor import Predictor
+from bertfit.train.finetune import fine_tune
+from bertfit.weights import load_model, save_model
+from bertfit.train.loop import Trainer
+checks = {
+    "import bertfit.job": lambda: __import__("bertfit.job").job.fine_tune is fine_tune,
+    "from bertfit.predict import TextClassifier": lambda: __import__("bertfit.predict", fromlist=["TextClassifier"]).TextClassifier is Predictor,
+    "from bertfit.train import Trainer": lambda: __import__("bertfit.train", fromlist=["Trainer"]).Trainer is Trainer,
+    "bertfit.checkpoints.load_classifier": lambda: __import__("bertfit.checkpoints", fromlist=["x"]).load_model is load_model,
+    "bertfit.pretraining.job": lambda: __import__("bertfit.pretraining.job", fromlist=["pretrain"]).pretrain is not None,
+    "bertfit.runs.RunDir": lambda: __import__("bertfit.runs", fromlist=["RunDir"]).RunDir is not None,
+}
+for name, check in checks.items():
+    try:
+        check()
+        print(name, "NO WARNING")
+    except DeprecationWarning:
+        pass
+warnings.simplefilter("ignore")
+import bertfit.job, bertfit.checkpoints, bertfit.runs
+from bertfit.predict import TextClassifier
+from bertfit.train import Trainer as T
+from bertfit.weights import load_classifier
+assert bertfit.job.fine_tune is fine_tune and TextClassifier is Predictor and T is Trainer
+assert bertfit.checkpoints.save_model is save_model and load_classifier is not load_model
+print("OK")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "OK", out.stdout + out.stderr[-2000:]

@@ -12,7 +12,7 @@ import torch
 import pytest
 
 from bertfit.train.finetune import fine_tune
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 from bertfit.train.config import TrainConfig
 from bertfit.tasks.windows import LongText, encode
 
@@ -52,7 +52,7 @@ def test_truncation_round_trips_into_predict_evaluate_and_export(tmp_path, tiny_
     assert data["long_text"]["strategy"] == "head+tail" and data["long_text"]["cut"] == data["long_text"]["texts"] > 0
     assert "Long texts:" in (run / "report.md").read_text()
 
-    model = TextClassifier.load(run, engine="pytorch")
+    model = Predictor.load(run, engine="pytorch")
     assert model.task.long_text == LongText(truncation="head+tail", head_tokens=4)
     rows = long_rows(12, seed=5)
     texts = [r["text"] for r in rows]
@@ -65,7 +65,7 @@ def test_truncation_round_trips_into_predict_evaluate_and_export(tmp_path, tiny_
     assert all(e.ids[1:5] == model.tokenizer.encode([t], max_length=16)[0].ids[1:5] for e, t in zip(features.encoded, texts))
     want = predict_logits(model.model, features.encoded, model.tokenizer.pad_id, torch.device("cpu"), 4096)
     np.testing.assert_allclose(got, want, atol=1e-5)
-    head_only = TextClassifier.load(run, engine="pytorch")
+    head_only = Predictor.load(run, engine="pytorch")
     head_only.task.long_text = LongText()
     assert not np.allclose(head_only.predict_logits(texts), got)  # the strategy changes what is read
 
@@ -83,7 +83,7 @@ def test_truncation_round_trips_into_predict_evaluate_and_export(tmp_path, tiny_
     from bertfit.predict.export import export_onnx
 
     export_onnx(run, tmp_path / "onnx")
-    exported = TextClassifier.load(tmp_path / "onnx")
+    exported = Predictor.load(tmp_path / "onnx")
     assert exported.task.long_text == model.task.long_text
     np.testing.assert_allclose(exported.predict_logits(texts), got, atol=1e-4)
 
@@ -101,7 +101,7 @@ def test_calibration_is_fitted_saved_and_applied(tmp_path, tiny_model_dir):
     v = metrics["validation"]["calibration"]
     assert v["log_loss"] <= v["log_loss_uncalibrated"] + 1e-9
     assert "Calibration" in (run / "report.md").read_text()
-    model = TextClassifier.load(run, engine="pytorch")
+    model = Predictor.load(run, engine="pytorch")
     texts = [r["text"] for r in long_rows(5, seed=9)]
     logits = model.predict_logits(texts)
     from bertfit.tasks.sequence import softmax
@@ -116,7 +116,7 @@ def test_served_predictions_use_the_runs_strategy_and_calibration(tmp_path, tiny
     from test_tasks import _check_served
 
     run = _train(tmp_path, tiny_model_dir, "served", truncation="tail")
-    model = TextClassifier.load(run, engine="pytorch")
+    model = Predictor.load(run, engine="pytorch")
     texts = [r["text"] for r in long_rows(6, seed=11)]
     _check_served(run, tmp_path, texts, None, model.predictions(texts))
 
@@ -156,13 +156,13 @@ def test_windows_round_trip_short_texts_and_predict_equals_evaluate(tmp_path, ti
     assert saved == LongText(window_aggregate="max", **WINDOWS).to_dict()
     data = json.loads((run / "data.json").read_text())["long_text"]
     assert data["strategy"] == "windows" and data["split_into_windows"] == data["texts"] and data["windows"] > data["texts"]
-    model = TextClassifier.load(run, engine="pytorch")
+    model = Predictor.load(run, engine="pytorch")
     assert model.task.long_text.windowed and model.task.long_text.window_aggregate == "max"
 
     # a text shorter than one window: the same logits as without windows
     short = ["the good movie", "a terrible day"]
     windowed = model.predict_logits(short)
-    model_head = TextClassifier.load(run, engine="pytorch")
+    model_head = Predictor.load(run, engine="pytorch")
     model_head.task.long_text = LongText()
     np.testing.assert_array_equal(windowed, model_head.predict_logits(short))
 

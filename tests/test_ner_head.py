@@ -31,7 +31,7 @@ def token_pair(overrides: dict, seed: int = 0):
 
 
 def test_registered_and_needs_tokens():
-    assert HEADS["token"] is BertForTokenClassification and BertForTokenClassification.needs == "tokens"
+    assert HEADS["token"] is BertForTokenClassification and BertForTokenClassification.output_axes == ("batch", "sequence", "label")
 
 
 @pytest.mark.parametrize("name", TINY_CONFIGS)

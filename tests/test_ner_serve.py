@@ -13,9 +13,9 @@ TEXTS = ["yesterday John Smith visited Paris 😀 with acme corp .", "nothing he
 
 
 def test_server_returns_the_predict_records(ner_run, tmp_path):
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    expected = TextClassifier.load(ner_run.run_dir).predictions(TEXTS)
+    expected = Predictor.load(ner_run.run_dir).predictions(TEXTS)
     srv = Server(ner_run.run_dir, tmp_path / "serve.log")
     try:
         srv.wait("/ready")

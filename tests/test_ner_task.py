@@ -79,7 +79,7 @@ def test_tiny_model_learns_synthetic_ner(ner_run):
 def test_predict_offsets_point_into_the_input(ner_run):
     import bertfit.predict.predictor as predict_mod
 
-    model = predict_mod.TextClassifier.load(ner_run.run_dir)
+    model = predict_mod.Predictor.load(ner_run.run_dir)
     text = "yesterday  John Smith visited Paris and PARIS with acme corp ."
     (record,) = model.predictions([text])
     found = {(e["type"], e["text"]) for e in record["entities"]}
@@ -101,9 +101,9 @@ def test_predict_offsets_point_into_the_input(ner_run):
 
 
 def test_long_sentence_is_windowed_not_truncated(ner_run):
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    model = TextClassifier.load(ner_run.run_dir)
+    model = Predictor.load(ner_run.run_dir)
     assert model.max_length == 32
     text = " ".join(["we met john smith in paris ."] * 12)  # 84 words, ~2.6 windows of 30
     (record,) = model.predictions([text])
@@ -113,7 +113,7 @@ def test_long_sentence_is_windowed_not_truncated(ner_run):
 
 def test_transformers_loads_the_run_and_the_pipeline_agrees(ner_run):
     transformers = pytest.importorskip("transformers")
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     hf, info = transformers.AutoModelForTokenClassification.from_pretrained(ner_run.run_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -121,7 +121,7 @@ def test_transformers_loads_the_run_and_the_pipeline_agrees(ner_run):
     pipe = transformers.pipeline("token-classification", model=hf, tokenizer=tokenizer, aggregation_strategy="first")
     rng = random.Random(9)
     texts = [" ".join(synthetic_sentence(rng)[0]) for _ in range(30)] + ["Anna Brown flew from Tokyo to Berlin ."]
-    ours = TextClassifier.load(ner_run.run_dir).predictions(texts)
+    ours = Predictor.load(ner_run.run_dir).predictions(texts)
     for text, record, theirs in zip(texts, ours, pipe(texts)):
         assert sorted((e["type"], e["start"], e["end"]) for e in record["entities"]) == \
             sorted((e["entity_group"], e["start"], e["end"]) for e in theirs), text
@@ -134,13 +134,13 @@ def test_stitched_windows_equal_one_large_window(ner_model_dir):
     windowed sentence must give exactly the tags (and logits) of one window large enough."""
     import torch
 
-    from bertfit.weights import load_classifier
+    from bertfit.weights import load_model
     from bertfit.inference import predict_logits
     from bertfit.tasks.ner.task import NER
     from bertfit.tokenizer import WordPieceTokenizer
 
     task = NER(["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
-    model = load_classifier(ner_model_dir, task.labels, problem_type="token_classification").eval()
+    model = load_model(ner_model_dir, task.labels, problem_type="token_classification").eval()
     with torch.no_grad():
         model.bert.embeddings.position.weight.zero_()
         for layer in model.bert.layers:
@@ -227,22 +227,22 @@ def test_pipeline_agrees_on_real_subwords(tmp_path, minilm_dir):
     import torch
 
     from bertfit.artifact import write_task
-    from bertfit.weights import load_classifier, save_classifier
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.weights import load_model, save_model
+    from bertfit.predict.predictor import Predictor
     from bertfit.tasks.ner.task import NER, tag_names
     from bertfit.tokenizer import WordPieceTokenizer
 
     task = NER(tag_names(["DIS", "GENE", "LOC"]))
     torch.manual_seed(3)
-    model = load_classifier(minilm_dir, task.labels, problem_type="token_classification")
+    model = load_model(minilm_dir, task.labels, problem_type="token_classification")
     with torch.no_grad():
         model.classifier.weight.normal_(0, 0.5)  # confident, varied tags
-    save_classifier(model, tmp_path / "run", tokenizer=WordPieceTokenizer.from_dir(minilm_dir))
+    save_model(model, tmp_path / "run", tokenizer=WordPieceTokenizer.from_dir(minilm_dir))
     write_task(tmp_path / "run", task, max_length=128, reading={})
     texts = ["Germline mutations in BRCA1 predispose to hereditary breast-ovarian cancer.",
              "Zoë Saldaña visited Café Müller in Zürich, then São Paulo.",
              "The adenomatous polyposis coli (APC) tumour-suppressor protein controls the Wnt pathway."]
-    ours = TextClassifier.load(tmp_path / "run", engine="pytorch").predictions(texts)
+    ours = Predictor.load(tmp_path / "run", engine="pytorch").predictions(texts)
     hf = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "run")
     pipe = transformers.pipeline("token-classification", model=hf,
                                  tokenizer=transformers.AutoTokenizer.from_pretrained(tmp_path / "run"),
@@ -263,7 +263,7 @@ def test_training_steps_equal_transformers_adamw_on_the_same_batches(tmp_path, m
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file
 
-    from bertfit.weights import save_classifier
+    from bertfit.weights import save_model
     from bertfit.train.finetune import fine_tune
     from bertfit.tasks.ner.task import NER
     from bertfit.train.loop import Trainer, linear_schedule
@@ -280,7 +280,7 @@ def test_training_steps_equal_transformers_adamw_on_the_same_batches(tmp_path, m
         return batch
 
     def snapshot_then_train(self):  # the fresh head bertfit drew, in transformers' layout
-        save_classifier(self.model, tmp_path / "init")
+        save_model(self.model, tmp_path / "init")
         return real_train(self)
 
     monkeypatch.setattr(NER, "collate", recording_collate)

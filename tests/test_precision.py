@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertfit import precision
+from bertfit.errors import BertfitError
 from bertfit.config import BertConfig
 from bertfit.cpu_linear import OneDnnLinear, onednn_linear_available, use_onednn_linears
 from bertfit.heads import BertForSequenceClassification
@@ -70,8 +71,10 @@ def test_avx512_bf16_trains_bf16_only_where_measured_fast():
 def test_amx_trains_bf16():
     a = isa(AMX)
     assert a.bf16 and a.amx and a.vnni
-    assert precision.choose(a, measured(300, 280, bf16=2000)) == precision.Choice(
-        True, "mkl", precision.choose(a, measured(300, 280, bf16=2000)).reason)
+    chosen = precision.choose(a, measured(300, 280, bf16=2000))
+    # bf16 on, fp32 kernel MKL (oneDNN's 280 is not 1.3x MKL's 300), and the reason states the figures
+    assert (chosen.bf16, chosen.fp32_kernel) == (True, "mkl")
+    assert chosen.reason == "bf16 2000 GFLOP/s = 6.7x fp32 300 GFLOP/s MKL, 280 oneDNN"
 
 
 def test_read_isa_from_cpuinfo(tmp_path):
@@ -96,8 +99,10 @@ def test_the_measurement_skips_bf16_without_the_instructions():
 
 @pytest.fixture
 def fake_cpu(monkeypatch, tmp_path):
-    """Force the ISA and the measurement; a fresh cache directory; count the measurements."""
+    """Force the ISA and the measurement; a fresh cache directory; count the measurements. The
+    automatic choice is what these tests check, so a --cpu-precision of the session is set aside."""
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
     monkeypatch.setattr(precision, "_memo", {})
     state = {"isa": isa(AVX2), "measurement": measured(170, 140), "calls": 0}
 
@@ -108,6 +113,27 @@ def fake_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "read_isa", lambda *a: state["isa"])
     monkeypatch.setattr(precision, "measure", measure)
     return state
+
+
+@pytest.mark.parametrize("forced, bf16, kernel", [("bf16", True, "onednn-bf16"), ("fp32", False, "mkl"),
+                                                  ("fp32-onednn", False, "onednn")])
+@pytest.mark.parametrize("flags", [AVX2, AMX])
+def test_the_environment_makes_the_machine_choose_as_another_would(fake_cpu, monkeypatch, flags, forced, bf16,
+                                                                   kernel):
+    """BERTFIT_CPU_PRECISION (pytest --cpu-precision) replaces the automatic choice on any processor,
+    whatever it measured; an explicit --bf16/--no-bf16 still wins; a wrong value is a clear error."""
+    fake_cpu["isa"] = isa(flags)
+    fake_cpu["measurement"] = measured(211, 420, bf16=758 if "amx_bf16" in flags else None)
+    monkeypatch.setenv(precision.PRECISION_ENV, forced)
+    cpu = torch.device("cpu")
+    auto = precision.training_precision(None, cpu)
+    assert (auto.bf16, auto.kernel) == (bf16, kernel)
+    assert f"{precision.PRECISION_ENV}={forced}" in auto.source
+    assert precision.training_precision(not bf16, cpu).bf16 is (not bf16)  # the flag overrides it
+    monkeypatch.setenv(precision.PRECISION_ENV, "fp16")
+    monkeypatch.setattr(precision, "_memo", {})
+    with pytest.raises(BertfitError, match="BERTFIT_CPU_PRECISION='fp16' is not a precision choice"):
+        precision.training_precision(None, cpu)
 
 
 @pytest.mark.parametrize("flags, auto_bf16", [(AVX2, False), (AVX512, False), (AVX512_BF16, True), (AMX, True)])

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from bertfit.weights import load_pretraining, save_classifier
+from bertfit.weights import load_pretraining, save_model
 from bertfit.tasks.pretrain.use import fill_mask, next_sentence
 from bertfit.tokenizer import WordPieceTokenizer
 
@@ -25,7 +25,7 @@ def tiny_pretrained(tmp_path_factory, tiny_model_dir):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     directory = tmp_path_factory.mktemp("tiny-pretrained")
-    save_classifier(model.eval(), directory, WordPieceTokenizer.from_dir(tiny_model_dir))
+    save_model(model.eval(), directory, WordPieceTokenizer.from_dir(tiny_model_dir))
     return directory
 
 

@@ -88,10 +88,10 @@ def test_tiny_model_learns_synthetic_qa(qa_run):
 
 
 def test_run_predicts_answers_as_spans_of_the_text(qa_run):
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     out, _ = qa_run
-    model = TextClassifier.load(str(out), engine="pytorch")
+    model = Predictor.load(str(out), engine="pytorch")
     good = "the plot was long and the staff were  really\tslow then the room was a lovely pizza place"
     bad = "a   movie with the actor so often in the week awful hotel"
     records = model.records([{"question": "the good", "context": good}, ("the bad", bad)])
@@ -145,9 +145,9 @@ def test_run_loads_in_transformers_without_missing_weights(qa_run):
     out, _ = qa_run
     model, info = transformers.AutoModelForQuestionAnswering.from_pretrained(str(out), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    ours = TextClassifier.load(str(out), engine="pytorch")
+    ours = Predictor.load(str(out), engine="pytorch")
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     enc = tok("the good", "a lovely car and a bad hotel", return_tensors="pt")
     with torch.no_grad():
@@ -185,14 +185,18 @@ def _transformers_with_qa_pipeline() -> list[str] | None:
     charset_normalizer`; the installed transformers counts if it still has the pipeline."""
     import importlib.util
 
-    folder = os.environ.get("BERTFIT_TRANSFORMERS4")
-    if folder and Path(folder, "transformers").is_dir():
+    # `make setup` puts it in .venv/transformers4
+    folder = os.environ.get("BERTFIT_TRANSFORMERS4") or str(Path(sys.prefix) / "transformers4")
+    if Path(folder, "transformers").is_dir():
         return [folder]
     if importlib.util.find_spec("transformers") is not None:
         import transformers
 
         if int(transformers.__version__.split(".")[0]) < 5:
             return []
+    if os.environ.get("CI"):  # CI installs it (make setup): the parity claim must rest on CI, not skip there
+        pytest.fail("transformers 4.x for pipeline('question-answering') is missing: make setup installs it in "
+                    ".venv/transformers4, or set BERTFIT_TRANSFORMERS4")
     return None
 
 
@@ -201,7 +205,7 @@ def test_pipeline_question_answering_gives_the_same_answers(qa_run):
     if path is None:
         pytest.skip("transformers 5 has no pipeline('question-answering'); set BERTFIT_TRANSFORMERS4 to a folder "
                     "holding transformers 4.x (see this test's helper for the pip command)")
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
     out, _ = qa_run
     rows = synthetic_qa(40, 11)
@@ -214,7 +218,7 @@ def test_pipeline_question_answering_gives_the_same_answers(qa_run):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-    ours = TextClassifier.load(str(out), engine="pytorch")
+    ours = Predictor.load(str(out), engine="pytorch")
     mine = ours.records(items)
     windows = ours.task.encode(ours.tokenizer, ours.task.inputs(items), ours.max_length).meta
     counts = [len(f) for f in windows.windows_of()]

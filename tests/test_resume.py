@@ -5,7 +5,7 @@ batch contents via each step's batch hash, evaluations).
 Every run here is a real `bertfit train` in a subprocess (a kill -9 takes the process with it):
 - BERTFIT_KILL_AT_STEP=k  (train.py) sends SIGKILL right after step k's optimizer update;
 - BERTFIT_CRASH_AT=point@k (runs.py) exits abruptly (os._exit(137)) at that point of step k's save;
-- a tiny driver patches os.replace to die inside the best-model save (checkpoints.save_classifier).
+- a tiny driver patches os.replace to die inside the best-model save (checkpoints.save_model).
 The runs use one thread: the comparison is bit-for-bit, on one machine.
 """
 
@@ -201,7 +201,7 @@ def test_kill_then_resume_is_bit_identical_with_the_default_thread_count(setup, 
     2 or more threads on most machines), not only the one thread of the other tests. Reference and
     resumed run both use the default; reductions split across threads differ from one thread's, so a
     run resumed with another --threads is not expected to match bit for bit."""
-    from bertfit.train.finetune import configure_threads
+    from bertfit.train.setup import configure_threads
 
     model_dir, csv, _ = setup
     args = train_args(model_dir, csv, tmp_path / "reference")

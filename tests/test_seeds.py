@@ -34,7 +34,7 @@ def test_best_seed_follows_the_metrics_direction():
 
 def test_seeds_run_keeps_the_best_model_and_every_seeds_metrics(tmp_path, tiny_model_dir, synthetic_csv):
     from bertfit.train.finetune import fine_tune
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
     from bertfit.train.config import TrainConfig
 
     run = tmp_path / "run"
@@ -61,7 +61,7 @@ def test_seeds_run_keeps_the_best_model_and_every_seeds_metrics(tmp_path, tiny_m
         assert not (run / "seeds" / f"seed-{s}" / "checkpoints").exists()
         assert (run / "seeds" / f"seed-{s}" / "metrics.jsonl").is_file()
     assert "Seed spread (3 seeds)" in (run / "report.md").read_text()
-    model = TextClassifier.load(run, engine="pytorch")
+    model = Predictor.load(run, engine="pytorch")
     assert model.predict(["good film"])[0] in ("negative", "positive")
     # the kept model is the best seed's: it reproduces that seed's test metrics
     assert json.loads((run / "task.json").read_text()) == json.loads(

@@ -49,11 +49,11 @@ def build_run_dir(tmp_path_factory, minilm_dir: Path, name: str, labels: list[st
     run = tmp_path_factory.getbasetemp() / "serve-runs" / name
     if (run / "config.json").is_file():
         return run
-    from bertfit.weights import load_classifier, save_classifier
+    from bertfit.weights import load_model, save_model
     from bertfit.tokenizer import WordPieceTokenizer
 
-    model = load_classifier(minilm_dir, labels)
-    save_classifier(model, run, tokenizer=WordPieceTokenizer.from_dir(minilm_dir))
+    model = load_model(minilm_dir, labels)
+    save_model(model, run, tokenizer=WordPieceTokenizer.from_dir(minilm_dir))
     (run / "train_config.json").write_text(json.dumps({"model": "minilm-l6"}), encoding="utf-8")
     if metrics is not None:
         (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
@@ -182,9 +182,9 @@ def odd_run_dir(tmp_path_factory, minilm_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier(run_dir):
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    return TextClassifier.load(run_dir)
+    return Predictor.load(run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """NER and QA behind the HTTP server, in process (FastAPI's test client): each task's own inputs
 (pre-tokenised words; a question over a passage, with top-k answers), the same records as
-`bertfit predict` / TextClassifier, 422s naming the field, /info's task and the page's QA view."""
+`bertfit predict` / Predictor, 422s naming the field, /info's task and the page's QA view."""
 
 from __future__ import annotations
 
@@ -75,9 +75,9 @@ def _error(r, field: str | None = None, code: str | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def test_ner_tokens_over_http_give_the_predict_records(ner_client, ner_run):  # noqa: F811
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    model = TextClassifier.load(ner_run.run_dir, engine="pytorch")
+    model = Predictor.load(ner_run.run_dir, engine="pytorch")
     want = model.records([{"tokens": s} for s in SENTENCES])
     assert {(e["type"], e["start"], e["end"], e["text"]) for e in want[0]["entities"]} == {
         ("PER", 2, 4, "mary jones"), ("LOC", 5, 6, "rome")}  # word indices, end exclusive
@@ -144,9 +144,9 @@ def test_ner_task_rejects_empty_and_mixed_inputs_in_python():
 # ---------------------------------------------------------------------------------------------
 
 def test_qa_over_http_default_is_the_cli_record_and_top_k_lists_the_best(qa_client, qa_run_dir):
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    model = TextClassifier.load(qa_run_dir, engine="pytorch")
+    model = Predictor.load(qa_run_dir, engine="pytorch")
     (want,) = model.records([{"question": "the good", "context": PASSAGE}])
     body = qa_client.post("/predict", json={"question": "the good", "context": PASSAGE}).json()
     assert body["task"] == "qa" and "top_k" not in body["predictions"][0]
@@ -313,9 +313,9 @@ def test_top_k_answers_are_the_question_answering_pipelines(qa_run_dir):
     path = _transformers_with_qa_pipeline()
     if path is None:
         pytest.skip("transformers 5 has no pipeline('question-answering'); set BERTFIT_TRANSFORMERS4 (see test_qa)")
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    model = TextClassifier.load(str(qa_run_dir), engine="pytorch")
+    model = Predictor.load(str(qa_run_dir), engine="pytorch")
     items = [{"question": r["question"], "context": r["context"]} for r in synthetic_qa(60, 12)]
     windows = model.task.encode(model.tokenizer, model.task.inputs(items), model.max_length).meta
     items = [item for item, w in zip(items, windows.windows_of()) if len(w) == 1][:20]

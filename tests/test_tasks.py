@@ -19,7 +19,7 @@ from bertfit.errors import DataError
 from bertfit.heads import HEADS, BertForSequenceClassification
 from bertfit.tasks import task_class
 from bertfit.train.finetune import fine_tune
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 from bertfit.tasks import TASKS, detect_problem_type
 
 # The tasks `bertfit train` trains on a labelled file (pretraining has its own command and tests).
@@ -172,7 +172,7 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     # A task with inputs of its own that are not a text and a pair (multiple choice) gives them as objects.
     texts = [r["input"] if "input" in r else r["text"] for r in rows]
     pairs = [r["text_pair"] for r in rows] if task in ("regression", "qa") else None
-    torch_model = TextClassifier.load(run, engine="pytorch")
+    torch_model = Predictor.load(run, engine="pytorch")
     assert torch_model.task.name == task and torch_model.task.state() == saved["state"]
     outputs = torch_model.predict_logits(texts, pairs)
     assert len(outputs) == len(texts) and np.isfinite(_flat(outputs)).all()
@@ -182,13 +182,13 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     json.dumps(records)  # what predict prints and the server returns is JSON
 
     # A fresh process-like load gives the same task state and outputs.
-    again = TextClassifier.load(run, engine="pytorch")
+    again = Predictor.load(run, engine="pytorch")
     np.testing.assert_array_equal(_flat(again.predict_logits(texts, pairs)), _flat(outputs))
 
     _check_served(run, tmp_path, texts, pairs, records)
 
     export_onnx(run, tmp_path / "onnx")
-    exported = TextClassifier.load(tmp_path / "onnx")
+    exported = Predictor.load(tmp_path / "onnx")
     assert exported.engine == "onnxruntime" and exported.task.state() == torch_model.task.state()
     np.testing.assert_allclose(_flat(exported.predict_logits(texts, pairs)), _flat(outputs), atol=1e-4)
     assert [r.keys() for r in exported.predictions(texts, pairs)] == [r.keys() for r in records]
@@ -198,7 +198,7 @@ def test_contract_round_trip(task, tmp_path, tiny_model_dir):
     report = export_onnx(run, tmp_path / "int8", int8=True, check_file=str(check))
     metric = report["metric"]
     assert metric == ("accuracy" if task == "single-label" else TASKS[task].default_metric)
-    got = TextClassifier.load(tmp_path / "int8").predict_logits(texts, pairs)
+    got = Predictor.load(tmp_path / "int8").predict_logits(texts, pairs)
     truth = _truth(torch_model.task, rows)
     assert report[f"{metric}_export"] == pytest.approx(torch_model.task.evaluate(got, truth)[metric])
     assert report[f"{metric}_pytorch_fp32"] == pytest.approx(torch_model.task.evaluate(outputs, truth)[metric], abs=1e-6)
@@ -334,10 +334,36 @@ def test_regression_head_starts_at_the_target_mean_and_outputs_real_values(tmp_p
     run, rows = _train(tmp_path, tiny_model_dir, "regression")
     state = json.loads((run / "task.json").read_text())["state"]
     scores = [r["score"] for r in _rows("regression", 120, seed=1)]
-    assert 0 < state["target_mean"][0] < 5 and state["target_std"][0] > 0
-    assert state["target_mean"][0] == pytest.approx(np.mean(scores), abs=0.5)  # the training split's mean
-    out = TextClassifier.load(run, engine="pytorch").predict([r["text"] for r in rows], [r["text_pair"] for r in rows])
-    assert all(isinstance(v, float) for v in out) and -2 < np.mean(out) < 7  # real scale, not standardised
+    mean, std = state["target_mean"][0], state["target_std"][0]
+    assert 0 < mean < 5 and std > 0.5  # the scores are spread over 0..5 (the split's own, checked exactly below)
+    assert mean == pytest.approx(np.mean(scores), abs=0.5)  # a training split of these rows
+    out = Predictor.load(run, engine="pytorch").predict([r["text"] for r in rows], [r["text_pair"] for r in rows])
+    assert all(isinstance(v, float) for v in out)
+    # real scale, not standardised: standardised outputs would centre on 0, mean / std ≥ 1 away from here
+    assert abs(np.mean(out) - mean) < 0.5 * std and abs(np.mean(out)) > 0.5 * std, (np.mean(out), mean, std)
+
+
+def test_regression_fresh_head_predicts_the_training_mean_on_the_training_scale():
+    """init_head: bias = the training targets' mean and the weights scaled by their std, so before any
+    step the head outputs the mean plus std-scaled (not unit-scaled) deviations; the loss then works on
+    standardised targets."""
+    task = TASKS["regression"](["a", "b"])
+    targets = np.array([[1.0, 10.0], [2.0, 30.0], [3.0, 20.0], [6.0, 40.0]], dtype=np.float32)
+    task.prepare_training({}, targets)
+    np.testing.assert_array_equal(task.mean, targets.mean(axis=0))
+    np.testing.assert_allclose(task.std, targets.std(axis=0), rtol=1e-12)
+    config = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=8, problem_type="regression").with_labels(task.labels)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    before = model.classifier.weight.detach().clone()
+    task.init_head(model)
+    torch.testing.assert_close(model.classifier.bias, torch.tensor(targets.mean(axis=0)))
+    torch.testing.assert_close(model.classifier.weight, before * torch.tensor(targets.std(axis=0))[:, None])
+    # the loss standardises: predicting the targets exactly costs 0, predicting the mean costs one unit per element
+    exact, weight = task.loss(torch.tensor(targets), torch.tensor(targets))
+    at_mean, _ = task.loss(torch.tensor(targets.mean(axis=0)).expand(4, 2), torch.tensor(targets))
+    assert float(exact) == 0 and float(weight) == 8 and float(at_mean) / float(weight) == pytest.approx(1.0)
 
 
 def test_multilabel_head_starts_at_the_label_prior():
@@ -360,7 +386,7 @@ def test_run_directory_loads_in_transformers(problem_type, transformers_type, tm
     model, info = transformers.AutoModelForSequenceClassification.from_pretrained(run, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert model.config.problem_type == transformers_type
-    ours = TextClassifier.load(run, engine="pytorch")
+    ours = Predictor.load(run, engine="pytorch")
     tok = transformers.AutoTokenizer.from_pretrained(run)
     texts = [r["text"] for r in rows[:6]]
     pairs = [r["text_pair"] for r in rows[:6]] if problem_type == "regression" else None

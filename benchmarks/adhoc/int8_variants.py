@@ -5,7 +5,7 @@ import logging; logging.disable(logging.WARNING)
 import sys, time, shutil, numpy as np, torch, onnx
 from pathlib import Path
 torch.set_num_threads(2)
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 from bertfit.predict.export import export_onnx
 from bertfit.train.finetune import prepare_data
 from bertfit.train.config import TrainConfig
@@ -13,7 +13,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 m=sys.argv[1]
 data = prepare_data(TrainConfig(seed=0))
 ex = data.test; texts=[e.text for e in ex]
-fp = TextClassifier.load(m, device="cpu", engine="pytorch")
+fp = Predictor.load(m, device="cpu", engine="pytorch")
 a = fp.predict_logits(texts)
 y = np.array([fp.labels.index(e.label) for e in ex])
 base=Path("/tmp/qexp"); shutil.rmtree(base, ignore_errors=True)
@@ -43,7 +43,7 @@ variants = {  # name: (which MatMuls stay fp32, quantizer options)
 for name,(f,kw) in variants.items():
     d=base/name; shutil.copytree(base/"fp32", d)
     quantize_dynamic(str(base/"fp32"/"model.onnx"), str(d/"model.onnx"), per_channel=True, nodes_to_exclude=[n for n,k,l in mm if f(k,l)], **kw)
-    c=TextClassifier.load(d)  # an export directory: ONNX Runtime
+    c=Predictor.load(d)  # an export directory: ONNX Runtime
     if name in ("first-layer", "first-layer+up"):
         for mb in (1, 4):
             b=c.predict_logits(texts, max_batch=mb); s=time.perf_counter(); c.predict_logits(texts[:1000], max_batch=mb); t=1000/(time.perf_counter()-s)

@@ -1,13 +1,13 @@
-"""Single-text p50 of TextClassifier.predict with prepacked small-batch linears (SMALL_ROWS=48) vs without (0), interleaved.
+"""Single-text p50 of Predictor.predict with prepacked small-batch linears (SMALL_ROWS=48) vs without (0), interleaved.
 Run: .venv/bin/python benchmarks/adhoc/latency_prepack_ab.py 2 MODEL_DIR"""
 import time, statistics, torch, sys
 torch.set_num_threads(int(sys.argv[1]))
 import bertfit.cpu_linear as cl
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 from bertfit.train.finetune import prepare_data
 from bertfit.train.config import TrainConfig
 import logging; logging.disable(logging.WARNING)
-clf = TextClassifier.load(sys.argv[2], device="cpu", engine="pytorch")
+clf = Predictor.load(sys.argv[2], device="cpu", engine="pytorch")
 data = prepare_data(TrainConfig(seed=0))
 texts = [e.text for e in data.test[:300]]
 clf.predict(texts[:64])

@@ -1,5 +1,5 @@
 """bertfit's fp32 PyTorch predict path (`--engine pytorch`) vs the same model exported to fp32 ONNX
-(`bertfit export RUN --output DIR`, run by ONNX Runtime through `TextClassifier.load(DIR)`), 2 threads,
+(`bertfit export RUN --output DIR`, run by ONNX Runtime through `Predictor.load(DIR)`), 2 threads,
 each round in fresh processes, interleaved:
   .venv/bin/python benchmarks/adhoc/onnx_fp32_vs_torch.py MODEL_DIR [ROUNDS]
 Prints texts/s on 2,000 test tweets, single-text p50/p95 over 200 calls, and the max logit difference."""
@@ -11,10 +11,10 @@ if len(sys.argv) > 2 and sys.argv[1] == "--child":
     import torch
     torch.set_num_threads(2)
     from bertfit.train.finetune import prepare_data
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
     from bertfit.train.config import TrainConfig
     # the export directory runs with ONNX Runtime; the run directory with PyTorch (not the CPU default)
-    clf = TextClassifier.load(sys.argv[2], engine="pytorch" if sys.argv[2] == sys.argv[4] else "auto")
+    clf = Predictor.load(sys.argv[2], engine="pytorch" if sys.argv[2] == sys.argv[4] else "auto")
     texts = [e.text for e in prepare_data(TrainConfig(seed=0)).test[:2000]]
     clf.predict(texts[:200])
     rates = []

@@ -6,8 +6,8 @@ import sys, time, logging; logging.disable(logging.WARNING)
 import torch; torch.set_num_threads(2)
 from bertfit.train.finetune import prepare_data
 from bertfit.train.config import TrainConfig
-from bertfit.predict.predictor import TextClassifier
-clf = TextClassifier.load(sys.argv[1])  # an export directory: ONNX Runtime
+from bertfit.predict.predictor import Predictor
+clf = Predictor.load(sys.argv[1])  # an export directory: ONNX Runtime
 texts = [e.text for e in prepare_data(TrainConfig(seed=0)).test[:2000]]
 clf.predict(texts[:200])
 for r in range(3):

@@ -6,7 +6,7 @@ import time, numpy as np, onnx, shutil, collections
 from pathlib import Path
 from onnxruntime.transformers import optimizer
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 from bertfit.train.finetune import prepare_data
 from bertfit.train.config import TrainConfig
 base=Path("/tmp/qexp")
@@ -18,7 +18,7 @@ opt.save_model_to_file(str(d/"model.onnx"))
 g=onnx.load(str(d/"model.onnx")).graph
 print(collections.Counter(n.op_type for n in g.node))
 data = prepare_data(TrainConfig(seed=0)); texts=[e.text for e in data.test]
-fp = TextClassifier.load(sys.argv[1], device="cpu", engine="pytorch"); a=fp.predict_logits(texts)
+fp = Predictor.load(sys.argv[1], device="cpu", engine="pytorch"); a=fp.predict_logits(texts)
 for name in ("fp32", "opt"):
-    c=TextClassifier.load(base/name); b=c.predict_logits(texts)
+    c=Predictor.load(base/name); b=c.predict_logits(texts)
     s=time.perf_counter(); c.predict_logits(texts[:2000]); print(name, "agree", (a.argmax(1)==b.argmax(1)).mean(), "maxdiff", np.abs(a-b).max(), "texts/s", 2000/(time.perf_counter()-s))

@@ -2,10 +2,10 @@
 Run: .venv/bin/python benchmarks/adhoc/prediction_flops.py MODEL_DIR"""
 import sys
 import logging; logging.disable(logging.WARNING)
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 from bertfit.train.finetune import prepare_data
 from bertfit.train.config import TrainConfig
-clf = TextClassifier.load(sys.argv[1], device="cpu", engine="pytorch")
+clf = Predictor.load(sys.argv[1], device="cpu", engine="pytorch")
 data = prepare_data(TrainConfig(seed=0))
 texts = [e.text for e in data.test[:2000]]
 L=[len(e.ids) for e in clf.tokenizer.encode(texts, max_length=128)]

@@ -8,10 +8,10 @@ import statistics, sys, time
 import torch
 torch.set_num_threads(2)
 from torch.profiler import profile, ProfilerActivity
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 from bertfit.train.finetune import prepare_data
 from bertfit.train.config import TrainConfig
-clf = TextClassifier.load(sys.argv[1], device="cpu", engine="pytorch")
+clf = Predictor.load(sys.argv[1], device="cpu", engine="pytorch")
 mode = sys.argv[2] if len(sys.argv) > 2 else "batch"
 data = prepare_data(TrainConfig(seed=0))
 texts = [e.text for e in data.test[:2000]]

@@ -5,7 +5,7 @@ import logging; logging.disable(logging.WARNING)
 import sys, tempfile
 import torch
 torch.set_num_threads(2)
-from bertfit.weights import load_classifier
+from bertfit.weights import load_model
 from bertfit.hub import resolve_model
 from bertfit.train.finetune import encode, prepare_data
 from bertfit.train.run_dir import RunDir
@@ -23,7 +23,7 @@ for seed in map(int, sys.argv[1:]):
                          max_length=128, seed=seed, log_every=50, save_every=10**9, eval_each_epoch=False, device="cpu",
                          threads=2)
     seed_everything(seed)
-    model = load_classifier(md, data.labels)
+    model = load_model(md, data.labels)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(tmp); run.create()
         Trainer(model, config, train, None, run, pad_id=tok.pad_id, device=torch.device("cpu")).train()

@@ -7,12 +7,12 @@ import sys, time, random, logging; logging.disable(logging.WARNING)
 import torch; torch.set_num_threads(int(sys.argv[2]))
 from bertfit.train.finetune import prepare_data
 from bertfit.train.config import TrainConfig
-from bertfit.predict.predictor import TextClassifier
+from bertfit.predict.predictor import Predictor
 m = sys.argv[1]
 texts = [e.text for e in prepare_data(TrainConfig(seed=0)).test[:2000]]
 rng = random.Random(0)
 batches = [rng.sample(texts, 32) for _ in range(40)]
-pt = TextClassifier.load(m, engine="pytorch"); ox = TextClassifier.load(m)
+pt = Predictor.load(m, engine="pytorch"); ox = Predictor.load(m)
 from bertfit.batching import inference_batches, padded_batches
 def slots(lengths, cut):  # padded token slots over real tokens
     return sum(len(b) * max(lengths[i] for i in b) for b in cut) / sum(lengths)

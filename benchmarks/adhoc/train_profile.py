@@ -9,7 +9,7 @@
 import logging; logging.disable(logging.WARNING)
 import torch, time, tempfile, sys
 torch.set_num_threads(2)
-from bertfit.weights import load_classifier
+from bertfit.weights import load_model
 from bertfit.hub import resolve_model
 from bertfit.train.finetune import encode, prepare_data
 from bertfit.train.run_dir import RunDir
@@ -26,7 +26,7 @@ train = encode(tok, data.train, data.task, 128)
 
 def run(sparse=True, profiled=False):
     seed_everything(0)
-    model = load_classifier(md, data.labels)
+    model = load_model(md, data.labels)
     with tempfile.TemporaryDirectory() as tmp:
         rd = RunDir(tmp); rd.create()
         tr = Trainer(model, config, train, None, rd, pad_id=tok.pad_id, device=torch.device("cpu"))

@@ -134,6 +134,13 @@ class Batch:
     def real_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    def named(self, names: Sequence[str]) -> list[torch.Tensor]:
+        """The batch's tensors by name, in the order a head declares them (heads.head_inputs)."""
+        missing = [n for n in names if getattr(self, n, None) is None]
+        if missing:
+            raise ValueError(f"the batch has no {', '.join(missing)}; the head takes {', '.join(names)}")
+        return [getattr(self, n) for n in names]
+
     def to(self, device: torch.device | str) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),

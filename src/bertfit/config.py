@@ -181,7 +181,7 @@ class BertConfig:
         out["position_embedding_type"] = "absolute"
         if self.num_labels:
             # a sequence head: transformers' BertForSequenceClassification with its problem_type; any
-            # other head keeps the architecture it was read with (save_classifier writes the head's own)
+            # other head keeps the architecture it was read with (save_model writes the head's own)
             if self.problem_type in SEQUENCE_PROBLEM_TYPES:
                 out["architectures"] = ["BertForSequenceClassification"]
                 out["problem_type"] = self.problem_type

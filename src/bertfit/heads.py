@@ -1,9 +1,17 @@
 """Heads on the encoder, one class each, behind the HEADS registry.
 
-A head says which encoder outputs it needs (``needs``: "cls" lets the encoder's last layer run on
-[CLS] only; "tokens" needs every position) and which checkpoint tensors are its own (``weight_map``,
-ours → transformers' names), so the loader keeps exactly those (e.g. ``cls.*`` for a masked-LM head)
-and accounts for the rest. The losses mirror transformers' so a saved run trains the same there.
+A head declares its signature, and everything that runs a model calls that and nothing else
+(training's forward, inference, both prediction engines, the ONNX export and the final evaluation):
+
+- ``inputs``: the batch tensors its forward takes, by name and in order (``Batch.named``), which are
+  also the ONNX graph's input names;
+- ``output_axes``: the axes of its output, e.g. ("batch", "label") for one row per sequence or
+  ("batch", "sequence", "label") for one per token. A head without a "sequence" axis reads [CLS]
+  only, so the encoder's last layer runs on [CLS] alone.
+
+It also says which checkpoint tensors are its own (``weight_map``, ours → transformers' names), so
+the loader keeps exactly those (e.g. ``cls.*`` for a masked-LM head) and accounts for the rest. The
+losses (tasks/) mirror transformers' so a saved run trains the same there.
 """
 
 from __future__ import annotations
@@ -17,6 +25,30 @@ from torch import Tensor, nn
 
 from bertfit.config import SEQUENCE_PROBLEM_TYPES, BertConfig
 from bertfit.model import BertModel, activation
+
+# The inputs every head here takes; a head with others (a choice index, image features) declares them.
+ENCODER_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+SEQUENCE_AXES: tuple[str, ...] = ("batch", "label")
+TOKEN_AXES: tuple[str, ...] = ("batch", "sequence", "label")
+
+
+def head_inputs(model: nn.Module) -> tuple[str, ...]:
+    """The batch tensors ``model`` takes, by name, in order (its declaration, or the encoder's three)."""
+    return getattr(model, "inputs", ENCODER_INPUTS)
+
+
+def output_axes(model: nn.Module) -> tuple[str, ...]:
+    return getattr(model, "output_axes", SEQUENCE_AXES)
+
+
+def per_token(model: nn.Module) -> bool:
+    """Whether the head has an output per token (a "sequence" axis), so outputs keep each row's length."""
+    return "sequence" in output_axes(model)
+
+
+def run_head(model: nn.Module, batch, **options) -> Tensor:
+    """The head's forward on a batch, through the signature it declares (``inputs``)."""
+    return model(*batch.named(head_inputs(model)), **options)
 
 
 class _LinearHead(nn.Module):
@@ -48,7 +80,8 @@ class BertForSequenceClassification(_LinearHead):
     outputs are read (softmax, sigmoid per label, values), exactly as in transformers.
     """
 
-    needs: ClassVar[str] = "cls"
+    inputs: ClassVar[tuple[str, ...]] = ENCODER_INPUTS
+    output_axes: ClassVar[tuple[str, ...]] = SEQUENCE_AXES
     problem_types: ClassVar[tuple[str, ...]] = SEQUENCE_PROBLEM_TYPES
     weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
 
@@ -95,7 +128,8 @@ class BertForTokenClassification(_LinearHead):
     still does (the encoder returns zeros at padding, whose logits the caller ignores).
     """
 
-    needs: ClassVar[str] = "tokens"
+    inputs: ClassVar[tuple[str, ...]] = ENCODER_INPUTS
+    output_axes: ClassVar[tuple[str, ...]] = TOKEN_AXES
     problem_types: ClassVar[tuple[str, ...]] = ("token_classification",)
     weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("classifier.{p}", ("classifier.{p}",))]
     architecture: ClassVar[str] = "BertForTokenClassification"
@@ -146,7 +180,8 @@ class BertForQuestionAnswering(nn.Module):
     over a padded row equals one over the real tokens and the loss does not depend on the padding.
     """
 
-    needs: ClassVar[str] = "tokens"
+    inputs: ClassVar[tuple[str, ...]] = ENCODER_INPUTS
+    output_axes: ClassVar[tuple[str, ...]] = TOKEN_AXES
     weight_map: ClassVar[list[tuple[str, tuple[str, ...]]]] = [("qa_outputs.{p}", ("qa_outputs.{p}",))]
     architecture: ClassVar[str] = "BertForQuestionAnswering"
     problem_types: ClassVar[tuple[str, ...]] = ("question_answering",)
@@ -233,7 +268,8 @@ class BertForPreTraining(nn.Module):
     run loads in AutoModelForPreTraining / AutoModelForMaskedLM.
     """
 
-    needs: ClassVar[str] = "tokens"
+    inputs: ClassVar[tuple[str, ...]] = ENCODER_INPUTS
+    output_axes: ClassVar[tuple[str, ...]] = TOKEN_AXES
     # The decoder reads the word-embedding matrix as a whole: its gradient is dense over the vocabulary,
     # so the trainer's sparse word-embedding gradient (embedding_grad.py) must not be used with it.
     ties_word_embeddings: ClassVar[bool] = True

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from bertfit import heads
 from bertfit.batching import collate, inference_batches
 from bertfit.tokenizer import Encoded
 
@@ -26,14 +27,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def predict_logits(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: int,
                    device: torch.device, max_tokens: int, bf16: bool = False) -> np.ndarray | list[np.ndarray]:
     """Outputs for every feature, in order, through the length-sorted fast path: (N, L) for a
-    sequence-level head; for a head with an output per token (``needs == "tokens"``), a list of
+    sequence-level head; for a head with an output per token (a "sequence" output axis), a list of
     (len(ids), L) arrays, each feature's real tokens only.
 
     A batch that runs out of memory is split in halves (and those again) until it fits.
     """
     was_training = model.training
     model.eval()
-    per_token = getattr(model, "needs", "cls") == "tokens"
+    per_token = heads.per_token(model)
     rows: list[np.ndarray | None] = [None] * len(encoded)
     lengths = [len(e.ids) for e in encoded]
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -42,7 +43,7 @@ def predict_logits(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: i
             idx = pending.pop()
             try:
                 batch = collate(encoded, idx, None, pad_id).to(device)
-                out = model(batch.input_ids, batch.attention_mask, batch.token_type_ids).float().cpu().numpy()
+                out = heads.run_head(model, batch).float().cpu().numpy()
                 for row, i in enumerate(idx):
                     rows[i] = out[row, : lengths[i]] if per_token else out[row]
             except (RuntimeError, MemoryError) as exc:

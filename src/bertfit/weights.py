@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -285,7 +286,7 @@ def head_class(problem_type: str) -> type:
     return BertForSequenceClassification
 
 
-def load_classifier(
+def load_model(
     name_or_path: str | os.PathLike,
     labels: Iterable[str] | None = None,
     *,
@@ -311,7 +312,7 @@ def load_classifier(
     return model
 
 
-def save_classifier(model: BertForSequenceClassification, directory: str | os.PathLike, tokenizer=None) -> Path:
+def save_model(model: BertForSequenceClassification, directory: str | os.PathLike, tokenizer=None) -> Path:
     """Write a Hugging Face-format directory: config.json, model.safetensors, tokenizer files.
 
     Files are written to temporary names and renamed, so an interrupted save leaves either the
@@ -363,3 +364,17 @@ def load_pretraining(name_or_path: str | os.PathLike, *, nsp: bool | None = None
     load_into(model, state, directory, require_head=require_head)
     model.eval()
     return model
+
+
+def load_classifier(*args: Any, **kwargs: Any) -> torch.nn.Module:
+    """Deprecated name of ``load_model`` (every head loads through it, not only classifiers)."""
+    warnings.warn("load_classifier is now load_model; the old name will be removed in a later release",
+                  DeprecationWarning, stacklevel=2)
+    return load_model(*args, **kwargs)
+
+
+def save_classifier(*args: Any, **kwargs: Any) -> Path:
+    """Deprecated name of ``save_model``."""
+    warnings.warn("save_classifier is now save_model; the old name will be removed in a later release",
+                  DeprecationWarning, stacklevel=2)
+    return save_model(*args, **kwargs)

@@ -33,10 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
     from bertfit.tasks.sequence import reading_options
 
-    classifier = TextClassifier.load(args.run, int8=args.int8, engine=args.engine)
+    classifier = Predictor.load(args.run, int8=args.int8, engine=args.engine)
     if args.output:
         check_output_file(Path(args.output), Path(args.file), "--output")
     task = classifier.task
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary())
     print(task.format_metrics(metrics))
     if args.int8:  # int8 is approximate: measure what it costs on the user's own data, never stay silent
-        reference = TextClassifier.load(args.run, device="cpu", engine=args.engine)
+        reference = Predictor.load(args.run, device="cpu", engine=args.engine)
         fp32_outputs = reference.run_examples(examples)[1]
         fp32_metrics = task.evaluate(fp32_outputs, targets)
         what, agreement = task.agreement(fp32_outputs, outputs)

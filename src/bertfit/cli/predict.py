@@ -46,9 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
-    classifier = TextClassifier.load(args.run, int8=args.int8, device=args.device, engine=args.engine)
+    classifier = Predictor.load(args.run, int8=args.int8, device=args.device, engine=args.engine)
     if args.int8:
         logger.warning("int8 is approximate (tweets: ~99%% of labels as fp32, accuracy within ~0.3 points; "
                        "benchmarks/RESULTS.md); measure it on your data: bertfit evaluate %s --int8 --file LABELLED",

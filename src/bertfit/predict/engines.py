@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-# What runs the model (see predict.TextClassifier.load): "auto" is ONNX Runtime on the CPU when
+# What runs the model (see predict.Predictor.load): "auto" is ONNX Runtime on the CPU when
 # onnx and onnxruntime are installed, else PyTorch; a GPU always uses PyTorch.
 ENGINES = ("auto", "pytorch", "onnxruntime")
 

@@ -3,10 +3,10 @@
     bertfit export RUN --output DIR [--int8] [--check-file labelled.csv]
 
 DIR is a self-describing model directory: ``model.onnx``, config.json (labels), the tokenizer, and
-train_config.json (max_length); ``TextClassifier.load(DIR)`` / ``bertfit predict DIR`` run it through
+train_config.json (max_length); ``Predictor.load(DIR)`` / ``bertfit predict DIR`` run it through
 ONNX Runtime (onnx_runtime.py). ``--int8`` quantizes the weight matrices to int8, per output
 channel (ONNX Runtime dynamic quantization: activations quantized per batch at run time), about
-2.5× smaller (35 vs 87 MiB for MiniLM). On the CPU, ``TextClassifier.load(run)`` (``bertfit
+2.5× smaller (35 vs 87 MiB for MiniLM). On the CPU, ``Predictor.load(run)`` (``bertfit
 predict``, ``serve``, ``evaluate``) runs the same graphs, exported once into a cache
 (:func:`cached_export`): fp32 by default, which gives the PyTorch logits to ~1e-6 and halves
 single-text latency; int8 with ``int8=True`` (``--int8``).
@@ -42,9 +42,10 @@ import torch
 from torch import Tensor, nn
 
 from bertfit.artifact import read_artifact, write_task
-from bertfit.weights import load_classifier
+from bertfit.weights import load_model
 from bertfit.hub import resolve_model
 from bertfit.errors import BertfitError
+from bertfit.heads import head_inputs, output_axes, per_token, run_head
 from bertfit.predict.onnx_runtime import MODEL_FILE, OnnxExport, load_export, require_onnx
 from bertfit.tasks.base import Task
 from bertfit.tokenizer import WordPieceTokenizer
@@ -78,7 +79,7 @@ class Source:
         if (Path(run) / MODEL_FILE).is_file() and not (Path(run) / "model.safetensors").is_file():
             raise BertfitError(f"{run} is already an ONNX export; export from the run directory it came from")
         directory = resolve_model(run)
-        model = load_classifier(directory, require_head=True).eval()
+        model = load_model(directory, require_head=True).eval()
         artifact = read_artifact(directory, model.config)
         return cls(model, WordPieceTokenizer.from_dir(directory), task=artifact.task,
                    max_length=min(artifact.max_length, model.config.max_position_embeddings), reading=artifact.reading)
@@ -87,18 +88,18 @@ class Source:
 class ExportGraph(nn.Module):
     """The model's own forward on the padded layout, as one static graph for tracing.
 
-    No second copy of the encoder: the head's forward with fast=False (no data-dependent packing;
-    Packing.build takes its static branch while tracing) and the [CLS]-only last layer for heads that
-    need only [CLS] (``needs == "cls"``).
+    No second copy of the encoder: the head's forward on its declared inputs with fast=False (no
+    data-dependent packing; Packing.build takes its static branch while tracing) and the [CLS]-only
+    last layer for heads without an output per token.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        return self.model(input_ids, attention_mask, token_type_ids, fast=False,
-                          cls_only=getattr(self.model, "needs", "cls") == "cls")
+    def forward(self, *inputs: Tensor) -> Tensor:
+        options = {} if per_token(self.model) else {"cls_only": True}
+        return self.model(*inputs, fast=False, **options)
 
 
 def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool = False, opset: int = 17,
@@ -114,14 +115,14 @@ def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool
     from bertfit.batching import collate
 
     batch = collate(example, [0, 1], None, source.tokenizer.pad_id)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    names = list(head_inputs(model))  # the graph takes what the head declares, under the same names
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    # A head with an output per token (needs "tokens") has a sequence axis in its output too.
-    axes["logits"] = {0: "batch", 1: "sequence"} if getattr(model, "needs", "cls") == "tokens" else {0: "batch"}
+    # the output's dynamic axes are the head's declared ones (all but its fixed label axis)
+    axes["logits"] = {i: axis for i, axis in enumerate(output_axes(model)) if axis != "label"}
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / MODEL_FILE
         with torch.no_grad(), _quiet_export():
-            torch.onnx.export(graph, (batch.input_ids, batch.attention_mask, batch.token_type_ids), str(fp32_path),
+            torch.onnx.export(graph, tuple(batch.named(names)), str(fp32_path),
                               input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=opset,
                               dynamo=False, do_constant_folding=True)
         target = output / MODEL_FILE
@@ -254,7 +255,7 @@ class _quiet_export:
 def check_export(reference, exported, *, int8: bool,
                  check_file: str | None = None) -> dict:
     """Compare the export with the PyTorch plain path on probe inputs (and optionally the task's
-    metric on a labelled file). ``reference``: a :class:`Source` or a PyTorch TextClassifier;
+    metric on a labelled file). ``reference``: a :class:`Source` or a PyTorch Predictor;
     ``exported``: an :class:`~bertfit.predict.onnx_runtime.OnnxExport`. Whatever the task, the comparison
     is on the model's raw outputs per feature (per text, or per token for token heads)."""
     from bertfit.batching import engine_logits
@@ -293,7 +294,7 @@ def reference_logits(classifier, texts: Sequence[str] | None = None, batch_size:
                      pairs: Sequence[str] | None = None, split=None) -> "np.ndarray | list[np.ndarray]":
     """Outputs of the PyTorch plain path (padded, SDPA) in batches of ``batch_size`` in input order:
     the reference every fast path and export is compared with. ``classifier``: anything with the
-    PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a TextClassifier, a Source).
+    PyTorch ``model``, its ``tokenizer``, ``max_length`` and ``labels`` (a Predictor, a Source).
     Either ``texts`` (and ``pairs``), or ``split``: features the task encoded. A head with an output
     per token gives one (len(ids), L) array per feature."""
     from bertfit.batching import collate
@@ -308,7 +309,7 @@ def reference_logits(classifier, texts: Sequence[str] | None = None, batch_size:
         for start in range(0, len(encoded), batch_size):
             idx = list(range(start, min(start + batch_size, len(encoded))))
             b = collate(encoded, idx, None, classifier.tokenizer.pad_id)
-            out = classifier.model(b.input_ids, b.attention_mask, b.token_type_ids, fast=False).float().numpy()
+            out = run_head(classifier.model, b, fast=False).float().numpy()
             rows += [out[row, : len(encoded[i].ids)] if out.ndim == 3 else out[row] for row, i in enumerate(idx)]
     if rows and rows[0].ndim == 2:
         return rows

@@ -3,7 +3,7 @@
 An export directory holds ``model.onnx``, config.json (labels), the tokenizer, task.json and
 train_config.json (max_length), and export.json (how it was made: int8 or fp32). :func:`load_export`
 reads it; :class:`OnnxEngine` runs its graph on batches cut for a padded graph. The predictor
-(predict.TextClassifier) holds one as its engine, as it holds a PyTorch engine otherwise; the
+(predict.Predictor) holds one as its engine, as it holds a PyTorch engine otherwise; the
 exporter loads one to check a fresh export. This module imports neither of them.
 """
 
@@ -59,9 +59,9 @@ class OnnxEngine:
         return padded_batches(lengths, max_tokens, min(max_batch, 16), self.batch_overhead_tokens)
 
     def run(self, batch) -> np.ndarray:
-        feeds = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy(),
-                 "token_type_ids": batch.token_type_ids.numpy()}
-        return self.session.run(["logits"], feeds)[0]
+        # the graph's inputs are the head's declared ones (export.py names them so)
+        names = [i.name for i in self.session.get_inputs()]
+        return self.session.run(["logits"], dict(zip(names, (t.numpy() for t in batch.named(names)))))[0]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""TextClassifier: load a run (or any classifier checkpoint) and predict, whatever its task.
+"""Predictor: load a run (or any classifier checkpoint) and predict, whatever its task.
 
 The model's task (task.json, else config.json's problem_type; see artifact.py) turns outputs into
 records: a label with probabilities (single-label), the labels over their tuned thresholds
@@ -13,7 +13,7 @@ logits as PyTorch (checked to 1e-4 at export; ~1e-6 in practice) at about half t
 latency, since one static graph skips PyTorch's per-operator overhead. ``engine="pytorch"``
 (``--engine pytorch``) keeps PyTorch; a GPU always uses it.
 
-int8 (CPU): ``TextClassifier.load(run, int8=True)`` runs an ONNX Runtime int8 graph of the model,
+int8 (CPU): ``Predictor.load(run, int8=True)`` runs an ONNX Runtime int8 graph of the model,
 which agrees with fp32 on >= 99% of tweet labels. Without onnxruntime, or with engine "pytorch", it is
 PyTorch dynamic quantization, whose 7-bit activations agree on only ~97-98%; a warning says so.
 Neither is exact: agreement and accuracy cost are measured in benchmarks/SPEED_RESULTS.md and
@@ -33,13 +33,13 @@ import torch
 
 from bertfit.artifact import read_artifact
 from bertfit.batching import EncodedSplit, engine_logits, inference_batches
-from bertfit.weights import load_classifier
+from bertfit.weights import load_model
 from bertfit.hub import resolve_model
 from bertfit.config import BertConfig
 from bertfit.cpu_linear import prepack_linears
 from bertfit.predict.engines import ENGINES
 from bertfit.errors import BertfitError, CheckpointError, ConfigError
-from bertfit.heads import BertForSequenceClassification
+from bertfit.heads import BertForSequenceClassification, run_head
 from bertfit.predict.onnx_runtime import OnnxEngine, OnnxExport, load_export
 from bertfit.artifact import task_of_config
 from bertfit.tasks.base import Task
@@ -48,7 +48,7 @@ from bertfit.tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "TextClassifier", "TorchEngine", "quantize_int8"]
+__all__ = ["ENGINES", "Predictor", "TorchEngine", "quantize_int8"]
 
 
 def quantize_int8(model: BertForSequenceClassification) -> torch.nn.Module:
@@ -98,11 +98,11 @@ class TorchEngine:
 
     def run(self, batch) -> np.ndarray:
         batch = batch.to(self.device)
-        logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        logits = run_head(self.model, batch)
         return logits.float().cpu().numpy()
 
 
-class TextClassifier:
+class Predictor:
     """A fine-tuned model with its tokenizer and task, ready to predict, whatever runs it.
 
     ``model`` is a BertForSequenceClassification (run by a :class:`TorchEngine` on ``device``,
@@ -140,14 +140,14 @@ class TextClassifier:
         return self.backend.device
 
     @classmethod
-    def from_export(cls, loaded: OnnxExport) -> "TextClassifier":
+    def from_export(cls, loaded: OnnxExport) -> "Predictor":
         """The predictor over an export directory loaded by ``onnx_runtime.load_export``."""
         return cls(loaded.engine, loaded.tokenizer, max_length=loaded.max_length, name=loaded.name,
                    task=loaded.task, config=loaded.config)
 
     @classmethod
     def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
-             max_length: int | None = None, engine: str = "auto") -> "TextClassifier":
+             max_length: int | None = None, engine: str = "auto") -> "Predictor":
         """From a bertfit run directory, any BERT classifier directory / hub id, or an ONNX export.
 
         engine: "pytorch", "onnxruntime" (the model exported once into a cache, CPU only), or "auto":
@@ -181,7 +181,7 @@ class TextClassifier:
                 classifier.max_length = min(max_length or artifact.max_length, classifier.config.max_position_embeddings)
                 log_prediction_line(torch.device("cpu"), f"ONNX Runtime {'int8' if int8 else 'fp32'}")
                 return classifier
-        model = load_classifier(directory, require_head=True)
+        model = load_model(directory, require_head=True)
         tokenizer = WordPieceTokenizer.from_dir(directory)
         artifact = read_artifact(directory, model.config)
         log_prediction_line(torch.device(device), "PyTorch int8" if int8 else "PyTorch fp32")
@@ -252,7 +252,7 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
     return texts
 
 
-def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> "TextClassifier | None":
+def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> "Predictor | None":
     """The model through ONNX Runtime (cached export), or None where it cannot run and is not required."""
     import importlib.util
 
@@ -264,7 +264,7 @@ def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> 
 
     try:
         exported = cached_export(directory, int8=int8)
-        classifier = TextClassifier.from_export(exported)
+        classifier = Predictor.from_export(exported)
         classifier.name = Path(directory).name
         return classifier
     except (CheckpointError, ConfigError):
@@ -275,3 +275,14 @@ def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> 
         logger.warning("%s: ONNX Runtime export failed (%s); predicting with PyTorch (--engine pytorch skips the "
                        "attempt)", directory, exc)
         return None
+
+
+def __getattr__(name: str) -> Any:
+    """``TextClassifier``: the predictor's name before it served every task (a deprecated alias)."""
+    if name == "TextClassifier":
+        import warnings
+
+        warnings.warn("TextClassifier is now Predictor (every task's model, not only classifiers); the old name "
+                      "will be removed in a later release", DeprecationWarning, stacklevel=2)
+        return Predictor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

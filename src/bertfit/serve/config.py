@@ -20,7 +20,7 @@ class ServeConfig:
     port: int = 8000
     int8: bool = False
     device: str | None = None
-    engine: str = "auto"  # see TextClassifier.load: ONNX Runtime on the CPU when installed
+    engine: str = "auto"  # see Predictor.load: ONNX Runtime on the CPU when installed
     threads: int | None = None  # torch CPU threads; None: all cores but one (see default_threads)
     max_batch_size: int = 32
     max_wait_ms: float = 5.0

@@ -16,7 +16,7 @@ from bertfit.serve.batcher import Job
 from bertfit.serve.config import ServeConfig, default_threads
 
 if TYPE_CHECKING:
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def read_model_info(directory: Path) -> ModelInfo:
     task = _read_json(directory / "task.json")
     base = train_config.get("model") if isinstance(train_config, dict) else None
     return ModelInfo(
-        name=directory.name,  # as TextClassifier.load names it
+        name=directory.name,  # as Predictor.load names it
         labels=list(config.labels),
         base_model=str(base) if base is not None else None,
         architecture={"layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
@@ -100,7 +100,7 @@ class ModelHost:
     def __init__(self, config: ServeConfig, info: ModelInfo | None) -> None:
         self.config = config
         self.info = info
-        self.classifier: "TextClassifier | None" = None
+        self.classifier: "Predictor | None" = None
         self.engine: str | None = None  # "onnxruntime" or "pytorch", once loaded
         self.status = LOADING
         self.error: str | None = None
@@ -113,7 +113,7 @@ class ModelHost:
         import torch
 
         from bertfit.hub import resolve_model
-        from bertfit.predict.predictor import TextClassifier
+        from bertfit.predict.predictor import Predictor
 
         # Set on this thread, the one that runs every batch: OpenMP's thread count is per thread.
         torch.set_num_threads(self.config.threads or default_threads())
@@ -121,7 +121,7 @@ class ModelHost:
         directory = resolve_model(self.config.run)
         if self.info is None:
             self.info = read_model_info(Path(directory))
-        classifier = TextClassifier.load(directory, int8=self.config.int8, device=self.config.device,
+        classifier = Predictor.load(directory, int8=self.config.int8, device=self.config.device,
                                          engine=self.config.engine)
         self.engine = classifier.engine
         # The first forward pass pays for allocator and thread-pool start-up; do it before /ready.

@@ -204,7 +204,9 @@ class Task(ABC):
     def forward(self, model: Any, batch: "Batch") -> Any:
         """The model's outputs for a training batch (what ``loss`` takes). A task whose head needs its
         targets to run (masked LM: the vocabulary projection at the masked positions only) overrides it."""
-        return model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        from bertfit.heads import run_head
+
+        return run_head(model, batch)
 
     def evaluation_outputs(self, model: Any, split: "EncodedSplit", pad_id: int, device: torch.device,
                            max_tokens: int, bf16: bool = False, indices: Sequence[int] | None = None) -> Any:
@@ -280,7 +282,7 @@ class Task(ABC):
         return None
 
     def answer(self, record: Mapping[str, Any]) -> Any:
-        """The record's answer alone (what ``TextClassifier.predict`` returns per text)."""
+        """The record's answer alone (what ``Predictor.predict`` returns per text)."""
         return next(iter(record.values()))
 
     def agreement(self, reference: Any, outputs: Any, split: "EncodedSplit | None" = None) -> tuple[str, float]:

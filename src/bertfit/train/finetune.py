@@ -8,19 +8,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from bertfit.data import labelled as data_mod
 from bertfit.train import dist
+from bertfit.train.setup import configure_threads, decide_run, select_device
 from bertfit.artifact import write_task
-from bertfit.weights import load_classifier, save_classifier
+from bertfit.weights import load_model, save_model
 from bertfit.hub import resolve_model
 from bertfit.data.labelled import Example
 from bertfit.errors import BertfitError, DataError
@@ -188,26 +187,6 @@ def length_summary(splits: Sequence[EncodedSplit], max_length: int) -> tuple[dic
     return stats, {"count": int(truncated), "max_length": max_length, "fraction": truncated / max(1, len(lengths))}
 
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BertfitError(f"--device {name}: no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
-
-
-def configure_threads(threads: int | None) -> int:
-    """Use the cores this process may run on (more threads than cores only adds contention); the
-    processes of a distributed job on one machine share them."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        available = os.cpu_count() or 1
-    n = threads or max(1, available // dist.current().local_world)
-    torch.set_num_threads(n)
-    return n
-
-
 @dataclass
 class RunResult:
     run_dir: Path
@@ -249,35 +228,11 @@ def _fine_tune_one(config: TrainConfig, *, resume: bool = False, overwrite: bool
 
 def _decide(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> tuple[TrainConfig, bool, bool]:
     """(config, resume, replace): what to do with the run directory (rank 0 reads it; all ranks follow)."""
-    run.check_is_run()  # a file, or a folder bertfit did not create, is refused before anything else
+    run.check_is_run()  # before its saved settings are read
     saved = _saved_config(run)
-    has_checkpoints = bool(run.checkpoint_steps())
-    replace = False  # the old run is removed only once the new run's data and model have been read
-    if overwrite:
-        replace, resume = True, False
-    elif has_checkpoints:
-        if resume and saved is not None:
-            config = saved.replace(output_dir=config.output_dir)
-        elif saved is not None and saved.to_dict() != config.to_dict():
-            raise BertfitError(f"{run.path} holds checkpoints of a run with different settings; pass --resume "
-                               f"{run.path} to continue it, --overwrite to start again, or another --output-dir")
-        elif not resume:
-            logger.warning("%s already holds checkpoints of this run: resuming it (pass --overwrite to start again)",
-                           run.path)
-        resume = True
-    elif run.path.exists() and any(run.path.iterdir()):
-        finished = run.file("metrics.json").exists()
-        if not finished and saved is not None and (resume or saved.to_dict() == config.to_dict()):
-            # Killed before its first checkpoint: nothing to resume, nothing of value to keep.
-            logger.warning("%s: an earlier attempt stopped before its first checkpoint; starting it again", run.path)
-            config = saved.replace(output_dir=config.output_dir)
-            replace, resume = True, False
-        else:
-            raise BertfitError(f"{run.path} already holds a {'finished ' if finished else ''}run; pass --overwrite "
-                               "to replace it, --resume to continue it, or choose another --output-dir")
-    elif resume:
-        raise BertfitError(f"{run.path}: no checkpoint to resume from")
-    return config, resume, replace
+    use_saved, resume, replace = decide_run(run, saved, saved is not None and saved.to_dict() == config.to_dict(),
+                                            resume, overwrite)
+    return (saved.replace(output_dir=config.output_dir) if use_saved else config), resume, replace
 
 
 def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, overwrite: bool,
@@ -308,7 +263,7 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
     overrides = {"classifier_input": config.classifier_input, "problem_type": task.problem_type}
     if config.classifier_dropout is not None:
         overrides["classifier_dropout"] = config.classifier_dropout
-    model = load_classifier(model_dir, task.labels, **overrides)
+    model = load_model(model_dir, task.labels, **overrides)
     task.prepare_training(config.to_dict(), train.targets)
     if getattr(model, "fresh_head", True):
         task.init_head(model)
@@ -328,7 +283,7 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
                **{s.name: getattr(config, s.name) for s in task.settings if s.reading}}  # the task's own (NER: tag column)
 
     def save_best(m, step: int) -> None:
-        save_classifier(m, run.path, tokenizer=tokenizer)
+        save_model(m, run.path, tokenizer=tokenizer)
         write_task(run.path, task, max_length=config.max_length, reading=reading)
 
     trainer = Trainer(model, config, train, validation, run, pad_id=tokenizer.pad_id, device=device, task=task,
@@ -343,7 +298,7 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
     result = trainer.train()
 
     # The best weights: rank 0 reads them from the run directory and sends them to the others.
-    best = load_classifier(run.path, require_head=True).to(device) if d.is_writer else trainer.model
+    best = load_model(run.path, require_head=True).to(device) if d.is_writer else trainer.model
     d.broadcast_module(best, "sending the best weights")
     splits = {name: split for name, split in (("validation", validation), ("test", test)) if len(split)}
     # Outputs per example: the task gathers its features' outputs (windows, spans) back; the features

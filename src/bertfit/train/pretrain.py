@@ -80,8 +80,9 @@ class PretrainResult:
 
 
 def _open_run(run: Any, config: Any, settings: PretrainSettings, resume: bool, overwrite: bool) -> tuple[Any, PretrainSettings, bool, bool]:
-    """(config, settings, resume, replace) for this run directory, as fine_tune decides them."""
+    """(config, settings, resume, replace) for this run directory, decided as fine_tune decides."""
     from bertfit.train.config import TrainConfig
+    from bertfit.train.setup import decide_run
 
     saved_config = saved_settings = None
     if run.file("train_config.json").exists() and run.file(SETTINGS_FILE).exists():
@@ -91,25 +92,10 @@ def _open_run(run: Any, config: Any, settings: PretrainSettings, resume: bool, o
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise BertfitError(f"{run.path}: its settings are unreadable ({exc}); pass --overwrite to start again") from None
     same = saved_config is not None and saved_config.to_dict() == config.to_dict() and saved_settings == settings
-    if overwrite:
-        return config, settings, False, True
-    if run.checkpoint_steps():
-        if resume and saved_config is not None:
-            return saved_config.replace(output_dir=config.output_dir), saved_settings, True, False
-        if saved_config is not None and not same:
-            raise BertfitError(f"{run.path} holds checkpoints of a run with different settings; pass --resume {run.path} "
-                               "to continue it, --overwrite to start again, or another --output-dir")
-        return config, settings, True, False
-    if run.path.exists() and any(run.path.iterdir()):
-        finished = run.file("metrics.json").exists()
-        if not finished and (same or (resume and saved_config is not None)):
-            return (saved_config.replace(output_dir=config.output_dir) if resume else config,
-                    saved_settings if resume else settings, False, True)
-        raise BertfitError(f"{run.path} already holds a {'finished ' if finished else ''}run; pass --overwrite to "
-                           "replace it, --resume to continue it, or choose another --output-dir")
-    if resume:
-        raise BertfitError(f"{run.path}: no checkpoint to resume from")
-    return config, settings, False, False
+    use_saved, resume, replace = decide_run(run, saved_config, same, resume, overwrite)
+    if use_saved:
+        return saved_config.replace(output_dir=config.output_dir), saved_settings, resume, replace
+    return config, settings, resume, replace
 
 
 def fill_examples(model: Any, tokenizer: Any, texts: Sequence[str], seed: int) -> list[dict[str, Any]]:
@@ -144,7 +130,7 @@ def pretrain(config: Any, settings: PretrainSettings, *, resume: bool = False, o
              callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> PretrainResult:
     """Further-pretrain ``config.model`` on ``settings.corpus``; see the module docstring."""
     from bertfit.train import dist
-    from bertfit.train.finetune import select_device
+    from bertfit.train.setup import select_device
 
     started = time.perf_counter()
     d = dist.init(select_device(config.device), command="pretrain")
@@ -158,9 +144,9 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
               callback: Callable[[dict[str, Any], Any, int], None] | None) -> PretrainResult:
     from bertfit.train import dist
     from bertfit.artifact import write_task
-    from bertfit.weights import load_pretraining, save_classifier
+    from bertfit.weights import load_pretraining, save_model
     from bertfit.hub import resolve_model
-    from bertfit.train.finetune import configure_threads, select_device
+    from bertfit.train.setup import configure_threads, select_device
     from bertfit.tasks.pretrain.prepare import prepare_corpus
     from bertfit.train.run_dir import RunDir
     from bertfit.io import write_json_atomic
@@ -171,7 +157,6 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
     run = RunDir(config.output_dir)
 
     def decide() -> tuple[Any, PretrainSettings, bool, bool]:
-        run.check_is_run()
         return _open_run(run, config, settings, resume, overwrite)
 
     # rank 0 reads the run directory; every rank follows its decision (or raises its error)
@@ -223,7 +208,7 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
     d.on_writer(create, "creating the run directory")
 
     def save_best(m: Any, step: int) -> None:
-        save_classifier(m, run.path, tokenizer=tokenizer)
+        save_model(m, run.path, tokenizer=tokenizer)
         write_task(run.path, task, max_length=config.max_length, reading={})
 
     trainer = Trainer(model, config, train, validation if len(validation) else None, run, pad_id=tokenizer.pad_id,

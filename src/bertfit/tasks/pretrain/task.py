@@ -32,6 +32,7 @@ from torch import Tensor
 
 from bertfit.tasks.pretrain.masking import IGNORE, TRAIN_STREAM, VALIDATION_STREAM, Masker, MaskingConfig
 from bertfit.tasks.base import Task
+from bertfit.heads import run_head
 
 if TYPE_CHECKING:
     from bertfit.batching import Batch, EncodedSplit
@@ -130,7 +131,7 @@ class Pretrain(Task):
         """The head projects onto the vocabulary at the masked positions only."""
         T = batch.input_ids.shape[1]
         positions = batch.labels[:, 1:1 + T] != IGNORE
-        return model(batch.input_ids, batch.attention_mask, batch.token_type_ids, positions=positions)
+        return run_head(model, batch, positions=positions)
 
     def evaluation_outputs(self, model: Any, split: "EncodedSplit", pad_id: int, device: torch.device,
                            max_tokens: int, bf16: bool = False, indices: Sequence[int] | None = None) -> np.ndarray:
