@@ -86,7 +86,7 @@ def first_segment(row: dict) -> str:
 # --- bertfit ----------------------------------------------------------------------------------
 
 def run_bertfit(files: dict[str, str], steps: int, seed: int, work: Path, bf16: bool | None) -> dict:
-    from bertfit.predict.predictor import TextClassifier
+    from bertfit.predict.predictor import Predictor
     from bertfit.train.config import TrainConfig
     from bertfit.train.finetune import fine_tune
 
@@ -97,7 +97,7 @@ def run_bertfit(files: dict[str, str], steps: int, seed: int, work: Path, bf16: 
     result = fine_tune(config)
     state = result.train.state
     dev = rows(files["dev"])
-    predictor = TextClassifier.load(str(work / "run"))  # what `bertfit predict` runs by default (export untimed)
+    predictor = Predictor.load(str(work / "run"))  # what `bertfit predict` runs by default (export untimed)
     items = [{"question": r["question"], "choices": r["choices"], "context": r.get("context") or ""} for r in dev]
     predictor.records(items[:4])  # warm-up
     started = time.perf_counter()

@@ -28,7 +28,7 @@ from bertfit.tokenizer import WordPieceTokenizer
 from bertfit.train.config import TrainConfig
 from bertfit.train.finetune import fine_tune
 from bertfit.train.run_dir import RunDir
-from bertfit.weights import load_classifier
+from bertfit.weights import load_model
 
 from conftest import NEGATIVE, POSITIVE, WORDS
 
@@ -150,7 +150,7 @@ def test_questions_with_different_numbers_of_choices_share_a_batch_and_the_loss_
     assert len(split) == 9 and split.example_index.tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 2]
     assert split.encoded[6].type_ids.count(1) == len(split.encoded[6].ids) - split.encoded[6].type_ids.count(0)
     assert task.train_units(split) == [[0, 1], [2, 3, 4, 5], [6, 7, 8]]
-    model = load_classifier(no_dropout_model_dir, ["score"], problem_type="multiple_choice")
+    model = load_model(no_dropout_model_dir, ["score"], problem_type="multiple_choice")
     assert isinstance(model, BertForMultipleChoice)
     # questions 2 and 0 in the batch, in that order: groups follow the question ids
     batch = task.collate(split, [6, 7, 8, 0, 1], 0)
