@@ -235,8 +235,14 @@ def test_each_token_scored_from_its_max_context_window(tokenizer):
     assert not w.max_context[f][n - 1]
     logits = [np.zeros((len(e), 2), np.float32) for e in w.encoded]
     logits[f][edge] = 20.0
+    # A weaker span (15 at start and end: 30 < the edge token's 40) at a token in its own max-context
+    # window must win (the edge token's end logit may still end another span: 0 + 20 < 30).
+    g = 2
+    k = int(np.flatnonzero(w.max_context[g])[len(np.flatnonzero(w.max_context[g])) // 2])
+    logits[g][int(w.context_start[g]) + k] = 15.0
+    s, e = (int(x) for x in w.offsets[g][k])
     pred = decode_all(logits, w)[0]
-    assert pred.start != int(w.offsets[f][n - 1, 0])
+    assert (pred.text, pred.start, pred.end) == (context[s:e], s, e), (pred, context[s:e])
 
 
 def test_same_answer_from_long_and_short_windows(tokenizer):
