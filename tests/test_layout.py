@@ -42,14 +42,13 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
-def test_no_import_cycles():
-    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {name: _imports(path, set(files)) for name, path in files.items()}
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import loops of ``graph`` (node → the nodes it imports), each as a path back to its start."""
     cycles, state = [], {}
 
     def visit(node: str, stack: list[str]) -> None:
         state[node] = "open"
-        for nxt in sorted(graph[node]):
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
                 cycles.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
@@ -59,6 +58,12 @@ def test_no_import_cycles():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+    return cycles
+
+
+def test_no_import_cycles():
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    cycles = _cycles({name: _imports(path, set(files)) for name, path in files.items()})
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
@@ -97,23 +102,8 @@ def test_no_folder_level_import_loops():
     rooms: dict[str, set[str]] = {}
     for name, targets in _graph().items():
         rooms.setdefault(_room(name), set()).update(_room(t) for t in targets if _room(t) != _room(name))
-    rooms.pop("bertfit", None)  # the package's __init__ (bertfit.load, the alias finder) sits on top
-    loops, state = [], {}
-
-    def visit(node: str, stack: list[str]) -> None:
-        state[node] = "open"
-        for nxt in sorted(rooms.get(node, ())):
-            if nxt == "bertfit":
-                continue
-            if state.get(nxt) == "open":
-                loops.append(stack[stack.index(nxt):] + [nxt])
-            elif nxt not in state:
-                visit(nxt, stack + [nxt])
-        state[node] = "done"
-
-    for room in sorted(rooms):
-        if room not in state:
-            visit(room, [room])
+    # the package's __init__ (bertfit.load, the alias finder) sits on top of every room
+    loops = _cycles({room: targets - {"bertfit"} for room, targets in rooms.items() if room != "bertfit"})
     assert not loops, "folder-level import loops: " + "; ".join(" -> ".join(loop) for loop in loops)
 
 
