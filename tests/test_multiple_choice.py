@@ -234,6 +234,18 @@ def test_cli_train_predict_and_evaluate_on_commonsenseqa(tmp_path, tiny_model_di
     assert [r["answer"] in q["choices"] for r, q in zip(written, [{"choices": ["shop", "house"]},
                                                                    {"choices": ["me", "you", "them"]}])] == [True, True]
     assert all({"answer", "index", "probability"} <= set(r) for r in written)
+    # an optional "context" column is read too (the task's input_options), as Python and the server read it
+    item = {"question": "Where is a lantern?", "choices": ["shop", "house"], "context": "It was dark in the shop."}
+    done = cli("predict", out, "--file", write_jsonl(tmp_path / "c.jsonl", [item]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads((tmp_path / "c.predictions.jsonl").read_text().splitlines()[0])
+    import bertfit
+
+    with_context = bertfit.load(out).predictions([item])[0]
+    assert row["probability"] == pytest.approx(max(with_context["scores"]), abs=1e-4)
+    assert bertfit.load(out).task.inputs([item])[0].text.startswith("It was dark in the shop.")  # read first
+    done = cli("predict", out, "--file", write_jsonl(tmp_path / "n.jsonl", [{**item, "context": 5}]))
+    assert done.returncode == 2 and "context must be a string" in done.stderr  # the column was read, and checked
     done = cli("evaluate", out, "--file", DATA / "dev.jsonl")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accuracy" in done.stdout and "60 questions" in done.stdout

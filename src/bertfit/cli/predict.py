@@ -207,10 +207,12 @@ def _predict_file(classifier, args: argparse.Namespace) -> int:
     check_output_file(output, source, "--output")
     table = read_table(args.file, encoding=args.encoding, **header_options(args))
     # Columns a task reads besides text (NER: "tokens", pre-tokenised words as a JSON list; question
-    # answering: "question" and "context", each row one {"question", "context"} input).
+    # answering: "question" and "context", each row one {"question", "context"} input), and the
+    # optional per-input fields it declares where the file has them (multiple choice: "context").
     inputs = [c for c in getattr(classifier.task, "input_columns", ()) if c in table.columns]
+    optional = [c for c in getattr(classifier.task, "input_options", ()) if c in table.columns]
     if len(inputs) > 1 and len(inputs) == len(classifier.task.input_columns) and args.text_column is None:
-        items: list = [{c: row.get(c) for c in inputs} for row in table.rows]  # the task's inputs() checks them
+        items: list = [{c: row.get(c) for c in [*inputs, *optional]} for row in table.rows]  # inputs() checks them
         predictions = classifier.predictions(items, max_tokens=args.batch_tokens)
     else:
         predictions = _predict_columns(classifier, args, table, inputs)
