@@ -225,6 +225,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120, help="optimizer steps of --batch questions")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1, each for every contender")
     parser.add_argument("--out", default="benchmarks/mc_results.json")
+    parser.add_argument("--as-bf16-machine", action="store_true",
+                        help="run the contenders of an AVX512-BF16/AMX machine on any CPU (bf16 emulated where the "
+                             "instructions are missing: a check of that branch, its timings mean nothing)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -235,11 +238,14 @@ def main() -> None:
         child(args)
         return
     machine = cpu_info()
+    if args.as_bf16_machine:  # run every contender a bf16 CPU runs (bf16 emulated here: for checking, not timing)
+        os.environ["BERTFIT_CPU_PRECISION"] = "bf16"
+        machine["forced"] = "as a bf16 machine (BERTFIT_CPU_PRECISION=bf16; transformers bf16=True)"
     work = Path(tempfile.mkdtemp(prefix="bench-mc-"))
     files = prepare(Path(args.data), work, args.train, args.dev)
     results = []
     for seed in range(args.seeds):
-        for impl in contenders(machine["bf16_hardware"]):  # interleaved: every contender once per seed
+        for impl in contenders(machine["bf16_hardware"] or args.as_bf16_machine):  # interleaved: every contender once per seed
             results.append(run_child(impl, files, args.steps, seed, work / f"{impl.replace(' ', '_')}-{seed}"))
             print(json.dumps({k: v for k, v in results[-1].items() if k != "precision"}), flush=True)
     summary = summarise(results)
