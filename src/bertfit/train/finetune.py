@@ -17,7 +17,7 @@ import numpy as np
 
 from bertfit.data import labelled as data_mod
 from bertfit.train import dist
-from bertfit.train.setup import configure_threads, decide_run, select_device
+from bertfit.train.setup import configure_threads, decide_run, run_job, select_device
 from bertfit.artifact import write_task
 from bertfit.weights import load_model, save_model
 from bertfit.hub import resolve_model
@@ -220,10 +220,7 @@ def _fine_tune_one(config: TrainConfig, *, resume: bool = False, overwrite: bool
                    callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
     started = time.perf_counter()
     d = dist.init(select_device(config.device))
-    try:
-        return _fine_tune(config, d, started, resume, overwrite, callback)
-    finally:
-        d.close()
+    return run_job(d, lambda: _fine_tune(config, d, started, resume, overwrite, callback))
 
 
 def _decide(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> tuple[TrainConfig, bool, bool]:

@@ -130,14 +130,11 @@ def pretrain(config: Any, settings: PretrainSettings, *, resume: bool = False, o
              callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> PretrainResult:
     """Further-pretrain ``config.model`` on ``settings.corpus``; see the module docstring."""
     from bertfit.train import dist
-    from bertfit.train.setup import select_device
+    from bertfit.train.setup import run_job, select_device
 
     started = time.perf_counter()
     d = dist.init(select_device(config.device), command="pretrain")
-    try:
-        return _pretrain(config, settings, d, started, resume, overwrite, callback)
-    finally:
-        d.close()
+    return run_job(d, lambda: _pretrain(config, settings, d, started, resume, overwrite, callback))
 
 
 def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, resume: bool, overwrite: bool,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -14,6 +14,7 @@ from bertfit.errors import BertfitError
 from bertfit.train import dist
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def select_device(name: str) -> torch.device:
@@ -34,6 +35,18 @@ def configure_threads(threads: int | None) -> int:
     n = threads or max(1, available // dist.current().local_world)
     torch.set_num_threads(n)
     return n
+
+
+def run_job(d: Any, work: Callable[[], T]) -> T:
+    """``work()`` inside the joined job ``d``, leaving it after: at a barrier when the work ended well
+    (dist.Dist.close), at once after an error."""
+    try:
+        result = work()
+    except BaseException:
+        d.close()
+        raise
+    d.close(synchronize=True)
+    return result
 
 
 def decide_run(run: Any, saved: Any, same: bool, resume: bool, overwrite: bool) -> tuple[bool, bool, bool]:
