@@ -48,6 +48,8 @@ class OnnxEngine:
         import torch
 
         self.session = session
+        # the graph's inputs are the head's declared ones (export.py names them so): read once, not per batch
+        self.input_names = [i.name for i in session.get_inputs()]
         self.int8 = int8
         self.device = torch.device("cpu")
         self.batch_overhead_tokens = 16  # one graph call costs about as much as this many tokens (adhoc/serve_batches.py)
@@ -59,8 +61,7 @@ class OnnxEngine:
         return padded_batches(lengths, max_tokens, min(max_batch, 16), self.batch_overhead_tokens)
 
     def run(self, batch) -> np.ndarray:
-        # the graph's inputs are the head's declared ones (export.py names them so)
-        names = [i.name for i in self.session.get_inputs()]
+        names = self.input_names
         return self.session.run(["logits"], dict(zip(names, (t.numpy() for t in batch.named(names)))))[0]
 
 

@@ -84,6 +84,7 @@ def _open_run(run: Any, config: Any, settings: PretrainSettings, resume: bool, o
     from bertfit.train.config import TrainConfig
     from bertfit.train.setup import decide_run
 
+    run.check_is_run()  # a file, or a folder bertfit did not create, is refused before anything is read
     saved_config = saved_settings = None
     if run.file("train_config.json").exists() and run.file(SETTINGS_FILE).exists():
         try:

@@ -53,8 +53,8 @@ def decide_run(run: Any, saved: Any, same: bool, resume: bool, overwrite: bool) 
     """(use_saved, resume, replace) for run directory ``run``: whether to continue with the saved
     settings, whether to resume from a checkpoint, and whether the old contents are replaced (only
     once the new run's data and model have been read). ``saved``: the run's saved settings (None if it
-    has none); ``same``: they equal the requested ones. Both recipes decide with this one function."""
-    run.check_is_run()  # a file, or a folder bertfit did not create, is refused before anything else
+    has none); ``same``: they equal the requested ones. Both recipes decide with this one function,
+    after ``run.check_is_run()`` (which they call before reading the saved settings)."""
     if overwrite:
         return False, False, True
     if run.checkpoint_steps():
