@@ -12,7 +12,8 @@
   distributed run; another world size is refused with the reason;
 - a rank killed, or hung, mid-run ends the job with an error that names the rank, within a timeout;
 - a 2-"node" job (`--nnodes 2` over a loopback c10d rendezvous) completes;
-- --gradient-checkpointing gives the same weights as without.
+- --gradient-checkpointing recomputes every layer (one more layer call per step and layer), keeps only
+  each layer's input for the backward, and gives the same weights as without.
 
 Every subprocess has a timeout, so a hang fails the test instead of the suite. Deselect with
 `-m "not distributed"`.
@@ -513,19 +514,68 @@ def test_two_nodes_over_a_loopback_rendezvous(tmp_path, tiny_model_dir):
 
 
 # --- activation checkpointing ---------------------------------------------------------------------
-def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_model_dir):
-    from bertfit.train.finetune import fine_tune
+def test_gradient_checkpointing_recomputes_every_layer_and_gives_the_same_weights(tmp_path, tiny_model_dir, monkeypatch):
+    """The flag reaches the encoder: every training step runs each encoder layer once more (the
+    recomputation in the backward; evaluation is unchanged), and the weights equal a run without it."""
+    from bertfit import model as model_module
     from bertfit.train.config import TrainConfig
+    from bertfit.train.finetune import fine_tune
 
+    calls = {"n": 0}
+    real_forward = model_module.EncoderLayer.forward
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_module.EncoderLayer, "forward", counted)
     csv = write_csv(tmp_path / "data.csv", synthetic_rows(60, seed=3))
-    runs = {}
+    runs, layer_calls = {}, {}
     for checkpointing in (False, True):  # dropout on: the recomputation must replay the same masks
         config = TrainConfig(train_file=str(csv), model=str(tiny_model_dir), output_dir=str(tmp_path / str(checkpointing)),
                              max_steps=4, batch_size=8, lr=5e-4, threads=1, max_length=32, save_every=4,
-                             gradient_checkpointing=checkpointing)
+                             gradient_checkpointing=checkpointing, bf16=False)
+        calls["n"] = 0
         fine_tune(config)
+        layer_calls[checkpointing] = calls["n"]
         runs[checkpointing] = last_weights(tmp_path / str(checkpointing))
+    layers = json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"]
+    assert layer_calls[True] - layer_calls[False] == 4 * layers, layer_calls  # 4 steps of one micro-batch each
     assert max(float((runs[True][k] - runs[False][k]).abs().max()) for k in runs[False]) <= 1e-6
+
+
+def test_gradient_checkpointing_keeps_only_each_layers_input_for_the_backward(tiny_model_dir):
+    """The memory it saves, measured as the bytes of tensors autograd keeps for the backward outside the
+    checkpointed layers (a saved-tensors hook sees them all): without checkpointing every layer keeps its
+    attention scores, probabilities and feed-forward activations; with it, each layer keeps only its
+    input, so what the model holds drops to a small fraction (measured on this batch: 1,472,128 → 152,192
+    bytes, 10%; asserted: under a third)."""
+    import torch
+
+    from bertfit.tokenizer import WordPieceTokenizer
+    from bertfit.weights import load_model
+
+    torch.manual_seed(0)
+    model = load_model(tiny_model_dir, ["negative", "positive"]).train()
+    tokenizer = WordPieceTokenizer.from_dir(tiny_model_dir)
+    texts = [text for text, _ in synthetic_rows(16, seed=4)]
+    batch = tokenizer(texts, max_length=32)
+
+    def saved_bytes(checkpointing: bool) -> int:
+        model.bert.gradient_checkpointing = checkpointing
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()  # each storage once
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], fast=False)
+        logits.float().sum().backward()
+        return sum(seen.values())
+
+    without, with_checkpointing = saved_bytes(False), saved_bytes(True)
+    assert 0 < with_checkpointing < without / 3, (with_checkpointing, without)
 
 
 def test_nproc_mistakes_are_one_line_errors(tmp_path):
