@@ -1,5 +1,6 @@
 """Question answering end to end: a tiny model learns a synthetic QA task through `bertfit train`'s
-library entry point, and the run predicts (Python, CLI), loads in transformers, exports and resumes."""
+library entry point, and the run predicts (Python, CLI), loads in transformers, and resumes exactly after an
+interruption."""
 
 from __future__ import annotations
 
@@ -235,3 +236,43 @@ def test_pipeline_question_answering_gives_the_same_answers(qa_run):
             # "lovely hotel"); bertfit scores each token from its most central window.
             assert m["answer"] == g
     assert single >= 20
+
+
+def test_interrupted_qa_run_resumes_to_the_same_weights_and_history(tmp_path, qa_files, tiny_model_dir):
+    """Killed (KeyboardInterrupt) at the 7th optimizer step, after the checkpoint of step 6, the run resumes
+    from that checkpoint to the same history and bit-identical weights as a run never interrupted. Windows
+    of one question train together, dropout is on (the RNG state must be restored), and evaluations
+    (every 4 steps, with best-checkpoint selection on F1) happen before and after the interruption."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bertfit.train.finetune import fine_tune
+    from bertfit.train.loop import Trainer
+
+    config = _config(qa_files, tiny_model_dir, tmp_path / "a", epochs=1, max_steps=10, batch_size=8, save_every=3,
+                     eval_every=4, log_every=1, threads=1)
+    reference = fine_tune(config)
+    interrupted = config.replace(output_dir=str(tmp_path / "b"))
+    real_step, calls = Trainer._optimizer_step, {"n": 0}
+
+    def dying_step(self, group):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_step(self, group)
+
+    Trainer._optimizer_step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fine_tune(interrupted)
+    finally:
+        Trainer._optimizer_step = real_step
+    partial = [r for r in json.loads("[" + ",".join((tmp_path / "b" / "metrics.jsonl").read_text().split("\n")[:-1]) + "]")]
+    assert max(r.get("step", 0) for r in partial) < 10  # it really stopped early
+    resumed = fine_tune(interrupted, resume=True)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "examples_per_s")} for r in h]  # noqa: E731
+    assert [r["kind"] for r in reference.train.history].count("eval") >= 2
+    assert strip(resumed.train.history) == strip(reference.train.history)
+    a, b = (load_file(str(r.run_dir / "model.safetensors")) for r in (reference, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics["test"] == reference.metrics["test"]
