@@ -53,14 +53,28 @@ def test_pairs_truncate_the_longer_side_and_each_side_keeps_its_strategy():
 
 
 def test_pair_budgets_share_like_the_fast_tokenizer():
-    for n_a in range(0, 14):
-        for n_b in range(0, 14):
-            for budget in range(1, 20):
-                a, b = pair_budgets(n_a, n_b, budget)
-                assert a <= n_a and b <= n_b and a + b == min(budget, n_a + n_b)
-                if n_a + n_b > budget:  # the shorter keeps up to half, rounded down; a counts as shorter on a tie
-                    short, long = (b, a) if n_a > n_b else (a, b)
-                    assert short == min(min(n_a, n_b), budget // 2) and long == budget - short
+    """The oracle is the `tokenizers` library itself: a word-level tokenizer with [CLS] a [SEP] b [SEP] and
+    longest-first truncation to budget + 3 keeps exactly pair_budgets' counts of each side, for every pair
+    of lengths 0-13 and every budget 1-19."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, **{f"w{i}": 3 + i for i in range(14)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    words = [f"w{i}" for i in range(14)]
+    checked = 0
+    for budget in range(1, 20):
+        tokenizer.enable_truncation(max_length=budget + 3, strategy="longest_first")
+        for n_a in range(0, 14):
+            for n_b in range(0, 14):
+                encoding = tokenizer.encode(" ".join(words[:n_a]), " ".join(words[:n_b]))
+                kept_a = sum(1 for t, s in zip(encoding.type_ids, encoding.special_tokens_mask) if t == 0 and not s)
+                kept_b = sum(1 for t, s in zip(encoding.type_ids, encoding.special_tokens_mask) if t == 1 and not s)
+                assert pair_budgets(n_a, n_b, budget) == (kept_a, kept_b), (n_a, n_b, budget)
+                checked += 1
+    assert checked == 19 * 14 * 14
 
 
 def test_head_through_pieces_equals_the_tokenizers_truncation(tiny_model_dir):
