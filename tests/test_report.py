@@ -253,16 +253,69 @@ def test_plot_confusion_matrix_many_classes(tmp_path: Path) -> None:
     assert not list((tmp_path / "sub").glob(".*tmp"))  # the temporary file was renamed away
 
 
-def test_plot_training_curves_handles_gaps(tmp_path: Path) -> None:
+def _drawn_figure(monkeypatch):
+    """Capture the figure a plot function saves, so a test reads what was drawn (lines, legend labels)."""
+    from bertfit.report import plots
+
+    captured = {}
+    real_save = plots.save_png
+
+    def keep(fig, path):
+        captured["fig"] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "save_png", keep)
+    return captured
+
+
+def _lines(ax) -> dict[str, tuple[list[float], list[float]]]:
+    return {line.get_label(): ([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
+            for line in ax.get_lines()}
+
+
+def test_plot_training_curves_skips_nan_and_keeps_the_last_of_a_relogged_step(tmp_path: Path, monkeypatch) -> None:
+    """A NaN loss is not drawn (no gap-making NaN in the line); a step logged twice (a resumed run) is drawn
+    once, with its last value; test-split evaluations are not drawn as validation."""
+    captured = _drawn_figure(monkeypatch)
     history = [
         {"kind": "train", "step": 1, "loss": 0.9},
         {"kind": "train", "step": 2, "loss": float("nan")},
         {"kind": "train", "step": 2, "loss": 0.8},  # resumed run re-logged step 2
-        {"kind": "eval", "split": "test", "step": 2, "loss": 0.1, "accuracy": 1.0, "macro_f1": 1.0},
+        {"kind": "train", "step": 3, "loss": float("nan")},
+        {"kind": "train", "step": 4, "loss": 0.7},
+        {"kind": "eval", "step": 2, "loss": 0.5, "accuracy": 0.6, "macro_f1": float("nan")},
+        {"kind": "eval", "step": 4, "loss": 0.4, "accuracy": 0.7, "macro_f1": 0.65},
+        {"kind": "eval", "step": 4, "loss": 0.3, "accuracy": 0.75, "macro_f1": 0.7},  # re-logged: the last counts
+        {"kind": "eval", "split": "test", "step": 4, "loss": 0.1, "accuracy": 1.0, "macro_f1": 1.0},
     ]
     _assert_png(plot_training_curves(history, tmp_path / "tc.png"))
+    loss_ax, metric_ax = captured["fig"].axes
+    loss = _lines(loss_ax)
+    assert loss["train (per step)"] == ([1.0, 2.0, 4.0], [0.9, 0.8, 0.7])
+    assert loss["validation"] == ([2.0, 4.0], [0.5, 0.3])
+    metric = _lines(metric_ax)
+    assert metric["accuracy"] == ([2.0, 4.0], [0.6, 0.75])
+    assert metric["macro-F1"] == ([4.0], [0.7])
+    assert metric["best macro-F1 0.700 (step 4)"] == ([4.0], [0.7])
     assert plot_training_curves([], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.parametrize("task_name, expected", [("qa", {"exact match", "F1", "best F1 0.500 (step 2)"}),
+                                                 ("ner", {"precision", "entity F1", "best entity F1 0.500 (step 2)"})])
+def test_the_curves_name_metrics_as_the_task_does(tmp_path: Path, monkeypatch, task_name, expected) -> None:
+    """SQuAD's F1 is not "entity F1": the curves take the metric names from the task."""
+    from bertfit.report import curve_metrics
+    from bertfit.tasks import task_class
+
+    task = task_class(task_name)
+    captured = _drawn_figure(monkeypatch)
+    first, second = curve_metrics(task)
+    history = [{"kind": "train", "step": 1, "loss": 1.0},
+               {"kind": "eval", "step": 2, "loss": 0.5, first: 0.4, second: 0.5}]
+    _assert_png(plot_training_curves(history, tmp_path / "tc.png", (first, second), task.metric_labels))
+    labels = set(_lines(captured["fig"].axes[1]))
+    assert labels == expected, labels
 
 
 def test_a_qa_report_names_its_mistakes_columns_and_answer_counts(tmp_path):

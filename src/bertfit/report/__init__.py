@@ -473,7 +473,8 @@ def write_report(run_dir: Path, inputs: ReportInputs) -> Path:
     plots = Plotter(plots_dir, inputs.model_name, notes)
     plot_note = plots.note
     curves = plots.draw("training_curves", "training curves",
-                        lambda path, title: plot_training_curves(inputs.history, path, curve_metrics(inputs.task)))
+                        lambda path, title: plot_training_curves(
+                            inputs.history, path, curve_metrics(inputs.task), getattr(inputs.task, "metric_labels", None)))
     if not plots.available:
         logger.warning("matplotlib is not installed; %s", PLOTS_SKIPPED)
         notes.append(PLOTS_SKIPPED)

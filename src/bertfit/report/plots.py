@@ -190,10 +190,12 @@ def smoothed(values: Sequence[float]) -> list[float] | None:
 
 
 def plot_training_curves(history: list[dict], path: Path,
-                         metrics: tuple[str, str] = ("accuracy", "macro_f1")) -> Path | None:
+                         metrics: tuple[str, str] = ("accuracy", "macro_f1"),
+                         labels: Mapping[str, str] | None = None) -> Path | None:
     """Two panels: training loss (raw per logged step and smoothed) with validation loss, and two
     validation metrics (the task's: accuracy and macro-F1 for classifiers; the second one gets the
-    best-point star), all against the optimiser step.
+    best-point star), all against the optimiser step. ``labels`` names the metric keys (the task's
+    ``metric_labels``); a key without a name is shown as it is.
 
     Returns the PNG path, or None when matplotlib is missing or there is nothing to plot.
     """
@@ -237,7 +239,7 @@ def plot_training_curves(history: list[dict], path: Path,
             loss_ax.legend(loc="best", fontsize=9, framealpha=0.85)
 
         first, second = metrics
-        names = {"macro_f1": "macro-F1", "f1": "entity F1"}
+        names = dict(labels or {"macro_f1": "macro-F1"})
         acc_steps, accs = series(evals, first)
         f1_steps, f1s = series(evals, second)
         if accs:

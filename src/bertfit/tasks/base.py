@@ -47,6 +47,12 @@ class Task(ABC):
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     # Metrics shown in a progress line / eval record (a short subset of evaluate()'s keys).
     headline_metrics: ClassVar[tuple[str, ...]]
+    # How plots and tables name a metric key (a task overrides the names its metrics mean differently:
+    # NER's f1 is entity F1, SQuAD's is token-overlap F1); keys not listed are shown as they are.
+    metric_labels: ClassVar[dict[str, str]] = {
+        "macro_f1": "macro-F1", "micro_f1": "micro-F1", "weighted_f1": "weighted F1", "samples_f1": "samples F1",
+        "f1": "F1", "exact_match": "exact match", "subset_accuracy": "subset accuracy", "hamming_loss": "Hamming loss",
+        "token_accuracy": "token accuracy", "mlm_accuracy": "masked-token accuracy", "nsp_accuracy": "NSP accuracy"}
     # Whether `bertfit train` without --train-file may use the bundled tweets corpus for this task.
     default_corpus: ClassVar[bool] = False
     # How texts longer than max_length are read (windows.py): set from the training settings by

@@ -57,6 +57,7 @@ class NER(Task):
     metric_names = ("f1", "macro_f1", "precision", "recall", "token_accuracy", "loss")
     default_metric = "f1"
     headline_metrics: ClassVar[tuple[str, ...]] = ("loss", "f1", "precision", "recall", "token_accuracy")
+    metric_labels: ClassVar[dict[str, str]] = {**Task.metric_labels, "f1": "entity F1", "macro_f1": "macro entity F1"}
     mistake_score = "confidence"
     input_columns: ClassVar[tuple[str, ...]] = ("tokens",)  # predict --file: pre-tokenised rows
     settings = NER_SETTINGS  # tag_column, tag_scheme (reading), label_all_subwords (encoding)
