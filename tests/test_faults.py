@@ -34,22 +34,40 @@ from bertfit.train.config import TrainConfig
 from conftest import BF16_EPS
 
 # ---------------------------------------------------------------------------------------------
-# Shared: a validator like the one a resume uses, and the corruption catalogue
+# Shared: the validator a resume uses (taken from fine_tune itself), and the corruption catalogue
 # ---------------------------------------------------------------------------------------------
 
 
-def checkpoint_validator(config: TrainConfig) -> Trainer:
-    """A Trainer set up as `fine_tune` sets it up; its validate_checkpoint is what a resume applies."""
-    from bertfit.weights import load_model
-    from bertfit.train.finetune import encode, prepare_data
-    from bertfit.tokenizer import WordPieceTokenizer
+class _Captured(BaseException):
+    """Raised from inside fine_tune once the resume's Trainer exists (a BaseException: no handler eats it)."""
 
-    prepared = prepare_data(config)
-    tokenizer = WordPieceTokenizer.from_dir(Path(config.model))
-    train = encode(tokenizer, prepared.train, prepared.task, config.max_length)
-    model = load_model(config.model, prepared.labels)
-    return Trainer(model, config, train, None, RunDir(config.output_dir), pad_id=tokenizer.pad_id,
-                   device=torch.device("cpu"))
+
+def checkpoint_validator(config: TrainConfig) -> Trainer:
+    """The Trainer that ``fine_tune(config, resume=True)`` itself builds for this run, taken at the moment
+    it would pick a checkpoint: its validate_checkpoint is exactly what a resume applies (not a copy of
+    fine_tune's set-up). It is taken on a scratch copy of the run, which is then removed."""
+    import tempfile
+
+    captured: dict[str, Trainer] = {}
+    real = Trainer.resume_latest
+
+    def capture(self: Trainer) -> None:
+        captured["trainer"] = self
+        raise _Captured
+
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "run"
+        shutil.copytree(config.output_dir, copy)
+        Trainer.resume_latest = capture
+        try:
+            fine_tune(config.replace(output_dir=str(copy)), resume=True)
+        except _Captured:
+            pass
+        finally:
+            Trainer.resume_latest = real
+    if "trainer" not in captured:
+        raise AssertionError("fine_tune(resume=True) never asked its Trainer to resume")
+    return captured["trainer"]
 
 
 def resign(ckpt: Path) -> None:
