@@ -120,6 +120,19 @@ def test_sentence_pair_model_trains_evaluates_and_predicts(tmp_path, tiny_model_
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "default.json").read_text())["accuracy"] == metrics["accuracy"]
 
+    # predict, like evaluate, reads the run's own columns when none are given ...
+    out = bertfit("predict", run, "--file", held_out, "--output", tmp_path / "p_default.csv")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [r["predicted_label"] for r in read_rows(tmp_path / "p_default.csv")] == [r["predicted_label"] for r in rows]
+    # ... and a file without the run's pair column is refused (exit 2, naming the column), never
+    # predicted from the first text alone; the output file is not written.
+    firsts = tmp_path / "firsts.csv"
+    firsts.write_text("premise\n" + "".join(f"{p}\n" for p, _, _ in pair_rows(5, seed=2)), encoding="utf-8")
+    out = bertfit("predict", run, "--file", firsts, "--output", tmp_path / "p_firsts.csv")
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "trained on text pairs" in out.stderr and "'hypothesis'" in out.stderr and "--pair-column" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "p_firsts.csv").exists()
+
     # Without the pair, the same model sees only filler: the pair column is what it learned from.
     from bertfit.predict.predictor import Predictor
 

@@ -207,3 +207,15 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def saved_reading(run: str | os.PathLike) -> dict[str, Any]:
+    """How a run read its training file (task.json's "reading": columns, label map, separator), so
+    evaluate and predict read the user's files alike; {} for a model without it."""
+    import json
+
+    path = Path(run) / "task.json"
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("reading") or {}) if path.is_file() else {}
+    except (ValueError, AttributeError, OSError):
+        return {}

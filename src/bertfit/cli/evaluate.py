@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bertfit.cli.common import TRAIN_HELP, add_header_arguments, check_output_file, header_options
+from bertfit.cli.common import saved_reading, TRAIN_HELP, add_header_arguments, check_output_file, header_options
 from bertfit.predict.engines import add_engine_argument
 
 HELP = "score a trained model on a labelled file"
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         check_output_file(Path(args.output), Path(args.file), "--output")
     task = classifier.task
-    saved = _saved_reading(args.run)  # the columns the run was trained on, unless flags say otherwise
+    saved = saved_reading(args.run)  # the columns the run was trained on, unless flags say otherwise
     settings = {"text_column": args.text_column or saved.get("text_column"),
                 "pair_column": args.pair_column or saved.get("pair_column"),
                 "label_column": args.label_column or saved.get("label_column"),
@@ -75,10 +75,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved_reading(run: str) -> dict[str, Any]:
-    """The label map and separator a run was trained with (task.json), so evaluate reads labels alike."""
-    path = Path(run) / "task.json"
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")).get("reading") or {}) if path.is_file() else {}
-    except (ValueError, AttributeError):
-        return {}

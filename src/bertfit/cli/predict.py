@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bertfit.cli.common import add_header_arguments, check_output_file, header_options, positive_int
+from bertfit.cli.common import add_header_arguments, check_output_file, header_options, positive_int, saved_reading
 from bertfit.predict.engines import add_engine_argument
 from bertfit.errors import BertfitError
 
@@ -185,7 +185,8 @@ def _predict_columns(classifier, args: argparse.Namespace, table, inputs: list[s
     if inputs and args.text_column is None and not any(c in table.columns for c in ("text",)):
         column, pair_column = inputs[0], None
     else:
-        column, pair_column = predict_columns(table, args.text_column, args.pair_column)
+        text_column, pair_column = _run_columns(args, table)
+        column, pair_column = predict_columns(table, text_column, pair_column)
     texts = ["" if row.get(column) is None else str(row.get(column)) for row in table.rows]
     pairs = [str(row.get(pair_column) or "") for row in table.rows] if pair_column else None
     items: list = list(texts)
@@ -197,6 +198,26 @@ def _predict_columns(classifier, args: argparse.Namespace, table, inputs: list[s
     if empty:
         logger.warning("%s: %d rows have an empty %r; they are still labelled (from [CLS] [SEP] alone)", args.file, empty, column)
     return classifier.predictions(items if pairs is None else texts, pairs, max_tokens=args.batch_tokens)
+
+
+def _run_columns(args: argparse.Namespace, table) -> tuple[str | None, str | None]:
+    """The text and pair columns to read: the flags, else the run's own (as evaluate reads them). A model
+    trained on pairs never predicts from the first text alone without being told: if the file lacks the
+    run's pair column and --pair-column is not given, that is an error naming both."""
+    text_column, pair_column = args.text_column, args.pair_column
+    if not header_options(args)["header"]:  # positions given with --no-header are the user's own
+        return text_column, pair_column
+    saved = saved_reading(args.run)
+    if text_column is None and saved.get("text_column") in table.columns:
+        text_column = saved["text_column"]
+    if pair_column is None and saved.get("pair_column"):
+        if saved["pair_column"] not in table.columns:
+            raise BertfitError(
+                f"{args.run} was trained on text pairs (its second text from column {saved['pair_column']!r}), "
+                f"but {args.file} has no column {saved['pair_column']!r} (columns: {', '.join(map(str, table.columns))}); "
+                "pass --pair-column with the file's second text column")
+        pair_column = saved["pair_column"]
+    return text_column, pair_column
 
 
 def _predict_file(classifier, args: argparse.Namespace) -> int:
