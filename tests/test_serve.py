@@ -532,6 +532,35 @@ def test_info_shows_model_and_metrics(client):
     assert info["limits"]["max_texts_per_request"] == 8
     onnx = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
     assert info["engine"] == ("onnxruntime" if onnx else "pytorch")  # the CPU default: ONNX Runtime when installed
+    # Started without --threads: all cores but one (read back from the worker thread), never fewer than 1.
+    assert info["threads"] == max(1, (os.cpu_count() or 1) - 1) and info["int8"] is False
+
+
+@slow
+def test_int8_server_answers_with_the_int8_model_and_its_threads(run_dir, tmp_path, classifier):
+    """serve --int8 --threads 2: /info says so, and every answer equals the int8 model's own
+    probabilities (not the fp32 model's, which differ measurably) with the fp32 labels on clear texts."""
+    from bertfit.predict.predictor import Predictor
+
+    srv = Server(run_dir, tmp_path / "int8.log", "--int8", "--threads", "2")
+    try:
+        srv.wait("/ready", timeout=120)
+        with httpx.Client(base_url=srv.url, timeout=30.0) as client:
+            info = client.get("/info").json()
+            assert info["int8"] is True and info["threads"] == 2
+            texts = ["what a wonderful, lovely day", "this is the worst service ever", "the meeting is at noon",
+                     "I love it", "terrible, awful, broken"]
+            r = client.post("/predict", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        got = np.array([[p["probabilities"][label] for label in LABELS] for p in r.json()["predictions"]])
+        int8 = Predictor.load(run_dir, int8=True)
+        assert info["engine"] == int8.engine
+        np.testing.assert_allclose(got, int8.predict_proba(texts), atol=1e-5, rtol=0)
+        fp32 = classifier.predict_proba(texts)
+        assert np.abs(got - fp32).max() > 1e-4  # quantized: not the fp32 model's answers
+        assert (got.argmax(1) == fp32.argmax(1)).mean() >= 0.8
+    finally:
+        srv.stop()
 
 
 # ---------------------------------------------------------------------------------------------

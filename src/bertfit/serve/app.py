@@ -398,6 +398,7 @@ def create_app(config: ServeConfig) -> "FastAPI":
             "architecture": i.architecture if i else None,
             "int8": config.int8,
             "engine": host.engine,
+            "threads": host.threads,
             "metrics": i.metrics if i else None,
             "limits": config.limits(),
         }

@@ -102,6 +102,7 @@ class ModelHost:
         self.info = info
         self.classifier: "Predictor | None" = None
         self.engine: str | None = None  # "onnxruntime" or "pytorch", once loaded
+        self.threads: int | None = None  # the CPU threads the worker thread really computes with, once loaded
         self.status = LOADING
         self.error: str | None = None
         self._trim = _malloc_trim()
@@ -124,6 +125,7 @@ class ModelHost:
         classifier = Predictor.load(directory, int8=self.config.int8, device=self.config.device,
                                          engine=self.config.engine)
         self.engine = classifier.engine
+        self.threads = torch.get_num_threads()  # read back on the worker thread: what its batches use
         # The first forward pass pays for allocator and thread-pool start-up; do it before /ready.
         for item in classifier.task.sample_inputs():
             classifier.records([item])
