@@ -163,7 +163,7 @@ def test_bad_training_file_is_a_row_error(tmp_path, no_dropout_model_dir, qa_fil
     from bertfit.train.finetune import fine_tune
 
     rows = synthetic_qa(20, 5)
-    rows[7]["answers"]["answer_start"] = [0] if rows[7]["context"].find(rows[7]["answers"]["text"][0]) else [1]
+    rows[7]["answers"] = {"text": ["nowhere to be found"], "answer_start": [0]}  # not in the context at all
     bad = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError, match="line 8.*does not match the context"):
         fine_tune(_config({**qa_files, "train": bad}, no_dropout_model_dir, tmp_path / "run"))

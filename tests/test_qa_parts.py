@@ -131,7 +131,7 @@ def test_reads_squad_json_gzipped_and_jsonl(tmp_path):
 
 @pytest.mark.parametrize("qa, context, message", [
     ({"id": "x", "question": "Where?", "answers": [{"text": "London", "answer_start": 26}]}, None, "does not occur"),
-    ({"id": "x", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 25}]}, None, "occurs at offset 26"),
+    ({"id": "x", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 12}]}, None, "occurs at offset 26"),
     ({"id": "x", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 400}]}, None, "outside"),
     ({"id": "x", "question": "Where?", "answers": [{"text": "Paris", "answer_start": -1}]}, None, "outside"),
     ({"id": "x", "answers": [{"text": "Paris", "answer_start": 26}]}, None, "question"),
@@ -152,6 +152,44 @@ def test_bad_inputs_are_row_errors_or_counted_skips(tmp_path, qa, context, messa
     examples, report = read_qa(path, skip_bad_rows=True)
     assert [e.id for e in examples] == ["ok"]
     assert report.rows_read == 2 and report.rows_used == 1 and [r.row for r in report.rejected] == [2]
+
+
+@pytest.mark.parametrize("shift", [" ", "  ", "\t", "\n", " \n\t"], ids=["space", "two-spaces", "tab", "newline", "mixed"])
+@pytest.mark.parametrize("direction", ["added", "stripped"])
+def test_answer_offsets_off_by_whitespace_are_repaired_and_counted(tmp_path, shift, direction):
+    """An export that added (or stripped) whitespace before the answer moves every later offset by its
+    length: the text is then a few characters from its answer_start. It is moved there, the question
+    kept, and the repair counted with its id; an answer whose text is far from its offset stays an error."""
+    from bertfit.tasks.qa.data import OFFSET_REPAIR_CHARS
+
+    context = f"The cat sat{shift}on the mat in Paris."
+    true_start = context.index("Paris")
+    start = true_start - len(shift) if direction == "added" else true_start + len(shift)
+    rows = [{"id": "ok", "question": "Who?", "context": context, "answers": {"text": ["cat"], "answer_start": [4]}},
+            {"id": "moved", "question": "Where?", "context": context,
+             "answers": {"text": ["Paris"], "answer_start": [start]}}]
+    path = tmp_path / "shifted.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    examples, report = read_qa(path)
+    assert [e.id for e in examples] == ["ok", "moved"] and report.rows_used == 2 and not report.rejected
+    assert examples[1].answers == (("Paris", true_start),)
+    assert report.repaired == [(2, "moved", start, true_start)]
+    assert "1 answer offset repaired" in report.summary() and "moved" in report.summary()
+    assert any("moved (" in note for note in report.notes)
+    # Farther than the reach: an error naming where the text really is, never a silent move.
+    far = dict(rows[1], answers={"text": ["Paris"], "answer_start": [true_start - OFFSET_REPAIR_CHARS - 1]})
+    path.write_text(json.dumps(far) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=f"occurs at offset {true_start}"):
+        read_qa(path)
+
+
+def test_a_repair_takes_the_nearest_occurrence_and_never_another_text(tmp_path):
+    from bertfit.tasks.qa.data import nearby_offset
+
+    context = "red, red and red again"
+    assert nearby_offset(context, "red", 6) == 5 and nearby_offset(context, "red", 11) == 13
+    assert nearby_offset(context, "red", 2) == 0 and nearby_offset(context, "blue", 5) is None
+    assert nearby_offset(context, "again", 0) is None  # 17 characters away: too far
 
 
 def test_jsonl_errors_name_the_line(tmp_path):

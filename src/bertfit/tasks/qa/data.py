@@ -88,6 +88,35 @@ class QAReadReport(LoadReport):
     version: str = "1.1"  # "2.0" when any question is marked impossible
     unanswerable: int = 0
     notes: list[str] = field(default_factory=list)
+    # Answers whose answer_start was moved to where their text is, a few characters away: (row, id, from, to).
+    repaired: list[tuple[int, str, int, int]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        line = super().summary()
+        if self.repaired:
+            shown = ", ".join(qid for _, qid, _, _ in self.repaired[:3])
+            line += (f"; {len(self.repaired)} answer offset{'s' if len(self.repaired) != 1 else ''} repaired "
+                     f"({shown}{', ...' if len(self.repaired) > 3 else ''})")
+        return line
+
+
+#: How far (in characters) an answer's text may sit from its answer_start and still be moved there. Real
+#: files shift offsets by the whitespace an export stripped or added around the context (1-3 characters
+#: in a public set with long contexts); farther than this, the offset is more likely simply wrong.
+OFFSET_REPAIR_CHARS = 8
+
+
+def nearby_offset(context: str, text: str, start: int, reach: int = OFFSET_REPAIR_CHARS) -> int | None:
+    """The occurrence of ``text`` in ``context`` nearest to ``start`` (at most ``reach`` characters away;
+    the earlier on a tie), or None."""
+    best: int | None = None
+    lo = max(0, start - reach)
+    at = context.find(text, lo, start + reach + len(text))
+    while at != -1:
+        if best is None or abs(at - start) < abs(best - start):
+            best = at
+        at = context.find(text, at + 1, start + reach + len(text))
+    return best
 
 
 def _read_text(path: str) -> str:
@@ -146,8 +175,11 @@ def _count(value: Any) -> str:
 
 
 def check_example(record: Mapping[str, Any], row: int, *, require_answers: bool, title: str = "",
-                  context: Any = None) -> QAExample:
-    """A record (one question) → QAExample, or ValueError naming what is wrong and how to fix it."""
+                  context: Any = None, repairs: list[tuple[int, str, int, int]] | None = None) -> QAExample:
+    """A record (one question) → QAExample, or ValueError naming what is wrong and how to fix it.
+
+    An answer whose text is not at its answer_start but within OFFSET_REPAIR_CHARS of it is moved there
+    (and, with ``repairs``, recorded as (row, id, old start, new start)); one farther away is an error."""
     qid = record.get("id")
     question = record.get("question")
     context = record.get("context") if context is None else context
@@ -168,9 +200,16 @@ def check_example(record: Mapping[str, Any], row: int, *, require_answers: bool,
         if isinstance(start, bool) or not isinstance(start, int):
             raise ValueError(f"{where} has answer_start {start!r}, expected a whole number (character offset)")
         if not 0 <= start <= len(context) - len(text):
-            raise ValueError(f"{where} {text!r} has answer_start {start}, outside the {len(context):,}-character "
-                             "context; answer_start is the 0-based character offset of the answer in the context")
+            moved = nearby_offset(context, text, start) if 0 <= start <= len(context) else None
+            if moved is None:
+                raise ValueError(f"{where} {text!r} has answer_start {start}, outside the {len(context):,}-character "
+                                 "context; answer_start is the 0-based character offset of the answer in the context")
         found = context[start:start + len(text)]
+        if found != text and (moved := nearby_offset(context, text, start)) is not None:
+            if repairs is not None:
+                qid = record.get("id")
+                repairs.append((row, str(qid) if qid is not None else f"row-{row}", start, moved))
+            start, found = moved, text
         if found != text:
             hint = context.find(text)
             fix = (f"; the text occurs at offset {hint}" if hint >= 0 else "; the text does not occur in the context")
@@ -250,6 +289,7 @@ def read_qa(path: str | os.PathLike, *, skip_bad_rows: bool = False, require_ans
         records, fmt = _jsonl_records(text), "jsonl"
     examples: list[QAExample] = []
     rejected: list[Rejection] = []
+    repairs: list[tuple[int, str, int, int]] = []
     read = 0
     for row, record, title, context, problem in records:
         read += 1
@@ -258,7 +298,7 @@ def read_qa(path: str | os.PathLike, *, skip_bad_rows: bool = False, require_ans
                 if max_chars and isinstance(context, str) and len(context) > max_chars:
                     raise ValueError(f"the context has {len(context):,} characters (limit {max_chars:,})")
                 examples.append(check_example(record, row, require_answers=require_answers, title=title,
-                                              context=context))
+                                              context=context, repairs=repairs))
                 continue
             except ValueError as e:
                 problem = str(e)
@@ -273,6 +313,14 @@ def read_qa(path: str | os.PathLike, *, skip_bad_rows: bool = False, require_ans
                           text_column="question", pair_column="context", label_column="answers",
                           rows_read=read, rows_used=len(examples), rejected=rejected)
     report.unanswerable = sum(1 for e in examples if e.impossible)
+    report.repaired = repairs
+    if repairs:
+        ids = ", ".join(f"{qid} ({old}→{new})" for _, qid, old, new in repairs[:10])
+        note = (f"{len(repairs)} answer offset{'s' if len(repairs) != 1 else ''} repaired: the answer text was "
+                f"within {OFFSET_REPAIR_CHARS} characters of its answer_start and was moved there ({ids}"
+                f"{', ...' if len(repairs) > 10 else ''})")
+        report.notes.append(note)
+        logger.warning("%s: %s", path, note)
     report.version = "2.0" if report.unanswerable or (is_json_doc and str(doc.get("version", "")).startswith("v2")) \
         else "1.1"
     if rejected:
