@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true",
                         help="evaluate the int8 model, and report its cost against fp32 on this file "
                              "(label agreement, accuracy and macro-F1 deltas)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="evaluate under bf16 autocast (PyTorch), and report its cost against fp32 on this file "
+                             "as --int8 does")
     add_engine_argument(parser)
     parser.add_argument("--output", help="write the metrics as JSON here")
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from bertfit.predict.predictor import Predictor
     from bertfit.tasks.sequence import reading_options
 
-    classifier = Predictor.load(args.run, int8=args.int8, engine=args.engine)
+    classifier = Predictor.load(args.run, int8=args.int8, engine=args.engine, bf16=args.bf16)
     if args.output:
         check_output_file(Path(args.output), Path(args.file), "--output")
     task = classifier.task
@@ -55,19 +58,20 @@ def run(args: argparse.Namespace) -> int:
     metrics = task.evaluate(outputs, targets)
     print(report.summary())
     print(task.format_metrics(metrics))
-    if args.int8:  # int8 is approximate: measure what it costs on the user's own data, never stay silent
-        reference = Predictor.load(args.run, device="cpu", engine=args.engine)
+    mode = "int8" if args.int8 else "bf16" if args.bf16 else None
+    if mode:  # int8 and bf16 are approximate: measure what they cost on the user's own data, never stay silent
+        reference = Predictor.load(args.run, device=str(classifier.device), engine=args.engine)
         fp32_outputs = reference.run_examples(examples)[1]
         fp32_metrics = task.evaluate(fp32_outputs, targets)
         what, agreement = task.agreement(fp32_outputs, outputs)
         key = task.default_metric
-        cost = {"label_agreement": agreement, f"{key}_fp32": fp32_metrics[key], f"{key}_int8": metrics[key],
+        cost = {"label_agreement": agreement, f"{key}_fp32": fp32_metrics[key], f"{key}_{mode}": metrics[key],
                 f"{key}_delta": metrics[key] - fp32_metrics[key]}
         if "accuracy" in metrics:
-            cost.update(accuracy_fp32=fp32_metrics["accuracy"], accuracy_int8=metrics["accuracy"],
-                        accuracy_delta=metrics["accuracy"] - fp32_metrics["accuracy"])
-        metrics["int8_cost"] = cost
-        print(f"int8 vs fp32 on these {len(examples)} examples: {what} {100 * agreement:.2f}%, "
+            cost.update({"accuracy_fp32": fp32_metrics["accuracy"], f"accuracy_{mode}": metrics["accuracy"],
+                         "accuracy_delta": metrics["accuracy"] - fp32_metrics["accuracy"]})
+        metrics[f"{mode}_cost"] = cost
+        print(f"{mode} vs fp32 on these {len(examples)} examples: {what} {100 * agreement:.2f}%, "
               f"{key} {fp32_metrics[key]:.4f} -> {metrics[key]:.4f} ({100 * cost[f'{key}_delta']:+.2f} points)")
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

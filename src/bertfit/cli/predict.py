@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoding", help="encoding of --file and of standard input (default: UTF-8, latin-1 "
                                            "fallback for --file)")
     parser.add_argument("--int8", action="store_true", help="int8 dynamic quantization (faster on CPU; accuracy cost in benchmarks/RESULTS.md)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast in PyTorch: faster where the CPU has AVX512-BF16/AMX (or on a GPU), "
+                             "not exact; measure its agreement on your data with evaluate --bf16")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_engine_argument(parser)
     parser.add_argument("--batch-tokens", type=positive_int, default=8192, help="token budget of a prediction batch")
@@ -48,7 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from bertfit.predict.predictor import Predictor
 
-    classifier = Predictor.load(args.run, int8=args.int8, device=args.device, engine=args.engine)
+    classifier = Predictor.load(args.run, int8=args.int8, device=args.device, engine=args.engine, bf16=args.bf16)
+    if args.bf16:
+        logger.warning("bf16 is approximate; measure it on your data: bertfit evaluate %s --bf16 --file LABELLED",
+                       args.run)
     if args.int8:
         logger.warning("int8 is approximate (tweets: ~99%% of labels as fp32, accuracy within ~0.3 points; "
                        "benchmarks/RESULTS.md); measure it on your data: bertfit evaluate %s --int8 --file LABELLED",

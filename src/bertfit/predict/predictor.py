@@ -78,13 +78,18 @@ class TorchEngine:
     name = "pytorch"
 
     def __init__(self, model: BertForSequenceClassification, *, device: str | torch.device = "cpu",
-                 int8: bool = False) -> None:
+                 int8: bool = False, bf16: bool = False) -> None:
+        if int8 and bf16:
+            raise BertfitError("choose int8 or bf16, not both")
         self.device = torch.device(device)
         self.int8 = int8
+        # bf16: the weights stay fp32 and matmuls run under autocast, as training's bf16 does; fast where
+        # the CPU has AVX512-BF16/AMX (or on a GPU), emulated (slower than fp32) elsewhere.
+        self.bf16 = bf16
         model = model.eval().to(self.device)
         if int8:
             model = quantize_int8(model)
-        elif self.device.type == "cpu":
+        elif self.device.type == "cpu" and not bf16:
             prepack_linears(model)  # faster single texts and small batches (see cpu_linear.py)
         self.model = model
         if int8:
@@ -98,8 +103,9 @@ class TorchEngine:
 
     def run(self, batch) -> np.ndarray:
         batch = batch.to(self.device)
-        logits = run_head(self.model, batch)
-        return logits.float().cpu().numpy()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = run_head(self.model, batch)
+        return logits.detach().float().cpu().numpy()
 
 
 class Predictor:
@@ -111,9 +117,10 @@ class Predictor:
     """
 
     def __init__(self, model: "BertForSequenceClassification | TorchEngine | OnnxEngine", tokenizer: WordPieceTokenizer,
-                 *, max_length: int = 512, device: str | torch.device = "cpu", int8: bool = False,
+                 *, max_length: int = 512, device: str | torch.device = "cpu", int8: bool = False, bf16: bool = False,
                  name: str = "model", task: Task | None = None, config: BertConfig | None = None) -> None:
-        self.backend = TorchEngine(model, device=device, int8=int8) if isinstance(model, torch.nn.Module) else model
+        self.backend = (TorchEngine(model, device=device, int8=int8, bf16=bf16) if isinstance(model, torch.nn.Module)
+                        else model)
         self.config = config if config is not None else self.backend.model.config
         self.labels = self.config.labels
         self.task = task if task is not None else task_of_config(self.config)
@@ -129,6 +136,10 @@ class Predictor:
     @property
     def int8(self) -> bool:
         return self.backend.int8
+
+    @property
+    def bf16(self) -> bool:
+        return bool(getattr(self.backend, "bf16", False))
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -147,16 +158,20 @@ class Predictor:
 
     @classmethod
     def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
-             max_length: int | None = None, engine: str = "auto") -> "Predictor":
+             max_length: int | None = None, engine: str = "auto", bf16: bool = False) -> "Predictor":
         """From a bertfit run directory, any BERT classifier directory / hub id, or an ONNX export.
 
         engine: "pytorch", "onnxruntime" (the model exported once into a cache, CPU only), or "auto":
         ONNX Runtime on the CPU when onnx and onnxruntime are installed (same fp32 logits to ~1e-6,
         about half the single-text latency; see benchmarks/RESULTS.md), else PyTorch; PyTorch on a GPU.
         int8 with engine "pytorch" is PyTorch dynamic quantization (less exact: see quantize_int8).
+        bf16: PyTorch under bf16 autocast (not exact: measure the agreement with ``evaluate --bf16``); with
+        engine "auto" it runs PyTorch, as ONNX Runtime has no bf16 path on the CPU.
         """
         if engine not in ENGINES:
             raise BertfitError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        if bf16:
+            return cls._load_bf16(run_or_model, int8=int8, device=device, max_length=max_length, engine=engine)
         if (Path(run_or_model) / "model.onnx").is_file() and not (Path(run_or_model) / "model.safetensors").is_file():
             if device not in (None, "cpu"):
                 raise BertfitError(f"{run_or_model} is an ONNX export, which runs on the CPU; drop --device")
@@ -187,6 +202,29 @@ class Predictor:
         log_prediction_line(torch.device(device), "PyTorch int8" if int8 else "PyTorch fp32")
         return cls(model, tokenizer, max_length=max_length or artifact.max_length, device=device, int8=int8,
                    name=Path(directory).name, task=artifact.task)
+
+    @classmethod
+    def _load_bf16(cls, run_or_model: str | os.PathLike, *, int8: bool, device: str | None, max_length: int | None,
+                   engine: str) -> "Predictor":
+        from bertfit.precision import read_isa
+
+        if int8:
+            raise BertfitError("choose --int8 or --bf16, not both")
+        if engine == "onnxruntime":
+            raise BertfitError("bf16 prediction runs with PyTorch (ONNX Runtime has no bf16 path on the CPU); "
+                               "use --engine pytorch or auto")
+        if (Path(run_or_model) / "model.onnx").is_file() and not (Path(run_or_model) / "model.safetensors").is_file():
+            raise BertfitError(f"{run_or_model} is an ONNX export; bf16 runs the run directory it was exported from")
+        directory = resolve_model(run_or_model)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.device(device).type == "cpu" and not read_isa().bf16:
+            logger.warning("this CPU has no bf16 instructions (AVX512-BF16/AMX): bf16 is emulated here, slower than "
+                           "fp32 and no more exact; it pays on CPUs that have them, or on a GPU")
+        model = load_model(directory, require_head=True)
+        artifact = read_artifact(directory, model.config)
+        log_prediction_line(torch.device(device), "PyTorch bf16 (autocast)")
+        return cls(model, WordPieceTokenizer.from_dir(directory), max_length=max_length or artifact.max_length,
+                   device=device, bf16=True, name=Path(directory).name, task=artifact.task)
 
     # -- prediction ---------------------------------------------------------------------------
     def outputs(self, items: Sequence, *, max_tokens: int = 8192, max_batch: int = 128) -> tuple[EncodedSplit, Any]:

@@ -397,6 +397,7 @@ def create_app(config: ServeConfig) -> "FastAPI":
             "base_model": i.base_model if i else None,
             "architecture": i.architecture if i else None,
             "int8": config.int8,
+            "bf16": config.bf16,
             "engine": host.engine,
             "threads": host.threads,
             "metrics": i.metrics if i else None,
@@ -503,7 +504,7 @@ def serve(config: ServeConfig) -> int:
 def command(args: argparse.Namespace) -> int:
     """`bertfit serve RUN ...`: run the server until SIGTERM or Ctrl+C."""
     config = ServeConfig(
-        run=args.run, host=args.host, port=args.port, int8=args.int8, device=args.device, engine=args.engine,
+        run=args.run, host=args.host, port=args.port, int8=args.int8, bf16=args.bf16, device=args.device, engine=args.engine,
         threads=args.threads,
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_texts_per_request=args.max_texts_per_request, max_chars=args.max_chars,

@@ -19,6 +19,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     int8: bool = False
+    bf16: bool = False  # bf16 autocast in PyTorch (fast with AVX512-BF16/AMX or a GPU; emulated elsewhere)
     device: str | None = None
     engine: str = "auto"  # see Predictor.load: ONNX Runtime on the CPU when installed
     threads: int | None = None  # torch CPU threads; None: all cores but one (see default_threads)
@@ -47,6 +48,8 @@ class ServeConfig:
             raise ConfigError(f"--timeout-s must be above 0 and at most 3600, got {self.timeout_s!r}")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.int8 and self.bf16:
+            raise ConfigError("choose --int8 or --bf16, not both")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not (0 <= self.port <= 65535):
@@ -73,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=d.port, help=f"TCP port (default {d.port})")
     parser.add_argument("--int8", action="store_true",
                         help="dynamic int8 quantization of the linear layers (CPU only; faster, slightly different)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast in PyTorch: faster where the CPU has AVX512-BF16/AMX (or on a GPU), "
+                             "slightly different; measure it with bertfit evaluate --bf16")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     add_engine_argument(parser)
     parser.add_argument("--threads", type=int, default=None,

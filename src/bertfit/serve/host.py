@@ -122,7 +122,7 @@ class ModelHost:
         directory = resolve_model(self.config.run)
         if self.info is None:
             self.info = read_model_info(Path(directory))
-        classifier = Predictor.load(directory, int8=self.config.int8, device=self.config.device,
+        classifier = Predictor.load(directory, int8=self.config.int8, bf16=self.config.bf16, device=self.config.device,
                                          engine=self.config.engine)
         self.engine = classifier.engine
         self.threads = torch.get_num_threads()  # read back on the worker thread: what its batches use
