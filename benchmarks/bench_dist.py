@@ -95,11 +95,11 @@ def _checkpointing_child(enabled: bool, steps: int) -> dict:
         "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def checkpointing(steps: int) -> dict:
+def checkpointing(steps: int, threads: int = 2) -> dict:
     out = {}
     for enabled in (False, True):
         child = subprocess.run([sys.executable, __file__, "_child", "--enabled", str(int(enabled)), "--steps", str(steps)],
-                               env=_env(2), check=True, capture_output=True, text=True)
+                               env=_env(threads), check=True, capture_output=True, text=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])
         out["with" if enabled else "without"] = result
         print(f"gradient checkpointing {'on ' if enabled else 'off'}: {statistics.mean(result['step_s']):.1f} s/step, "
@@ -110,18 +110,33 @@ def checkpointing(steps: int) -> dict:
     return out
 
 
+def _machine() -> dict:
+    """Processor, relevant flags, CPUs the process may use and the commit: what a figure needs beside it."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in lscpu if line.startswith("Flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"commit": commit, "cpu_model": model, "cpu_flags": [f for f in flags if f in wanted],
+            "cpu_affinity": sorted(os.sched_getaffinity(0))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["overhead", "checkpointing", "_child"])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--enabled", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="checkpointing: the child's OMP_NUM_THREADS (it records torch.get_num_threads())")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if args.what == "_child":
         print(json.dumps(_checkpointing_child(bool(args.enabled), args.steps)))
         return
-    result = overhead(args.steps, args.repeats) if args.what == "overhead" else checkpointing(args.steps)
+    result = overhead(args.steps, args.repeats) if args.what == "overhead" else checkpointing(args.steps, args.threads)
+    result["machine"] = _machine()
+    result["command"] = " ".join(sys.argv)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

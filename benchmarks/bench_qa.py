@@ -293,6 +293,11 @@ def child(args) -> None:
     else:
         work = Path(args.work)
         result = (run_bertfit if args.impl == "bertfit" else run_transformers)(files, args.steps, work)
+    import torch
+
+    # the threads this contender computed with, read in its own process after it ran (the machine's CPU
+    # count, which the parent once recorded as "threads", says nothing about them)
+    result["torch_threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -363,7 +368,8 @@ def main() -> None:
     if not args.no_pipeline:
         results.append(_child("pipeline", files, steps, work, run=bertfit["run"], path=args.transformers4))
         print(json.dumps(results[-1]), flush=True)
-    machine = {"cpu": _cpu_model(), "threads": os.cpu_count()}
+    machine = {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
+               "torch_threads": sorted({r["torch_threads"] for r in results})}
     summary = {
         "train_questions": args.train, "dev_questions": args.dev, "steps": steps, "batch": BATCH, "lr": LR,
         "seed": SEED, "dev_em_f1": {r["impl"]: [r["dev"]["exact_match"], r["dev"]["f1"]] for r in results[:2]},
