@@ -24,6 +24,7 @@ from bertfit.hub import resolve_model
 from bertfit.data.labelled import Example
 from bertfit.errors import BertfitError, DataError
 from bertfit.train.run_dir import RunDir
+from bertfit.train.run_lock import hold_run, release_run
 from bertfit.io import write_json_atomic
 from bertfit.tasks import detect_problem_type, task_class
 from bertfit.tasks.base import Task
@@ -220,12 +221,16 @@ def _fine_tune_one(config: TrainConfig, *, resume: bool = False, overwrite: bool
                    callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
     started = time.perf_counter()
     d = dist.init(select_device(config.device))
-    return run_job(d, lambda: _fine_tune(config, d, started, resume, overwrite, callback))
+    try:
+        return run_job(d, lambda: _fine_tune(config, d, started, resume, overwrite, callback))
+    finally:
+        release_run(config.output_dir)  # taken by _decide (rank 0)
 
 
 def _decide(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> tuple[TrainConfig, bool, bool]:
     """(config, resume, replace): what to do with the run directory (rank 0 reads it; all ranks follow)."""
-    run.check_is_run()  # before its saved settings are read
+    run.check_is_run()  # before its saved settings are read, and before a lock file is made in it
+    hold_run(run.path, "train")  # one writer per run: a second trainer, or --resume of a running run, stops here
     saved = _saved_config(run)
     use_saved, resume, replace = decide_run(run, saved, saved is not None and saved.to_dict() == config.to_dict(),
                                             resume, overwrite)

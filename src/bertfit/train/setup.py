@@ -67,7 +67,7 @@ def decide_run(run: Any, saved: Any, same: bool, resume: bool, overwrite: bool) 
             logger.warning("%s already holds checkpoints of this run: resuming it (pass --overwrite to start again)",
                            run.path)
         return False, True, False
-    if run.path.exists() and any(run.path.iterdir()):
+    if run.entries():  # (the lock file a killed run left behind is not content)
         finished = run.file("metrics.json").exists()
         if not finished and saved is not None and (resume or same):
             # Killed before its first checkpoint: nothing to resume, nothing of value to keep.
