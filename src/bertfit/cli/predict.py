@@ -204,7 +204,7 @@ def _predict_file(classifier, args: argparse.Namespace) -> int:
 
     source = Path(args.file)
     output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
-    check_output_file(output, source, "--output")
+    check_output_file(output, source, "--output", model=args.run)
     table = read_table(args.file, encoding=args.encoding, **header_options(args))
     # Columns a task reads besides text (NER: "tokens", pre-tokenised words as a JSON list; question
     # answering: "question" and "context", each row one {"question", "context"} input), and the
