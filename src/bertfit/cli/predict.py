@@ -186,6 +186,8 @@ def _predict_columns(classifier, args: argparse.Namespace, table, inputs: list[s
         column, pair_column = inputs[0], None
     else:
         column, pair_column = predict_columns(table, args.text_column, args.pair_column)
+        if pair_column and not args.pair_column and not classifier.task.takes_pairs:
+            pair_column = None  # a column found by its name: a task of one text per input reads none
     texts = ["" if row.get(column) is None else str(row.get(column)) for row in table.rows]
     pairs = [str(row.get(pair_column) or "") for row in table.rows] if pair_column else None
     items: list = list(texts)

@@ -59,7 +59,7 @@ from bertfit.data.files import (LABEL_COLUMNS, TEXT_COLUMNS, DELIMITERS, MAX_LIS
                            csv_header_and_records, field_count_problem, jsonl_columns_and_records,
                            load_table, preview, preview_columns, sort_labels)
 from bertfit.data.rows import RAW_LABELS, Collector, header_options, resolve_columns, RowBuilder
-from bertfit.data.splits import deduplicate, empty_split_warnings, stratified_split
+from bertfit.data.splits import deduplicate, empty_split_warnings, grouped_split, stratified_split
 from bertfit.data.tables import guard_cell, predict_columns, read_table, write_table
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ __all__ = [
     "deduplicate",
     "empty_split_warnings",
     "examples_from_lists",
+    "grouped_split",
     "guard_cell",
     "label_names",
     "parse_label_map",

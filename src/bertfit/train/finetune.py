@@ -148,6 +148,9 @@ def prepare_data(config: TrainConfig) -> PreparedData:
 
 
 def _split(task: Task, examples: list[Example], fractions: tuple, seed: int) -> tuple[list[Example], ...]:
+    groups = task.split_groups(examples)
+    if groups is not None:  # e.g. QA by passage: no leakage by construction
+        return data_mod.grouped_split(examples, fractions, seed=seed, groups=groups)
     strata = dict(zip(map(id, examples), task.strata([e.label for e in examples])))
     return data_mod.stratified_split(examples, fractions, seed=seed, stratum=lambda e: strata[id(e)])
 
