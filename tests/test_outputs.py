@@ -14,7 +14,7 @@ import pytest
 from bertfit.cli import main
 from bertfit.cli.common import check_output_file
 from bertfit.errors import BertfitError
-from bertfit.outputs import check_export_directory
+from bertfit.predict.outputs import check_export_directory
 from conftest import synthetic_rows, write_csv
 
 
@@ -99,3 +99,10 @@ def test_export_may_replace_its_own_previous_export(run, tmp_path):
     (previous / "notes.txt").write_text("mine")
     with pytest.raises(BertfitError, match="notes.txt"):
         check_export_directory(previous, run)
+
+
+def test_the_run_marker_is_spelled_alike():
+    from bertfit.predict import outputs
+    from bertfit.train import run_lock
+
+    assert outputs.MARKER == run_lock.MARKER

@@ -164,7 +164,7 @@ def check_output_file(output: Path, source: Path | None, flag: str, model: str |
             break
         if parent.exists() or parent.is_symlink():
             raise BertfitError(f"{flag} {output}: {parent} is not a directory")
-    from bertfit.outputs import check_not_in_a_model
+    from bertfit.predict.outputs import check_not_in_a_model
 
     check_not_in_a_model(output, flag, [Path(model)] if model and Path(model).is_dir() else [])
 

@@ -105,7 +105,7 @@ class ExportGraph(nn.Module):
 def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool = False, opset: int = 17,
                 check_file: str | None = None) -> dict:
     """Write ``output``/model.onnx (+ config and tokenizer) and check it; returns the check's figures."""
-    from bertfit.outputs import check_export_directory
+    from bertfit.predict.outputs import check_export_directory
 
     output = Path(output)
     check_export_directory(output, resolve_model(run))  # a new, empty or previous export, never a run or model

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Iterable
 
 from bertfit.errors import BertfitError
-from bertfit.train.run_lock import MARKER
 
+#: The run marker (train/run_lock.MARKER, spelled here: prediction never imports training; a test keeps
+#: the two equal).
+MARKER = ".bertfit-run"
 #: Files whose presence makes a folder a model directory (with config.json, or alone for these two).
 MODEL_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.onnx", "tf_model.h5", "flax_model.msgpack")
 RUN_FILES = (MARKER, "train_config.json", "task.json")
