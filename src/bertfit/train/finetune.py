@@ -17,7 +17,7 @@ import numpy as np
 
 from bertfit.data import labelled as data_mod
 from bertfit.train import dist
-from bertfit.train.setup import configure_threads, decide_run, run_job, select_device
+from bertfit.train.setup import check_resume_target, configure_threads, decide_run, run_job, select_device
 from bertfit.artifact import write_task
 from bertfit.weights import load_model, save_model
 from bertfit.hub import resolve_model
@@ -27,6 +27,7 @@ from bertfit.train.run_dir import RunDir
 from bertfit.train.run_lock import hold_run, release_run
 from bertfit.io import write_json_atomic
 from bertfit.tasks import detect_problem_type, task_class
+from bertfit.tasks.registry import check_label_cells
 from bertfit.tasks.base import Task
 from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
 from bertfit.tokenizer import WordPieceTokenizer
@@ -86,6 +87,8 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         if config.train_file is None:
             logger.info("no --train-file: using the bundled tweets corpus %s", train_path)
         raw, train_report = read_raw(train_path, config)
+        check_label_cells([e.label for e in raw], [e.row for e in raw], config.label_separator,
+                          getattr(train_report, "label_column", None))  # a few odd cells never decide the task
         task_cls = choose_task(config, [e.label for e in raw])
         options["label_column"] = train_report.label_column
         train = parse_labels(task_cls, raw, train_report, options, skip_bad_rows=config.skip_bad_rows)
@@ -232,6 +235,7 @@ def _fine_tune_one(config: TrainConfig, *, resume: bool = False, overwrite: bool
 
 def _decide(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> tuple[TrainConfig, bool, bool]:
     """(config, resume, replace): what to do with the run directory (rank 0 reads it; all ranks follow)."""
+    check_resume_target(run, resume, overwrite)
     run.check_is_run()  # before its saved settings are read, and before a lock file is made in it
     hold_run(run.path, "train")  # one writer per run: a second trainer, or --resume of a running run, stops here
     saved = _saved_config(run)

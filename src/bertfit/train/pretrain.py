@@ -83,8 +83,9 @@ def _open_run(run: Any, config: Any, settings: PretrainSettings, resume: bool, o
     """(config, settings, resume, replace) for this run directory, decided as fine_tune decides."""
     from bertfit.train.config import TrainConfig
     from bertfit.train.run_lock import hold_run
-    from bertfit.train.setup import decide_run
+    from bertfit.train.setup import check_resume_target, decide_run
 
+    check_resume_target(run, resume, overwrite)
     run.check_is_run()  # a file, or a folder bertfit did not create, is refused before anything is read
     hold_run(run.path, "pretrain")  # one writer per run (released when pretrain() ends)
     saved_config = saved_settings = None
