@@ -110,3 +110,19 @@ def test_overwrite_keeps_user_files_inside_plots_and_checkpoints(tmp_path):
     left = sorted(str(p.relative_to(run.path)) for p in run.path.rglob("*"))
     assert left == ["checkpoints", "checkpoints/best-by-hand", "checkpoints/my-notes.txt", "notes.md", "plots",
                     "plots/mine.png", "plots/notes.txt"]
+
+
+def test_a_distributed_job_into_a_locked_run_ends_on_every_rank(tmp_path, tiny_model_dir):
+    """Only rank 0 takes the lock, inside on_writer: its refusal reaches every rank, so the job ends at
+    once with the message, instead of rank 1 waiting for a rank 0 that left."""
+    csv = write_csv(tmp_path / "reviews.csv", synthetic_rows(60, seed=5))
+    run = tmp_path / "run"
+    hold_run(run, "test")
+    try:
+        started = time.time()
+        out = bertfit([*train_args(tiny_model_dir, csv, run), "--nproc", "2", "--dist-timeout", "120"])
+        assert out.returncode != 0 and f"is being written by process {os.getpid()}" in out.stderr, out.stderr[-3000:]
+        assert time.time() - started < 110  # ended by the refusal, not by the distributed timeout
+        assert "Traceback" not in out.stderr
+    finally:
+        release_run(run)
