@@ -33,6 +33,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1",
        "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)}
 SERVE_CASES: list = []  # for the server's owner: (name, callable(folder, run) -> argv)
 EXTRA_CATALOGUES: list = []
+CLEANUPS: list = []  # callables run once every case has run
 
 
 def checksums(folder: Path, skip: set[Path]) -> dict[str, str]:
@@ -47,17 +48,26 @@ def checksums(folder: Path, skip: set[Path]) -> dict[str, str]:
 
 
 def run_case(name, folder: Path, argv, allowed: set[Path], stdin: bytes | None = None, rows_in: int | None = None,
-             output: Path | None = None) -> str | None:
+             output: Path | None = None, expect: tuple[int, ...] = (0, 2), stderr_has: tuple[str, ...] = (),
+             stderr_lacks: tuple[str, ...] = (), check=None) -> str | None:
+    """One case: ``expect`` the exit statuses it may end with; ``stderr_has``/``stderr_lacks`` what its
+    message must (not) say; ``check(folder, proc)``: a problem found in what it left, or None."""
     before = checksums(folder, allowed)
     proc = subprocess.run([*BERTFIT, *argv], capture_output=True, input=stdin, timeout=300, cwd=folder,
                           env=ENV)
     after = checksums(folder, allowed)
     err = proc.stderr.decode("utf-8", "replace")
     problems = []
-    if proc.returncode not in (0, 2):
-        problems.append(f"exit {proc.returncode}")
+    if proc.returncode not in expect:
+        problems.append(f"exit {proc.returncode} (expected {'/'.join(map(str, expect))})")
     if "Traceback" in err:
         problems.append("traceback")
+    problems += [f"stderr lacks {text!r}" for text in stderr_has if text not in err]
+    problems += [f"stderr says {text!r}" for text in stderr_lacks if text in err]
+    if check is not None:
+        found = check(folder, proc)
+        if found:
+            problems.append(found)
     changed = sorted(set(before) ^ set(after) | {k for k in before if k in after and before[k] != after[k]})
     if changed:
         problems.append(f"modified outside the run: {changed[:5]}")
@@ -155,8 +165,13 @@ def main() -> int:
         with ThreadPoolExecutor(max_workers=3) as pool:
             results = list(pool.map(lambda c: run_case(c[0], c[1], c[2], c[3], c[4].get("stdin"),
                                                        c[4].get("rows_in"),
-                                                       c[1] / c[4]["output"] if "output" in c[4] else None), cases))
+                                                       c[1] / c[4]["output"] if "output" in c[4] else None,
+                                                       **{k: v for k, v in c[4].items()
+                                                          if k in ("expect", "stderr_has", "stderr_lacks", "check")}),
+                                    cases))
     finally:
+        for cleanup in CLEANUPS:  # background processes a catalogue started (issue 33: a trainer holding a run)
+            cleanup()
         shutil.rmtree(root, ignore_errors=True)
     failures = [r for r in results if r]
     print(f"\n{len(cases)} hostile inputs, {len(cases) - len(failures)} passed, {len(failures)} failed "
@@ -167,4 +182,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hostile_runs  # issue 33: run directories, outputs, silent answers, messages
+
+    EXTRA_CATALOGUES.append(hostile_runs.catalogue)
+    CLEANUPS.append(hostile_runs.cleanup)
     raise SystemExit(main())

@@ -264,6 +264,72 @@ def server_log_problems(log_text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Scenarios (issue 33): cases that need a server of their own
+# ---------------------------------------------------------------------------------------------
+
+def scenario_abandoned_work(run: Path, tmp: Path) -> list[Outcome]:
+    """A request too large for the deadline gets its 504, and its work is dropped: requests sent right
+    after it are answered (200), not held behind the abandoned batch until they time out too."""
+    import threading
+
+    import httpx
+    from load_serve import Server
+
+    server = Server(run, tmp / "abandon.log", ["--timeout-s", "4", "--threads", "1", "--max-texts-per-request", "256",
+                                               "--max-queue", "1024"])
+    outcomes: list[Outcome] = []
+    try:
+        server.wait_ready()
+        big: dict = {}
+        texts = [("word " * 600 + str(i)) for i in range(256)]  # 256 x 512 tokens: far more than 4 s of work
+
+        def send_big() -> None:
+            big["status"] = httpx.post(server.url + "/predict", json={"texts": texts}, timeout=60).status_code
+
+        thread = threading.Thread(target=send_big)
+        thread.start()
+        thread.join(timeout=60)
+        outcomes.append(Outcome(Case("abandon: a request too large for its deadline", b"", frozenset({504})),
+                                big.get("status"), big.get("status") == 504))
+        for k in range(3):
+            status = httpx.post(server.url + "/predict", json={"texts": [f"small request {k}"]}, timeout=60).status_code
+            outcomes.append(Outcome(Case(f"abandon: a small request right after it ({k + 1})", b"", frozenset({200})),
+                                    status, status == 200))
+    finally:
+        server.stop()
+    return outcomes
+
+
+def scenario_ner_pairs(tmp: Path) -> list[Outcome]:
+    """A NER model refuses text pairs (422 naming "pairs") instead of reading each pair as two words."""
+    import httpx
+    from load_serve import Server
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import build_tiny_model_dir
+    from hostile_runs import conll
+
+    model = build_tiny_model_dir(tmp / "ner-model", words=["ann", "bob", "cara", "dan", "met", "saw", "good", "day",
+                                                           "bad", "film", "with", "and", "in", "paris"])
+    (tmp / "ner.conll").write_text(conll(40, 1))
+    subprocess.run([sys.executable, "-m", "bertfit", "-q", "train", "--model", str(model), "--task", "ner",
+                    "--train-file", str(tmp / "ner.conll"), "--output-dir", str(tmp / "ner-run"), "--max-steps", "2",
+                    "--max-length", "16", "--threads", "1"], check=True, capture_output=True)
+    server = Server(tmp / "ner-run", tmp / "ner.log", ["--threads", "1"])
+    outcomes: list[Outcome] = []
+    try:
+        server.wait_ready()
+        for name, body, expect in (("ner: pairs", {"texts": ["ann met bob"], "pairs": ["in paris"]}, 422),
+                                   ("ner: the same text alone", {"texts": ["ann met bob"]}, 200)):
+            answer = httpx.post(server.url + "/predict", json=body, timeout=60)
+            good = answer.status_code == expect and (expect == 200 or "pairs" in answer.text)
+            outcomes.append(Outcome(Case(name, b"", frozenset({expect})), answer.status_code, good))
+    finally:
+        server.stop()
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------
 # As a script
 # ---------------------------------------------------------------------------------------------
 
@@ -272,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, help="model directory to serve (default: MiniLM with a fresh head)")
     parser.add_argument("--server-flag", action="append", default=[], help="extra `bertfit serve` flag (repeatable)")
     parser.add_argument("--verbose", action="store_true", help="print every case")
+    parser.add_argument("--no-scenarios", action="store_true",
+                        help="skip the cases that start servers of their own (abandoned work, a NER model)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import httpx
@@ -289,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
             code = server.stop()
             time.sleep(0.1)
         log_text = (Path(tmp) / "server.log").read_text(encoding="utf-8", errors="replace")
+        if not args.no_scenarios:
+            scenarios = scenario_abandoned_work(run, Path(tmp)) + scenario_ner_pairs(Path(tmp))
+            for outcome in scenarios:
+                print(f"{'ok  ' if outcome.ok else 'FAIL'} {outcome.status!s:>4}  {outcome.case.name}")
+            outcomes += scenarios
+            for name in ("abandon.log", "ner.log"):
+                log_text += (Path(tmp) / name).read_text(encoding="utf-8", errors="replace")
     broken = failures(outcomes)
     problems = server_log_problems(log_text)
     five_xx = [f"{k} +{v:g}" for k, v in server_errors(before, after).items()]

@@ -9,8 +9,10 @@ order is a pure function of (seed, epoch), so a resumed run reproduces it exactl
 from __future__ import annotations
 
 import itertools
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -201,6 +203,25 @@ def collate(encoded: Sequence[Encoded], indices: Sequence[int], labels: Sequence
                  label_tensor, list(indices))
 
 
+class Abandoned(Exception):
+    """The caller stopped waiting for these outputs (stop_when's check said so): the rest is not computed."""
+
+
+_stop = threading.local()
+
+
+@contextmanager
+def stop_when(check: Callable[[], bool]) -> Iterator[None]:
+    """Within the block, :func:`engine_logits` on this thread checks ``check()`` before each batch and
+    raises Abandoned when it is true: the server drops the work of requests that all got their 504."""
+    previous = getattr(_stop, "check", None)
+    _stop.check = check
+    try:
+        yield
+    finally:
+        _stop.check = previous
+
+
 def engine_logits(engine, encoded: Sequence[Encoded], width: int, pad_id: int, *, max_tokens: int,
                   max_batch: int) -> np.ndarray | list[np.ndarray]:
     """The outputs of a prediction engine for every feature, in input order: the engine cuts the
@@ -213,7 +234,10 @@ def engine_logits(engine, encoded: Sequence[Encoded], width: int, pad_id: int, *
     lengths = [len(e.ids) for e in encoded]
     rows: list[np.ndarray | None] = [None] * len(encoded)
     per_token = False
+    stop = getattr(_stop, "check", None)
     for indices in engine.batches(lengths, max_tokens, max_batch):
+        if stop is not None and stop():
+            raise Abandoned(f"abandoned after {sum(r is not None for r in rows)} of {len(encoded)} features")
         result = np.asarray(engine.run(collate(encoded, indices, None, pad_id)))
         per_token = result.ndim == 3
         for row, i in enumerate(indices):

@@ -145,8 +145,10 @@ def positive_int(text: str) -> int:
     return value
 
 
-def check_output_file(output: Path, source: Path | None, flag: str) -> None:
-    """An output file must not be the input (also through links or another spelling), nor a directory."""
+def check_output_file(output: Path, source: Path | None, flag: str, model: str | None = None) -> None:
+    """An output file must not be the input (also through links or another spelling), nor a directory,
+    nor land in a run or model directory: ``model``'s (the one the command reads) or any other
+    (outputs.py)."""
     if source is not None:
         try:
             same = output.resolve() == source.resolve() or (output.exists() and os.path.samefile(output, source))
@@ -162,6 +164,9 @@ def check_output_file(output: Path, source: Path | None, flag: str) -> None:
             break
         if parent.exists() or parent.is_symlink():
             raise BertfitError(f"{flag} {output}: {parent} is not a directory")
+    from bertfit.predict.outputs import check_not_in_a_model
+
+    check_not_in_a_model(output, flag, [Path(model)] if model and Path(model).is_dir() else [])
 
 
 def module_doc(name: str) -> str | None:

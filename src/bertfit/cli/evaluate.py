@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from bertfit.predict.predictor import Predictor
     from bertfit.tasks.sequence import reading_options
 
+    if args.output:  # before the model loads: a refused output costs nothing
+        check_output_file(Path(args.output), Path(args.file), "--output", model=args.run)
     classifier = Predictor.load(args.run, int8=args.int8, engine=args.engine, bf16=args.bf16)
-    if args.output:
-        check_output_file(Path(args.output), Path(args.file), "--output")
     task = classifier.task
     saved = saved_reading(args.run)  # the columns the run was trained on, unless flags say otherwise
     settings = {"text_column": args.text_column or saved.get("text_column"),

@@ -193,6 +193,8 @@ def _predict_columns(classifier, args: argparse.Namespace, table, inputs: list[s
     else:
         text_column, pair_column = _run_columns(args, table)
         column, pair_column = predict_columns(table, text_column, pair_column)
+        if pair_column and not args.pair_column and not classifier.task.takes_pairs:
+            pair_column = None  # a column found by its name: a task of one text per input reads none
     texts = ["" if row.get(column) is None else str(row.get(column)) for row in table.rows]
     pairs = [str(row.get(pair_column) or "") for row in table.rows] if pair_column else None
     items: list = list(texts)
@@ -231,7 +233,7 @@ def _predict_file(classifier, args: argparse.Namespace) -> int:
 
     source = Path(args.file)
     output = Path(args.output) if args.output else source.with_name(f"{source.stem}.predictions{source.suffix}")
-    check_output_file(output, source, "--output")
+    check_output_file(output, source, "--output", model=args.run)
     table = read_table(args.file, encoding=args.encoding, **header_options(args))
     # Columns a task reads besides text (NER: "tokens", pre-tokenised words as a JSON list; question
     # answering: "question" and "context", each row one {"question", "context"} input), and the

@@ -88,6 +88,25 @@ def load_table(path: str, encoding: str | None) -> tuple[str, str, str]:
     return text, used, _detect_format(path, text)
 
 
+def loads_json(text: str) -> object:
+    """json.loads for every reader of every task: input nested deeper than the parser's stack (a
+    RecursionError) is a JSONDecodeError like any other invalid JSON, so each reader's row-level
+    handling names it instead of a traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text[:100], 0) from None
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of a text file, whatever ends them: \n, \r\n, or the old Mac's lone \r (read as one
+    line otherwise). A final line ending does not start an empty last line."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -117,6 +136,11 @@ def check_not_binary(path: str, data: bytes, encoding: str | None) -> None:
             f"{path} looks like a binary file (NUL byte at offset {nul}), not CSV/TSV/JSONL. "
             "If it is UTF-16 text without a byte-order mark, pass --encoding utf-16-le (or utf-16-be)"
         )
+    # Text has few control characters besides tab and line ends; compressed or executable data has ~10%.
+    controls = sum(block.count(bytes([c])) for c in (*range(1, 9), *range(14, 32), 127))
+    if len(block) >= 64 and controls * 20 > len(block):
+        raise DataError(f"{path} looks like a binary file ({controls} control bytes in its first {len(block)}), "
+                        "not CSV/TSV/JSONL text")
 
 
 def decode_bytes(path: str, data: bytes, encoding: str | None) -> tuple[str, str]:

@@ -47,7 +47,6 @@ Files are read whole into memory (fine for the hundreds of MB a text classifier 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
@@ -55,11 +54,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from bertfit.errors import DataError
 from bertfit.data.examples import DedupeReport, Example, LoadReport, Rejection, Table
-from bertfit.data.files import (LABEL_COLUMNS, TEXT_COLUMNS, DELIMITERS, MAX_LISTED, check_max_chars, check_unique_columns,
+from bertfit.data.files import (LABEL_COLUMNS, loads_json, TEXT_COLUMNS, DELIMITERS, MAX_LISTED, check_max_chars, check_unique_columns,
                            csv_header_and_records, field_count_problem, jsonl_columns_and_records,
                            load_table, preview, preview_columns, sort_labels)
 from bertfit.data.rows import RAW_LABELS, Collector, header_options, resolve_columns, RowBuilder
-from bertfit.data.splits import deduplicate, empty_split_warnings, stratified_split
+from bertfit.data.splits import deduplicate, empty_split_warnings, grouped_split, stratified_split
 from bertfit.data.tables import guard_cell, predict_columns, read_table, write_table
 
 logger = logging.getLogger(__name__)
@@ -76,6 +75,7 @@ __all__ = [
     "deduplicate",
     "empty_split_warnings",
     "examples_from_lists",
+    "grouped_split",
     "guard_cell",
     "label_names",
     "parse_label_map",
@@ -248,7 +248,7 @@ def parse_label_map(spec: str | Mapping) -> dict[str, str]:
     stripped = spec.strip()
     if stripped.startswith("{"):
         try:
-            obj = json.loads(stripped)
+            obj = loads_json(stripped)
         except ValueError as e:
             raise DataError(
                 f"label map {preview(spec, 60)} starts like JSON but is not valid JSON ({e}); " + _LABEL_MAP_SYNTAX

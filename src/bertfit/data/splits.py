@@ -53,6 +53,37 @@ def deduplicate(examples: list[Example]) -> tuple[list[Example], DedupeReport]:
     return kept, report
 
 
+def grouped_split(examples: list, fractions: tuple[float, float, float], seed: int,
+                  groups: list) -> tuple[list, list, list]:
+    """Split so that the examples of one group (``groups[i]`` is example i's) share a split: groups are
+    shuffled (seeded) and dealt out by the running count of examples, so each split holds about its
+    fraction of the examples; a split with a positive fraction gets at least one group when there are
+    enough. Each split keeps the input order of its examples."""
+    fractions = tuple(float(f) for f in fractions)  # type: ignore[assignment]
+    stratified_split([], fractions)  # the same checks of the fractions
+    members: dict = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    order = list(members)
+    random.Random(seed).shuffle(order)
+    total, seen = len(examples), 0
+    bounds = (fractions[0], fractions[0] + fractions[1])
+    chosen: list[list] = [[], [], []]
+    for group in order:
+        middle = (seen + len(members[group]) / 2) / max(total, 1)
+        chosen[0 if middle < bounds[0] else 1 if middle < bounds[1] else 2].append(group)
+        seen += len(members[group])
+    for k in (1, 2):  # a tiny file: take a group from the largest part rather than leave a split empty
+        if fractions[k] > 0 and not chosen[k] and len(order) >= 3:
+            donor = max((0, 1, 2), key=lambda j: len(chosen[j]))
+            chosen[k].append(chosen[donor].pop())
+    parts = []
+    for part in chosen:
+        indices = sorted(i for group in part for i in members[group])
+        parts.append([examples[i] for i in indices])
+    return parts[0], parts[1], parts[2]
+
+
 def stratified_split(
     examples: list[Example],
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),

@@ -105,9 +105,12 @@ class ExportGraph(nn.Module):
 def export_onnx(run: str | os.PathLike, output: str | os.PathLike, *, int8: bool = False, opset: int = 17,
                 check_file: str | None = None) -> dict:
     """Write ``output``/model.onnx (+ config and tokenizer) and check it; returns the check's figures."""
+    from bertfit.predict.outputs import check_export_directory
+
+    output = Path(output)
+    check_export_directory(output, resolve_model(run))  # a new, empty or previous export, never a run or model
     ort = require_onnx()
     source = Source.load(run)
-    output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model = source.model
     graph = ExportGraph(model).eval()  # export restores the wrapper's mode afterwards: make it eval too

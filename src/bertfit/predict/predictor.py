@@ -249,7 +249,7 @@ class Predictor:
     def predict_logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
                        max_tokens: int = 8192, max_batch: int = 128) -> Any:
         """The outputs per text (sequence tasks: an (N, num_labels) array of logits)."""
-        return self.outputs(_items(texts, pairs), max_tokens=max_tokens, max_batch=max_batch)[1]
+        return self.outputs(self._items(texts, pairs), max_tokens=max_tokens, max_batch=max_batch)[1]
 
     def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw) -> np.ndarray:
         """(len(texts), num_labels) probabilities, columns in ``self.labels`` order: softmax over the
@@ -263,7 +263,13 @@ class Predictor:
 
     def predictions(self, texts: Sequence, pairs: Sequence[str] | None = None, **kw) -> list[dict]:
         """One record per input, in input order (what predict prints and the server returns)."""
-        return self.records(_items(texts, pairs), **kw)
+        return self.records(self._items(texts, pairs), **kw)
+
+    def _items(self, texts: Sequence, pairs: Sequence[str] | None) -> list:
+        if pairs is not None and not self.task.takes_pairs:
+            raise BertfitError(f"a {self.task.name} model reads one text per input, not text pairs (pairs / "
+                               "--pair-column): give each text alone")
+        return _items(texts, pairs)
 
 
 def _items(texts: Sequence, pairs: Sequence[str] | None) -> list:

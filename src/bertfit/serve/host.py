@@ -141,6 +141,8 @@ class ModelHost:
         sorts its texts by length itself. If a call fails, its jobs are retried one by one, so one
         bad request cannot fail the requests it was batched with.
         """
+        from bertfit.batching import Abandoned, stop_when
+
         self._wait_at_gate()
         out: list[bytes | BaseException] = [b""] * len(jobs)
         for with_pairs in (False, True):
@@ -148,8 +150,15 @@ class ModelHost:
             if not group:
                 continue
             try:
-                for i, payload in zip(group, self._predict([jobs[i] for i in group])):
-                    out[i] = payload
+                # Work whose callers all stopped waiting (504, disconnect) is dropped between batches,
+                # so one abandoned large request does not hold up every request queued behind it.
+                with stop_when(lambda: all(jobs[i].abandoned for i in group)):
+                    for i, payload in zip(group, self._predict([jobs[i] for i in group])):
+                        out[i] = payload
+            except Abandoned as exc:
+                logger.info("dropped the work of %d abandoned request(s): %s", len(group), exc)
+                for i in group:
+                    out[i] = exc
             except Exception:  # noqa: BLE001 - isolate the failing request below
                 if len(group) == 1:
                     raise

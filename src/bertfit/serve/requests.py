@@ -193,6 +193,9 @@ def check_inputs(task: Any, items: Sequence[Any], pairs: Sequence[str] | None, s
     from bertfit.errors import BertfitError, InputError
 
     objects = bool(items) and isinstance(items[0], dict)
+    if pairs is not None and not getattr(task, "takes_pairs", True):
+        raise ApiError(422, "invalid_input", f'a {task.name} model reads one text per input: "pairs" is not taken',
+                       field="pairs")
     try:
         task.inputs(list(items) if pairs is None else list(zip(items, pairs)))
     except InputError as exc:

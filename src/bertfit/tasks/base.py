@@ -73,6 +73,10 @@ class Task(ABC):
     # `predict --file` reads these columns, and the server takes {field: ...} for one input or
     # {"inputs": [{field: ...}, ...]}. None here: texts (and pairs) only.
     input_columns: ClassVar[tuple[str, ...]] = ()
+    # Whether an input may be a (text, pair) two-segment pair (the server's "pairs", predict's
+    # --pair-column, Predictor(texts, pairs)). A task that reads one segment (NER) refuses pairs: a
+    # zipped (text, pair) would otherwise read as a two-word pre-tokenised sentence.
+    takes_pairs: ClassVar[bool] = True
     # Per-input options ``inputs`` reads next to those fields (QA: "top_k"), which the server passes on.
     input_options: ClassVar[tuple[str, ...]] = ()
     # Settings of this task's own (tasks/settings.py), declared in a torch-free module and listed in
@@ -140,6 +144,11 @@ class Task(ABC):
             shown = "; ".join(f"row {row}: {p}" for row, p in problems[:5])
             raise DataError(f"{where}: {len(problems)} label(s) do not fit the training data ({shown}"
                             f"{'; ...' if len(problems) > 5 else ''})")
+
+    def split_groups(self, examples: Sequence[Any]) -> list[Hashable] | None:
+        """Examples that must land in the same split when one file is split (QA: the questions of one
+        passage), so no test example shares its source with training; None: each example alone."""
+        return None
 
     def strata(self, labels: Sequence[Hashable]) -> list[str | None]:
         """The group each labelled example is stratified by when one file is split."""

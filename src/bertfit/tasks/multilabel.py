@@ -110,6 +110,10 @@ class MultiLabel(SequenceTask):
                 if text not in mapping:
                     raise LabelProblem(f"label {preview(text)} is not in the label map; add it to --label-map")
                 text = mapping[text]
+            separator = options.get("label_separator", ",")
+            if separator in text:  # a JSON-list item, or a mapped name: predictions join names with it
+                raise LabelProblem(f"label name {preview(text)} holds the separator {separator!r}, so predictions "
+                                   "written back would be ambiguous; rename it, or pass another --label-separator")
             items.append(text)
         return tuple(sort_labels(set(items)))
 

@@ -16,7 +16,6 @@ row-level error naming the file and row, or a counted skip with --skip-bad-rows.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Hashable, Mapping, Sequence
@@ -28,7 +27,7 @@ from torch import Tensor
 
 from bertfit.batching import Batch, EncodedSplit, collate
 from bertfit.data.examples import Example, LoadReport
-from bertfit.data.files import (DELIMITERS, MISSING, check_unique_columns, csv_header_and_records, field_count_problem,
+from bertfit.data.files import (DELIMITERS, loads_json, MISSING, check_unique_columns, csv_header_and_records, field_count_problem,
                                 jsonl_columns_and_records, load_table)
 from bertfit.data.rows import Collector
 from bertfit.errors import DataError, InputError
@@ -141,7 +140,7 @@ def check_choices(raw: Any) -> list[str]:
     """A list of at least two distinct, non-empty strings (a JSON-list string is read as its list)."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = loads_json(raw)
         except ValueError:
             raise ValueError(f"choices must be a list (in CSV a JSON list such as [\"a\", \"b\"]), got {raw[:40]!r}") from None
     if not isinstance(raw, (list, tuple)):

@@ -34,7 +34,7 @@ BY_PROBLEM_TYPE: dict[str, type[Task]] = {task.problem_type: task for task in TA
 # Integer labels with at most this many distinct values are classes (ratings 1-5, ids), not amounts.
 MAX_INTEGER_CLASSES = 20
 
-__all__ = ["TASKS", "Task", "LabelProblem", "task_class", "detect_problem_type"]
+__all__ = ["TASKS", "Task", "LabelProblem", "task_class", "detect_problem_type", "check_label_cells"]
 
 
 def task_class(name: str) -> type[Task]:
@@ -52,11 +52,60 @@ def _number(value: object) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
+        from bertfit.tasks.regression import PLAIN_NUMBER
+
+        # only plain ASCII numbers: '1_000', 'nan', 'inf' or other scripts' digits are names here
+        return float(value) if PLAIN_NUMBER.fullmatch(value.strip()) else None
     return None
+
+
+def _shape(cell: object, separator: str) -> str:
+    if isinstance(cell, (list, tuple)):
+        return "a JSON list"
+    if isinstance(cell, str) and separator in cell and _number(cell) is None:
+        return f"a list joined by {separator!r}"
+    if _number(cell) is not None:
+        return "a number"
+    return "a name"
+
+
+def check_label_cells(raw_labels: Sequence[object], rows: Sequence[int], separator: str = ",",
+                      column: str | None = None) -> None:
+    """Refuse (DataError) label cells whose problem type a few odd cells decide: when at most 5% of the
+    cells (one is enough) change what :func:`detect_problem_type` would find from the others, or when
+    cells are numbers joined by the separator (a decimal comma, or several targets?). The error names
+    the rows, the column and the flag that says what the user means."""
+    from bertfit.errors import DataError
+
+    where = f" of column {column!r}" if column else ""
+    kept = [(c, r) for c, r in zip(raw_labels, rows) if c is not None]
+    # Whole numbers joined ('2,27') are label ids (GoEmotions); with a fraction ('3.5,1') they are targets
+    # or a typo, never the names of classes.
+    joined_numbers = [(c, r) for c, r in kept if isinstance(c, str) and separator in c
+                      and all(_number(part) is not None for part in c.split(separator))
+                      and not all(float(_number(part) or 0).is_integer() for part in c.split(separator))]
+    if joined_numbers:
+        shown = "; ".join(f"row {r}: {c!r:.40}" for c, r in joined_numbers[:3])
+        raise DataError(f"{len(joined_numbers)} label cell(s){where} are numbers joined by {separator!r} ({shown}): "
+                        "several targets per row? pass --problem-type regression; names? --problem-type multi-label")
+    if len(kept) < 2:
+        return
+    shapes: dict[str, list[tuple[object, int]]] = {}
+    for cell, row in kept:
+        shapes.setdefault(_shape(cell, separator), []).append((cell, row))
+    found = detect_problem_type([c for c, _ in kept], separator)[0]
+    for shape, cells in shapes.items():
+        if len(cells) > max(1, 0.05 * len(kept)) or len(cells) == len(kept):
+            continue
+        others = [c for c, _ in kept if _shape(c, separator) != shape]
+        instead = detect_problem_type(others, separator)[0]
+        if instead != found:
+            shown = "; ".join(f"row {r}: {c!r:.40}" for c, r in cells[:5])
+            raise DataError(
+                f"{len(cells)} of {len(kept)} label cells{where} are {shape} ({shown}{'; ...' if len(cells) > 5 else ''}) "
+                f"and make the labels read as {found}, where the others read as {instead}; say which: pass "
+                f"--problem-type {instead} (the odd rows are then refused by row, or skipped with --skip-bad-rows), "
+                f"or --problem-type {found}")
 
 
 def detect_problem_type(raw_labels: Sequence[object], separator: str = ",") -> tuple[str, str]:

@@ -12,6 +12,7 @@ Metrics: Pearson, Spearman, RMSE, MAE, R² (averaged over targets, and per targe
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -23,6 +24,12 @@ from bertfit.errors import ConfigError
 from bertfit.report.document import Image, Paragraph, Strong, Table, fmt_int, fmt_score
 from bertfit.tasks.base import LabelProblem
 from bertfit.tasks.sequence import SequenceTask, preview, split_cell
+
+#: A target cell as text: ASCII digits, '.' decimal point, optional sign and exponent (what float() reads
+#: beyond this, e.g. '1_000', 'inf', Arabic-Indic digits, is refused with the row, not guessed at).
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+#: Larger targets overflow the fp32 loss and statistics (their squares pass 3.4e38): the row is named instead.
+MAX_TARGET = 1e15
 
 
 class Regression(SequenceTask):
@@ -60,12 +67,19 @@ class Regression(SequenceTask):
         for item in split_cell(raw, options.get("label_separator", ",")):
             if isinstance(item, bool) or item is None or isinstance(item, (list, dict)):
                 raise LabelProblem(f"target {preview(item)} is not a number")
+            if isinstance(item, str) and item.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+                raise LabelProblem(f"target {preview(item)} is not a finite number (NaN or infinite)")
+            if isinstance(item, str) and not PLAIN_NUMBER.fullmatch(item.strip()):
+                # float() also takes '1_000', 'inf', 'nan' and other scripts' digits: refused, not guessed
+                raise LabelProblem(f"target {preview(item)} is not a number (a plain one: digits 0-9, an optional sign, "
+                                   "'.' as the decimal point, an optional exponent, e.g. 3.5, -2, 1e-3)")
             try:
                 value = float(item.strip() if isinstance(item, str) else item)  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 raise LabelProblem(f"target {preview(item)} is not a number") from None
-            if not math.isfinite(value):
-                raise LabelProblem(f"target {preview(item)} is not a finite number (NaN or infinite)")
+            if not math.isfinite(value) or abs(value) > MAX_TARGET:
+                raise LabelProblem(f"target {preview(item)} is {'not a finite number' if not math.isfinite(value) else 'too large'}"
+                                   f" (at most {MAX_TARGET:g} in size: larger targets overflow the loss)")
             values.append(value)
         if not values:
             raise LabelProblem("target list is empty")
@@ -76,6 +90,12 @@ class Regression(SequenceTask):
         arities = {len(row) for row in labels}  # type: ignore[arg-type]
         arity = max(arities, key=lambda a: sum(len(row) == a for row in labels))  # type: ignore[arg-type]
         column = str(options.get("label_column") or "target")
+        if arity > 1:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "regression: %d targets per row (cells split on %r); if that separator is a decimal comma, write 3.5 "
+                "for 3,5", arity, options.get("label_separator", ","))
         return [column] if arity == 1 else [f"{column}_{i + 1}" for i in range(arity)]
 
     def check_label(self, label: Hashable) -> str | None:

@@ -17,15 +17,17 @@ import numpy as np
 
 from bertfit.data import labelled as data_mod
 from bertfit.train import dist
-from bertfit.train.setup import configure_threads, decide_run, run_job, select_device
+from bertfit.train.setup import check_resume_target, configure_threads, decide_run, run_job, select_device
 from bertfit.artifact import write_task
 from bertfit.weights import load_model, save_model
 from bertfit.hub import resolve_model
 from bertfit.data.labelled import Example
 from bertfit.errors import BertfitError, DataError
 from bertfit.train.run_dir import RunDir
+from bertfit.train.run_lock import hold_run, release_run
 from bertfit.io import write_json_atomic
 from bertfit.tasks import detect_problem_type, task_class
+from bertfit.tasks.registry import check_label_cells
 from bertfit.tasks.base import Task
 from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
 from bertfit.tokenizer import WordPieceTokenizer
@@ -85,6 +87,8 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         if config.train_file is None:
             logger.info("no --train-file: using the bundled tweets corpus %s", train_path)
         raw, train_report = read_raw(train_path, config)
+        check_label_cells([e.label for e in raw], [e.row for e in raw], config.label_separator,
+                          getattr(train_report, "label_column", None))  # a few odd cells never decide the task
         task_cls = choose_task(config, [e.label for e in raw])
         options["label_column"] = train_report.label_column
         train = parse_labels(task_cls, raw, train_report, options, skip_bad_rows=config.skip_bad_rows)
@@ -147,6 +151,9 @@ def prepare_data(config: TrainConfig) -> PreparedData:
 
 
 def _split(task: Task, examples: list[Example], fractions: tuple, seed: int) -> tuple[list[Example], ...]:
+    groups = task.split_groups(examples)
+    if groups is not None:  # e.g. QA by passage: no leakage by construction
+        return data_mod.grouped_split(examples, fractions, seed=seed, groups=groups)
     strata = dict(zip(map(id, examples), task.strata([e.label for e in examples])))
     return data_mod.stratified_split(examples, fractions, seed=seed, stratum=lambda e: strata[id(e)])
 
@@ -220,12 +227,17 @@ def _fine_tune_one(config: TrainConfig, *, resume: bool = False, overwrite: bool
                    callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
     started = time.perf_counter()
     d = dist.init(select_device(config.device))
-    return run_job(d, lambda: _fine_tune(config, d, started, resume, overwrite, callback))
+    try:
+        return run_job(d, lambda: _fine_tune(config, d, started, resume, overwrite, callback))
+    finally:
+        release_run(config.output_dir)  # taken by _decide (rank 0)
 
 
 def _decide(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> tuple[TrainConfig, bool, bool]:
     """(config, resume, replace): what to do with the run directory (rank 0 reads it; all ranks follow)."""
-    run.check_is_run()  # before its saved settings are read
+    check_resume_target(run, resume, overwrite)
+    run.check_is_run()  # before its saved settings are read, and before a lock file is made in it
+    hold_run(run.path, "train")  # one writer per run: a second trainer, or --resume of a running run, stops here
     saved = _saved_config(run)
     use_saved, resume, replace = decide_run(run, saved, saved is not None and saved.to_dict() == config.to_dict(),
                                             resume, overwrite)

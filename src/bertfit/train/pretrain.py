@@ -82,9 +82,12 @@ class PretrainResult:
 def _open_run(run: Any, config: Any, settings: PretrainSettings, resume: bool, overwrite: bool) -> tuple[Any, PretrainSettings, bool, bool]:
     """(config, settings, resume, replace) for this run directory, decided as fine_tune decides."""
     from bertfit.train.config import TrainConfig
-    from bertfit.train.setup import decide_run
+    from bertfit.train.run_lock import hold_run
+    from bertfit.train.setup import check_resume_target, decide_run
 
+    check_resume_target(run, resume, overwrite)
     run.check_is_run()  # a file, or a folder bertfit did not create, is refused before anything is read
+    hold_run(run.path, "pretrain")  # one writer per run (released when pretrain() ends)
     saved_config = saved_settings = None
     if run.file("train_config.json").exists() and run.file(SETTINGS_FILE).exists():
         try:
@@ -134,8 +137,13 @@ def pretrain(config: Any, settings: PretrainSettings, *, resume: bool = False, o
     from bertfit.train.setup import run_job, select_device
 
     started = time.perf_counter()
+    from bertfit.train.run_lock import release_run
+
     d = dist.init(select_device(config.device), command="pretrain")
-    return run_job(d, lambda: _pretrain(config, settings, d, started, resume, overwrite, callback))
+    try:
+        return run_job(d, lambda: _pretrain(config, settings, d, started, resume, overwrite, callback))
+    finally:
+        release_run(config.output_dir)  # taken by _open_run (rank 0)
 
 
 def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, resume: bool, overwrite: bool,

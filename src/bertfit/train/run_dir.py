@@ -38,6 +38,7 @@ import torch
 
 from bertfit.errors import BertfitError, CheckpointError
 from bertfit.io import fsync_dir, fsync_file, json_default, sha256_file, write_bytes_durably
+from bertfit.train.run_lock import LOCK_FILE, MARKER, RUN_ENTRIES
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +48,8 @@ UNUSABLE_PREFIX = "unusable-"
 CHECKPOINT_FILES = ("model.safetensors", "trainer.pt", "state.json")
 MANIFEST_FORMAT = 1
 
-#: The file that says "bertfit created this directory"; --overwrite replaces nothing without it
-#: (except a run from before the marker, made only of RUN_ENTRIES and holding train_config.json).
-MARKER = ".bertfit-run"
-#: Every name bertfit writes at the top of a run directory. Add a name here when bertfit starts
-#: writing a new one: replacing a run deletes these and keeps everything else.
-RUN_ENTRIES = frozenset({
-    MARKER, "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-    "special_tokens_map.json", "train_config.json", "data.json", "split.json", "metrics.json",
-    "metrics.jsonl", "report.md", "report.html", "plots", "checkpoints", "task.json", "precision.json",
-    "seeds",  # `train --seeds N`: one run per seed (seeds.py)
-})
-
+# The marker, the lock file and the names bertfit writes live in run_lock.py (torch-free: the CLI's
+# output-path guards read them).
 # Every place inside a checkpoint save where BERTFIT_CRASH_AT can kill the process (in order).
 CRASH_POINTS = ("after_weights", "after_trainer_state", "before_manifest", "after_manifest", "before_rename",
                 "after_rename", "during_prune")
@@ -130,7 +121,8 @@ class RunDir:
                 or (name.startswith(".") and name.endswith(".tmp")))
 
     def entries(self) -> list[str]:
-        return sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+        """The names at the top of the directory, but the lock file (which a killed run may leave behind)."""
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE) if self.path.is_dir() else []
 
     def foreign_entries(self) -> list[str]:
         """Names at the top of the directory that bertfit does not write."""
@@ -156,25 +148,63 @@ class RunDir:
         self.check_is_run()
 
     def replace(self) -> None:
-        """Delete bertfit's own entries of the run here (after :meth:`check_replaceable`); keep the rest."""
+        """Delete bertfit's own entries of the run here (after :meth:`check_replaceable`); keep the rest,
+        inside plots/, checkpoints/ and seeds/ too (see :meth:`_owned_inside`)."""
         self.check_replaceable()
         if not self.path.is_dir():
             return
-        kept = self.foreign_entries()
-        for name in self.entries():
-            if name in kept:
+        kept = self._remove_owned(self.path, self.foreign_entries(), "")
+        fsync_dir(self.path)
+        logger.warning("--overwrite: replaced the run in %s%s", self.path,
+                       f" (kept what bertfit did not write: {', '.join(kept[:10])}"
+                       f"{f', ... ({len(kept)} in all)' if len(kept) > 10 else ''})" if kept else "")
+
+    def _remove_owned(self, directory: Path, foreign: list[str], prefix: str) -> list[str]:
+        """Delete everything in ``directory`` but ``foreign``; folders that may hold a user's files are
+        entered and only bertfit's entries deleted. Returns what was kept, as paths relative to the run."""
+        kept = [prefix + name for name in foreign]
+        for name in sorted(p.name for p in directory.iterdir()):
+            entry = directory / name
+            if name in foreign or name == LOCK_FILE:
                 continue
-            entry = self.path / name
-            if entry.is_dir() and not entry.is_symlink():
+            if not prefix and name in ("plots", "checkpoints", "seeds") and entry.is_dir() and not entry.is_symlink():
+                inner = [p.name for p in entry.iterdir() if not self._owned_inside(name, p)]
+                kept += self._remove_owned(entry, inner, f"{name}/")
+                if not inner:
+                    entry.rmdir()
+            elif entry.is_dir() and not entry.is_symlink():
                 # Renamed first (atomic), so a crash mid-delete leaves nothing that looks like a run part.
-                doomed = self.path / f"{TEMPORARY_PREFIX}replaced-{name}-{os.getpid()}"
+                doomed = directory / f"{TEMPORARY_PREFIX}replaced-{name}-{os.getpid()}"
                 os.replace(entry, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)  # a symlink is removed, never followed
-        fsync_dir(self.path)
-        logger.warning("--overwrite: replaced the run in %s%s", self.path,
-                       f" (kept what bertfit did not write: {', '.join(kept[:10])})" if kept else "")
+        return kept
+
+    def _owned_inside(self, folder: str, entry: Path) -> bool:
+        """Whether bertfit wrote ``entry`` of the run's ``folder``: a checkpoint (step-N, its temporaries and
+        set-aside copies), a plot the report shows (report.md/.html link plots/NAME.png), a seed's run."""
+        name = entry.name
+        if name.startswith(TEMPORARY_PREFIX) or (name.startswith(".") and name.endswith(".tmp")):
+            return True
+        if folder == "checkpoints":
+            return bool(CHECKPOINT.match(name.removeprefix(UNUSABLE_PREFIX))) and entry.is_dir()
+        if folder == "plots":
+            return name.endswith(".png") and f"plots/{name}" in self._report_text()
+        if folder == "seeds":
+            return bool(re.fullmatch(r"seed-\d+", name)) and RunDir(entry).is_run() and not RunDir(entry).foreign_entries()
+        return False
+
+    def _report_text(self) -> str:
+        if not hasattr(self, "_report_cache"):
+            texts = []
+            for report in ("report.md", "report.html"):
+                try:
+                    texts.append((self.path / report).read_text(encoding="utf-8", errors="replace"))
+                except OSError:
+                    pass
+            self._report_cache = "\n".join(texts)
+        return self._report_cache
 
     def sweep_temporaries(self) -> None:
         """Remove half-written files and checkpoints left by a crash (they were never renamed into place)."""

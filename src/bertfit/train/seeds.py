@@ -19,12 +19,14 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bertfit.errors import BertfitError
 from bertfit.train.run_dir import RunDir
+from bertfit.train.run_lock import hold_run, release_run
 from bertfit.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,17 @@ def run_seeds(config: Any, run_one: Callable[..., Any], *, resume: bool = False,
     returns the best seed's result, its run_dir and metrics those of the top directory."""
     root = RunDir(config.output_dir)
     root.check_is_run()
+    if os.environ.get("RANK", "0") != "0":  # a distributed job: rank 0 alone writes (and locks) the run
+        return _run_seeds(config, root, run_one, resume, overwrite, callback)
+    hold_run(root.path, "train")  # one writer per run, for all its seeds
+    try:
+        return _run_seeds(config, root, run_one, resume, overwrite, callback)
+    finally:
+        release_run(root.path)
+
+
+def _run_seeds(config: Any, root: RunDir, run_one: Callable[..., Any], resume: bool, overwrite: bool,
+               callback: Callable | None) -> Any:
     saved = root.file("train_config.json")
     started = (root.path / SEEDS_DIR).is_dir()
     if overwrite:

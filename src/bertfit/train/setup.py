@@ -49,6 +49,20 @@ def run_job(d: Any, work: Callable[[], T]) -> T:
     return result
 
 
+def check_resume_target(run: Any, resume: bool, overwrite: bool) -> None:
+    """``--resume RUN`` names a run: a missing path, a file or a folder bertfit did not make is refused
+    in --resume's own words (not --output-dir's), before anything is read or locked."""
+    if not resume or overwrite:
+        return
+    if not run.path.exists():
+        raise BertfitError(f"--resume {run.path}: no such directory; pass a run directory that train or pretrain wrote")
+    if not run.path.is_dir():
+        raise BertfitError(f"--resume {run.path} is a file; pass a run directory that train or pretrain wrote")
+    if not run.is_run():
+        raise BertfitError(f"--resume {run.path}: not a bertfit run (no bertfit marker or train_config.json); pass a "
+                           "run directory that train or pretrain wrote")
+
+
 def decide_run(run: Any, saved: Any, same: bool, resume: bool, overwrite: bool) -> tuple[bool, bool, bool]:
     """(use_saved, resume, replace) for run directory ``run``: whether to continue with the saved
     settings, whether to resume from a checkpoint, and whether the old contents are replaced (only
@@ -67,7 +81,7 @@ def decide_run(run: Any, saved: Any, same: bool, resume: bool, overwrite: bool) 
             logger.warning("%s already holds checkpoints of this run: resuming it (pass --overwrite to start again)",
                            run.path)
         return False, True, False
-    if run.path.exists() and any(run.path.iterdir()):
+    if run.entries():  # (the lock file a killed run left behind is not content)
         finished = run.file("metrics.json").exists()
         if not finished and saved is not None and (resume or same):
             # Killed before its first checkpoint: nothing to resume, nothing of value to keep.

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from bertfit.errors import DataError
 from bertfit.data.examples import Rejection
+from bertfit.data.files import loads_json, split_lines
 from bertfit.tasks.ner.entities import OUTSIDE, SCHEMES, detect_scheme, split_tag, to_iob2
 from bertfit.tasks.settings import Setting
 
@@ -193,7 +194,7 @@ def detect_format(path: str, text: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for line in split_lines(text) if line.strip()), "")
     return "jsonl" if first.lstrip().startswith("{") else "conll"
 
 
@@ -266,8 +267,7 @@ def _conll(text: str, options: Mapping[str, Any], report: NerReadReport) -> list
                 out.append(("tokens", words, tags, start))
         words, tags, problem = [], [], None
 
-    for number, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
+    for number, line in enumerate(split_lines(text), 1):
         if not line.strip():
             close()
             continue
@@ -321,11 +321,11 @@ def _entity(item: Any) -> tuple[int, int, str]:
 
 def _jsonl(text: str, report: NerReadReport) -> list[tuple]:
     out: list[tuple] = []
-    for number, line in enumerate(text.split("\n"), 1):
+    for number, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = loads_json(line)
         except json.JSONDecodeError as e:
             report.rejected.append(Rejection(number, f"not valid JSON ({e.msg} at column {e.colno})"))
             continue

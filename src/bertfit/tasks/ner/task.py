@@ -60,6 +60,7 @@ class NER(Task):
     metric_labels: ClassVar[dict[str, str]] = {**Task.metric_labels, "f1": "entity F1", "macro_f1": "macro entity F1"}
     mistake_score = "confidence"
     input_columns: ClassVar[tuple[str, ...]] = ("tokens",)  # predict --file: pre-tokenised rows
+    takes_pairs: ClassVar[bool] = False  # one sentence per input: entities' offsets are into that text
     settings = NER_SETTINGS  # tag_column, tag_scheme (reading), label_all_subwords (encoding)
 
     def configure(self, label_all_subwords: bool = False, window_stride: int | None = None, **state: Any) -> None:
@@ -82,6 +83,9 @@ class NER(Task):
     @classmethod
     def read(cls, path: Any, config: Any, options: Mapping[str, Any], known: "Task | None" = None):
         get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
+        if get("pair_column"):
+            raise DataError(f"--pair-column {get('pair_column')}: a NER model reads one sentence per row, not text "
+                            "pairs; leave --pair-column out (or train a sequence task on pairs)")
         sentences, report = read_ner_file(str(path), {
             "tag_column": get("tag_column", -1), "tag_scheme": get("tag_scheme", "auto"),
             "encoding": get("encoding"), "skip_bad_rows": bool(get("skip_bad_rows", False))})

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bertfit.errors import DataError
+from bertfit.data.files import check_not_binary, split_lines
 
 logger = logging.getLogger("bertfit.data.labelled")
 
@@ -152,6 +153,7 @@ def _read_bytes(path: Path) -> bytes:
 def _decode(path: Path, data: bytes, encoding: str | None, report: CorpusReport) -> str:
     if b"\x00" in data[:8192]:
         raise DataError(f"{path}: looks binary (NUL bytes), not text; pass plain text, CSV/TSV or JSON lines")
+    check_not_binary(str(path), data, encoding)  # the labelled readers' test: control bytes, known formats
     if encoding:
         try:
             text = data.decode(encoding)
@@ -172,12 +174,17 @@ def _decode(path: Path, data: bytes, encoding: str | None, report: CorpusReport)
 
 def _read_text(path: Path, fmt: str, max_chars: int, encoding: str | None, report: CorpusReport) -> list[Document]:
     text = _decode(path, _read_bytes(path), encoding, report)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line; it is not an empty line
-    lines = [line.rstrip("\r") for line in lines]
+    lines = split_lines(text)  # \n, \r\n and the old Mac's lone \r all end a line
     if fmt == "auto":
-        fmt = "sentences" if any(not line.strip() for line in lines) else "documents"
+        # Only blank lines between text lines mark documents: blank lines at the start or the end of a
+        # file (an editor's trailing newline) never change how the whole file is read.
+        filled = [i for i, line in enumerate(lines) if line.strip()]
+        interior = sum(1 for line in lines[filled[0]:filled[-1] + 1] if not line.strip()) if filled else 0
+        fmt = "sentences" if interior else "documents"
+        if interior and interior * 100 < len(filled):
+            logger.warning("%s: %d blank line(s) among %d lines: read as one sentence a line, documents between blank "
+                           "lines; pass --corpus-format documents if each line is a document", path, interior,
+                           len(filled))
     report.formats[str(path)] = fmt
     documents: list[Document] = []
     current: list[str] = []
@@ -238,7 +245,7 @@ def _read_table(path: Path, column: str | None, max_chars: int, encoding: str | 
                                        encoding=encoding, max_chars=max_chars)
     except DataError as exc:
         message = str(exc).replace(str(source), str(path)) if tmp else str(exc)
-        raise DataError(message) from None
+        raise DataError(message.replace("--text-column", "--corpus-column")) from None  # pretrain's flag
     finally:
         if tmp:
             os.unlink(tmp)

@@ -8,11 +8,14 @@ masks left in place (the pipeline's behaviour: the masks are not filled jointly)
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import torch
 
 from bertfit.errors import BertfitError, DataError
+
+logger = logging.getLogger(__name__)
 
 
 def fill_mask(model: Any, tokenizer: Any, text: str, top_k: int = 5) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
@@ -26,6 +29,10 @@ def fill_mask(model: Any, tokenizer: Any, text: str, top_k: int = 5) -> list[dic
     encoded = tokenizer.encode([text], max_length=max_length)[0]
     ids = encoded.ids
     positions = [i for i, t in enumerate(ids) if t == mask_id]
+    given = sum(1 for t in tokenizer.encode_pieces([text])[0] if t == mask_id)
+    if len(positions) < given:  # masks past the model's length are cut away: never answer fewer than asked
+        raise DataError(f"the text has {given} [MASK] but only the first {len(positions)} fit in this model's "
+                        f"{max_length} tokens; shorten the text (or put the masks earlier)")
     if not positions:
         raise DataError(f"no [MASK] in {text!r}; write [MASK] where a word should be guessed, e.g. \"That's [MASK] she [MASK].\"")
     model.eval()
@@ -54,7 +61,16 @@ def next_sentence(model: Any, tokenizer: Any, first: str, second: str) -> float:
     if getattr(model, "nsp", None) is None:
         raise BertfitError("this model has no next-sentence-prediction head (cls.seq_relationship); "
                            "it was trained without NSP (a BertForMaskedLM checkpoint, or bertfit pretrain --no-nsp)")
-    encoded = tokenizer.encode([first], [second], max_length=model.config.max_position_embeddings)[0]
+    for name, sentence in (("sentence A", first), ("sentence B", second)):
+        if not sentence.strip():
+            raise DataError(f"{name} is empty; next-sentence prediction compares two sentences")
+    max_length = model.config.max_position_embeddings
+    lengths = [len(pieces) for pieces in tokenizer.encode_pieces([first, second])]
+    if sum(lengths) + 3 > max_length:  # [CLS] A [SEP] B [SEP]
+        logger.warning("the two sentences are %d + %d tokens; the model reads %d in all, so %d tokens are cut from "
+                       "the longer one: P(IsNext) is for the truncated pair", lengths[0], lengths[1], max_length,
+                       sum(lengths) + 3 - max_length)
+    encoded = tokenizer.encode([first], [second], max_length=max_length)[0]
     model.eval()
     with torch.no_grad():
         ids = torch.tensor([encoded.ids])

@@ -16,7 +16,6 @@ label is silently wrong. A question without answers is "no answer" (v2.0) only w
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any, Iterator, Mapping
 
 from bertfit.errors import DataError
 from bertfit.data.examples import LoadReport, Rejection
+from bertfit.data.files import loads_json, split_lines
 from bertfit.tasks.settings import INT_MAX, Setting
 
 DOC_STRIDE = 128  # tokens of overlap between the windows over a long context (run_qa.py's default)
@@ -252,11 +252,11 @@ def _squad_records(path: str, doc: Any) -> Iterator[tuple[int, Mapping[str, Any]
 
 
 def _jsonl_records(text: str) -> Iterator[tuple[int, Mapping[str, Any] | None, str, Any, str | None]]:
-    for i, line in enumerate(text.split("\n"), start=1):
+    for i, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = loads_json(line)
         except ValueError as e:
             yield i, None, "", None, f"invalid JSON: {getattr(e, 'msg', e)}"
             continue
@@ -280,7 +280,7 @@ def read_qa(path: str | os.PathLike, *, skip_bad_rows: bool = False, require_ans
     is_json_doc = stripped.startswith("{") and '"data"' in stripped[:4096] and not _single_line_object(stripped)
     if is_json_doc:
         try:
-            doc = json.loads(text)
+            doc = loads_json(text)
         except ValueError as e:
             raise DataError(f"{path}: invalid JSON ({getattr(e, 'msg', e)} at line {getattr(e, 'lineno', '?')}); "
                             "fix the file, or write one question per line as JSON Lines") from None
@@ -337,8 +337,8 @@ def _single_line_object(text: str) -> bool:
     if not rest.strip():
         return False
     try:
-        json.loads(first)
-        json.loads(rest.strip().partition("\n")[0])
+        loads_json(first)
+        loads_json(rest.strip().partition("\n")[0])
         return True
     except ValueError:
         return False

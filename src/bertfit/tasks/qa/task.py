@@ -87,6 +87,11 @@ class QuestionAnswering(Task):
         return read_qa(path, skip_bad_rows=bool(_setting(settings, "skip_bad_rows", False)),
                        max_chars=_setting(settings, "max_chars", 100_000) * 10)
 
+    def split_groups(self, examples: Sequence[Any]) -> list[Hashable] | None:
+        # By passage: questions over one context go to one split, or the test set's passages (and often
+        # their answers) would be read in training and EM/F1 would be optimistic.
+        return [e.text_pair for e in examples]
+
     @classmethod
     def parse_label(cls, raw: object, options: Mapping[str, Any]) -> Hashable:
         return raw  # answers are checked against their context while reading (qa_data.check_example)
