@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from bertfit.cli.common import saved_reading, TRAIN_HELP, add_header_arguments, check_output_file, header_options
 from bertfit.predict.engines import add_engine_argument

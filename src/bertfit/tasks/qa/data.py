@@ -19,7 +19,6 @@ import gzip
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from bertfit.errors import DataError

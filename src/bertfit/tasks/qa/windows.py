@@ -18,7 +18,7 @@ Each context token is scored only from the window where it has the most context 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
