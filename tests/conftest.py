@@ -215,3 +215,39 @@ def no_dropout_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_csv(tmp_path_factory) -> Path:
     return write_csv(tmp_path_factory.mktemp("synthetic") / "reviews.csv", synthetic_rows(800, seed=1))
+
+
+def interrupt_at_step(step: int, run) -> None:
+    """Run ``run()`` (a training call) with a KeyboardInterrupt raised during its ``step``-th optimizer
+    step, as a Ctrl-C would arrive there; the test then resumes the run and compares it with one never
+    interrupted."""
+    from bertfit.train.loop import Trainer
+
+    real_step, calls = Trainer._optimizer_step, {"n": 0}
+
+    def dying_step(self, group):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_step(self, group)
+
+    Trainer._optimizer_step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        Trainer._optimizer_step = real_step
+
+
+def expected_stop(values: list[float], patience: int, lower_is_better: bool = False) -> int | None:
+    """The index of the evaluation at which `patience` stops training: the patience-th in a row
+    that does not beat the best so far (strictly)."""
+    best, without = None, 0
+    for i, v in enumerate(values):
+        if best is None or (v < best if lower_is_better else v > best):
+            best, without = v, 0
+        else:
+            without += 1
+            if without == patience:
+                return i
+    return None

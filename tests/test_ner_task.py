@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from conftest import build_tiny_model_dir
+from conftest import build_tiny_model_dir, expected_stop, interrupt_at_step
 
 FILLER = "the a this that we they saw met visited near with from and today yesterday said".split()
 FIRST = "john mary peter anna paul lisa mark sara".split()
@@ -179,7 +179,6 @@ def test_resume_with_class_weights_is_exact(tmp_path, ner_model_dir):
     from safetensors.torch import load_file
 
     from bertfit.train.finetune import fine_tune
-    from bertfit.train.loop import Trainer
     from bertfit.train.config import TrainConfig
 
     train = write_conll(tmp_path / "train.conll", 120, 4)
@@ -194,20 +193,7 @@ def test_resume_with_class_weights_is_exact(tmp_path, ner_model_dir):
     assert evals and all("f1" in r for r in evals)
     assert json.loads((reference.run_dir / "task.json").read_text())["state"]["window_stride"] == 6
     interrupted = config.replace(output_dir=str(tmp_path / "b"))
-    real_step, calls = Trainer._optimizer_step, {"n": 0}
-
-    def dying_step(self, group):
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise KeyboardInterrupt
-        return real_step(self, group)
-
-    Trainer._optimizer_step = dying_step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fine_tune(interrupted)
-    finally:
-        Trainer._optimizer_step = real_step
+    interrupt_at_step(11, lambda: fine_tune(interrupted))
     resumed = fine_tune(interrupted, resume=True)
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "examples_per_s")} for r in h]  # noqa: E731
     assert strip(resumed.train.history) == strip(reference.train.history)
@@ -319,19 +305,6 @@ def test_training_steps_equal_transformers_adamw_on_the_same_batches(tmp_path, m
         assert torch.allclose(final[name], p.detach(), atol=1e-5), name
 
 
-def _stop_index(values: list[float], patience: int) -> int | None:
-    """The evaluation at which `patience` stops a run: the patience-th in a row not strictly above the best."""
-    best, without = None, 0
-    for i, v in enumerate(values):
-        if best is None or v > best:
-            best, without = v, 0
-        else:
-            without += 1
-            if without == patience:
-                return i
-    return None
-
-
 @pytest.mark.parametrize("patience", [1, 2])
 def test_early_stopping_on_entity_f1_stops_at_exactly_the_patience_th_evaluation(tmp_path, ner_model_dir, patience):
     """lr 1e-6 leaves entity F1 where it starts: the run must stop at the patience-th evaluation in a
@@ -347,7 +320,7 @@ def test_early_stopping_on_entity_f1_stops_at_exactly_the_patience_th_evaluation
     result = fine_tune(config)
     evals = [r for r in result.train.history if r["kind"] == "eval"]
     assert evals and all("f1" in r for r in evals)
-    stop = _stop_index([r["f1"] for r in evals], patience)
+    stop = expected_stop([r["f1"] for r in evals], patience)
     assert stop is not None and stop == len(evals) - 1, [r["f1"] for r in evals]
     assert [bool(r.get("early_stop")) for r in evals] == [False] * stop + [True]
     assert result.train.state.stopped_early

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NEGATIVE, POSITIVE, WORDS
+from conftest import NEGATIVE, POSITIVE, WORDS, interrupt_at_step
 
 TAILS = ["pizza", "coffee", "hotel", "car"]
 FILLER = [w for w in WORDS if w not in TAILS]
@@ -247,26 +247,12 @@ def test_interrupted_qa_run_resumes_to_the_same_weights_and_history(tmp_path, qa
     from safetensors.torch import load_file
 
     from bertfit.train.finetune import fine_tune
-    from bertfit.train.loop import Trainer
 
     config = _config(qa_files, tiny_model_dir, tmp_path / "a", epochs=1, max_steps=10, batch_size=8, save_every=3,
                      eval_every=4, log_every=1, threads=1)
     reference = fine_tune(config)
     interrupted = config.replace(output_dir=str(tmp_path / "b"))
-    real_step, calls = Trainer._optimizer_step, {"n": 0}
-
-    def dying_step(self, group):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real_step(self, group)
-
-    Trainer._optimizer_step = dying_step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fine_tune(interrupted)
-    finally:
-        Trainer._optimizer_step = real_step
+    interrupt_at_step(7, lambda: fine_tune(interrupted))
     partial = [r for r in json.loads("[" + ",".join((tmp_path / "b" / "metrics.jsonl").read_text().split("\n")[:-1]) + "]")]
     assert max(r.get("step", 0) for r in partial) < 10  # it really stopped early
     resumed = fine_tune(interrupted, resume=True)

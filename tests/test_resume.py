@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertfit.train.run_dir import CRASH_POINTS, RunDir
-from conftest import synthetic_rows, write_csv
+from conftest import interrupt_at_step, synthetic_rows, write_csv
 
 STEPS = 30  # 200 rows -> 160 training examples -> 10 steps of 16 per epoch, 3 epochs
 SAVE_EVERY = 3
@@ -165,7 +165,6 @@ def test_resume_inside_a_logging_window_logs_the_same_mean_loss(tmp_path, tiny_m
     """log_every=4 with checkpoints every 3 steps: a resume in the middle of a logging window must
     still log the mean over the whole window, and the same batch hash (in-process interruption)."""
     from bertfit.train.finetune import fine_tune
-    from bertfit.train.loop import Trainer
     from bertfit.train.config import TrainConfig
 
     config = TrainConfig(train_file=str(synthetic_csv), model=str(tiny_model_dir), output_dir=str(tmp_path / "a"),
@@ -173,21 +172,7 @@ def test_resume_inside_a_logging_window_logs_the_same_mean_loss(tmp_path, tiny_m
                          eval_each_epoch=False, threads=1)
     reference = fine_tune(config)
     interrupted = config.replace(output_dir=str(tmp_path / "b"))
-    real_step = Trainer._optimizer_step
-    calls = {"n": 0}
-
-    def dying_step(self, group):
-        calls["n"] += 1
-        if calls["n"] == 8:  # during step 8; the newest checkpoint is step 6, mid-window (5..8)
-            raise KeyboardInterrupt
-        return real_step(self, group)
-
-    Trainer._optimizer_step = dying_step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fine_tune(interrupted)
-    finally:
-        Trainer._optimizer_step = real_step
+    interrupt_at_step(8, lambda: fine_tune(interrupted))  # during step 8; the newest checkpoint is step 6, mid-window (5..8)
     resumed = fine_tune(interrupted, resume=True)
     strip = lambda history: [{k: v for k, v in r.items() if k not in TIMING} for r in history]  # noqa: E731
     assert strip(resumed.train.history) == strip(reference.train.history)

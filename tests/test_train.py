@@ -14,7 +14,7 @@ from bertfit.predict.predictor import Predictor
 from bertfit.tasks.classify import class_weight_vector
 from bertfit.train.loop import linear_schedule, param_groups
 from bertfit.train.config import TrainConfig
-from conftest import BF16_EPS, synthetic_rows, write_csv
+from conftest import BF16_EPS, expected_stop, synthetic_rows, write_csv
 
 
 def tiny_config(tmp_path, model_dir, train_file, **overrides) -> TrainConfig:
@@ -147,20 +147,6 @@ def test_sparse_word_embedding_gradient_gives_the_dense_results(tmp_path, tiny_m
     assert sparse.metrics == plain.metrics
 
 
-def expected_stop(values: list[float], patience: int, lower_is_better: bool = False) -> int | None:
-    """The index of the evaluation at which `patience` stops training: the patience-th in a row
-    that does not beat the best so far (strictly)."""
-    best, without = None, 0
-    for i, v in enumerate(values):
-        if best is None or (v < best if lower_is_better else v > best):
-            best, without = v, 0
-        else:
-            without += 1
-            if without == patience:
-                return i
-    return None
-
-
 @pytest.mark.parametrize("patience", [1, 3])
 def test_early_stopping_counts_evaluations_exactly(tmp_path, tiny_model_dir, synthetic_csv, patience):
     """lr 1e-6 barely moves the model, so validation accuracy stalls: training must stop at exactly
@@ -227,7 +213,6 @@ def test_class_weights_give_the_hand_computed_weighted_loss_and_gradient(tmp_pat
     roundings of the logits can move it, and each gradient to 2 · 2^-8 relative error in its norm."""
     import copy
 
-    import torch.nn.functional as F
 
     from bertfit.weights import load_model
     from bertfit.train.run_dir import RunDir
