@@ -81,11 +81,11 @@ class NER(Task):
     @classmethod
     def read(cls, path: Any, config: Any, options: Mapping[str, Any], known: "Task | None" = None):
         get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
-        sentences, report = read_ner_file(str(path), {
+        sentences, report = read_ner_file(path, {
             "tag_column": get("tag_column", -1), "tag_scheme": get("tag_scheme", "auto"),
             "encoding": get("encoding"), "skip_bad_rows": bool(get("skip_bad_rows", False))})
         if known is not None:
-            known.check_labels(sentences, str(path))
+            known.check_labels(sentences, report.path)
         return sentences, report
 
     @classmethod
