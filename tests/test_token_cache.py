@@ -158,3 +158,38 @@ def test_an_interrupted_run_resumed_through_the_cache_is_bit_identical(tmp_path,
     resumed = fine_tune(TrainConfig(output_dir=str(tmp_path / "resumed"), **common), resume=True)
     a, b = weights(whole), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_of_two_processes_reading_the_same_split_only_one_tokenizes(tmp_path, tiny_model_dir):
+    """What the ranks of a distributed job do: each asks for the split's features; the first takes the
+    lock and tokenizes (slowly here, so the second surely waits), the second maps the file it wrote."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(f'''
+import hashlib, sys, time
+from bertfit.data import token_cache
+from bertfit.tokenizer import WordPieceTokenizer
+tokenizer = WordPieceTokenizer.from_dir({str(tiny_model_dir)!r})
+real = tokenizer.encode
+def slow(*args, **kwargs):
+    print("TOKENIZING", flush=True)
+    time.sleep(2)
+    return real(*args, **kwargs)
+tokenizer.encode = slow
+texts = [f"the movie number {{i}} was good" for i in range(500)]
+features = token_cache.encode_cached(tokenizer, texts, None, 16, directory={str(tmp_path / "tokens")!r})
+print("DIGEST", hashlib.sha256(repr([(e.ids, e.type_ids) for e in features]).encode()).hexdigest())
+''', encoding="utf-8")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    ranks = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    assert all(rank.returncode == 0 for rank in ranks), [err for _, err in outputs]
+    stdout = [out for out, _ in outputs]
+    assert sum(out.count("TOKENIZING") for out in stdout) == 1
+    digests = {line for out in stdout for line in out.splitlines() if line.startswith("DIGEST")}
+    assert len(digests) == 1
