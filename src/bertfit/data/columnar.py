@@ -122,9 +122,9 @@ class ColumnarSource:
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - pyarrow's errors on a damaged file become a DataError
-            raise DataError(f"{self.name}: cannot read the rows after row {row - 1 if row else 0} "
-                            f"({type(exc).__name__}: {_short(exc)}); the {self.format} data is damaged "
-                            "(truncated or corrupt?): write it again") from None
+            raise DataError(f"{self.name}: cannot read row {row} or the rows after it ({type(exc).__name__}: "
+                            f"{_short(exc)}); the {self.format} data is damaged (truncated or corrupt?): write it "
+                            "again") from None
 
 
 def open_source(source: Any) -> ColumnarSource | None:
