@@ -36,7 +36,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
-CHUNK = 65_536  # texts tokenized (and written as one record batch) at a time
+CHUNK = 4096  # texts tokenized (and written as one record batch) at a time: 38k tweets at once peaked 300 MB
 DEFAULT_MIN_TEXTS = 20_000
 
 
