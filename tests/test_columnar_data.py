@@ -173,6 +173,14 @@ def test_a_datasets_directory_with_a_missing_data_file(tmp_path):
         read_examples(tmp_path / "ds")
 
 
+def test_categorical_columns_of_a_dataframe_read_as_strings(tmp_path):
+    frame = pd.DataFrame({"text": pd.Categorical(["a b", "c d", "a b"]), "label": pd.Categorical(["x", "y", "x"])})
+    examples, report = read_examples(frame)
+    assert [(e.text, e.label) for e in examples] == [("a b", "x"), ("c d", "y"), ("a b", "x")]
+    frame.to_parquet(tmp_path / "cat.parquet")
+    assert [e.text for e in read_examples(tmp_path / "cat.parquet")[0]] == ["a b", "c d", "a b"]
+
+
 def test_a_dataframe_with_mixed_types_is_an_error():
     frame = pd.DataFrame({"text": ["a", 3, b"x"], "label": ["p", "q", "r"]})
     with pytest.raises(DataError, match="the DataFrame cannot be read as a table"):

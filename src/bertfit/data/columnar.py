@@ -420,6 +420,10 @@ def _class_names(value: Any, names: list[str]) -> Any:
 
 
 def _base_type(kind: str) -> str:
+    """"string" for a string type, also dictionary-encoded (a pandas Categorical); else the type's name."""
+    if kind.startswith("dictionary<"):
+        values = kind.partition("values=")[2].split(",", 1)[0].strip()
+        return values if values in _STRING_TYPES else "dictionary"
     return kind.split("<", 1)[0].split("[", 1)[0].strip()
 
 
