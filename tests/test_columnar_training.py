@@ -88,3 +88,49 @@ def test_the_cli_trains_from_a_forced_format(tmp_path, tiny_model_dir, capsys):
     assert code == 0, capsys.readouterr().err
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["train_file"] == f"parquet:{tmp_path / 'export.bin'}"
+
+
+def test_ner_from_conll_datasets_and_label_studio_gives_bit_identical_weights(tmp_path):
+    import random
+
+    from conftest import build_tiny_model_dir
+    from test_ner_task import WORDS, synthetic_sentence
+
+    model_dir = build_tiny_model_dir(tmp_path / "ner-bert", words=WORDS, max_position_embeddings=128)
+    rng = random.Random(1)
+    sentences = [synthetic_sentence(rng) for _ in range(120)]
+    conll = tmp_path / "train.conll"
+    conll.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n" for words, tags in sentences),
+                     encoding="utf-8")
+    names = sorted({t for _, tags in sentences for t in tags})
+    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
+                                  "ner_tags": datasets.List(datasets.ClassLabel(names=names))})
+    datasets.Dataset.from_dict({"tokens": [w for w, _ in sentences],
+                                "ner_tags": [[names.index(t) for t in tags] for _, tags in sentences]},
+                               features=features).save_to_disk(str(tmp_path / "ner_ds"))
+    tasks = []
+    for i, (words, tags) in enumerate(sentences):
+        text, starts, pos = " ".join(words), [], 0
+        for w in words:
+            starts.append(pos)
+            pos += len(w) + 1
+        result, k = [], 0
+        while k < len(words):
+            if tags[k].startswith("B-"):
+                end = k + 1
+                while end < len(words) and tags[end] == "I-" + tags[k][2:]:
+                    end += 1
+                a, b = starts[k], starts[end - 1] + len(words[end - 1])
+                result.append({"type": "labels", "value": {"start": a, "end": b, "text": text[a:b],
+                                                           "labels": [tags[k][2:]]}})
+                k = end
+            else:
+                k += 1
+        tasks.append({"id": i, "data": {"text": text}, "annotations": [{"result": result}]})
+    (tmp_path / "ls.json").write_text(json.dumps(tasks), encoding="utf-8")
+    common = dict(problem_type="ner", model=str(model_dir), max_steps=6, batch_size=16, lr=3e-3, max_length=32,
+                  eval_each_epoch=False, save_every=100, seed=0, bf16=False)
+    base = weights(fine_tune(TrainConfig(train_file=str(conll), output_dir=str(tmp_path / "conll"), **common)))
+    for name, source in (("datasets", str(tmp_path / "ner_ds")), ("label-studio", str(tmp_path / "ls.json"))):
+        other = weights(fine_tune(TrainConfig(train_file=source, output_dir=str(tmp_path / name), **common)))
+        assert all(torch.equal(base[k], other[k]) for k in base), name
