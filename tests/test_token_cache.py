@@ -193,3 +193,31 @@ print("DIGEST", hashlib.sha256(repr([(e.ids, e.type_ids) for e in features]).enc
     assert sum(out.count("TOKENIZING") for out in stdout) == 1
     digests = {line for out in stdout for line in out.splitlines() if line.startswith("DIGEST")}
     assert len(digests) == 1
+
+
+def test_the_memory_the_features_hold_does_not_grow_with_the_rows(tokenizer, tmp_path):
+    """Python memory (tracemalloc) held by the features of 4,000 and of 40,000 texts, and its peak while
+    tokenizing: in memory it grows with the rows; through the cache, mapped, it does not (the peak is a
+    chunk's, CHUNK texts at a time)."""
+    import gc
+    import tracemalloc
+
+    def measure(make, n):
+        items = [f"{t} {i}" for i, t in enumerate(texts(n))]
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        features = make(items)
+        held, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert len(features) == n
+        return held - base, peak - base
+
+    token_cache.encode_cached(tokenizer, ["warm up"], None, 32, directory=tmp_path)  # imports pyarrow first
+    cached = [measure(lambda items: token_cache.encode_cached(tokenizer, items, None, 32, directory=tmp_path), n)
+              for n in (4000, 40000)]
+    memory = [measure(lambda items: tokenizer.encode(items, max_length=32), n) for n in (4000, 40000)]
+    assert memory[1][0] > 8 * memory[0][0]  # in memory: 10x the rows, ~10x the memory held
+    assert cached[1][0] < 1.5 * cached[0][0] + 200_000  # mapped: about the same (~30 KB of views)
+    assert cached[1][0] < memory[1][0] / 100
+    assert cached[1][1] < 2 * cached[0][1]  # the peak while building: a chunk's, not the split's
