@@ -108,7 +108,8 @@ class EncodedSplit:
 
     @property
     def lengths(self) -> list[int]:
-        return [len(e.ids) for e in self.encoded]
+        cached = getattr(self.encoded, "lengths", None)  # features mapped from the tokenized cache: no lists made
+        return list(cached) if cached is not None else [len(e.ids) for e in self.encoded]
 
     @property
     def examples(self) -> int:

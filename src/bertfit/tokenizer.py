@@ -292,6 +292,19 @@ class WordPieceTokenizer:
     def tokenize_chinese_chars(self) -> bool:
         return self._tokenize_chinese_chars
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the ids this tokenizer gives (its whole `tokenizers` pipeline:
+        vocabulary, normalizer, pre-tokenizer, post-processor): equal fingerprints, equal ids."""
+        import hashlib
+
+        with self._lock:
+            state = json.loads(self._tokenizer.to_str())
+        # Truncation and padding are set per call (encode's max_length), not properties of the tokenizer.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        return hashlib.sha256(json.dumps([state, self._ids], sort_keys=True).encode("utf-8")).hexdigest()
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "

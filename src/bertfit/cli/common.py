@@ -14,7 +14,9 @@ from bertfit.tasks.table import tasks_help
 # Help for every training setting; the flag is the field name with dashes. A task's own settings
 # carry their help in their declarations (tasks/settings.py, tasks/declared.py).
 TRAIN_HELP: dict[str, str] = {
-    "train_file": "labelled training data: .csv, .tsv or .jsonl (default: the bundled tweets corpus)",
+    "train_file": "labelled training data: .csv, .tsv, .jsonl, .parquet, .arrow/.feather, a `datasets` save_to_disk "
+                  "directory (a DatasetDict's splits become train/validation/test), or the task's own format (CoNLL, "
+                  "Label Studio JSON, SQuAD JSON) (default: the bundled tweets corpus)",
     "validation_file": "separate validation file (default: a stratified split of --train-file)",
     "test_file": "separate test file (default: a stratified split of --train-file)",
     "text_column": "column with the text (default: first of text, sentence, review, content, tweet); "

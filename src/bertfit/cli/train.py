@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bertfit.cli.common import TRAIN_HELP, ProgressBar, add_distributed_arguments, launch_if_asked
+from bertfit.cli.data_format import add_data_format_argument, forced_format_paths
 from bertfit.errors import BertfitError
 
 logger = logging.getLogger("bertfit")
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)
     add_flags(parser, DECLARED, "train")  # every task's own settings (NER's --tag-column, QA's --doc-stride, ...)
+    add_data_format_argument(parser)
 
 
 def _show(value: Any) -> str:
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from bertfit.train.config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FLAGS}
+    flags.update(forced_format_paths(args, ("train_file", "validation_file", "test_file")))
     flags.update(flag_values(args, DECLARED, "train"))
     if flags["label_map"] is not None:
         flags["label_map"] = parse_label_map(flags["label_map"])

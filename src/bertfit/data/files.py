@@ -46,7 +46,7 @@ _MAGIC: tuple[tuple[bytes, object, str], ...] = (
     (b"GIF87a", None, "a GIF image"),
     (b"GIF89a", None, "a GIF image"),
     (b"%PDF-", None, "a PDF document"),
-    (b"PAR1", lambda d: d.endswith(b"PAR1"), "a Parquet file; convert it to CSV or JSON lines first"),
+    (b"PAR1", lambda d: d.endswith(b"PAR1"), "a Parquet file; name it .parquet or pass it as parquet:PATH"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", None, "an OLE document, e.g. an .xls workbook; export it as CSV"),
     (b"SQLite format 3\x00", None, "an SQLite database"),
 )
@@ -76,8 +76,12 @@ MAX_LISTED = 5
 # --------------------------------------------------------------------------------------------
 
 
-def load_table(path: str, encoding: str | None) -> tuple[str, str, str]:
-    """Read, check and decode a file; return (text, encoding used, format)."""
+def load_table(path: str, encoding: str | None, forced: str | None = None) -> tuple[str, str, str]:
+    """Read, check and decode a file; return (text, encoding used, format). ``forced``: the format the
+    user named (``csv:PATH``, data.columnar.split_format) instead of the one its suffix or content shows."""
+    if forced is not None and forced not in DELIMITERS and forced != "jsonl":
+        raise DataError(f"{path}: this reader reads CSV, TSV, JSON lines, Parquet, Arrow and `datasets` data, "
+                        f"not {forced}")
     data = read_bytes(path)
     if not data.strip():
         raise DataError(f"{path} is empty ({len(data)} bytes); expected a CSV/TSV/JSONL file with a header and rows")
@@ -85,7 +89,7 @@ def load_table(path: str, encoding: str | None) -> tuple[str, str, str]:
     text, used = decode_bytes(path, data, encoding)
     if not text.strip():
         raise DataError(f"{path} is empty (only whitespace); expected a CSV/TSV/JSONL file with a header and rows")
-    return text, used, _detect_format(path, text)
+    return text, used, forced or _detect_format(path, text)
 
 
 def loads_json(text: str) -> object:

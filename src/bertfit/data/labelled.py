@@ -57,6 +57,7 @@ from bertfit.data.examples import DedupeReport, Example, LoadReport, Rejection, 
 from bertfit.data.files import (LABEL_COLUMNS, loads_json, TEXT_COLUMNS, DELIMITERS, MAX_LISTED, check_max_chars, check_unique_columns,
                            csv_header_and_records, field_count_problem, jsonl_columns_and_records,
                            load_table, preview, preview_columns, sort_labels)
+from bertfit.data.columnar import ColumnarSource, open_source, split_format
 from bertfit.data.rows import RAW_LABELS, Collector, header_options, resolve_columns, RowBuilder
 from bertfit.data.splits import deduplicate, empty_split_warnings, grouped_split, stratified_split
 from bertfit.data.tables import guard_cell, predict_columns, read_table, write_table
@@ -123,8 +124,13 @@ def read_examples(
     """
     check_max_chars(max_chars)
     mapping = label_map if label_map is RAW_LABELS else parse_label_map(label_map) if label_map is not None else None
+    source = open_source(path)  # Parquet, Arrow, `datasets`, a DataFrame: rows as JSON lines' mappings
+    if source is not None:
+        return _read_columnar(source, text_column, pair_column, label_column, mapping, require_labels,
+                              skip_bad_rows, max_chars, header, columns)
+    path, forced = split_format(path)
     path_s = os.fspath(path)
-    text, used_encoding, fmt = load_table(path_s, encoding)
+    text, used_encoding, fmt = load_table(path_s, encoding, forced)
     names, header = header_options(path_s, fmt, header, columns)
 
     if fmt == "jsonl":
@@ -171,6 +177,27 @@ def read_examples(
         fmt=fmt, encoding=used_encoding, columns=columns,
         text_column=text_col, pair_column=pair_col, label_column=label_col,
     )
+    return collector.examples, report
+
+
+def _read_columnar(source: ColumnarSource, text_column: str | None, pair_column: str | None,
+                   label_column: str | None, mapping: object, require_labels: bool, skip_bad_rows: bool,
+                   max_chars: int, header: bool, columns: Sequence[str] | None) -> tuple[list[Example], LoadReport]:
+    """read_examples on a columnar table: its rows are read as JSON lines are, only the columns used."""
+    header_options(source.name, source.format, header, columns)
+    text_col, pair_col, label_col = resolve_columns(source.name, source.format, source.columns, text_column,
+                                                    pair_column, label_column, require_labels)
+    source.check_text(text_col, "text", "--text-column")
+    if pair_col is not None:
+        source.check_text(pair_col, "text pair", "--pair-column")
+    builder = RowBuilder(text_col, pair_col, label_col, mapping, require_labels, max_chars)
+    collector = Collector(source.name, skip_bad_rows, skip_hint="--skip-bad-rows")
+    for row, obj, _ in source.records([c for c in (text_col, pair_col, label_col) if c is not None]):
+        collector.add(row, builder.from_mapping(row, obj))
+    if collector.rows_read == 0:
+        raise DataError(f"{source.name} has no rows (columns: {preview_columns(source.columns)})")
+    report = collector.report(fmt=source.format, encoding="utf-8", columns=source.columns,
+                              text_column=text_col, pair_column=pair_col, label_column=label_col)
     return collector.examples, report
 
 

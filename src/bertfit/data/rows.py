@@ -38,6 +38,9 @@ def header_options(path: str, fmt: str, header: bool, columns: Sequence[str] | N
     if not header and fmt == "jsonl":
         raise DataError(f"{path}: JSON lines name their fields in every line; --no-header and --columns apply "
                         "to CSV and TSV files only")
+    if not header and fmt not in DELIMITERS:
+        raise DataError(f"{path}: {fmt} data names its columns; --no-header and --columns apply to CSV and TSV "
+                        "files only")
     return names, bool(header)
 
 
@@ -74,7 +77,7 @@ def resolve_columns(
     what = "keys" if fmt == "jsonl" else "columns"
     found = f"{what} found: {preview_columns(columns, limit=30)}"
     hint = _delimiter_hint(columns, fmt)
-    if header and fmt != "jsonl" and _looks_like_data(columns):
+    if header and fmt in DELIMITERS and _looks_like_data(columns):
         hint += (f". The first row ({preview_columns(columns, limit=4)}) looks like data, not a header: if the file "
                  "has no header row, pass --no-header and name columns by 1-based position (--text-column 3 "
                  "--label-column 2) or list them with --columns id,score,text")
@@ -85,7 +88,7 @@ def resolve_columns(
     def missing(kind: str, flag: str, name: str | None, candidates: tuple[str, ...] = ()) -> DataError:
         if name is not None:
             head = f"{path}: no {kind} column {preview(name)}"
-            if header and name.strip().isdigit() and fmt != "jsonl" and "--no-header" not in hint:
+            if header and name.strip().isdigit() and fmt in DELIMITERS and "--no-header" not in hint:
                 head += " (a position needs --no-header)"
         else:
             head = f"{path}: no {kind} column found (looked for {', '.join(candidates)})"
@@ -151,7 +154,7 @@ def _first_column(path: str, columns: list[str], candidates: tuple[str, ...], ex
 
 def _delimiter_hint(columns: list[str], fmt: str) -> str:
     """A hint when the whole header is one column: the file is likely split on another character."""
-    if fmt == "jsonl" or len(columns) != 1:
+    if fmt not in DELIMITERS or len(columns) != 1:
         return ""
     candidates = ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'"), (",", "commas"))
     for sep, name in candidates:

@@ -1,5 +1,6 @@
 """Whole tables for prediction: read every column of a file, write it back with the predictions
-beside it (never over the user's columns), with the CSV-injection guard."""
+beside it (never over the user's columns), with the CSV-injection guard. Parquet, Arrow and `datasets`
+tables are read, and Parquet/Arrow predictions written, through data.columnar."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from bertfit.errors import DataError
 from bertfit.data.examples import Table
 from bertfit.data.files import (DELIMITERS, SUFFIX_FORMATS, cell_text, check_unique_columns, csv_header_and_records,
                            field_count_problem, json_default, jsonl_columns_and_records, load_table)
+from bertfit.data.columnar import is_columnar_format, open_source, split_format, write_columnar
+from bertfit.data.columnar import SUFFIXES as COLUMNAR_SUFFIXES
 from bertfit.data.rows import header_options, resolve_columns
 
 # One logger for all the readers (bertfit.data.labelled): users filter and tests capture it by that name.
@@ -27,8 +30,17 @@ def read_table(path: str | os.PathLike, *, encoding: str | None = None, header: 
     Unlike :func:`read_examples` nothing is skipped: a malformed row is a :class:`DataError`,
     because the output must line up with the input row for row.
     """
+    source = open_source(path)
+    if source is not None:  # Parquet, Arrow, `datasets`, a DataFrame: every column, ClassLabels as names
+        header_options(source.name, source.format, header, columns)
+        rows = [obj for _, obj, _ in source.records()]
+        if not rows:
+            raise DataError(f"{source.name} has no data rows")
+        return Table(path=source.name, format=source.format, columns=source.columns, rows=rows,
+                     row_numbers=list(range(len(rows))))
+    path, forced = split_format(path)
     path_s = os.fspath(path)
-    text, used_encoding, fmt = load_table(path_s, encoding)
+    text, used_encoding, fmt = load_table(path_s, encoding, forced)
     names, header = header_options(path_s, fmt, header, columns)
     rows: list[dict[str, object]] = []
     numbers_: list[int] = []
@@ -98,9 +110,9 @@ def write_table(
         raise ValueError(f"extra_rows has {len(extra_rows)} rows but the table has {len(table.rows)}")
     path_s = os.fspath(path)
     suffix = Path(path_s).suffix.lower()
-    fmt = "jsonl" if suffix == ".json" else SUFFIX_FORMATS.get(suffix, table.format)
-    if fmt not in ("csv", "tsv", "jsonl"):
-        fmt = "csv"
+    fmt = "jsonl" if suffix == ".json" else SUFFIX_FORMATS.get(suffix) or COLUMNAR_SUFFIXES.get(suffix, table.format)
+    if fmt not in ("csv", "tsv", "jsonl", "arrow"):
+        fmt = "parquet" if is_columnar_format(fmt) else "csv"  # a columnar table's predictions stay columnar
     names: dict[str, str] = {}
     taken = set(table.columns)
     for c in dict.fromkeys(extra_columns):
@@ -115,6 +127,11 @@ def write_table(
     columns = list(table.columns) + list(names.values())
     guard = guard_cell if csv_guard else (lambda text: text)
 
+    if fmt in ("parquet", "arrow"):
+        write_columnar([{**row, **{names[c]: extra.get(c) for c in names}} for row, extra in zip(table.rows, extra_rows)],
+                       columns, path_s, fmt)
+        logger.info("wrote %d rows to %s", len(table.rows), path_s)
+        return [names[c] for c in extra_columns]
     out = Path(path_s)
     out.parent.mkdir(parents=True, exist_ok=True)
     # A plain open (not mkstemp) so the file gets the usual permissions, not mkstemp's 0600.

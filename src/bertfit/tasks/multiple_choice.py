@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bertfit.batching import Batch, EncodedSplit, collate
+from bertfit.data.columnar import open_source, split_format
 from bertfit.data.examples import Example, LoadReport
 from bertfit.data.files import (DELIMITERS, loads_json, MISSING, check_unique_columns, csv_header_and_records, field_count_problem,
                                 jsonl_columns_and_records, load_table)
@@ -86,22 +87,31 @@ def _get(settings: Any, key: str, default: Any = None) -> Any:
 
 def read_choices(path: Any, settings: Any, *, require_labels: bool = True) -> tuple[list[ChoiceExample], LoadReport]:
     """A JSONL/CSV/TSV file of questions with choices: every row used or rejected with its reason."""
-    path = str(path)
-    text, encoding, fmt = load_table(path, _get(settings, "encoding"))
-    if fmt == "jsonl":
-        columns, records = jsonl_columns_and_records(text)
+    source = open_source(path)  # Parquet, Arrow, `datasets`: a ``choices`` list column, or CommonsenseQA's struct
+    if source is not None:
+        path, encoding, fmt, columns = source.name, "utf-8", source.format, source.columns
+        records = source.records()
+        if "question" in columns:
+            source.check_text("question", "question")
     else:
-        columns, header_line, rows = csv_header_and_records(path, text, DELIMITERS[fmt])
-        check_unique_columns(path, columns, header_line)
-        records = [(line, None, err) if err else (line, None, problem) if (problem := field_count_problem(
-                   fields, columns, fmt)) else (line, dict(zip(columns, fields)), None) for line, fields, err in rows]
+        path, forced = split_format(path)
+        path = str(path)
+        text, encoding, fmt = load_table(path, _get(settings, "encoding"), forced)
+        if fmt == "jsonl":
+            columns, records = jsonl_columns_and_records(text)
+        else:
+            columns, header_line, rows = csv_header_and_records(path, text, DELIMITERS[fmt])
+            check_unique_columns(path, columns, header_line)
+            records = [(line, None, err) if err else (line, None, problem) if (problem := field_count_problem(
+                       fields, columns, fmt)) else (line, dict(zip(columns, fields)), None) for line, fields, err in rows]
     choice_columns = sorted((c for c in columns if CHOICE_COLUMN.match(c)), key=lambda c: int(CHOICE_COLUMN.match(c)[2]))
     if "question" not in columns:
         raise DataError(f"{path}: no 'question' column (columns: {', '.join(columns[:12])}); a multiple-choice file "
                         "needs question, choices (or choice0, choice1, ...) and label (or answer)")
     if "choices" not in columns and len(choice_columns) < 2:
         raise DataError(f"{path}: no choices: add a 'choices' column (a JSON list) or columns choice0, choice1, ...")
-    gold = "label" if "label" in columns else "answer" if "answer" in columns else None
+    gold = "label" if "label" in columns else "answer" if "answer" in columns else \
+        "answerKey" if "answerKey" in columns else None
     if gold is None and require_labels:
         raise DataError(f"{path}: no gold answer: add a 'label' column (the right choice's index, from 0) or an "
                         "'answer' column (the right choice's text)")
@@ -122,13 +132,16 @@ def _row(obj: Mapping[str, Any], row: int, choice_columns: list[str], gold: str 
             else f"the question must be a string, not {type(question).__name__}"
     if context is not None and not isinstance(context, str):
         return f"the context must be a string, not {type(context).__name__}"
+    keys = None
     if "choices" in obj and obj["choices"] not in (None, ""):
         choices = obj["choices"]
+        if isinstance(choices, Mapping):  # `datasets`' CommonsenseQA: {"label": ["A", ...], "text": [...]}
+            keys, choices = choices.get("label"), choices.get("text")
     else:  # choice0, choice1, ...: the empty cells of a wide CSV are absent choices
         choices = [obj[c] for c in choice_columns if obj.get(c) not in (None, "")]
     try:
         choices = check_choices(choices)
-        label = None if gold is None else gold_index(obj.get(gold), gold, choices)
+        label = None if gold is None else gold_index(obj.get(gold), gold, choices, keys)
     except ValueError as exc:
         return str(exc)
     if len(question) + len(context or "") + sum(map(len, choices)) > max_chars:
@@ -159,8 +172,15 @@ def check_choices(raw: Any) -> list[str]:
     return list(raw)
 
 
-def gold_index(raw: Any, column: str, choices: Sequence[str]) -> int:
-    """The right choice's index from a ``label`` (an index) or an ``answer`` (a choice's exact text)."""
+def gold_index(raw: Any, column: str, choices: Sequence[str], keys: Sequence[Any] | None = None) -> int:
+    """The right choice's index from a ``label`` (an index), an ``answer`` (a choice's exact text) or an
+    ``answerKey`` (the key of a choice, with ``keys`` the choices' keys: CommonsenseQA's "A" to "E")."""
+    if column == "answerKey":
+        if not isinstance(keys, (list, tuple)) or len(keys) != len(choices):
+            raise ValueError("answerKey needs the choices' keys ({\"label\": [\"A\", ...], \"text\": [...]})")
+        if raw not in keys:
+            raise ValueError(f"the answerKey {str(raw)[:40]!r} is not one of the choices' keys ({', '.join(map(str, keys))})")
+        return list(keys).index(raw)
     if column == "answer":
         if not isinstance(raw, str) or raw not in choices:
             shown = ", ".join(repr(c[:30]) for c in choices)

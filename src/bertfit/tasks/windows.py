@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bertfit.data import token_cache
 from bertfit.errors import ConfigError
 from bertfit.tokenizer import Encoded
 
@@ -209,8 +210,13 @@ def encode(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, ma
     if not texts:
         return Features([], np.zeros(0, dtype=np.int64), 0, settings)
     if settings == LongText():
-        # The default reads the head: the tokenizer's own truncation gives the same ids, in Rust.
-        encoded = tokenizer.encode(texts, None if pairs is None else list(pairs), max_length=max_length)
+        # The default reads the head: the tokenizer's own truncation gives the same ids, in Rust. A large
+        # split goes through the tokenized cache on disk (data/token_cache.py): the same features, mapped.
+        pair_list = None if pairs is None else list(pairs)
+        if token_cache.cache_enabled(len(texts)):
+            encoded = token_cache.encode_cached(tokenizer, texts, pair_list, max_length)
+        else:
+            encoded = tokenizer.encode(texts, pair_list, max_length=max_length)
         return Features(encoded, np.arange(len(texts), dtype=np.int64), len(texts), settings)
     pieces = tokenizer.encode_pieces(texts)
     pair_pieces = tokenizer.encode_pieces(list(pairs)) if pairs is not None else None

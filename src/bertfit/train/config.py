@@ -160,6 +160,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, bool) and not (value is None and name == "bf16"):
                 raise ConfigError(f"{name} must be true or false, got {_show(value)}")
+        for name in ("train_file", "validation_file", "test_file"):
+            if not isinstance(getattr(self, name), (str, type(None))):
+                from bertfit.data.columnar import is_in_memory_table, table_file
+
+                if is_in_memory_table(getattr(self, name)):  # a DataFrame or Dataset given in Python
+                    object.__setattr__(self, name, table_file(getattr(self, name)))
         for name in _STRINGS:
             value = getattr(self, name)
             if value is None and name in _OPTIONAL:

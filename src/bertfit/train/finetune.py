@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bertfit.data import labelled as data_mod
+from bertfit.data.columnar import dataset_dict_splits
 from bertfit.train import dist
 from bertfit.train.setup import check_resume_target, configure_threads, decide_run, run_job, select_device
 from bertfit.artifact import write_task
@@ -80,6 +81,7 @@ def choose_task(config: TrainConfig, raw_labels: list[object]) -> type[Task]:
 
 def prepare_data(config: TrainConfig) -> PreparedData:
     """Read, validate, deduplicate and split; every rejected row is counted in the summary."""
+    config = dataset_splits(config)
     options = reading_options(config)
     if config.problem_type is None:
         # No --task: a labelled table whose label cells show the task (read raw, then parsed by it).
@@ -148,6 +150,21 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     summary["label_counts"] = {name: task.label_summary([e.label for e in split]) for name, split in
                                (("train", train), ("validation", validation), ("test", test)) if split}
     return PreparedData(task.labels, train, validation, test, summary, task)
+
+
+def dataset_splits(config: TrainConfig) -> TrainConfig:
+    """A saved DatasetDict as --train-file: its train split trains, and its validation and test splits are
+    the validation and test files unless either is named (then the named files are used, as for any file)."""
+    splits = dataset_dict_splits(config.train_file) if config.train_file else None
+    if splits is None:
+        return config
+    named = config.validation_file or config.test_file
+    logger.info("%s is a DatasetDict: training on its %s split%s", config.train_file, Path(splits["train"]).name,
+                "" if named else "; " + ", ".join(f"{k} from {Path(v).name}" for k, v in splits.items() if k != "train"))
+    if named:
+        return config.replace(train_file=splits["train"])
+    return config.replace(train_file=splits["train"], validation_file=splits.get("validation"),
+                          test_file=splits.get("test"))
 
 
 def _split(task: Task, examples: list[Example], fractions: tuple, seed: int) -> tuple[list[Example], ...]:

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from bertfit.errors import DataError
+from bertfit.data.columnar import open_source, split_format
 from bertfit.data.examples import Rejection
 from bertfit.data.files import loads_json, split_lines
+from bertfit.tasks.ner.annotations import label_studio_records
 from bertfit.tasks.ner.entities import OUTSIDE, SCHEMES, detect_scheme, split_tag, to_iob2
 from bertfit.tasks.settings import Setting
 
@@ -41,7 +43,7 @@ NER_SETTINGS: tuple[Setting, ...] = (
 )
 
 TAG_KEYS = ("tags", "ner_tags", "labels")
-ENTITY_KEYS = ("entities", "label", "spans")
+ENTITY_KEYS = ("entities", "label", "labels", "spans")
 _MAX_SHOWN = 3
 
 
@@ -87,12 +89,17 @@ class NerReadReport:
     pair_column: str | None = None
     label_column: str | None = "tags"
 
+    @property
+    def row_word(self) -> str:
+        """What a row number counts: a line of a text file, a task of a Label Studio export, a table's row."""
+        return {"conll": "line", "jsonl": "line", "label-studio": "task"}.get(self.format, "row")
+
     def summary(self) -> str:
         name = Path(self.path).name or self.path
-        unit = "sentences" if self.format == "conll" else "lines"
+        unit = {"conll": "sentences", "jsonl": "lines", "label-studio": "tasks"}.get(self.format, "rows")
         line = f"{name}: {self.rows_read} {unit} read, {self.rows_used} used, {len(self.rejected)} rejected"
         if self.rejected:
-            shown = "; ".join(f"line {r.row}: {r.reason}" for r in self.rejected[:_MAX_SHOWN])
+            shown = "; ".join(f"{self.row_word} {r.row}: {r.reason}" for r in self.rejected[:_MAX_SHOWN])
             line += f" ({shown}{'; ...' if len(self.rejected) > _MAX_SHOWN else ''})"
         line += f"; tags {self.scheme.upper()}"
         if self.repaired:
@@ -192,20 +199,44 @@ def _decode_file(path: str, encoding: str | None) -> tuple[str, str]:
 
 def detect_format(path: str, text: str) -> str:
     suffix = Path(path).suffix.lower()
+    stripped = text.lstrip()
+    if stripped.startswith("[") and stripped[1:].lstrip()[:1] in ("{", "]"):
+        return "label-studio"  # a JSON array of tasks (a CoNLL line "[ O" has no "{" after its bracket)
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
     first = next((line for line in split_lines(text) if line.strip()), "")
     return "jsonl" if first.lstrip().startswith("{") else "conll"
 
 
-def read_ner_file(path: str, options: Mapping[str, Any] | None = None) -> tuple[list[Sentence], NerReadReport]:
+def read_ner_file(path: Any, options: Mapping[str, Any] | None = None) -> tuple[list[Sentence], NerReadReport]:
     """Read a labelled NER file. options: tag_column (CoNLL, default -1), token_column (default 0),
-    tag_scheme (auto/iob1/iob2/bioes), encoding, skip_bad_rows (else the first bad row is a DataError)."""
+    tag_scheme (auto/iob1/iob2/bioes), encoding, skip_bad_rows (else the first bad row is a DataError).
+
+    ``path`` may also be Parquet, Arrow or `datasets` data (or a DataFrame / Dataset): rows of
+    ``tokens`` + ``ner_tags`` (ClassLabel ids read as their names) or ``text`` + ``entities``; a
+    Label Studio JSON export (annotations.py); and ``FORMAT:PATH`` forces a format (conll, jsonl,
+    doccano, label-studio, parquet, arrow, datasets)."""
     options = dict(options or {})
-    text, encoding = _decode_file(str(path), options.get("encoding"))
-    fmt = detect_format(str(path), text)
-    report = NerReadReport(str(path), fmt, encoding)
-    raw = _conll(text, options, report) if fmt == "conll" else _jsonl(text, report)
+    source = open_source(path)
+    if source is not None:
+        report = NerReadReport(source.name, source.format)
+        raw = _columnar(source, report)
+        path = source.name
+    else:
+        path, forced = split_format(path)
+        path = str(path)
+        if forced not in (None, "conll", "jsonl", "doccano", "label-studio"):
+            raise DataError(f"{path}: NER reads CoNLL, JSON lines (doccano), Label Studio JSON, Parquet, Arrow and "
+                            f"`datasets` data, not {forced}")
+        text, encoding = _decode_file(path, options.get("encoding"))
+        fmt = "jsonl" if forced == "doccano" else forced or detect_format(path, text)
+        report = NerReadReport(path, fmt, encoding)
+        if fmt == "conll":
+            raw = _conll(text, options, report)
+        elif fmt == "label-studio":
+            raw = _mappings(label_studio_records(path, text), report)
+        else:
+            raw = _jsonl(text, report)
     scheme = str(options.get("tag_scheme") or "auto").lower()
     if scheme not in SCHEMES:
         raise DataError(f"unknown tag scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
@@ -234,7 +265,7 @@ def read_ner_file(path: str, options: Mapping[str, Any] | None = None) -> tuple[
     if report.rejected and not options.get("skip_bad_rows", False):
         first = report.rejected[0]
         more = f" ({len(report.rejected) - 1} more)" if len(report.rejected) > 1 else ""
-        raise DataError(f"{path}, line {first.row}: {first.reason}{more}. Fix the file, or pass --skip-bad-rows "
+        raise DataError(f"{path}, {report.row_word} {first.row}: {first.reason}{more}. Fix the file, or pass --skip-bad-rows "
                         "to leave such sentences out (each is listed in the data summary)")
     if not sentences:
         raise DataError(f"{path}: no usable sentences ({report.summary()})")
@@ -306,7 +337,8 @@ def _entity(item: Any) -> tuple[int, int, str]:
         start, end, label = item[0], item[1], item[2]
     elif isinstance(item, Mapping):
         value = item.get("value", item)  # Label Studio nests the span under "value"
-        start, end = value.get("start"), value.get("end")
+        # doccano 1.x names the offsets start_offset / end_offset
+        start, end = value.get("start", value.get("start_offset")), value.get("end", value.get("end_offset"))
         label = value.get("label", value.get("labels"))
         if isinstance(label, list) and len(label) == 1:
             label = label[0]
@@ -339,7 +371,39 @@ def _jsonl(text: str, report: NerReadReport) -> list[tuple]:
     return out
 
 
-def _json_sentence(obj: dict, number: int) -> tuple:
+def _mappings(records: Any, report: NerReadReport) -> list[tuple]:
+    """Sentences of (row, mapping or None, problem) records (Label Studio tasks, a table's rows)."""
+    out: list[tuple] = []
+    for number, obj, problem in records:
+        if problem is None:
+            try:
+                out.append(_json_sentence(obj, number))
+                continue
+            except ValueError as e:
+                task = obj.get("id") if report.format == "label-studio" else None
+                problem = f"{e} (task id {task})" if task is not None else str(e)
+        report.rejected.append(Rejection(number, problem))
+    return out
+
+
+def _columnar(source: Any, report: NerReadReport) -> list[tuple]:
+    """A table of ``tokens`` + tags (ClassLabel ids already named) or ``text`` + entities, its columns checked."""
+    columns = source.columns
+    if "tokens" in columns:
+        source.check_list_of_text("tokens", "tokens")
+        if not any(k in columns for k in TAG_KEYS):
+            raise DataError(f"{source.name}: a 'tokens' column but no tags column (looked for {', '.join(TAG_KEYS)})")
+    elif "text" in columns:
+        source.check_text("text", "text")
+    else:
+        raise DataError(f"{source.name}: no 'tokens' column (with 'ner_tags') nor 'text' (with 'entities'); columns: "
+                        f"{', '.join(columns[:12])}")
+    report.columns = columns
+    keep = [c for c in ("tokens", *TAG_KEYS, "text", *ENTITY_KEYS) if c in columns]
+    return _mappings(source.records(keep), report)
+
+
+def _json_sentence(obj: Mapping[str, Any], number: int) -> tuple:
     if "tokens" in obj:
         tokens = obj["tokens"]
         key = next((k for k in TAG_KEYS if k in obj), None)
@@ -373,6 +437,8 @@ def _json_sentence(obj: dict, number: int) -> tuple:
             if not 0 <= start < end <= len(text):
                 raise ValueError(f"entity [{start}, {end}, {label!r}] is outside the text (length {len(text)}) "
                                  "or empty; offsets are character positions, end exclusive")
-        return ("text", (from_text(text, number), entities), None, number)
+        sentence = from_text(text, number)
+        tags_from_entities(sentence.spans, entities)  # overlapping spans: this row's error, here where it is named
+        return ("text", (sentence, entities), None, number)
     raise ValueError("neither tokens + tags nor text + entities")
 

@@ -86,11 +86,11 @@ class NER(Task):
         if get("pair_column"):
             raise DataError(f"--pair-column {get('pair_column')}: a NER model reads one sentence per row, not text "
                             "pairs; leave --pair-column out (or train a sequence task on pairs)")
-        sentences, report = read_ner_file(str(path), {
+        sentences, report = read_ner_file(path, {
             "tag_column": get("tag_column", -1), "tag_scheme": get("tag_scheme", "auto"),
             "encoding": get("encoding"), "skip_bad_rows": bool(get("skip_bad_rows", False))})
         if known is not None:
-            known.check_labels(sentences, str(path))
+            known.check_labels(sentences, report.path)
         return sentences, report
 
     @classmethod

@@ -7,7 +7,7 @@ Formats (``fmt``; "auto" decides per file):
 * ``documents`` — one document per line (tweets, reviews, comments: what most users have), split
   into sentences by :func:`split_sentences`. "auto" picks it for a plain-text file without blank
   lines.
-* a column of a CSV, TSV or JSON-lines file (``column``, default: the first of text, sentence,
+* a column of a CSV, TSV, JSON-lines, Parquet or Arrow file or a `datasets` directory (``column``, default: the first of text, sentence,
   review, content, tweet): one document per row, split into sentences like ``documents``. Read by
   the shared reader (data.read_examples) with its encodings, quoting and row accounting; its
   rejected rows (empty, over-long, malformed) are counted here.
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from bertfit.data.columnar import is_columnar, split_format
 from bertfit.errors import DataError
 from bertfit.data.files import check_not_binary, split_lines
 
@@ -120,13 +121,16 @@ def read_corpus(paths: Sequence[str | os.PathLike], *, fmt: str = "auto", column
     report = CorpusReport(max_chars=max_chars)
     documents: list[Document] = []
     for raw in paths:
-        path = Path(raw)
-        if not path.is_file():
+        columnar = is_columnar(raw)  # Parquet, Arrow, a `datasets` directory: a text column, as a table's
+        path = Path(split_format(raw)[0])
+        if not path.is_file() and not (columnar and path.exists()):
             raise DataError(f"{path}: no such file" + (" (it is a directory; pass the files in it)" if path.is_dir() else ""))
         report.files.append(str(path))
         before = len(documents)
         inner = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
-        if column is not None or inner.lower().endswith(TABLE_SUFFIXES):
+        if columnar:
+            documents.extend(_read_table(raw, column, max_chars, encoding, report))
+        elif column is not None or inner.lower().endswith(TABLE_SUFFIXES):
             documents.extend(_read_table(path, column, max_chars, encoding, report))
         else:
             documents.extend(_read_text(path, fmt, max_chars, encoding, report))
@@ -227,14 +231,15 @@ def _count_long(report: CorpusReport, where: str) -> None:
         report.long_examples.append(where)
 
 
-def _read_table(path: Path, column: str | None, max_chars: int, encoding: str | None,
+def _read_table(path: Path | str, column: str | None, max_chars: int, encoding: str | None,
                 report: CorpusReport) -> list[Document]:
     from bertfit.data.labelled import read_examples
 
-    report.formats[str(path)] = f"table column {column or '(default text column)'}"
+    name = str(split_format(path)[0])  # without a FORMAT: prefix
+    report.formats[name] = f"table column {column or '(default text column)'}"
     tmp = None
     source = path
-    if path.name.lower().endswith(".gz"):
+    if isinstance(path, Path) and path.name.lower().endswith(".gz"):
         # The shared reader reads a path: decompress next to nothing the user owns (a temp file).
         fd, tmp = tempfile.mkstemp(suffix="-" + path.name[:-3])
         with os.fdopen(fd, "wb") as f:
@@ -249,21 +254,21 @@ def _read_table(path: Path, column: str | None, max_chars: int, encoding: str | 
     finally:
         if tmp:
             os.unlink(tmp)
-    report.encodings[str(path)] = load.encoding
+    report.encodings[name] = load.encoding
     report.lines += load.rows_read
     for rejection in load.rejected:
         reason = rejection.reason.lower()
-        if "empty" in reason:
+        if "empty" in reason or "is missing" in reason:  # a null cell of a Parquet/Arrow column is an empty text
             report.empty_lines += 1
         elif "long" in reason or "characters" in reason:
-            _count_long(report, f"{path}:{rejection.row}")
+            _count_long(report, f"{name}:{rejection.row}")
         else:
             report.rejected_rows += 1
     documents = []
     for example in examples:
         sentences = split_sentences(example.text)
         if sentences:
-            documents.append(Document(sentences, f"{path}:{example.row}"))
+            documents.append(Document(sentences, f"{name}:{example.row}"))
         else:
             report.empty_lines += 1
     return documents

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from bertfit.errors import DataError
+from bertfit.data.columnar import open_source, split_format
 from bertfit.data.examples import LoadReport, Rejection
 from bertfit.data.files import loads_json, split_lines
 from bertfit.tasks.settings import INT_MAX, Setting
@@ -250,6 +251,11 @@ def _squad_records(path: str, doc: Any) -> Iterator[tuple[int, Mapping[str, Any]
                 yield row, qa, title, paragraph.get("context"), None
 
 
+def _table_records(source: Any) -> Iterator[tuple[int, Mapping[str, Any] | None, str, Any, str | None]]:
+    for row, obj, _ in source.records():
+        yield row, obj, str(obj.get("title", "") or ""), obj.get("context"), None
+
+
 def _jsonl_records(text: str) -> Iterator[tuple[int, Mapping[str, Any] | None, str, Any, str | None]]:
     for i, line in enumerate(split_lines(text), start=1):
         if not line.strip():
@@ -273,11 +279,27 @@ def read_qa(path: str | os.PathLike, *, skip_bad_rows: bool = False, require_ans
     prediction files may omit them. max_chars: longest context accepted (a whole book in one row is
     more likely a broken file than a passage).
     """
-    path = str(path)
-    text = _read_text(path)
-    stripped = text.lstrip()
-    is_json_doc = stripped.startswith("{") and '"data"' in stripped[:4096] and not _single_line_object(stripped)
-    if is_json_doc:
+    source = open_source(path)  # Parquet, Arrow, `datasets`: the flattened SQuAD columns, answers a struct
+    if source is not None:
+        for column in ("question", "context"):
+            if column not in source.columns:
+                raise DataError(f"{source.name}: no {column!r} column (columns: {', '.join(source.columns[:12])}); "
+                                "question answering reads question, context and answers")
+            source.check_text(column, column)
+        path, text, is_json_doc = source.name, "", False
+    else:
+        path, forced = split_format(path)
+        path = str(path)
+        if forced not in (None, "squad", "jsonl"):
+            raise DataError(f"{path}: question answering reads SQuAD JSON, JSON lines, Parquet, Arrow and `datasets` "
+                            f"data, not {forced}")
+        text = _read_text(path)
+        stripped = text.lstrip()
+        is_json_doc = forced == "squad" or (forced is None and stripped.startswith("{") and '"data"' in stripped[:4096]
+                                            and not _single_line_object(stripped))
+    if source is not None:
+        records, fmt = _table_records(source), source.format
+    elif is_json_doc:
         try:
             doc = loads_json(text)
         except ValueError as e:
@@ -303,7 +325,7 @@ def read_qa(path: str | os.PathLike, *, skip_bad_rows: bool = False, require_ans
                 problem = str(e)
         rejected.append(Rejection(row, problem))
         if not skip_bad_rows:
-            what = "question" if fmt == "squad-json" else "line"
+            what = "question" if fmt == "squad-json" else "line" if fmt == "jsonl" else "row"
             qid = record.get("id") if isinstance(record, Mapping) else None
             named = f" (id {qid})" if qid is not None else ""
             raise DataError(f"{path}, {what} {row}{named}: {problem}. Fix or remove it, or pass --skip-bad-rows "
