@@ -57,6 +57,9 @@ RUN_ENTRIES = frozenset({
     "special_tokens_map.json", "train_config.json", "data.json", "split.json", "metrics.json",
     "metrics.jsonl", "report.md", "report.html", "plots", "checkpoints", "task.json", "precision.json",
     "seeds",  # `train --seeds N`: one run per seed (seeds.py)
+    # the model card (report/card.py: README.bertfit.md when the user edited README.md), the transformers-style
+    # trainer state, and the trackers' ids and files (tracking/)
+    "README.md", "README.bertfit.md", "card.json", "trainer_state.json", "tracking.json", "tensorboard", "wandb",
 })
 
 # Every place inside a checkpoint save where BERTFIT_CRASH_AT can kill the process (in order).
