@@ -22,12 +22,13 @@ class Tracker(ABC):
     @abstractmethod
     def start(self, title: str, params: Mapping[str, str], resume_step: int | None) -> dict[str, Any]:
         """Open the tracked run (a new one, or the saved one when ``resume_step`` is not None: the run
-        continues after that step). Returns what to save to find it again (its id)."""
+        continues after that step, and its log up to there is logged again, see logged_steps).
+        Returns what to save to find it again (its id)."""
 
     def logged_steps(self) -> dict[str, int] | None:
         """After a resuming ``start``: the last step of each metric the tracker already holds, so the
-        steps logged again after the checkpoint are not duplicated; None when the tracker drops
-        them itself (TensorBoard's purge)."""
+        records logged again (the run's log up to its checkpoint, then the steps after it) are not
+        duplicated; None when the tracker drops what it held itself (TensorBoard's purge)."""
         return None
 
     @abstractmethod

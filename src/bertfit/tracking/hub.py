@@ -102,8 +102,11 @@ class Tracking:
         self.last_step = 0
 
     # -- starting -----------------------------------------------------------------------------
-    def start(self, title: str, params: Mapping[str, Any], resume_step: int | None) -> "Tracking":
-        """Open every tracker's run (in the background: the first training steps do not wait)."""
+    def start(self, title: str, params: Mapping[str, Any], resume_step: int | None,
+              replay: Sequence[Mapping[str, Any]] = ()) -> "Tracking":
+        """Open every tracker's run (in the background: the first training steps do not wait).
+        A resumed run passes its log up to the checkpoint (``replay``): the records a kill -9 caught
+        in the queue reach the trackers now, and those they hold already are not sent twice."""
         if not self.names:
             return self
         check_available(self.names)
@@ -115,11 +118,13 @@ class Tracking:
         self._thread = threading.Thread(target=self._work, name="bertfit-tracking", daemon=True)
         self._thread.start()
         self._put("start", title, flat_params(params), resume_step)
+        for record in replay:
+            self(record, None, 0, chain=False)
         return self
 
     # -- the loop's hook ----------------------------------------------------------------------
-    def __call__(self, record: dict[str, Any], state: Any, total: int) -> None:
-        if self.chain is not None:
+    def __call__(self, record: Mapping[str, Any], state: Any, total: int, chain: bool = True) -> None:
+        if chain and self.chain is not None:
             self.chain(record, state, total)
         if self.trackers and record.get("kind") in ("train", "eval"):
             step = int(record["step"])

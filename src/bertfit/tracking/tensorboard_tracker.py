@@ -1,7 +1,8 @@
 """TensorBoard: event files in RUN/tensorboard, written by torch.utils.tensorboard.
 
-A resumed run opens the writer with ``purge_step``: TensorBoard then drops the events an earlier
-attempt wrote after the checkpoint the run continues from, and the steps logged again take their place."""
+A resumed run opens the writer with ``purge_step=1``: TensorBoard then drops the scalars the earlier
+attempts wrote, and the run's log, replayed up to its checkpoint (hub.py), then the steps after it take
+their place. So nothing is twice, and nothing is missing that a kill -9 caught before it was written."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class TensorBoardTracker(Tracker):
         from torch.utils.tensorboard import SummaryWriter
 
         log_dir = self.run_dir / LOG_DIR
-        self.writer = SummaryWriter(str(log_dir), purge_step=None if resume_step is None else resume_step + 1)
+        self.writer = SummaryWriter(str(log_dir), purge_step=None if resume_step is None else 1)
         if resume_step is None:  # the settings once, as a table in TensorBoard's Text tab
             rows = "\n".join(f"| {k} | {v} |" for k, v in params.items())
             self.writer.add_text("settings", f"**{title}**\n\n| setting | value |\n|---|---|\n{rows}", 0)

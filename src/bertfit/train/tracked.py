@@ -37,7 +37,7 @@ def start_tracking(tracking: Tracking, title: str, settings: Mapping[str, Any], 
               "precision": {k: precision[k] for k in ("device", "bf16", "dense_kernel", "source") if k in precision},
               "processor": (precision.get("cpu") or {}).get("model") or platform.processor() or platform.machine(),
               "versions": {"bertfit": __version__, "torch": torch.__version__, "python": platform.python_version()}}
-    tracking.start(title, params, trainer.state.step if resume else None)
+    tracking.start(title, params, trainer.state.step if resume else None, replay=trainer.run.read_log() if resume else ())
 
 
 def write_run_documents(run: RunDir, task: Any, trainer: Any, result: Any, wall_time_s: float,
