@@ -119,7 +119,7 @@ def card_data(facts: RunFacts) -> Any:
     evaluated = [(split, dataset, facts.headline(split)) for split in ("validation", "test")]
     for extra in facts.state.get("evaluations") or []:
         values = extra.get("metrics") or {}
-        evaluated.append(("test", Path(str(extra.get("file"))).name,
+        evaluated.append((None, Path(str(extra.get("file"))).name,  # the whole file: no split of it
                           [(n, float(values[n])) for n in facts.task.headline_metrics if _number(values.get(n))]))
     for split, name, pairs in evaluated:
         for metric, value in pairs:
