@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -44,13 +45,26 @@ def train_log(run: Path) -> list[dict]:
     return [r for r in RunDir(run).read_log() if r["kind"] == "train"]
 
 
+def reported_step_6(run: Path, client) -> bool:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    try:
+        run_id = json.loads((run / "tracking.json").read_text())["runs"]["mlflow"]["run_id"]
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        return (max(s.step for s in events.Scalars("train/loss")) >= 6
+                and max(m.step for m in client.get_metric_history(run_id, "train/loss")) >= 6)
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 @pytest.fixture
 def data(tmp_path) -> Path:
     return write_csv(tmp_path / "d.csv", synthetic_rows(200, seed=3))
 
 
 def test_tensorboard_and_mlflow_read_back_across_a_kill_and_resume(tmp_path, tiny_model_dir, data, monkeypatch):
-    """Killed at step 7 (checkpoint at step 4, steps 5 and 6 already reported), then resumed: TensorBoard's
+    """Killed after step 7 (checkpoint at step 4, steps 5 and 6 already reported), then resumed: TensorBoard's
     reader and MlflowClient each hold every step once, with metrics.jsonl's values; MLflow has the
     settings, final metrics and the run's files, in one run."""
     pytest.importorskip("tensorboard")
@@ -61,9 +75,21 @@ def test_tensorboard_and_mlflow_read_back_across_a_kill_and_resume(tmp_path, tin
     run = tmp_path / "run"
     env = {"MLFLOW_TRACKING_URI": f"file:{tmp_path / 'mlruns'}", "MLFLOW_ALLOW_FILE_STORE": "true",
            "MLFLOW_EXPERIMENT_NAME": "bertfit-tests"}
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     args = train_args(tiny_model_dir, data, run, "--report-to", "tensorboard", "mlflow")
-    killed = bertfit(*args, env_extra={**env, "BERTFIT_KILL_AT_STEP": "7"})
-    assert killed.returncode == -9, killed.stderr[-3000:]
+    # Held after step 7 (checkpoint at 4) until both trackers show step 6, then killed: the resume must
+    # neither log steps 5 and 6 twice nor lose any.
+    job = subprocess.Popen([sys.executable, "-m", "bertfit", *map(str, args)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={**os.environ, **env, "BERTFIT_HANG_AT_STEP": "7"})
+    try:
+        deadline = time.monotonic() + 240
+        while not reported_step_6(run, client):
+            assert job.poll() is None and time.monotonic() < deadline, "the trackers never got step 6"
+            time.sleep(0.5)
+    finally:
+        job.kill()
+        job.wait()
     out = bertfit("train", "--resume", run, env_extra=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "failed" not in out.stderr, out.stderr[-3000:]
@@ -79,8 +105,6 @@ def test_tensorboard_and_mlflow_read_back_across_a_kill_and_resume(tmp_path, tin
     assert [s.step for s in events.Scalars("train/tokens_per_s")] == list(range(1, STEPS + 1))
     assert [s.step for s in events.Scalars("eval/macro_f1")] == [4, 8]  # the task's own metric names
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("bertfit-tests")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1  # the resume continued the same tracked run
