@@ -111,3 +111,9 @@ def test_a_distributed_runs_card_lists_its_world_size(tmp_path, tiny_model_dir):
     text = (run / "README.md").read_text()
     assert "world size 2 (2 data-parallel processes)" in text
     assert json.loads((run / "trainer_state.json").read_text())["world_size"] == 2
+
+
+def test_a_multi_seed_run_has_its_best_seeds_card_on_top(tmp_path, tiny_model_dir):
+    run = train(tiny_model_dir, tmp_path, "single-label", "--seeds", 2)
+    check_card(run, "text-classification", ("validation", "test"))
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 4

@@ -235,6 +235,8 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out.pop("extra")
         out.update(out.pop("task_settings"))  # flat, as train_config.json has always had them
+        if not out["report_to"]:  # no trackers: saved as before --report-to existed (a run's settings unchanged)
+            del out["report_to"]
         return out
 
     @classmethod

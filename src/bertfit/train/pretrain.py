@@ -225,7 +225,8 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
     if d.is_writer:
         write_json_atomic(run.file("precision.json"), trainer.precision.record())
     start_tracking(tracking, f"bertfit pretrain: {config.model} on {', '.join(Path(p).name for p in settings.corpus)}",
-                   {**_training_settings(config), "pretrain": settings.to_dict()}, trainer, resume)
+                   {**_training_settings(config), "report_to": config.report_to, "pretrain": settings.to_dict()},
+                   trainer, resume)
     try:
         result = trainer.train()
     except BaseException:
@@ -262,8 +263,7 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
 PRETRAINING_READS = ("model", "max_length", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay",
                      "warmup_ratio", "max_grad_norm", "adam_betas", "adam_eps", "eval_every", "eval_each_epoch", "metric",
                      "patience", "eval_batch_tokens", "output_dir", "seed", "log_every", "save_every", "keep_checkpoints",
-                     "device", "threads", "bf16", "compile", "gradient_checkpointing", "bucket_window",
-                     "report_to")
+                     "device", "threads", "bf16", "compile", "gradient_checkpointing", "bucket_window")
 
 
 def _training_settings(config: Any) -> dict[str, Any]:
