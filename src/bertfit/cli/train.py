@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             from bertfit.train.config import PROBLEM_TYPES
 
             parser.add_argument("--task", flag, dest=f.name, choices=PROBLEM_TYPES, default=None, help=help_text)
+        elif f.name == "report_to":
+            from bertfit.tracking import CHOICES as TRACKERS
+
+            parser.add_argument(flag, nargs="+", choices=TRACKERS, default=None, metavar="TRACKER", help=help_text)
         elif f.name in CHOICES:
             parser.add_argument(flag, choices=CHOICES[f.name], default=None, help=help_text)
         else:

@@ -65,6 +65,8 @@ class Task(ABC):
     # How the report names the run and its rows ("fine-tuned on 800 training examples"), and whether it
     # has a most-confident-mistakes section (pretraining predicts masked tokens, it has no mistakes to list).
     trained_as: ClassVar[str] = "fine-tuned"
+    # The Hugging Face hub's task id of its models (the model card's pipeline_tag and model-index type).
+    hub_task: ClassVar[str] = "text-classification"
     row_noun: ClassVar[str] = "examples"
     reports_mistakes: ClassVar[bool] = True
     # The most-confident-mistakes table's titles for the gold value, the prediction, the text and the pair.

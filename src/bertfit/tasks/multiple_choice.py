@@ -234,6 +234,7 @@ def positions(groups: Tensor, count: int) -> Tensor:
 
 class MultipleChoice(Task):
     name = "multiple-choice"
+    hub_task = "multiple-choice"
     head = "choice"
     problem_type = "multiple_choice"
     metric_names = ("accuracy", "loss")

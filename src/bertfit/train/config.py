@@ -21,6 +21,7 @@ from bertfit.tasks.table import METRICS
 from bertfit.tasks.settings import is_int as _is_int
 from bertfit.tasks.settings import range_message
 from bertfit.tasks.settings import show as _show
+from bertfit.tracking import parse_report_to
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class TrainConfig:
     compile: bool = False
     gradient_checkpointing: bool = False  # recompute each encoder layer in the backward: less memory, same results
     bucket_window: int = 50
+    report_to: tuple[str, ...] = ()  # trackers: tensorboard, mlflow, wandb (tracking/); () = none
     # Every task's own settings (tasks/declared.py: NER's tag_column, QA's doc_stride, ...), by name,
     # validated by their declarations. Given and saved as flat keys (TrainConfig(tag_column=2),
     # train_config.json's "tag_column") and read as attributes (config.tag_column); missing: defaults.
@@ -156,6 +158,7 @@ class TrainConfig:
         if self.classifier_input not in ("pooled", "cls"):
             raise ConfigError(f"classifier_input must be 'pooled' or 'cls', got {_show(self.classifier_input)}")
         self._check_class_weights()
+        object.__setattr__(self, "report_to", parse_report_to(self.report_to))
         for name in _BOOLS:
             value = getattr(self, name)
             if not isinstance(value, bool) and not (value is None and name == "bf16"):
@@ -238,6 +241,8 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out.pop("extra")
         out.update(out.pop("task_settings"))  # flat, as train_config.json has always had them
+        if not out["report_to"]:  # no trackers: saved as before --report-to existed (a run's settings unchanged)
+            del out["report_to"]
         return out
 
     @classmethod

@@ -35,6 +35,7 @@ from bertfit.tokenizer import WordPieceTokenizer
 from bertfit.batching import EncodedSplit
 from bertfit.train.loop import Trainer, TrainResult, predict_logits, seed_everything
 from bertfit.train.config import TrainConfig
+from bertfit.train.tracked import finish_tracking, open_tracking, start_tracking, write_run_documents
 from bertfit.tasks import windows
 
 logger = logging.getLogger(__name__)
@@ -312,8 +313,9 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
         save_model(m, run.path, tokenizer=tokenizer)
         write_task(run.path, task, max_length=config.max_length, reading=reading)
 
+    tracking = open_tracking(run, config.report_to, d.is_writer, callback)  # the trainer's one hook: progress + trackers
     trainer = Trainer(model, config, train, validation, run, pad_id=tokenizer.pad_id, device=device, task=task,
-                      on_save_best=save_best, callback=callback)
+                      on_save_best=save_best, callback=tracking)
     if resume:
         trainer.resume_latest()
     else:
@@ -321,7 +323,13 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
                     f" in each of {d.world} processes" if d.distributed else "", len(train), trainer.total_steps)
     if d.is_writer:
         write_json_atomic(run.file("precision.json"), trainer.precision.record())  # what this run computes in
-    result = trainer.train()
+    start_tracking(tracking, f"bertfit run: {config.model} on {Path(config.train_file).name if config.train_file else 'the bundled tweets'}",
+                   config.to_dict(), trainer, resume)
+    try:
+        result = trainer.train()
+    except BaseException:
+        tracking.finish(failed=True)  # what the trackers have is kept; the run resumes into them
+        raise
 
     # The best weights: rank 0 reads them from the run directory and sends them to the others.
     best = load_model(run.path, require_head=True).to(device) if d.is_writer else trainer.model
@@ -361,6 +369,8 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
     from bertfit.report import write_report
 
     report = write_report(run.path, inputs)
+    write_run_documents(run, task, trainer, result, wall)
+    finish_tracking(tracking, run, metrics, wall)
     return RunResult(run.path, metrics, report, result, wall, task, inputs)
 
 

@@ -188,6 +188,7 @@ class Trainer:
         if device.type == "cpu" and not config.compile and not getattr(self.model, "ties_word_embeddings", False):
             self._token_grad = WordEmbeddingGrad(self.model.bert.embeddings.token.weight)
         self.notes: list[str] = []
+        self._grad_norm = 0.0  # the last step's gradient norm (the train records show it)
         self.data_fingerprint = data_fingerprint(train)
         self._order: list[list[int]] | None = None  # the batch order of epoch self._order_epoch
         self._order_epoch = -1
@@ -367,6 +368,7 @@ class Trainer:
                     st.train_seconds += elapsed
                     record = {"kind": "train", "step": st.step, "epoch": self._epoch_progress(len(batches)),
                               "loss": st.window_loss / st.window_steps, "lr": self.scheduler.get_last_lr()[0],
+                              "grad_norm": self._grad_norm,  # of this step, before clipping (as transformers logs it)
                               "batch_hash": st.window_hash,
                               "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                               "examples_per_s": window_examples / max(elapsed, 1e-9)}
@@ -462,6 +464,7 @@ class Trainer:
             raise TrainingError(f"the gradient became NaN or infinite at step {step}; stopped before the weights were "
                                 f"updated ({self._last_checkpoint_text()}). Lower --lr (now {self.config.lr:g}) "
                                 "or check the data")
+        self._grad_norm = float(grad_norm)  # already on the host: the finiteness check above synchronised
         self.optimizer.step()
         self.scheduler.step()
         self._zero_grad()

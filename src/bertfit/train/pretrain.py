@@ -159,6 +159,7 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
     from bertfit.tasks.pretrain.task import Pretrain
     from bertfit.tokenizer import WordPieceTokenizer
     from bertfit.train.loop import Trainer, seed_everything
+    from bertfit.train.tracked import finish_tracking, open_tracking, start_tracking, write_run_documents
 
     run = RunDir(config.output_dir)
 
@@ -217,8 +218,9 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
         save_model(m, run.path, tokenizer=tokenizer)
         write_task(run.path, task, max_length=config.max_length, reading={})
 
+    tracking = open_tracking(run, config.report_to, d.is_writer, callback)  # the trainer's one hook: progress + trackers
     trainer = Trainer(model, config, train, validation if len(validation) else None, run, pad_id=tokenizer.pad_id,
-                      device=device, task=task, on_save_best=save_best, callback=callback)
+                      device=device, task=task, on_save_best=save_best, callback=tracking)
     if resume:
         trainer.resume_latest()
         saved_before = run.file("before.json")
@@ -230,7 +232,14 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
                     f" in each of {d.world} processes" if d.distributed else "", len(train), trainer.total_steps)
     if d.is_writer:
         write_json_atomic(run.file("precision.json"), trainer.precision.record())
-    result = trainer.train()
+    start_tracking(tracking, f"bertfit pretrain: {config.model} on {', '.join(Path(p).name for p in settings.corpus)}",
+                   {**_training_settings(config), "report_to": config.report_to, "pretrain": settings.to_dict()},
+                   trainer, resume)
+    try:
+        result = trainer.train()
+    except BaseException:
+        tracking.finish(failed=True)  # what the trackers have is kept; the run resumes into them
+        raise
 
     # The best weights: rank 0 reads them from the run directory and sends them to the others.
     best = load_pretraining(run.path, nsp=settings.nsp, require_head=True).to(device) if d.is_writer else trainer.model
@@ -251,6 +260,8 @@ def _pretrain(config: Any, settings: PretrainSettings, d: Any, started: float, r
     write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": "no held-out slice"})
     write_json_atomic(run.file("fills.json"), fills)
     report = _write_report(run, config, settings, data.summary, result, metrics, fills, task, wall)
+    write_run_documents(run, task, trainer, result, wall, settings={"pretrain": settings.to_dict()})
+    finish_tracking(tracking, run, metrics, wall)
     return PretrainResult(run.path, metrics, report, wall, fills, settings=settings)
 
 

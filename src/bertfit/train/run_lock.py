@@ -36,6 +36,9 @@ RUN_ENTRIES = frozenset({
     "metrics.jsonl", "report.md", "report.html", "plots", "checkpoints", "task.json", "precision.json",
     "seeds",  # `train --seeds N`: one run per seed (seeds.py)
     "before.json", "fills.json", "pretrain.json",  # pretraining runs (train/pretrain.py)
+    # the model card (report/card.py: README.bertfit.md when the user edited README.md), the transformers-style
+    # trainer state, and the trackers' ids and files (tracking/)
+    "README.md", "README.bertfit.md", "card.json", "trainer_state.json", "tracking.json", "tensorboard", "wandb",
 })
 
 

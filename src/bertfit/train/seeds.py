@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 SEEDS_DIR = "seeds"
 # Files of the best seed's run that make the top directory a usable run (report and plots are re-rendered).
 COPIED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-          "special_tokens_map.json", "task.json", "precision.json", "data.json", "split.json", "metrics.jsonl")
+          "special_tokens_map.json", "task.json", "precision.json", "data.json", "split.json", "metrics.jsonl",
+          "trainer_state.json")
 
 
 def aggregate(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -139,6 +140,20 @@ def _run_seeds(config: Any, root: RunDir, run_one: Callable[..., Any], resume: b
     return _finish(config, root, per_seed, results)
 
 
+def _write_card(root: RunDir, best_dir: Path, task: Any) -> None:
+    """The top directory's model card: the best seed's, rendered from the top's files."""
+    from bertfit.report.card import STATE, write_card
+
+    try:
+        state = json.loads((best_dir / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    try:
+        write_card(root.path, task, world_size=state.get("world_size"), wall_time_s=state.get("wall_time_s"))
+    except Exception as exc:  # noqa: BLE001 - as for one seed's card: a warning, never a lost run
+        logger.warning("could not write the model card of %s: %s: %s", root.path, type(exc).__name__, exc)
+
+
 def _finish(config: Any, root: RunDir, per_seed: dict[int, dict[str, Any]], results: dict[int, Any]) -> Any:
     if not results:
         raise BertfitError(f"{root.path}: every seed had finished before; pass --overwrite to train them again")
@@ -169,5 +184,6 @@ def _finish(config: Any, root: RunDir, per_seed: dict[int, dict[str, Any]], resu
         if (best_dir / "plots").is_dir():
             shutil.copytree(best_dir / "plots", root.file("plots"), dirs_exist_ok=True)
         report = root.file("report.md")
+    _write_card(root, best_dir, some.task)
     logger.info("best of %d seeds on validation %s: seed %d", len(per_seed), metric, best)
     return dataclasses.replace(result, run_dir=root.path, metrics=metrics, report=Path(report))

@@ -52,6 +52,7 @@ def tag_names(types: Sequence[str]) -> list[str]:
 
 class NER(Task):
     name = "ner"
+    hub_task = "token-classification"
     head = "token"
     problem_type = "token_classification"
     metric_names = ("f1", "macro_f1", "precision", "recall", "token_accuracy", "loss")

@@ -42,6 +42,7 @@ STATS = ("mlm_loss_sum", "masked", "mlm_correct", "nsp_loss", "nsp_correct")
 
 class Pretrain(Task):
     name = "pretrain"
+    hub_task = "fill-mask"
     head = "pretraining"
     problem_type = "pretraining"
     metric_names = ("loss", "mlm_loss", "perplexity", "mlm_accuracy", "nsp_accuracy")

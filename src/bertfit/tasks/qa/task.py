@@ -49,6 +49,7 @@ def _setting(settings: Any, key: str, default: Any) -> Any:
 
 class QuestionAnswering(Task):
     name = "qa"
+    hub_task = "question-answering"
     head = "span"
     problem_type = "question_answering"
     metric_names = ("f1", "exact_match", "loss")

@@ -1,0 +1,87 @@
+"""Training throughput with each --report-to tracker against none (issue 27: at most 2% below).
+
+Each contender trains the same job in a fresh process (MiniLM on the bundled tweets, a log record
+every step: the trackers' worst case); the throughput is the optimizer steps between the first and
+the last train record divided by the time between them, taken in the trainer's callback, so the
+trackers' hook and their background thread (on the same core) are inside it. Contenders are
+interleaved and repeated; ratios are against the median of `none`.
+
+    flock /work/bench.lock taskset -c 0 env OMP_NUM_THREADS=1 python benchmarks/bench_tracking.py \
+        --steps 60 --repeats 2 --out benchmarks/tracking_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONTENDERS = ("none", "tensorboard", "mlflow", "wandb")
+
+
+def one(contender: str, steps: int, out: Path) -> None:
+    from bertfit import TrainConfig, fine_tune
+
+    stamps: list[tuple[int, float]] = []
+
+    def record_time(record, state, total) -> None:
+        if record["kind"] == "train":
+            stamps.append((record["step"], time.perf_counter()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update(MLFLOW_TRACKING_URI=f"file:{tmp}/mlruns", MLFLOW_ALLOW_FILE_STORE="true", WANDB_MODE="offline",
+                          WANDB_SILENT="true")
+        config = TrainConfig(output_dir=f"{tmp}/run", max_train_examples=2000, max_eval_examples=200, max_steps=steps,
+                             batch_size=16, max_length=64, log_every=1, eval_every=0, eval_each_epoch=False,
+                             threads=1, save_every=10_000, report_to=() if contender == "none" else (contender,))
+        fine_tune(config, callback=record_time)
+    (first, t0), (last, t1) = stamps[2], stamps[-1]  # from step 3: the trackers' start (imports, new run) inside
+    (mid, tm) = stamps[len(stamps) // 3]  # the last two thirds: the steady state, the trackers started
+    out.write_text(json.dumps({"contender": contender, "steps_per_s": (last - first) / (t1 - t0), "steps": last - first,
+                               "steady_steps_per_s": (last - mid) / (t1 - tm), "steady_steps": last - mid}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/tracking_overhead.json"))
+    parser.add_argument("--one", choices=CONTENDERS)
+    parser.add_argument("--result", type=Path)
+    args = parser.parse_args()
+    if args.one:
+        one(args.one, args.steps, args.result)
+        return
+    runs = []
+    for repeat in range(args.repeats):
+        order = CONTENDERS if repeat % 2 == 0 else tuple(reversed(CONTENDERS))  # interleaved, both orders
+        for contender in order:
+            with tempfile.NamedTemporaryFile(suffix=".json") as f:
+                subprocess.run([sys.executable, __file__, "--one", contender, "--steps", str(args.steps),
+                                "--result", f.name], check=True, capture_output=True)
+                runs.append({**json.loads(Path(f.name).read_text()), "repeat": repeat})
+                print(runs[-1], flush=True)
+    median = {c: statistics.median(r["steps_per_s"] for r in runs if r["contender"] == c) for c in CONTENDERS}
+    steady = {c: statistics.median(r["steady_steps_per_s"] for r in runs if r["contender"] == c) for c in CONTENDERS}
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "?")
+    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+             if f in Path("/proc/cpuinfo").read_text().split()]
+    result = {"command": " ".join(sys.argv), "processor": cpu, "flags": flags, "threads": 1,
+              "job": f"minilm-l6, tweets (2,000 train), batch 16, max_length 64, {args.steps} steps, a log record every step",
+              "runs": runs, "median_steps_per_s": median,
+              "ratio_to_none": {c: median[c] / median["none"] for c in CONTENDERS},
+              "median_steady_steps_per_s": steady,
+              "steady_ratio_to_none": {c: steady[c] / steady["none"] for c in CONTENDERS}}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"all": result["ratio_to_none"], "steady": result["steady_ratio_to_none"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
