@@ -307,3 +307,16 @@ def test_page_highlights_the_cue_word(cue_run, tmp_path):
     assert [f["target"] for f in found] == [f["label"] for f in found] == ["positive", "negative"]
     assert all(f["up"] and f["alpha"] == "0.850" and "toward" in f["title"] for f in found)
     assert [f["words"] for f in found] == [len(t.split()) for t in CUE_TEXTS[:2]]
+
+
+def test_report_explains_mistakes_and_the_words_behind_each_class(cue_run):
+    """report.md: the worst mistakes' strongest words, and the words that most often push each class (on
+    the planted-cue data: the sentiment words)."""
+    report = (cue_run / "report.md").read_text(encoding="utf-8")
+    assert "## Why: the words behind the predictions" in report
+    section = report.split("## Why: the words behind the predictions")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ") and "/" in line}
+    assert set(rows) >= {"positive", "negative"}
+    for label, cues, others in (("positive", POSITIVE, NEGATIVE), ("negative", NEGATIVE, POSITIVE)):
+        first = rows[label].split("|")[2].split(",")[0].split("(")[0].strip()  # the most frequent word
+        assert first in cues and not any(f" {w} (" in rows[label] for w in others), rows[label]
