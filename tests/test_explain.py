@@ -41,7 +41,7 @@ def _train(tmp_path: Path, model_dir: Path, task: str) -> tuple[Path, list[dict]
     """test_tasks' small learnable data set of the task, trained long enough to have learned something."""
     train = _write_jsonl(tmp_path / f"{task}.jsonl", _rows(task, 120, seed=1))
     config = TrainConfig(train_file=str(train), model=str(model_dir), output_dir=str(tmp_path / "run"), problem_type=task,
-                         max_steps=40, batch_size=16, lr=1e-3, threads=1, max_length=32, eval_each_epoch=False,
+                         max_steps=120, batch_size=16, lr=5e-4, threads=1, max_length=32, eval_each_epoch=False,
                          pair_column="text_pair" if task == "regression" else None,
                          **({"doc_stride": 8} if task == "qa" else {}),
                          **({"class_weights": "balanced"} if task == "ner" else {}))  # else it may tag all O
@@ -62,20 +62,21 @@ def test_attributions_add_up_on_every_task(task, tmp_path, tiny_model_dir):
     predictor = Predictor.load(run, engine="pytorch")
     texts, pairs = _inputs(task, rows[:4])
     which = ["all"] if task in ("single-label", "multi-label", "regression") else None
-    explained = predictor.explain(texts, pairs, which=which)
+    # A tighter bound than the default (5%, 0.005), so that a small model's small changes are checked too.
+    explained = predictor.explain(texts, pairs, which=which, tolerance=0.01, atol=1e-4)
     assert len(explained) == len(texts)
     checked = 0
     for result in explained:
         for e in result["explanations"]:
             total = sum(w["attribution"] for w in e["words"])
             assert abs(total - (e["value"] - e["baseline"])) == pytest.approx(e["completeness_error"], abs=1e-9)
-            assert e["completeness_error"] <= e["tolerance"] == max(0.05 * abs(e["value"] - e["baseline"]), 0.005)
+            assert e["completeness_error"] <= e["tolerance"] == max(0.01 * abs(e["value"] - e["baseline"]), 1e-4)
             assert all(w["end"] > w["start"] for w in e["words"])
             checked += 1
         _check_values(task, result)
     assert checked >= len(texts) - 1  # NER may find no entity in a sentence
     # The words changed something: the check would be empty if the model ignored its input.
-    assert max(abs(e["value"] - e["baseline"]) for r in explained for e in r["explanations"]) > 0.05
+    assert max(abs(e["value"] - e["baseline"]) for r in explained for e in r["explanations"]) > 0.005
 
 
 def _check_values(task: str, result: dict) -> None:
@@ -113,6 +114,7 @@ def test_baseline_is_the_text_with_pad_for_every_word(cue_run):
                                  torch.zeros(1, len(ids), dtype=torch.long))
     p = predictor.task.decode(logits.numpy())[0]["probabilities"][e["target"]]  # with the fitted temperature
     assert e["baseline"] == pytest.approx(p, abs=1e-5)
+    assert e["tolerance"] == max(0.05 * abs(e["value"] - e["baseline"]), 0.005)  # the default bound
 
 
 def test_steps_are_raised_until_complete(cue_run, caplog):

@@ -111,16 +111,18 @@ def explain_plan(model: torch.nn.Module, plan: ExplainPlan, pad_id: int, which: 
         base = embeddings.token.weight[pad_id]
         attributable = torch.from_numpy(_padded(plan.word_of, T)).to(device) >= 0  # (F, T)
         diff = (words - base) * attributable[..., None]  # x − x' per token: zero at kept tokens
-    # With autograd on, as every pass here: the CPU's prepacked small-batch kernels (cpu_linear.py) run
-    # only without it, and would make the numbers depend on how the predictor was loaded by ~1e-6.
+    # f at α = 0 (the baseline) and α = 1 (the input itself: its outputs choose the targets), once. With
+    # autograd on, as every pass here: the CPU's prepacked small-batch kernels (cpu_linear.py) run only
+    # without it, and would make the numbers depend on how the predictor was loaded by ~1e-6.
     with torch.enable_grad():
-        outputs = run_head(model, batch).detach()  # (F, *output): the input itself
-    targets = plan.choose(outputs.cpu(), which)
+        ends = _run(model, batch, diff, np.array([0.0, 1.0]))[0].detach()  # (2, F, *output)
+    targets = plan.choose(ends[1].cpu(), which)
     if not targets:
         return []
+    values = [target.value(ends).cpu().numpy() for target in targets]
     n = steps
     while True:
-        values, grads = _integrate(model, batch, diff, targets, n)
+        grads = _integrate(model, batch, diff, targets, n)
         results = [_attribution(t, v, g, diff, plan, n, tolerance, atol) for t, v, g in zip(targets, values, grads)]
         if all(r.complete for r in results) or n * 2 > max_steps or (deadline is not None and time.monotonic() > deadline):
             break
@@ -151,15 +153,11 @@ def _run(model: torch.nn.Module, batch: Batch, diff: Tensor, alphas: np.ndarray)
     return out.reshape(S, F, *out.shape[1:]), shift
 
 
-def _integrate(model: torch.nn.Module, batch: Batch, diff: Tensor, targets: list[Target], n: int
-               ) -> tuple[list[np.ndarray], list[Tensor]]:
-    """Per target: its values at α = 0 and 1 (gradient-free passes), and Σ_s w_s ∂f/∂x at each token
-    (F, T, H) over the n Gauss–Legendre nodes (batched, ``MAX_TOKENS`` at a time)."""
+def _integrate(model: torch.nn.Module, batch: Batch, diff: Tensor, targets: list[Target], n: int) -> list[Tensor]:
+    """Per target: Σ_s w_s ∂f/∂x at each token (F, T, H) over the n Gauss–Legendre nodes (batched,
+    ``MAX_TOKENS`` at a time)."""
     nodes, weights = gauss_legendre(n)
     F, T = batch.input_ids.shape
-    with torch.enable_grad():
-        ends, _ = _run(model, batch, diff, np.array([0.0, 1.0]))
-    values = [target.value(ends).detach().cpu().numpy() for target in targets]
     grads = [torch.zeros_like(diff) for _ in targets]
     chunk = max(1, MAX_TOKENS // (F * T))
     for at in range(0, n, chunk):
@@ -170,7 +168,7 @@ def _integrate(model: torch.nn.Module, batch: Batch, diff: Tensor, targets: list
         for k, target in enumerate(targets):
             (g,) = torch.autograd.grad(target.value(out).sum(), shift, retain_graph=k < len(targets) - 1)
             grads[k] += torch.einsum("s,sfth->fth", ws, g.reshape(S, F, T, -1))
-    return values, grads
+    return grads
 
 
 def _attribution(target: Target, values: np.ndarray, grad: Tensor, diff: Tensor, plan: ExplainPlan, n: int,
