@@ -353,6 +353,21 @@ class WordPieceTokenizer:
         # Truncation moves the dropped tokens into `overflowing`; an untruncated one has none.
         return [Encoded(e.ids, e.type_ids, len(e.overflowing) > 0) for e in encodings]
 
+    def encode_offsets(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                       max_length: int = MAX_LENGTH) -> list[Any]:
+        """As ``encode`` (same ids, same truncation), but each item is the `tokenizers.Encoding` with its
+        character ``offsets`` and ``sequence_ids``: explanations map tokens back to the user's words."""
+        texts = _as_batch(texts)
+        _check_max_length(max_length, pairs is not None)
+        inputs = texts if pairs is None else list(zip(texts, _as_batch(pairs)))
+        if not inputs:
+            return []
+        with self._lock:
+            if max_length != self._max_length:
+                self._tokenizer.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
+                self._max_length = max_length
+            return self._tokenizer.encode_batch(inputs, add_special_tokens=True)
+
     def encode_pieces(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's word-piece ids, without [CLS]/[SEP] and without truncation (windows.py picks
         the positions a long text keeps)."""

@@ -3,6 +3,7 @@
     bertfit train     fine-tune a model on a labelled file (default: MiniLM on the bundled tweets)
     bertfit evaluate  score a trained run on a labelled file
     bertfit predict   label texts from arguments, a file, or standard input
+    bertfit explain   which words made the model say what it said
     bertfit serve     an HTTP server with a web page (extra: bertfit[serve])
     bertfit pretrain  further-pretrain on unlabelled text (masked LM + next-sentence prediction)
     bertfit fill-mask guess the words behind [MASK] (a masked-LM model)
@@ -22,11 +23,12 @@ import os
 import sys
 from types import ModuleType
 
-from bertfit.cli import evaluate, export, fill_mask, nsp, predict, pretrain, serve, train
+from bertfit.cli import evaluate, explain, export, fill_mask, nsp, predict, pretrain, serve, train
 from bertfit.errors import BertfitError
 
 # The subcommands, in the order --help lists them.
-COMMANDS: dict[str, ModuleType] = {"train": train, "evaluate": evaluate, "predict": predict, "export": export,
+COMMANDS: dict[str, ModuleType] = {"train": train, "evaluate": evaluate, "predict": predict, "explain": explain,
+                                   "export": export,
                                    "serve": serve, "pretrain": pretrain,
                                    "fill-mask": fill_mask, "nsp": nsp}
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    if extras and getattr(args, "command", None) == "predict":
+    if extras and getattr(args, "command", None) in ("predict", "explain"):
         # argparse gives texts that follow an option (`predict RUN --json "a" "b"`) back as extras;
         # they are texts. Before a `--`, anything shaped like an option is still a mistake.
         before, _, after = (extras[: extras.index("--")], None, extras[extras.index("--") + 1 :]) \

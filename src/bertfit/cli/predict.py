@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_argument(parser)
     parser.add_argument("--batch-tokens", type=positive_int, default=8192, help="token budget of a prediction batch")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    parser.add_argument("--explain", action="store_true",
+                        help="add word-level explanations (Integrated Gradients, as `bertfit explain`): an "
+                             "'explanation' column of JSON with --file, an \"explanations\" field with --json")
     add_flags(parser, DECLARED, "predict")  # every task's prediction settings and input fields (QA's --top-k, --question)
 
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if not texts or texts == ["-"]:
         texts = _stdin_lines(args.encoding)
         args.json = True if not sys.stdout.isatty() else args.json
-    predictions = classifier.predictions(texts, max_tokens=args.batch_tokens)
+    predictions = _predict(classifier, args, texts)
     for text, record in zip(texts, predictions):
         if args.json:
             print(json.dumps({"text": text, **_rounded(record)}, ensure_ascii=False))
@@ -205,7 +208,14 @@ def _predict_columns(classifier, args: argparse.Namespace, table, inputs: list[s
     empty = sum(1 for t, item in zip(texts, items) if isinstance(item, str) and not t.strip())
     if empty:
         logger.warning("%s: %d rows have an empty %r; they are still labelled (from [CLS] [SEP] alone)", args.file, empty, column)
-    return classifier.predictions(items if pairs is None else texts, pairs, max_tokens=args.batch_tokens)
+    return _predict(classifier, args, items if pairs is None else texts, pairs)
+
+
+def _predict(classifier, args: argparse.Namespace, items: list, pairs: list[str] | None = None) -> list[dict]:
+    """The records; with --explain each carries its "explanations" (Predictor.explain)."""
+    if not getattr(args, "explain", False):
+        return classifier.predictions(items, pairs, max_tokens=args.batch_tokens)
+    return [{**e["prediction"], "explanations": e["explanations"]} for e in classifier.explain(items, pairs)]
 
 
 def _run_columns(args: argparse.Namespace, table) -> tuple[str | None, str | None]:
@@ -242,11 +252,16 @@ def _predict_file(classifier, args: argparse.Namespace) -> int:
     optional = [c for c in getattr(classifier.task, "input_options", ()) if c in table.columns]
     if len(inputs) > 1 and len(inputs) == len(classifier.task.input_columns) and args.text_column is None:
         items: list = [{c: row.get(c) for c in [*inputs, *optional]} for row in table.rows]  # inputs() checks them
-        predictions = classifier.predictions(items, max_tokens=args.batch_tokens)
+        predictions = _predict(classifier, args, items)
     else:
         predictions = _predict_columns(classifier, args, table, inputs)
     extra_columns = classifier.task.output_names()
+    explanations = [record.pop("explanations", None) for record in predictions]
     extra_rows = [_rounded(classifier.task.columns(record)) for record in predictions]
+    if args.explain:  # one JSON cell per row: the explanations of its prediction
+        extra_columns = [*extra_columns, "explanation"]
+        for row, explained in zip(extra_rows, explanations):
+            row["explanation"] = json.dumps(_rounded(explained), ensure_ascii=False)
     written = write_table(table, output, extra_columns, extra_rows, csv_guard=args.csv_guard)
     if written[0] != extra_columns[0]:
         print(f"the file has its own {extra_columns[0]!r} column (kept): predictions are in {written[0]!r}",

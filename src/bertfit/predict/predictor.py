@@ -128,6 +128,8 @@ class Predictor:
         self.max_length = min(max_length, self.config.max_position_embeddings)
         self.name = name
         self._lock = threading.Lock()
+        self.source: Path | None = None  # the directory it was loaded from (explain loads the PyTorch model there)
+        self._explainer: torch.nn.Module | None = None
 
     @property
     def engine(self) -> str:
@@ -194,14 +196,17 @@ class Predictor:
                 artifact = read_artifact(directory, classifier.config)
                 classifier.task = artifact.task
                 classifier.max_length = min(max_length or artifact.max_length, classifier.config.max_position_embeddings)
+                classifier.source = Path(directory)
                 log_prediction_line(torch.device("cpu"), f"ONNX Runtime {'int8' if int8 else 'fp32'}")
                 return classifier
         model = load_model(directory, require_head=True)
         tokenizer = WordPieceTokenizer.from_dir(directory)
         artifact = read_artifact(directory, model.config)
         log_prediction_line(torch.device(device), "PyTorch int8" if int8 else "PyTorch fp32")
-        return cls(model, tokenizer, max_length=max_length or artifact.max_length, device=device, int8=int8,
-                   name=Path(directory).name, task=artifact.task)
+        predictor = cls(model, tokenizer, max_length=max_length or artifact.max_length, device=device, int8=int8,
+                        name=Path(directory).name, task=artifact.task)
+        predictor.source = Path(directory)
+        return predictor
 
     @classmethod
     def _load_bf16(cls, run_or_model: str | os.PathLike, *, int8: bool, device: str | None, max_length: int | None,
@@ -270,6 +275,36 @@ class Predictor:
             raise BertfitError(f"a {self.task.name} model reads one text per input, not text pairs (pairs / "
                                "--pair-column): give each text alone")
         return _items(texts, pairs)
+
+    # -- explanations -------------------------------------------------------------------------
+    def explain(self, texts: Sequence, pairs: Sequence[str] | None = None, *, which: Sequence[str] | None = None,
+                **options: Any) -> list[dict]:
+        """Per input, its prediction record and word-level explanations (Integrated Gradients, see
+        predict/explain.py): {"prediction": record, "explanations": [{target, value, baseline, words:
+        [{text, start, end, field, attribution}], steps, completeness_error, tolerance}, ...]}.
+        which: the classes / labels / entities / choices to explain ("all": every one; default: the
+        prediction). options: steps, max_steps, tolerance, atol, deadline."""
+        from bertfit.predict.explain import explain_inputs
+
+        items = _items(texts, pairs)
+        records = self.records(items)
+        model = self.explanation_model()
+        with self._lock:
+            explained = explain_inputs(model, self.task, self.tokenizer, items, self.max_length, which, **options)
+        return [{"prediction": r, "explanations": e} for r, e in zip(records, explained)]
+
+    def explanation_model(self) -> torch.nn.Module:
+        """The fp32 PyTorch model gradients run through: this predictor's own, or (ONNX Runtime, int8) the
+        one in the directory it was loaded from, loaded once."""
+        model = self.backend.model
+        if isinstance(model, torch.nn.Module) and not self.int8:
+            return model
+        if self._explainer is None:
+            if self.source is None or not (Path(self.source) / "model.safetensors").is_file():
+                raise BertfitError(f"{self.name}: explanations need the model's PyTorch weights (model.safetensors); "
+                                   "load the run directory, not an ONNX export")
+            self._explainer = load_model(self.source, require_head=True).eval().to(self.device)
+        return self._explainer
 
 
 def _items(texts: Sequence, pairs: Sequence[str] | None) -> list:

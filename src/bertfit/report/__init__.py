@@ -64,6 +64,8 @@ class ReportInputs:
     outputs: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     # `train --seeds N` (seeds.py): {"seeds", "best_seed", "selected_on", "spread": {split: {metric: mean/std}}}
     seed_spread: dict | None = None
+    # train/explain_report.py: {"mistakes": [...], "class_words": {...}, "sample": n, "top": k}, or None
+    explanations: dict | None = None
 
     def __post_init__(self) -> None:
         if self.task is None:  # the report names no task of its own: the run's task writes its results
@@ -433,6 +435,33 @@ def _mistakes_section(inputs: ReportInputs) -> list[Block]:
     return blocks
 
 
+def _explanations_section(inputs: ReportInputs) -> list[Block]:
+    """Why the model said what it said: the worst mistakes with their strongest words, and the words that
+    most often push each class (Integrated Gradients; `bertfit explain` shows any text the same way)."""
+    found = inputs.explanations
+    if not found or not (found.get("mistakes") or found.get("class_words")):
+        return []
+    blocks: list[Block] = [Heading(2, "Why: the words behind the predictions")]
+    if found.get("mistakes"):
+        blocks.append(Paragraph(["The worst mistakes above, with the words that pushed the model toward its answer "
+                                 "(+) or away from it (−), strongest first (Integrated Gradients over the words; "
+                                 "each row's values add up to the prediction's change from a text with no words)."]))
+        rows: list[list[Cell]] = []
+        for m in found["mistakes"]:
+            strongest = sorted(m["words"], key=lambda w: -abs(w[1]))[:5]
+            rows.append([str(m.get("true", "")), str(m.get("predicted", "")), str(m["target"]),
+                         truncate(", ".join(f"{w} {a:+.2f}" for w, a in strongest))])
+        blocks.append(Table(["true", "predicted", "explained", "strongest words"], rows, ["l", "l", "l", "l"]))
+    if found.get("class_words"):
+        blocks.append(Paragraph([f"The words most often among the {found.get('top', 3)} pushing each prediction up, "
+                                 f"over {found.get('sample', 0)} validation examples: a name, a user handle or a URL "
+                                 "here is a shortcut the model learned from the data."]))
+        rows = [[str(key), ", ".join(f"{w} ({n}/{total})" for w, n, total in words)]
+                for key, words in found["class_words"].items()]
+        blocks.append(Table(["prediction", "words (times among its top words / its explanations)"], rows, ["l", "l"]))
+    return blocks
+
+
 def _notes_section(notes: Sequence[str]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Notes")]
     if notes:
@@ -488,6 +517,7 @@ def write_report(run_dir: Path, inputs: ReportInputs) -> Path:
     blocks += _training_section(inputs, curves, plot_note)
     if getattr(inputs.task, "reports_mistakes", True):
         blocks += _mistakes_section(inputs)
+        blocks += _explanations_section(inputs)
     blocks += _data_section(inputs)
     blocks += _notes_section(notes)
     blocks += _settings_section(inputs)

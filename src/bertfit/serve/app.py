@@ -20,7 +20,7 @@ from bertfit.errors import BertfitError, ConfigError
 from bertfit.serve.batcher import DeadlineExceededError, DynamicBatcher, QueueFullError, ShuttingDownError
 from bertfit.serve.config import ServeConfig
 from bertfit.serve.host import FAILED, LOADING, READY, ModelHost, local_model_dir, read_model_info
-from bertfit.serve.requests import ApiError, check_inputs, parse_predict_request
+from bertfit.serve.requests import ApiError, check_inputs, parse_explain_request, parse_predict_request
 from bertfit.serve.metrics import CLIENT_CLOSED
 from bertfit.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bertfit.serve.metrics import ServeMetrics
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # works offline; FastAPI's default page loads them from a CDN.
 DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagger-ui.css": "text/css; charset=utf-8",
                "favicon-32x32.png": "image/png"}
-KNOWN_ENDPOINTS = frozenset({"/", "/predict", "/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs",
+KNOWN_ENDPOINTS = frozenset({"/", "/predict", "/explain", "/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs",
                              *(f"/docs/{name}" for name in DOCS_ASSETS)})
 
 
@@ -341,6 +341,53 @@ def create_app(config: ServeConfig) -> "FastAPI":
             raise ApiError(500, "prediction_failed", "prediction failed for this request; see the server log") from None
         return Response(payload, media_type="application/json")
 
+    explaining = {"texts": 0}  # inputs accepted by /explain and not answered yet (bounded by max_queue)
+
+    @app.post("/explain", summary="Explain: which words made the model predict what it did", response_model=None,
+              responses={200: {"description": "per input: its prediction and explanations"}, **errors_doc})
+    async def explain(request: Request) -> Response:
+        """The body of /predict (the same fields and limits) and optionally "targets": the classes,
+        labels, entities or choices to explain (["all"]: every one; default: the prediction). Per input:
+        {"prediction": record, "explanations": [{target, value, baseline, words: [{text, start, end,
+        field, attribution}], steps, completeness_error, tolerance}]} (Integrated Gradients, see
+        `bertfit explain`). It runs on the model's worker, between prediction batches, within its own
+        deadline (limit explain_timeout_s)."""
+        deadline = time.monotonic() + config.explain_timeout_s
+        metrics.in_flight += 1
+        try:
+            if host.status != READY:
+                message = "model loading; retry shortly" if host.status == LOADING else f"model failed to load: {host.error}"
+                raise ApiError(503, "model_loading" if host.status == LOADING else "model_failed", message,
+                               headers={"Retry-After": "1"})
+            task = host.classifier.task
+            (texts, pairs, single), targets = parse_explain_request(await read_body(request, deadline), config, task)
+            check_inputs(task, texts, pairs, single)
+            if explaining["texts"] + len(texts) > config.max_queue:
+                raise ApiError(429, "queue_full", f"server busy: {explaining['texts']} inputs waiting to be explained "
+                               "(limit max_queue); retry shortly", limit="max_queue", maximum=config.max_queue,
+                               headers={"Retry-After": "1"})
+            explaining["texts"] += len(texts)
+            try:
+                work = asyncio.get_running_loop().run_in_executor(executor, host.explain, texts, pairs, targets, deadline)
+                timed = asyncio.wait_for(work, timeout=max(0.0, deadline - time.monotonic()))
+                payload = await until_disconnect(request, timed)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise ApiError(504, "timeout", f"no explanation within {config.explain_timeout_s:g} s (limit "
+                               "explain_timeout_s); send fewer or shorter texts", limit="explain_timeout_s",
+                               maximum=config.explain_timeout_s) from None
+            except (ApiError, ClientGone):
+                raise
+            except BertfitError as exc:  # e.g. a target the model does not have
+                raise ApiError(422, "bad_target", str(exc), field="targets") from None
+            except Exception:  # noqa: BLE001
+                logger.exception("explanation failed")
+                raise ApiError(500, "explanation_failed", "explanation failed for this request; see the server log") from None
+            finally:
+                explaining["texts"] -= len(texts)
+            return Response(payload, media_type="application/json")
+        finally:
+            metrics.in_flight -= 1
+
     async def until_disconnect(request: Request, work: Any) -> Any:
         """``await work``, unless the client hangs up first: then its texts leave the queue
         (the batcher abandons a cancelled request) and ClientGone is raised."""
@@ -509,6 +556,7 @@ def command(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_texts_per_request=args.max_texts_per_request, max_chars=args.max_chars,
         max_body_bytes=args.max_body_bytes, timeout_s=args.timeout_s, access_log=args.access_log,
+        explain_timeout_s=args.explain_timeout_s,
         gate_file=args.gate_file,
     )
     return serve(config)

@@ -30,6 +30,8 @@ class ServeConfig:
     max_chars: int = 10_000
     max_body_bytes: int = 1 << 20
     timeout_s: float = 10.0
+    # /explain's own deadline: an explanation costs about as much as 20 predictions of its text
+    explain_timeout_s: float = 30.0
     access_log: bool = False
     # Tests only: while this file exists, loading and every batch wait (on the worker thread), so
     # that a test can hold the server in "loading" or "computing" for as long as it needs to
@@ -46,6 +48,8 @@ class ServeConfig:
             raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
         if not (0 < self.timeout_s <= 3600) or not math.isfinite(self.timeout_s):
             raise ConfigError(f"--timeout-s must be above 0 and at most 3600, got {self.timeout_s!r}")
+        if not (0 < self.explain_timeout_s <= 3600) or not math.isfinite(self.explain_timeout_s):
+            raise ConfigError(f"--explain-timeout-s must be above 0 and at most 3600, got {self.explain_timeout_s!r}")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.int8 and self.bf16:
@@ -64,7 +68,7 @@ class ServeConfig:
     def limits(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items()
                 if k in ("max_batch_size", "max_wait_ms", "max_queue", "max_texts_per_request", "max_chars",
-                         "max_body_bytes", "timeout_s")}
+                         "max_body_bytes", "timeout_s", "explain_timeout_s")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"largest request body; more gets HTTP 413 (default {d.max_body_bytes} = 1 MiB)")
     parser.add_argument("--timeout-s", type=float, default=d.timeout_s,
                         help=f"deadline for one request, queueing included; past it: HTTP 504 (default {d.timeout_s:g})")
+    parser.add_argument("--explain-timeout-s", type=float, default=d.explain_timeout_s,
+                        help="deadline for one /explain request (word-level explanations), waiting included; past "
+                             f"it: HTTP 504 (default {d.explain_timeout_s:g})")
     parser.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs time)")
     parser.add_argument("--gate-file", default=None, help=argparse.SUPPRESS)  # tests only, see ServeConfig
 

@@ -173,6 +173,17 @@ class ModelHost:
             self._last_trim = time.monotonic()
         return out
 
+    def explain(self, items: Sequence[Any], pairs: Sequence[str] | None, targets: Sequence[str] | None,
+                deadline: float) -> bytes:
+        """The /explain answer (runs on the model's worker thread, between prediction batches): per input
+        its prediction and explanations, as ``Predictor.explain``; TimeoutError once ``deadline`` passes."""
+        self._wait_at_gate()
+        assert self.classifier is not None
+        explained = self.classifier.explain(list(items), pairs, which=targets, deadline=deadline)
+        return json.dumps({"model": self.classifier.name, "task": self.classifier.task.name,
+                           "labels": self.classifier.labels, "explanations": explained},
+                          ensure_ascii=False).encode("utf-8")
+
     def _wait_at_gate(self) -> None:
         """Tests only: hold this (worker) thread while ServeConfig.gate_file exists."""
         gate = self.config.gate_file

@@ -147,6 +147,16 @@ def parse_predict_request(body: bytes, config: ServeConfig, task: Any = None) ->
     return Parsed(texts, pairs)
 
 
+def parse_explain_request(body: bytes, config: ServeConfig, task: Any = None) -> tuple[Parsed, list[str] | None]:
+    """A /explain body: what /predict takes (the same checks and limits), plus optional "targets": the
+    classes, labels, entities or choices to explain (["all"]: every one; absent: the prediction)."""
+    payload = _parse_json(body)
+    targets = None
+    if isinstance(payload, dict) and "targets" in payload:
+        targets = _check_strings(payload.pop("targets"), "targets", config)
+    return parse_predict_request(json.dumps(payload).encode("utf-8"), config, task), targets
+
+
 def _parse_inputs(payload: dict, columns: Sequence[str], fields: Sequence[str], config: ServeConfig) -> list[dict]:
     unknown = sorted(set(payload) - {"inputs"})
     if unknown:

@@ -332,6 +332,25 @@ class Task(ABC):
         """What ``configure`` needs to rebuild this task for prediction (saved as task.json)."""
         return {}
 
+    # -- explaining ---------------------------------------------------------------------------
+    def explain_plan(self, tokenizer: "WordPieceTokenizer", example: Any, max_length: int) -> Any:
+        """One input (an example from ``inputs``) → the rows, words and targets the explainer runs
+        (tasks/explaining.py). Default: a text (or pair) as one row, truncated as ``encode`` truncates it,
+        its targets from ``explain_targets`` on that row's output."""
+        from bertfit.tasks.explaining import text_plan
+
+        pair = example.text_pair
+        encodings = tokenizer.encode_offsets([example.text], None if pair is None else [pair], max_length)
+        fields = [(("text", example.text),) + ((("text_pair", pair),) if pair is not None else ())]
+        return text_plan(encodings, fields, lambda outputs, which: self.explain_targets(outputs[0], which))
+
+    def explain_targets(self, output: Tensor, which: Sequence[str] | None) -> list[Any]:
+        """What to explain, from one row's output (L,) for the input itself (tasks/explaining.Target s):
+        ``which`` names outputs the user asked for ("all": every one), None: the task's default."""
+        from bertfit.errors import BertfitError
+
+        raise BertfitError(f"{self.name} models have no word-level explanations")
+
     # -- report -------------------------------------------------------------------------------
     @abstractmethod
     def format_metrics(self, metrics: Mapping[str, Any]) -> str:

@@ -158,6 +158,15 @@ class SingleLabel(SequenceTask):
                             "probabilities": {label: float(p) for label, p in zip(self.labels, row)}})
         return records
 
+    def explain_targets(self, output: Tensor, which: Sequence[str] | None) -> list[Any]:
+        """The predicted class's probability (or the named classes'), as ``decode`` computes it."""
+        from bertfit.tasks.explaining import Target, pick
+
+        temperature = self.temperature or 1.0
+        chosen = pick(self.labels, which, "class") or [int(output.argmax())]
+        return [Target(self.labels[c], lambda out, c=c: torch.softmax(out[:, 0].float() / temperature, -1)[:, c],
+                       {"of": "probability"}) for c in chosen]
+
     def columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
         return {"label": record["label"], "confidence": record["confidence"],
                 **{f"prob_{label}": p for label, p in record["probabilities"].items()}}

@@ -228,6 +228,18 @@ class MultiLabel(SequenceTask):
                  "probabilities": {label: float(p) for label, p in zip(self.labels, row)}}
                 for row, row_on in zip(proba, chosen)]
 
+    def explain_targets(self, output: Tensor, which: Sequence[str] | None) -> list[Any]:
+        """Each label over its threshold (none over: the most probable one), as its calibrated probability."""
+        from bertfit.tasks.explaining import Target, pick
+
+        platt = torch.tensor(self.platt if self.platt is not None else [[1.0, 0.0]] * len(self.labels),
+                             dtype=torch.float32)
+        proba = torch.sigmoid(output.float() * platt[:, 0] + platt[:, 1]).numpy()
+        chosen = pick(self.labels, which, "label") or \
+            [int(j) for j in np.flatnonzero(proba >= self.current_thresholds())] or [int(proba.argmax())]
+        return [Target(self.labels[j], lambda out, j=j: torch.sigmoid(out[:, 0, j].float() * platt[j, 0] + platt[j, 1]),
+                       {"of": "probability"}) for j in chosen]
+
     def columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
         return {"labels": self.separator.join(record["labels"]),
                 **{f"prob_{label}": p for label, p in record["probabilities"].items()}}

@@ -441,6 +441,23 @@ class MultipleChoice(Task):
                             "scores": [float(v) for v in p]})
         return records
 
+    def explain_plan(self, tokenizer: Any, example: Any, max_length: int) -> Any:
+        """A row per choice (``[CLS] context question [SEP] choice [SEP]``), run together; a target per
+        choice asked for (default: the chosen one): its probability among the choices. The question's
+        words collect their attribution from every row."""
+        from bertfit.tasks.explaining import Target, pick, text_plan
+
+        choices = list(example.choices)
+        encodings = tokenizer.encode_offsets([example.text] * len(choices), choices, max_length)
+        fields = [(("question", example.text), (f"choice {k}", c)) for k, c in enumerate(choices)]
+
+        def choose(outputs: Tensor, which: Sequence[str] | None) -> list[Target]:
+            chosen = pick(choices, which, "choice") or [int(outputs[:, 0].argmax())]
+            return [Target(choices[k], lambda out, k=k: torch.softmax(out[:, :, 0].float(), -1)[:, k],
+                           {"of": "probability", "choice": k}) for k in chosen]
+
+        return text_plan(encodings, fields, choose)
+
     def answer(self, record: Mapping[str, Any]) -> Any:
         return record["answer"]
 

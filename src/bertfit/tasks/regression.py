@@ -157,6 +157,13 @@ class Regression(SequenceTask):
             return [{"value": float(row[0])} for row in outputs]
         return [{"values": {name: float(v) for name, v in zip(self.labels, row)}} for row in outputs]
 
+    def explain_targets(self, output: Tensor, which: Sequence[str] | None) -> list[Any]:
+        """Each predicted value (the head's outputs are on the targets' own scale)."""
+        from bertfit.tasks.explaining import Target, pick
+
+        chosen = pick(self.labels, which, "target") or list(range(len(self.labels)))
+        return [Target(self.labels[j], lambda out, j=j: out[:, 0, j].float(), {"of": "value"}) for j in chosen]
+
     def columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
         if "value" in record:
             return {"prediction": record["value"]}

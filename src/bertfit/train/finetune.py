@@ -354,15 +354,22 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
             write_task(run.path, task, max_length=config.max_length, reading=reading)
     metrics: dict[str, dict[str, Any]] = {}
     mistakes: list[dict[str, Any]] = []
+    mistake_examples: Sequence[Example] = []
     for name, examples in (("validation", prepared.validation), ("test", prepared.test)):
         if name not in outputs:
             continue
         metrics[name] = task.evaluate(outputs[name], splits[name].gold)
         # The report shows the test set's mistakes, or validation's when there is no test set.
         mistakes = confident_mistakes(task, outputs[name], splits[name].gold, examples)
+        mistake_examples = examples
     wall = time.perf_counter() - started
     inputs = report_inputs(config, prepared, result, metrics, mistakes, wall,
                            outputs={name: (outputs[name], splits[name].gold) for name in outputs})
+    if d.is_writer and task.reports_mistakes:  # why the worst mistakes were made; the words behind each class
+        from bertfit.train.explain_report import report_explanations
+
+        inputs.explanations = report_explanations(best, task, tokenizer, config.max_length, mistakes, mistake_examples,
+                                                  prepared.validation, seed=config.seed)
     if not d.is_writer:
         return RunResult(run.path, metrics, run.file("report.md"), result, wall, task, inputs)
     write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": " ".join(prepared.summary["warnings"])})

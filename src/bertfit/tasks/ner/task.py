@@ -249,6 +249,41 @@ class NER(Task):
             sentences = split.meta["sentences"]
         return [{"entities": self.entities(s, o)} for s, o in zip(sentences, outputs)]
 
+    def explain_plan(self, tokenizer: Any, example: Any, max_length: int) -> Any:
+        """The sentence as one row (its first ``max_length`` subwords: a longer sentence's later words are
+        neither explained nor explaining), its own words; a target per predicted entity: the mean
+        probability of the entity's tags at its words' first subwords (what ``entities`` scores)."""
+        from bertfit.tasks.explaining import ExplainPlan, Target, Word, pick
+        from bertfit.tokenizer import Encoded
+
+        sentence = self.sentence(example, 0)
+        ((ids, word_ids),) = tokenizer.encode_words([sentence.words])
+        keep = max(0, max_length - 2)
+        row = Encoded([tokenizer.cls_id, *ids[:keep], tokenizer.sep_id], [0] * (min(len(ids), keep) + 2), len(ids) > keep)
+        word_of = np.asarray([-1, *word_ids[:keep], -1], dtype=np.int64)
+        first: dict[int, int] = {}
+        for position, word in enumerate(word_of.tolist()):
+            if word >= 0:
+                first.setdefault(word, position)
+        words = [Word(w, a, b) for w, (a, b) in zip(sentence.words, sentence.spans)]
+
+        def choose(outputs: Tensor, which: Sequence[str] | None) -> list[Target]:
+            logits = outputs[0].float()  # (T, L)
+            best = {w: int(logits[p].argmax()) for w, p in first.items()}
+            tags = [self.labels[best[w]] if w in best else OUTSIDE for w in range(len(words))]
+            targets = []
+            for type_, a, b in spans(tags):
+                positions = torch.tensor([first[w] for w in range(a, b + 1)])
+                chosen = torch.tensor([best[w] for w in range(a, b + 1)])
+                text = sentence.text[words[a].start:words[b].end]
+                targets.append(Target(f"{type_}: {text}", lambda out, p=positions, c=chosen: torch.softmax(
+                    out[:, 0, p, :].float(), -1)[:, torch.arange(len(p)), c].mean(-1),
+                    {"of": "probability", "type": type_, "start": words[a].start, "end": words[b].end}))
+            names = [t.name for t in targets]
+            return [targets[i] for i in pick(names, which, "entity")] if which else targets
+
+        return ExplainPlan([row], words, [word_of], choose)
+
     def answer(self, record: Mapping[str, Any]) -> Any:
         return record["entities"]
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from bertfit.errors import BertfitError, DataError, InputError
@@ -219,6 +220,40 @@ class QuestionAnswering(Task):
             outputs = self.gather(split, outputs)
         asked = outputs.windows.top_k or [None] * len(outputs)
         return [record(p, self.top_k if k is None else k) for p, k in zip(outputs.predictions, asked)]
+
+    def explain_plan(self, tokenizer: Any, example: Any, max_length: int) -> Any:
+        """The question and context in their windows (run together); targets: the best span's start and
+        end probabilities in the window that holds it (softmax over the window's positions). The span is
+        the highest start + end logit pair in the context, at most MAX_ANSWER_LENGTH tokens (no null answer)."""
+        from bertfit.tasks.explaining import Target, pick, text_plan
+
+        example = self.inputs([example])[0] if not isinstance(example, QAExample) else example
+        windows = tokenizer.encode_windows([example.text], [example.text_pair], max_length, self.doc_stride)[0]
+        fields = [(("question", example.text), ("context", example.text_pair))] * len(windows)
+
+        def choose(outputs: Tensor, which: Sequence[str] | None) -> list[Target]:
+            best = (-float("inf"), 0, 0, 0)
+            for f, window in enumerate(windows):
+                context = np.flatnonzero(np.asarray([s == 1 for s in window.sequence_ids]))
+                if not len(context):
+                    continue
+                start = outputs[f, context, 0].float().numpy()
+                end = outputs[f, context, 1].float().numpy()
+                score = start[:, None] + end[None, :]
+                gap = np.arange(len(context))[None, :] - np.arange(len(context))[:, None]
+                score[(gap < 0) | (gap >= MAX_ANSWER_LENGTH)] = -np.inf
+                s, e = np.unravel_index(int(score.argmax()), score.shape)
+                if score[s, e] > best[0]:
+                    best = (float(score[s, e]), f, int(context[s]), int(context[e]))
+            _, f, s, e = best
+            length = len(windows[f].ids)
+            a, b = windows[f].offsets[s][0], windows[f].offsets[e][1]
+            info = {"of": "probability", "answer": example.text_pair[a:b], "start": a, "end": b}
+            targets = [Target(side, lambda out, k=k, t=t: torch.softmax(out[:, f, :length, k].float(), -1)[:, t], info)
+                       for k, (side, t) in enumerate((("start", s), ("end", e)))]
+            return [targets[i] for i in pick(["start", "end"], which, "output")] if which else targets
+
+        return text_plan(windows, fields, choose)
 
     def answer(self, record: Mapping[str, Any]) -> Any:
         return record["answer"]
