@@ -1,5 +1,5 @@
 """Copy a run's result files into one JSON artifact, unchanged (issue 32): RUN/metrics.json, data.json,
-task.json and precision.json, and for a --seeds run every RUN/seeds/seed-N/metrics.json, with the
+task.json and precision.json, the reports' lines, and for a --seeds run every RUN/seeds/seed-N/metrics.json, with the
 command that made the run, its start/end times, the processor and the commit given on the command line.
 
     python benchmarks/adhoc/collect_run.py RUN benchmarks/NAME.json --command "..." --commit SHA \\
@@ -34,6 +34,11 @@ def main() -> None:
     for name in ("metrics.json", "data.json", "task.json", "precision.json"):
         if (args.run / name).is_file():
             packed[name] = json.loads((args.run / name).read_text(encoding="utf-8"))
+    # the report holds what no JSON does (calibration's ECE and log-loss before/after): kept as its lines
+    for report in [args.run / "report.md", *sorted((args.run / "seeds").glob("seed-*/report.md"))]:
+        if report.is_file():
+            packed.setdefault("reports", {})[str(report.relative_to(args.run))] = report.read_text(
+                encoding="utf-8").splitlines()
     seeds = sorted((args.run / "seeds").glob("seed-*/metrics.json"))
     if seeds:
         packed["seeds"] = {p.parent.name: json.loads(p.read_text(encoding="utf-8")) for p in seeds}
