@@ -64,8 +64,11 @@ def run_case(name, folder: Path, argv, allowed: set[Path], stdin: bytes | None =
         problems.append("traceback")
     problems += [f"stderr lacks {text!r}" for text in stderr_has if text not in err]
     problems += [f"stderr says {text!r}" for text in stderr_lacks if text in err]
-    if check is not None:
-        found = check(folder, proc)
+    if check is not None and proc.returncode in expect:
+        try:
+            found = check(folder, proc)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot read what the case left is a failure
+            found = f"check failed: {type(exc).__name__}: {exc}"
         if found:
             problems.append(found)
     changed = sorted(set(before) ^ set(after) | {k for k in before if k in after and before[k] != after[k]})

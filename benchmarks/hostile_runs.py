@@ -182,7 +182,7 @@ def catalogue(root: Path, model: Path, run: Path) -> list[tuple]:
         return f"{len(shared)} passages in both train and test/validation" if shared else None
 
     case("qa: one file is split by passage", ["train", *small, "--output-dir", "run", "--task", "qa", "--max-length",
-                                               "32", "--train-file", "qa.jsonl"],
+                                               "32", "--doc-stride", "8", "--train-file", "qa.jsonl"],
          [("qa.jsonl", text)], expect=(0,), check=split_by_passage)
     reg = ["train", *small, "--output-dir", "run", "--task", "regression", "--train-file", "d.csv"]
     floats = [f"{t},{i / 7:.3f}" for i, (t, _) in enumerate(synthetic_rows(40, seed=3))]
