@@ -25,7 +25,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import WordPiece
 
 from bertfit.errors import CheckpointError
-from bertfit.tokenizer_files import bert_template, read_tokenizer_config, read_vocab, write_atomic
+from bertfit.tokenizer_files import bert_template, check_wordpiece, read_tokenizer_config, read_vocab, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class WordPieceTokenizer:
         self._ids = ids
 
         state = json.loads(tokenizer.to_str())
-        self._check_wordpiece(state, source)
+        check_wordpiece(state, source)
         normalizer = state.get("normalizer") or {}
         # These flags only describe the pipeline for tokenizer_config.json; encoding always runs
         # the tokenizer's own normalizer.
@@ -184,7 +184,7 @@ class WordPieceTokenizer:
                 f"{path} is not a tokenizers serialization (no 'model' object). "
                 f"Re-download or re-save the model's tokenizer."
             )
-        cls._check_wordpiece(state, str(path))
+        check_wordpiece(state, str(path))
         try:
             tokenizer = Tokenizer.from_str(text)
         except Exception as error:  # the Rust side raises plain Exception for any malformed part
@@ -554,23 +554,6 @@ class WordPieceTokenizer:
         }
         write_atomic(directory / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         write_atomic(directory / SPECIAL_TOKENS_MAP_FILE, json.dumps(special, indent=2, ensure_ascii=False) + "\n")
-
-    # --------------------------------------------------------------------------------- helpers
-
-    @staticmethod
-    def _check_wordpiece(state: dict[str, Any], source: str) -> None:
-        model_type = (state.get("model") or {}).get("type")
-        if model_type not in (None, "WordPiece"):
-            raise CheckpointError(
-                f"{source} holds a {model_type} tokenizer; bertfit supports BERT's WordPiece only. "
-                f"Use a BERT-family checkpoint (its tokenizer.json has model type WordPiece)."
-            )
-
-
-
-
-
-
 
 
 def _as_batch(texts: Sequence[str] | str) -> list[str]:

@@ -79,3 +79,13 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def check_wordpiece(state: dict[str, Any], source: str) -> None:
+    """A tokenizer.json's pipeline must be BERT's WordPiece (CheckpointError naming the file otherwise)."""
+    model_type = (state.get("model") or {}).get("type")
+    if model_type not in (None, "WordPiece"):
+        raise CheckpointError(
+            f"{source} holds a {model_type} tokenizer; bertfit supports BERT's WordPiece only. "
+            f"Use a BERT-family checkpoint (its tokenizer.json has model type WordPiece)."
+        )

@@ -155,7 +155,7 @@ def _fmt(value: Any) -> str:
 
 
 def body(facts: RunFacts) -> str:
-    task, data, state = facts.task, facts.data, facts.state
+    task, data = facts.task, facts.data
     rows = data.get("rows") or {}
     lines = [f"# {facts.run_dir.name}", ""]
     origin = f"[{facts.base}](https://huggingface.co/{facts.base})" if facts.base else f"`{facts.model}`"
