@@ -224,6 +224,10 @@ class TrainConfig:
             _check_float("class_weights", value, 0.0, 1e6, False)
         if not any(float(v) > 0 for v in values):
             raise ConfigError("class_weights must not all be zero")
+        # -0.0 -> 0.0 (as every float setting): a signed zero in train_config.json reads as a different setting
+        normal = {k: float(v) + 0.0 for k, v in weights.items()} if isinstance(weights, dict) else \
+            [float(v) + 0.0 for v in weights]
+        object.__setattr__(self, "class_weights", normal)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
