@@ -127,7 +127,7 @@ def test_the_top_level_is_the_shared_core():
     assert top == ["artifact", "batching", "compat", "config", "cpu_linear", "errors", "heads", "hub", "inference",
                    "io", "model", "precision", "tokenizer", "tokenizer_files", "weights"], top
     folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
-    assert folders == ["cli", "data", "predict", "report", "serve", "tasks", "train"], folders
+    assert folders == ["cli", "data", "predict", "report", "serve", "tasks", "train", "tune"], folders
 
 
 def test_loading_a_model_for_prediction_never_imports_training():
