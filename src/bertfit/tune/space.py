@@ -87,7 +87,7 @@ def read_space_file(path: str | Path) -> tuple[dict[str, Param], dict[str, Any]]
     try:
         raw = read_config_file(path)
     except ConfigError as exc:
-        raise ConfigError(f"--space {exc}") from None
+        raise ConfigError("--space " + " ".join(str(exc).split())) from None  # a parser's message, on one line
     if not raw:
         raise ConfigError(f"--space {path}: no settings; name train's settings (e.g. lr: {{low: 1e-5, high: 1e-4, log: true}})")
     known = searchable_names()

@@ -194,11 +194,11 @@ def _run_trial(study: Any, slot: int, settings: TuneSettings, metric: str, direc
         if trial.should_prune():
             raise optuna.TrialPruned(f"{metric} {state.best_value:.4f} below the median of earlier trials")
 
-    started = time.perf_counter()
+    started = settings.clock()
     try:
         result = fine_tune(config, overwrite=run_dir.exists(), callback=report, evaluate_test=False)
     except optuna.TrialPruned:
-        seconds = time.perf_counter() - started
+        seconds = settings.clock() - started
         trial.set_user_attr("seconds", seconds)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         remove_weights(run_dir)
@@ -206,7 +206,7 @@ def _run_trial(study: Any, slot: int, settings: TuneSettings, metric: str, direc
         return
     except TrainingError as exc:  # this trial's settings diverged (NaN loss, ...): the search goes on
         trial.set_user_attr("error", str(exc))
-        trial.set_user_attr("seconds", time.perf_counter() - started)
+        trial.set_user_attr("seconds", settings.clock() - started)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         remove_weights(run_dir)
         _say(progress, f"{run_dir.name}: failed ({exc})")
@@ -214,7 +214,7 @@ def _run_trial(study: Any, slot: int, settings: TuneSettings, metric: str, direc
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a user's mistake fails every trial alike
         raise
-    seconds = time.perf_counter() - started
+    seconds = settings.clock() - started
     if "validation" not in result.metrics:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise BertfitError("the search selects on the validation split, and it is empty: give --validation-file "
@@ -231,9 +231,10 @@ def _run_trial(study: Any, slot: int, settings: TuneSettings, metric: str, direc
 
 
 def _say(progress: Callable[[str], None] | None, line: str) -> None:
-    logger.info("%s", line)
     if progress:
         progress(line)
+    else:
+        logger.info("%s", line)
 
 
 def _show(params: dict[str, Any]) -> str:
