@@ -66,6 +66,7 @@ def test_a_tiny_study_end_to_end(tmp_path, tiny_model_dir, synthetic_csv):
     assert len(predictor.predict(["a great movie", "an awful day"])) == 2
     report = (tune / "tune_report.md").read_text()
     assert f"[{best['dir']}]({best['dir']}/report.md)" in report and report.count("| complete |") == len(complete)
+    assert "(plots/optimization_history.png)" in report and (tune / "plots" / "optimization_history.png").stat().st_size
 
 
 def test_trials_far_below_the_median_are_pruned(tmp_path, tiny_model_dir, synthetic_csv):

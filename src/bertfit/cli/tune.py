@@ -39,12 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import optuna  # noqa: F401
-    except ModuleNotFoundError:
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
         from bertfit.errors import BertfitError
 
-        raise BertfitError("bertfit tune needs optuna: pip install 'bertfit[tune]'") from None
+        raise BertfitError("bertfit tune needs optuna: pip install 'bertfit[tune]'")
     from bertfit.train.config import resolve_config
     from bertfit.tune.budget import parse_duration
     from bertfit.tune.space import default_space, read_space_file, resolve_space

@@ -37,6 +37,9 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
             lines += ["No test split: the best trial was not evaluated on test.", ""]
     else:
         lines += ["No trial finished: there is no best trial yet (`bertfit tune --resume` continues).", ""]
+    plot = plot_history(tune_dir, rows, metric, direction)
+    if plot:
+        lines += [f"![optimization history]({plot})", ""]
     names = sorted({name for r in rows for name in r["params"]})
     lines += ["## Trials", "", "| trial | state | " + " | ".join(names) + f" | {metric} | seconds |",
               "|---|---|" + "---|" * len(names) + "---|---|"]
@@ -52,3 +55,31 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
     path = tune_dir / "tune_report.md"
     write_bytes_durably(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path
+
+
+def plot_history(tune_dir: Path, rows: list[dict[str, Any]], metric: str, direction: str) -> str | None:
+    """plots/optimization_history.png: each finished trial's value and the best so far (None without
+    matplotlib, the report extra, or without a finished trial)."""
+    done = [(r["number"], r["value"]) for r in rows if r["state"] == "complete" and r["value"] is not None]
+    if not done:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    pick = min if direction == "minimize" else max
+    best = [pick(v for _, v in done[: i + 1]) for i in range(len(done))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([n for n, _ in done], [v for _, v in done], "o", label="trial")
+    ax.step([n for n, _ in done], best, where="post", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"validation {metric}")
+    ax.legend()
+    fig.tight_layout()
+    (tune_dir / "plots").mkdir(exist_ok=True)
+    fig.savefig(tune_dir / "plots" / "optimization_history.png", dpi=100)
+    plt.close(fig)
+    return "plots/optimization_history.png"
