@@ -70,7 +70,8 @@ def test_a_tiny_study_end_to_end(tmp_path, tiny_model_dir, synthetic_csv):
 
 
 def test_trials_far_below_the_median_are_pruned(tmp_path, tiny_model_dir, synthetic_csv):
-    result = run_study(settings(tmp_path, tiny_model_dir, synthetic_csv, n_trials=5, prune_startup_trials=1, seed=3))
+    result = run_study(settings(tmp_path, tiny_model_dir, synthetic_csv, n_trials=5, prune_startup_trials=1, seed=3,
+                                keep_weights="best"))
     states = {r["dir"]: r["state"] for r in result.trials}
     pruned = [d for d, s in states.items() if s == "pruned"]
     assert pruned, states
@@ -82,7 +83,12 @@ def test_trials_far_below_the_median_are_pruned(tmp_path, tiny_model_dir, synthe
         assert not [p for p in (run / "checkpoints").iterdir()]
         assert (run / "train_config.json").exists()  # only the weights went
     assert all(r["params"]["lr"] == 0.5 for r in result.trials if r["state"] == "pruned")
-    assert any(r["state"] == "complete" and r["params"]["lr"] == 1e-5 for r in result.trials)
+    complete = [r["dir"] for r in result.trials if r["state"] == "complete"]
+    assert len(complete) >= 2 and any(r["params"]["lr"] == 1e-5 for r in result.trials if r["dir"] in complete)
+    # --keep-weights best: only the best trial keeps its weights; the others keep their records.
+    weighted = [d for d in complete if (result.tune_dir / d / "model.safetensors").exists()]
+    assert weighted == [result.best["dir"]], weighted
+    assert all((result.tune_dir / d / "metrics.json").exists() for d in complete)
 
 
 def test_pruned_weights_removal_touches_only_bertfits_files(tmp_path, tiny_model_dir, synthetic_csv):

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampler and every trial's training (default: 0)")
     parser.add_argument("--prune-startup-trials", type=int, default=3, metavar="N",
                         help="trials that run to their end before any is pruned (default: 3)")
+    parser.add_argument("--keep-weights", choices=("all", "best"), default="all",
+                        help="best: delete the weights of every finished trial but the best, to bound disk use "
+                             "(pruned trials' weights are always deleted; default: all)")
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of train's settings, fixed for every trial")
     parser.add_argument("--quick", action="store_true", help="train's quick job for every trial (flags still override)")
     add_setting_arguments(parser, skip=OWN)
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
             raise BertfitError("give --n-trials and/or --time-budget: the search needs a limit")
         check_tune_dir(tune_dir, resume=False)
-        settings = TuneSettings(base, space, fixed, tune_dir, args.n_trials, budget, args.seed, args.prune_startup_trials)
+        settings = TuneSettings(base, space, fixed, tune_dir, args.n_trials, budget, args.seed, args.prune_startup_trials,
+                                args.keep_weights)
         save_settings(settings)
     result = run_study(settings, resume=bool(args.resume),
                        progress=None if args.quiet else (lambda line: print(line, file=sys.stderr)))

@@ -49,6 +49,7 @@ class TuneSettings:
     time_budget_s: float | None = None
     seed: int = 0
     prune_startup_trials: int = 3
+    keep_weights: str = "all"  # "best": a finished trial that is not the best loses its weights (disk bound)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
 
@@ -93,7 +94,7 @@ def save_settings(settings: TuneSettings) -> None:
         "base": settings.base.to_dict(), "fixed": settings.fixed, "seed": settings.seed,
         "space": {name: vars(p) for name, p in settings.space.items()},
         "n_trials": settings.n_trials, "time_budget_s": settings.time_budget_s,
-        "prune_startup_trials": settings.prune_startup_trials})
+        "prune_startup_trials": settings.prune_startup_trials, "keep_weights": settings.keep_weights})
 
 
 def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | None) -> TuneSettings:
@@ -108,7 +109,7 @@ def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | N
         raise BertfitError(f"{path} is unreadable ({exc}); the search cannot be resumed") from None
     return TuneSettings(base, space, saved["fixed"], tune_dir, n_trials if n_trials is not None else saved["n_trials"],
                         time_budget_s if time_budget_s is not None else saved["time_budget_s"], saved["seed"],
-                        saved["prune_startup_trials"])
+                        saved["prune_startup_trials"], saved.get("keep_weights", "all"))
 
 
 def objective_of(base: TrainConfig) -> tuple[str, str, Any]:
@@ -228,6 +229,10 @@ def _run_trial(study: Any, slot: int, settings: TuneSettings, metric: str, direc
     point_best(settings.tune_dir, best.user_attrs["dir"], {"trial": best.number, "dir": best.user_attrs["dir"],
                                                           "metric": metric, "direction": direction,
                                                           "value": best.value, "params": best.params})
+    if settings.keep_weights == "best":  # dominated trials: their records stay, their weights go
+        for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if other.number != best.number:
+                remove_weights(settings.tune_dir / other.user_attrs["dir"])
 
 
 def _say(progress: Callable[[str], None] | None, line: str) -> None:
