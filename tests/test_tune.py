@@ -230,3 +230,21 @@ def test_space_file_ranges_and_fixed_values(tmp_path):
     assert searched["lr"] == Param("lr", 1e-5, 1e-4, log=True)
     assert searched["epochs"].choices == (1, 2)
     assert searched["max_length"].integer and fixed == {"weight_decay": 0.0}
+
+
+def test_a_search_without_a_limit_or_into_a_foreign_folder_is_refused(tmp_path, tiny_model_dir, synthetic_csv, capsys):
+    from bertfit.cli import main
+
+    common = ["tune", "--train-file", str(synthetic_csv), "--model", str(tiny_model_dir)]
+    assert main([*common, "--output-dir", str(tmp_path / "a")]) == 2
+    assert "give --n-trials and/or --time-budget" in capsys.readouterr().err
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    assert main([*common, "--n-trials", "1", "--output-dir", str(foreign)]) == 2
+    assert "is not empty and is not a bertfit search" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+    assert main(["tune", "--resume", str(foreign)]) == 2
+    assert "not a bertfit tune folder" in capsys.readouterr().err
+    assert main([*common, "--n-trials", "1", "--time-budget", "soon", "--output-dir", str(tmp_path / "b")]) == 2
+    assert "--time-budget 'soon' is not a duration" in capsys.readouterr().err
