@@ -69,9 +69,9 @@ def test_no_import_cycles():
 
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom bertfit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "for command in ('train', 'predict', 'evaluate', 'serve', 'export'):\n"
+            "for command in ('train', 'predict', 'evaluate', 'serve', 'export', 'tune'):\n"
             "    try:\n        main([command, '--help'])\n    except SystemExit:\n        pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+            "print('TORCH' if 'torch' in sys.modules or 'optuna' in sys.modules else 'NO-TORCH')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("NO-TORCH"), out[-2000:]
 
