@@ -248,3 +248,15 @@ def test_a_search_without_a_limit_or_into_a_foreign_folder_is_refused(tmp_path, 
     assert "not a bertfit tune folder" in capsys.readouterr().err
     assert main([*common, "--n-trials", "1", "--time-budget", "soon", "--output-dir", str(tmp_path / "b")]) == 2
     assert "--time-budget 'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_the_best_trials_test_evaluation_equals_what_train_reports_on_test(tmp_path, tiny_model_dir, synthetic_csv):
+    from bertfit.train.finetune import fine_tune
+    from bertfit.tune.study import evaluate_test
+
+    config = base_config(tiny_model_dir, synthetic_csv, output_dir=str(tmp_path / "run"), lr=1e-3)
+    trained = fine_tune(config).metrics["test"]
+    tune = TuneSettings(config, {}, {}, tmp_path, 1)
+    measured = evaluate_test(tune, tmp_path / "run", {"lr": 1e-3})
+    for key in ("n", "accuracy", "macro_f1", "loss"):
+        assert measured[key] == pytest.approx(trained[key], abs=1e-5), key
