@@ -69,9 +69,9 @@ def test_no_import_cycles():
 
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom bertfit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "for command in ('train', 'predict', 'evaluate', 'serve', 'export'):\n"
+            "for command in ('train', 'predict', 'evaluate', 'serve', 'export', 'tune'):\n"
             "    try:\n        main([command, '--help'])\n    except SystemExit:\n        pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+            "print('TORCH' if 'torch' in sys.modules or 'optuna' in sys.modules else 'NO-TORCH')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("NO-TORCH"), out[-2000:]
 
@@ -127,7 +127,7 @@ def test_the_top_level_is_the_shared_core():
     assert top == ["artifact", "batching", "compat", "config", "cpu_linear", "errors", "heads", "hub", "inference",
                    "io", "model", "precision", "tokenizer", "tokenizer_files", "weights"], top
     folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
-    assert folders == ["cli", "data", "predict", "report", "serve", "tasks", "tracking", "train"], folders
+    assert folders == ["cli", "data", "predict", "report", "serve", "tasks", "tracking", "train", "tune"], folders
 
 
 def test_loading_a_model_for_prediction_never_imports_training():

@@ -8,6 +8,7 @@
     bertfit pretrain  further-pretrain on unlabelled text (masked LM + next-sentence prediction)
     bertfit fill-mask guess the words behind [MASK] (a masked-LM model)
     bertfit nsp       P(sentence B follows sentence A) (a model with an NSP head)
+    bertfit tune      search train's settings for the best model a time budget buys (extra: bertfit[tune])
 """
 
 # The package: one module per command (train, evaluate, predict, export, serve), each with HELP,
@@ -23,14 +24,14 @@ import os
 import sys
 from types import ModuleType
 
-from bertfit.cli import evaluate, explain, export, fill_mask, nsp, predict, pretrain, serve, train
+from bertfit.cli import evaluate, explain, export, fill_mask, nsp, predict, pretrain, serve, train, tune
 from bertfit.errors import BertfitError
 
 # The subcommands, in the order --help lists them.
 COMMANDS: dict[str, ModuleType] = {"train": train, "evaluate": evaluate, "predict": predict, "explain": explain,
                                    "export": export,
                                    "serve": serve, "pretrain": pretrain,
-                                   "fill-mask": fill_mask, "nsp": nsp}
+                                   "fill-mask": fill_mask, "nsp": nsp, "tune": tune}
 
 
 def build_parser() -> argparse.ArgumentParser:

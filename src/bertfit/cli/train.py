@@ -30,10 +30,6 @@ NOT_FLAGS = ("extra", "task_settings")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bertfit.tasks.declared import DECLARED
-    from bertfit.tasks.settings import add_flags
-    from bertfit.train.config import TrainConfig
-
     parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
     parser.add_argument("--quick", action="store_true",
                         help="the README's quick job: 16,000 training examples, 1 epoch, lr 1e-4 (flags still override)")
@@ -41,8 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "settings saved in it (settings given with --resume that differ are ignored, with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     add_distributed_arguments(parser, "train")
+    add_setting_arguments(parser)
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig setting and per task's own setting (`bertfit tune` takes them too);
+    ``skip``: settings the command defines in its own words."""
+    from bertfit.tasks.declared import DECLARED
+    from bertfit.tasks.settings import add_flags
+    from bertfit.train.config import TrainConfig
+
     for f in dataclasses.fields(TrainConfig):
-        if f.name in NOT_FLAGS:
+        if f.name in NOT_FLAGS or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -72,6 +78,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_format_argument(parser)
 
 
+def given_settings(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the --config file's settings, the flags' settings: None where a flag was not given), parsed."""
+    from bertfit.data.labelled import parse_label_map
+    from bertfit.tasks.declared import DECLARED
+    from bertfit.tasks.settings import flag_values
+    from bertfit.train.config import TrainConfig, parse_columns, read_config_file
+
+    flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FLAGS}
+    flags.update(forced_format_paths(args, ("train_file", "validation_file", "test_file")))
+    flags.update(flag_values(args, DECLARED, "train"))
+    if flags["label_map"] is not None:
+        flags["label_map"] = parse_label_map(flags["label_map"])
+    flags["columns"] = parse_columns(flags["columns"])
+    if flags["class_weights"] is not None:
+        values = flags["class_weights"]
+        flags["class_weights"] = "balanced" if values == ["balanced"] else [_float(v, "--class-weights") for v in values]
+    file_values = read_config_file(args.config) if args.config else None
+    if file_values and isinstance(file_values.get("label_map"), str):
+        file_values["label_map"] = parse_label_map(file_values["label_map"])
+    return file_values, flags
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "none"
@@ -86,26 +114,12 @@ def run(args: argparse.Namespace) -> int:
     launched = launch_if_asked(args, "train")
     if launched is not None:
         return launched
-    from bertfit.data.labelled import parse_label_map
     from bertfit.train.finetune import fine_tune
-    from bertfit.tasks.declared import DECLARED
-    from bertfit.tasks.settings import flag_values
-    from bertfit.train.config import QUICK, TrainConfig, parse_columns, read_config_file, resolve_config
+    from bertfit.train.config import QUICK, resolve_config
 
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FLAGS}
-    flags.update(forced_format_paths(args, ("train_file", "validation_file", "test_file")))
-    flags.update(flag_values(args, DECLARED, "train"))
-    if flags["label_map"] is not None:
-        flags["label_map"] = parse_label_map(flags["label_map"])
-    flags["columns"] = parse_columns(flags["columns"])
-    if flags["class_weights"] is not None:
-        values = flags["class_weights"]
-        flags["class_weights"] = "balanced" if values == ["balanced"] else [_float(v, "--class-weights") for v in values]
+    file_values, flags = given_settings(args)
     if args.resume:
         flags["output_dir"] = args.resume
-    file_values = read_config_file(args.config) if args.config else None
-    if file_values and isinstance(file_values.get("label_map"), str):
-        file_values["label_map"] = parse_label_map(file_values["label_map"])
     config = resolve_config(file_values, flags, quick=args.quick)
     if args.resume:
         given = {k for k, v in flags.items() if v is not None} | set(file_values or {}) | (set(QUICK) if args.quick else set())

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -224,9 +225,12 @@ class RunResult:
 
 
 def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-              callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
+              callback: Callable[[dict[str, Any], Any, int], None] | None = None,
+              evaluate_test: bool = True) -> RunResult:
     """Fine-tune ``config.model`` on the data in ``config``; returns metrics and the report path.
     With ``config.seeds`` > 1: once per seed, the best validation model kept (seeds.py).
+    ``evaluate_test=False``: the test split is held out unread (a search's trials: `bertfit tune`
+    evaluates test once, for the best trial only); the split itself is the same.
 
     Under torchrun (WORLD_SIZE > 1) every process calls this: it joins the job (dist.py), trains its
     share of each global batch, and rank 0 alone writes the run directory."""
@@ -237,16 +241,18 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     if config.seeds > 1:
         from bertfit.train.seeds import run_seeds
 
-        return run_seeds(config, _fine_tune_one, resume=resume, overwrite=overwrite, callback=callback)
-    return _fine_tune_one(config, resume=resume, overwrite=overwrite, callback=callback)
+        one = functools.partial(_fine_tune_one, evaluate_test=evaluate_test)
+        return run_seeds(config, one, resume=resume, overwrite=overwrite, callback=callback)
+    return _fine_tune_one(config, resume=resume, overwrite=overwrite, callback=callback, evaluate_test=evaluate_test)
 
 
 def _fine_tune_one(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                   callback: Callable[[dict[str, Any], Any, int], None] | None = None) -> RunResult:
+                   callback: Callable[[dict[str, Any], Any, int], None] | None = None,
+                   evaluate_test: bool = True) -> RunResult:
     started = time.perf_counter()
     d = dist.init(select_device(config.device))
     try:
-        return run_job(d, lambda: _fine_tune(config, d, started, resume, overwrite, callback))
+        return run_job(d, lambda: _fine_tune(config, d, started, resume, overwrite, callback, evaluate_test))
     finally:
         release_run(config.output_dir)  # taken by _decide (rank 0)
 
@@ -263,7 +269,7 @@ def _decide(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> 
 
 
 def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, overwrite: bool,
-               callback: Callable[[dict[str, Any], Any, int], None] | None) -> RunResult:
+               callback: Callable[[dict[str, Any], Any, int], None] | None, evaluate_test: bool = True) -> RunResult:
     run = RunDir(config.output_dir)
     config, resume, replace = d.on_writer(lambda: _decide(run, config, resume, overwrite), "checking the run directory")
     threads = configure_threads(config.threads)
@@ -334,7 +340,8 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
     # The best weights: rank 0 reads them from the run directory and sends them to the others.
     best = load_model(run.path, require_head=True).to(device) if d.is_writer else trainer.model
     d.broadcast_module(best, "sending the best weights")
-    splits = {name: split for name, split in (("validation", validation), ("test", test)) if len(split)}
+    splits = {name: split for name, split in (("validation", validation), ("test", test))
+              if len(split) and (evaluate_test or name != "test")}
     # Outputs per example: the task gathers its features' outputs (windows, spans) back; the features
     # are sharded over the ranks and gathered back in order first.
     outputs = {name: task.gather(split, d.map_sharded(len(split), lambda idx, s=split: predict_logits(

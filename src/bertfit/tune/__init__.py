@@ -1,0 +1,7 @@
+"""`bertfit tune`: a hyperparameter search over `train`'s settings (Optuna), within a time budget.
+
+    space.py   the search space: defaults, and the override file named with train's flags
+    budget.py  the time budget: whether the next trial can still finish
+    study.py   the Optuna study, its trials (each a normal run directory), resume and the best trial
+    report.py  tune_report.md: the trials table and the best trial
+"""

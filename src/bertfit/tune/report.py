@@ -1,0 +1,85 @@
+"""tune_report.md: what the search bought. The best trial first (linked to its own report), then
+every trial's settings, metric, time and state, then the search's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bertfit.io import write_bytes_durably
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str, Any] | None, metric: str,
+                      direction: str, settings: Any) -> Path:
+    lines = ["# bertfit tune", ""]
+    states = [r["state"] for r in rows]
+    lines.append(f"{len(rows)} trials: {states.count('complete')} complete, {states.count('pruned')} pruned, "
+                 f"{states.count('fail')} failed. Objective: {metric} on validation "
+                 f"({'higher' if direction == 'maximize' else 'lower'} is better).")
+    lines.append("")
+    if best is not None:
+        lines += ["## Best trial", "",
+                  f"[{best['dir']}]({best['dir']}/report.md) (the `best` link): validation {metric} "
+                  f"**{best['value']:.4f}** with {', '.join(f'{k} {_cell(v)}' for k, v in best['params'].items())}.", ""]
+        test = best.get("test")
+        if test:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
+            lines += [f"Test, evaluated once after the search: {shown}.", ""]
+        else:
+            lines += ["No test split: the best trial was not evaluated on test.", ""]
+    else:
+        lines += ["No trial finished: there is no best trial yet (`bertfit tune --resume` continues).", ""]
+    plot = plot_history(tune_dir, rows, metric, direction)
+    if plot:
+        lines += [f"![optimization history]({plot})", ""]
+    names = sorted({name for r in rows for name in r["params"]})
+    lines += ["## Trials", "", "| trial | state | " + " | ".join(names) + f" | {metric} | seconds |",
+              "|---|---|" + "---|" * len(names) + "---|---|"]
+    for r in rows:
+        link = f"[{r['dir']}]({r['dir']}/)" if r["dir"] else str(r["number"])
+        mark = " **best**" if best is not None and r["number"] == best["number"] else ""
+        lines.append(f"| {link}{mark} | {r['state']} | " + " | ".join(_cell(r["params"].get(n)) for n in names)
+                     + f" | {_cell(r['value'])} | {_cell(r['seconds'])} |")
+    lines += ["", "## Search", "", f"- seed {settings.seed}; trials {settings.n_trials or 'no limit'}; "
+              f"time budget {f'{settings.time_budget_s:.0f} s' if settings.time_budget_s else 'none'}"]
+    lines += [f"- {name}: {param.describe()}" for name, param in settings.space.items()]
+    lines += [f"- {name}: {_cell(value)} (fixed by the space file)" for name, value in settings.fixed.items()]
+    path = tune_dir / "tune_report.md"
+    write_bytes_durably(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return path
+
+
+def plot_history(tune_dir: Path, rows: list[dict[str, Any]], metric: str, direction: str) -> str | None:
+    """plots/optimization_history.png: each finished trial's value and the best so far (None without
+    matplotlib, the report extra, or without a finished trial)."""
+    done = [(r["number"], r["value"]) for r in rows if r["state"] == "complete" and r["value"] is not None]
+    if not done:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    pick = min if direction == "minimize" else max
+    best = [pick(v for _, v in done[: i + 1]) for i in range(len(done))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([n for n, _ in done], [v for _, v in done], "o", label="trial")
+    ax.step([n for n, _ in done], best, where="post", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"validation {metric}")
+    ax.legend()
+    fig.tight_layout()
+    (tune_dir / "plots").mkdir(exist_ok=True)
+    fig.savefig(tune_dir / "plots" / "optimization_history.png", dpi=100)
+    plt.close(fig)
+    return "plots/optimization_history.png"

@@ -1,0 +1,268 @@
+"""`bertfit tune` (issue 28): a tiny Optuna search end to end, pruning, the time budget, kill -9 and
+--resume, disk cleanup that touches only bertfit's files, and space files checked where they enter.
+
+Every trial is a real (tiny) training run; the budget is judged on a fake clock, never on timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from bertfit.train.config import TrainConfig  # noqa: E402
+from bertfit.tune.budget import Budget, parse_duration  # noqa: E402
+from bertfit.tune.space import Param, read_space_file  # noqa: E402
+from bertfit.tune.study import TuneSettings, remove_weights, run_study, save_settings  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def base_config(model: Path, data: Path, **changes) -> TrainConfig:
+    # 10 steps an epoch, 4 evaluations of 40 texts; selected on validation loss (lower is better): the
+    # tiny model barely moves at lr 1e-5, while lr 0.5 throws its loss far up (3.3 at the first evaluation).
+    values = dict(train_file=str(data), model=str(model), threads=1, batch_size=16, epochs=2, eval_every=5,
+                  max_length=32, max_train_examples=160, max_eval_examples=40, warmup_ratio=0.0, log_every=5,
+                  metric="loss")
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def settings(tmp_path: Path, model: Path, data: Path, *, lrs=(1e-5, 0.5), n_trials=3, **kw) -> TuneSettings:
+    space = {"lr": Param("lr", choices=tuple(lrs))}
+    tune = TuneSettings(base_config(model, data), space, {}, tmp_path / "tune", n_trials, kw.pop("budget", None),
+                        seed=kw.pop("seed", 0), prune_startup_trials=kw.pop("prune_startup_trials", 3), **kw)
+    save_settings(tune)
+    return tune
+
+
+def test_a_tiny_study_end_to_end(tmp_path, tiny_model_dir, synthetic_csv):
+    from bertfit.predict.predictor import Predictor
+
+    result = run_study(settings(tmp_path, tiny_model_dir, synthetic_csv, lrs=(1e-5, 1e-4, 0.5), seed=1))
+    tune = result.tune_dir
+    assert [r["dir"] for r in result.trials] == ["trial-000", "trial-001", "trial-002"]
+    complete = [r for r in result.trials if r["state"] == "complete"]
+    assert complete and result.direction == "minimize" and result.metric == "loss"
+    best = min(complete, key=lambda r: r["value"])
+    assert result.best["dir"] == best["dir"]
+    assert os.readlink(tune / "best") == best["dir"]
+    assert json.loads((tune / "best.json").read_text())["value"] == pytest.approx(best["value"])
+    for row in complete:  # the objective is the run's own validation metric; test was never read by a trial
+        metrics = json.loads((tune / row["dir"] / "metrics.json").read_text())
+        assert metrics["validation"]["loss"] == pytest.approx(row["value"])
+        assert ("test" in metrics) == (row["dir"] == best["dir"])
+    assert set(result.best["test"]) >= {"accuracy", "macro_f1"}
+    # The best trial is a normal run: it predicts, with the validation figure its trial reported.
+    predictor = Predictor.load(tune / "best", engine="pytorch")
+    assert len(predictor.predict(["a great movie", "an awful day"])) == 2
+    report = (tune / "tune_report.md").read_text()
+    assert f"[{best['dir']}]({best['dir']}/report.md)" in report and report.count("| complete |") == len(complete)
+    assert "(plots/optimization_history.png)" in report and (tune / "plots" / "optimization_history.png").stat().st_size
+
+
+def test_trials_far_below_the_median_are_pruned(tmp_path, tiny_model_dir, synthetic_csv):
+    result = run_study(settings(tmp_path, tiny_model_dir, synthetic_csv, n_trials=5, prune_startup_trials=1, seed=3,
+                                keep_weights="best"))
+    states = {r["dir"]: r["state"] for r in result.trials}
+    pruned = [d for d, s in states.items() if s == "pruned"]
+    assert pruned, states
+    for name in pruned:
+        run = result.tune_dir / name
+        evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert sum(r["kind"] == "eval" for r in evals) < 4  # stopped before its 2 epochs' evaluations ran out
+        assert not (run / "model.safetensors").exists()
+        assert not [p for p in (run / "checkpoints").iterdir()]
+        assert (run / "train_config.json").exists()  # only the weights went
+    assert all(r["params"]["lr"] == 0.5 for r in result.trials if r["state"] == "pruned")
+    complete = [r["dir"] for r in result.trials if r["state"] == "complete"]
+    assert len(complete) >= 2 and any(r["params"]["lr"] == 1e-5 for r in result.trials if r["dir"] in complete)
+    # --keep-weights best: only the best trial keeps its weights; the others keep their records.
+    weighted = [d for d in complete if (result.tune_dir / d / "model.safetensors").exists()]
+    assert weighted == [result.best["dir"]], weighted
+    assert all((result.tune_dir / d / "metrics.json").exists() for d in complete)
+
+
+def test_pruned_weights_removal_touches_only_bertfits_files(tmp_path, tiny_model_dir, synthetic_csv):
+    from bertfit.train.finetune import fine_tune
+
+    run = tmp_path / "trial-000"
+    fine_tune(base_config(tiny_model_dir, synthetic_csv, output_dir=str(run), max_steps=4, save_every=2,
+                          keep_checkpoints=5, eval_every=0))
+    (run / "notes.txt").write_text("mine")
+    (run / "mine.safetensors").write_text("mine")
+    (run / "checkpoints" / "my-folder").mkdir()
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")]
+    remove_weights(run)
+    assert not (run / "model.safetensors").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["my-folder"]
+    assert (run / "notes.txt").read_text() == "mine" and (run / "mine.safetensors").exists()
+    # A folder bertfit did not make is never touched.
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "model.safetensors").write_text("theirs")
+    remove_weights(stranger)
+    assert (stranger / "model.safetensors").read_text() == "theirs"
+
+
+def test_the_budget_uses_the_mean_duration_of_finished_trials():
+    now = [0.0]
+    budget = Budget(250.0, clock=lambda: now[0])
+    assert budget.allows_next([])  # nothing measured yet: the first trial starts
+    now[0] = 100.0
+    assert budget.allows_next([100.0])  # ends at 200
+    now[0] = 200.0
+    assert not budget.allows_next([100.0, 100.0])  # would end at 300 > 250
+    assert budget.allows_next([10.0, 30.0])  # ends at 220
+    assert Budget(None).allows_next([1e9])
+    assert [parse_duration(t) for t in ("90s", "30m", "2h", "1h30m", "45")] == [90, 1800, 7200, 5400, 45]
+
+
+def test_the_search_starts_no_trial_that_could_not_finish_in_the_budget(tmp_path, tiny_model_dir, synthetic_csv,
+                                                                       monkeypatch):
+    import bertfit.train.finetune as finetune
+
+    now = [0.0]
+    real = finetune.fine_tune
+
+    def fine_tune_taking_100s(*args, **kwargs):  # each trial costs 100 s on the fake clock
+        result = real(*args, **kwargs)
+        now[0] += 100.0
+        return result
+
+    monkeypatch.setattr(finetune, "fine_tune", fine_tune_taking_100s)
+    tune = settings(tmp_path, tiny_model_dir, synthetic_csv, lrs=(1e-5,), n_trials=None, budget=250.0,
+                    clock=lambda: now[0])
+    result = run_study(tune)
+    assert result.stopped_by == "time_budget"
+    assert len(result.trials) == 2  # a third would start at 200 s and end at 300 s, past 250 s
+    assert now[0] <= 250.0
+
+
+def bertfit_tune(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bertfit", "tune", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def cli_args(model: Path, data: Path, out: Path, space: Path) -> list[str]:
+    return ["--train-file", str(data), "--model", str(model), "--threads", "1", "--batch-size", "16", "--epochs", "2",
+            "--eval-every", "5", "--max-length", "32", "--max-train-examples", "160", "--max-eval-examples", "40",
+            "--warmup-ratio", "0", "--metric", "loss", "--n-trials", "3",
+            "--space", str(space), "--seed", "2", "--output-dir", str(out)]
+
+
+def test_kill_9_mid_trial_then_resume_keeps_finished_trials_and_matches_an_uninterrupted_search(
+        tmp_path, tiny_model_dir, synthetic_csv):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: [1e-5, 1e-4, 0.1]\nbatch_size: [8, 16]\n")
+    killed = tmp_path / "killed"
+    proc = bertfit_tune(cli_args(tiny_model_dir, synthetic_csv, killed, space))
+    deadline = time.monotonic() + 240
+    # Kill once trial-000 is finished (its metrics.json written) and trial-001 is under way.
+    while not ((killed / "trial-000" / "metrics.json").exists() and (killed / "trial-001" / "train_config.json").exists()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    db = sqlite3.connect(killed / "study.db")
+    states = [s for (s,) in db.execute("select state from trials order by number")]
+    db.close()
+    assert states[0] == "COMPLETE" and "RUNNING" in states, states
+    kept = (killed / "trial-000" / "metrics.json").stat().st_mtime_ns
+    (killed / "my-notes.txt").write_text("mine")
+
+    resumed = bertfit_tune(["--resume", str(killed)])
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert (killed / "trial-000" / "metrics.json").stat().st_mtime_ns == kept  # the finished trial was not rerun
+    assert (killed / "my-notes.txt").read_text() == "mine"
+
+    straight = tmp_path / "straight"
+    whole = bertfit_tune(cli_args(tiny_model_dir, synthetic_csv, straight, space))
+    out2, err2 = whole.communicate(timeout=300)
+    assert whole.returncode == 0, err2[-3000:]
+    a, b = (json.loads((d / "best.json").read_text()) for d in (killed, straight))
+    assert (a["dir"], a["params"], a["value"]) == (b["dir"], b["params"], b["value"])
+    for name in ("trial-000", "trial-001", "trial-002"):  # every trial drew and scored the same
+        assert json.loads((killed / name / "metrics.json").read_text())["validation"] == \
+            json.loads((straight / name / "metrics.json").read_text())["validation"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("learning_rate: {low: 1e-5, high: 1e-4}\n", "learning_rate: not a setting the search can vary"),
+    ("lr: {low: 1e-3, high: 1e-5}\n", "lr: low (0.001) must be below high (1e-05)"),
+    ("lr: {low: 0, high: 1e-3, log: true}\n", "lr: a log range needs low > 0"),
+    ("batch_size: [16, -1]\n", "batch_size: batch_size must be"),
+    ("lr: [1e-5\n", "cannot parse"),
+    ("output_dir: [a, b]\n", "tune sets it"),
+])
+def test_a_bad_space_file_is_refused_in_one_line_with_exit_2(tmp_path, tiny_model_dir, synthetic_csv, capsys, text,
+                                                              expected):
+    from bertfit.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    out = tmp_path / "tune"
+    code = main(["tune", "--train-file", str(synthetic_csv), "--model", str(tiny_model_dir), "--n-trials", "1",
+                 "--space", str(space), "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("bertfit: error: --space") and str(space) in err[0], err
+    assert expected in err[0], err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_space_file_ranges_and_fixed_values(tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text('lr = {low = 1e-5, high = 1e-4, log = true}\nepochs = [1, 2]\nweight_decay = 0.0\n'
+                     'max_length = {low = 32, high = 128, step = 32}\n')
+    searched, fixed = read_space_file(space)
+    assert searched["lr"] == Param("lr", 1e-5, 1e-4, log=True)
+    assert searched["epochs"].choices == (1, 2)
+    assert searched["max_length"].integer and fixed == {"weight_decay": 0.0}
+
+
+def test_a_search_without_a_limit_or_into_a_foreign_folder_is_refused(tmp_path, tiny_model_dir, synthetic_csv, capsys):
+    from bertfit.cli import main
+
+    common = ["tune", "--train-file", str(synthetic_csv), "--model", str(tiny_model_dir)]
+    assert main([*common, "--output-dir", str(tmp_path / "a")]) == 2
+    assert "give --n-trials and/or --time-budget" in capsys.readouterr().err
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    assert main([*common, "--n-trials", "1", "--output-dir", str(foreign)]) == 2
+    assert "is not empty and is not a bertfit search" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+    assert main(["tune", "--resume", str(foreign)]) == 2
+    assert "not a bertfit tune folder" in capsys.readouterr().err
+    assert main([*common, "--n-trials", "1", "--time-budget", "soon", "--output-dir", str(tmp_path / "b")]) == 2
+    assert "--time-budget 'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_the_best_trials_test_evaluation_equals_what_train_reports_on_test(tmp_path, tiny_model_dir, synthetic_csv):
+    from bertfit.train.finetune import fine_tune
+    from bertfit.tune.study import evaluate_test
+
+    # A model that learned (test_train's recipe: 95% on this data), so test and validation differ.
+    config = base_config(tiny_model_dir, synthetic_csv, output_dir=str(tmp_path / "run"), lr=5e-4, epochs=4,
+                         eval_every=0, warmup_ratio=0.1, max_train_examples=None, max_eval_examples=None)
+    result = fine_tune(config)
+    trained = result.metrics["test"]
+    assert trained["accuracy"] != result.metrics["validation"]["accuracy"] or \
+        trained["loss"] != pytest.approx(result.metrics["validation"]["loss"], abs=1e-6)
+    tune = TuneSettings(config, {}, {}, tmp_path, 1)
+    measured = evaluate_test(tune, tmp_path / "run", {"lr": 5e-4})
+    assert measured["confusion_matrix"] == trained["confusion_matrix"]
+    for key in ("n", "accuracy", "macro_f1", "loss"):
+        assert measured[key] == pytest.approx(trained[key], abs=1e-6), key
