@@ -240,8 +240,7 @@ def test_pipeline_agrees_on_real_subwords(tmp_path, minilm_dir):
 def test_training_steps_equal_transformers_adamw_on_the_same_batches(tmp_path, monkeypatch):
     """bertfit's NER training (packed fast path, sparse word-embedding gradient, its AdamW groups, clipping,
     warmup + linear decay) takes the same steps as transformers' BertForTokenClassification under torch's
-    AdamW fed the same batches and learning rates: per-step losses and final weights within float noise.
-    (Checked on the real MiniLM and WNUT-17 too: 40 steps agreed to 5e-7, see benchmarks/RESULTS.md.)"""
+    AdamW fed the same batches and learning rates: per-step losses and final weights within float noise."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file

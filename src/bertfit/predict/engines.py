@@ -14,5 +14,5 @@ def add_engine_argument(parser: argparse.ArgumentParser) -> None:
     # --help) without it.
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="what runs the model: auto (default) is ONNX Runtime on the CPU when installed -- the "
-                             "same fp32 logits, exported once into the cache (~2 s), about half the latency -- "
+                             "same fp32 logits, exported once into the cache (a few seconds), about half the latency -- "
                              "else PyTorch; a GPU always uses PyTorch")

@@ -173,13 +173,15 @@ def _keep_fp32(path: Path, config) -> list[str]:
 
 
 EXPORT_FORMAT = 1  # part of the cache key: bump when ExportGraph or the quantization choice changes
-CACHE_KEEP = 8  # exports kept per kind (fp32, int8), least recently used dropped: ~87 MB each for MiniLM
+CACHE_KEEP = 8  # exports kept per kind (fp32, int8), least recently used dropped: 92 MB each for MiniLM
+# (benchmarks/small_claims.json)
 
 
 def cached_export(run: str | os.PathLike, *, int8: bool = False) -> OnnxExport:
     """The ONNX Runtime model (fp32 or int8) of a run, exported once into the cache, keyed by
     the weights, config and export format; the least recently used exports beyond CACHE_KEEP are
-    removed. The first call costs one export (~2 s for MiniLM on 2 cores, checked against PyTorch)."""
+    removed. The first call costs one export (2.5 s for MiniLM on one thread, benchmarks/small_claims.json),
+    checked against PyTorch."""
     import hashlib
 
     from bertfit.io import cache_dir
