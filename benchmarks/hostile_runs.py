@@ -247,7 +247,8 @@ def catalogue(root: Path, model: Path, run: Path) -> list[tuple]:
          expect=(2,), stderr_has=("--resume",), stderr_lacks=("--output-dir",))
     import random
 
-    noise = bytes(random.Random(0).randrange(1, 256) for _ in range(4000))
+    rng = random.Random(0)
+    noise = bytes(rng.randrange(1, 256) for _ in range(4000))  # random bytes, none of them NUL
     case("a binary file without NUL bytes", [*train, "d.csv"], [("d.csv", noise)], expect=(2,),
          stderr_has=("binary",), stderr_lacks=("carriage return",))
     case("ner: CoNLL with old-Mac line endings", [*ner_train, "d.conll"], [("d.conll", conll(40, 3, end="\r"))],

@@ -156,7 +156,7 @@ class ModelHost:
                     for i, payload in zip(group, self._predict([jobs[i] for i in group])):
                         out[i] = payload
             except Abandoned as exc:
-                logger.info("dropped the work of %d abandoned request(s): %s", len(group), exc)
+                logger.warning("dropped the work of %d abandoned request(s): %s", len(group), exc)
                 for i in group:
                     out[i] = exc
             except Exception:  # noqa: BLE001 - isolate the failing request below
