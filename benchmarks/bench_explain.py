@@ -174,6 +174,14 @@ def faithfulness(args) -> dict:
         for i, m in enumerate(methods):
             scores[m]["comprehensiveness"].append((full - p[i, :, 0]).tolist())
             scores[m]["sufficiency"].append((full - p[i, :, 1]).tolist())
+        if args.out and len(scores["random"]["comprehensiveness"]) % 10 == 0:  # partial results survive a time-out
+            partial = summarise(methods, scores, seconds, steps, errors, len(scores["random"]["comprehensiveness"]), skipped)
+            Path(args.out).write_text(json.dumps({"run": args.run, "data": args.data, **processor(), "partial": True,
+                                                  **partial}, indent=2) + "\n", encoding="utf-8")
+    return summarise(methods, scores, seconds, steps, errors, len(scores["random"]["comprehensiveness"]), skipped)
+
+
+def summarise(methods, scores, seconds, steps, errors, n, skipped) -> dict:
     summary = {}
     for m in methods:
         comp = np.array(scores[m]["comprehensiveness"])
@@ -191,7 +199,7 @@ def faithfulness(args) -> dict:
     for m in methods[1:]:
         d = ig_comp - np.array(scores[m]["comprehensiveness"]).mean(1)
         paired[m] = {"comprehensiveness_aopc_gain": float(d.mean()), "sem": float(d.std(ddof=1) / math.sqrt(len(d)))}
-    return {"texts": len(texts) - skipped, "skipped": skipped, "summary": summary, "ig_vs": paired,
+    return {"texts": n, "skipped": skipped, "summary": summary, "ig_vs": paired,
             "ig_steps": {str(s): steps.count(s) for s in sorted(set(steps))},
             "ig_completeness_error_max": float(max(errors)), "ig_completeness_error_median": float(np.median(errors))}
 

@@ -9,7 +9,7 @@ position and segment embeddings) as they are, so it is "the same sentence with n
 
 Completeness: the attributions sum to f(x) − f(x') exactly for the true integral; the quadrature's
 error is measured every time (f at α = 0 and α = 1 run in the same batch) and the steps are doubled
-(8 → 16 → ... → ``max_steps``) until |Σ attributions − (f(x) − f(x'))| ≤ max(``tolerance`` ·
+(16 → 32 → ... → ``max_steps``) until |Σ attributions − (f(x) − f(x'))| ≤ max(``tolerance`` ·
 |f(x) − f(x')|, ``atol``); the error reached is reported with each explanation. The integral is
 Gauss–Legendre on [0, 1], which reaches a given error with several times fewer steps than the
 Riemann sums of most IG code on these smooth functions.
@@ -44,7 +44,7 @@ from bertfit.tasks.explaining import ExplainPlan, Target
 
 logger = logging.getLogger(__name__)
 
-STEPS = 8  # the first try; doubled while completeness fails
+STEPS = 16  # the first try; doubled while completeness fails (8 was enough for 1 tweet in 5: benchmarks/RESULTS.md)
 MAX_STEPS = 256
 TOLERANCE = 0.05  # relative to |f(x) − f(baseline)|
 ATOL = 0.005  # absolute floor (probabilities: half a percentage point)
