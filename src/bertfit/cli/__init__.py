@@ -4,6 +4,7 @@
     bertfit evaluate  score a trained run on a labelled file
     bertfit predict   label texts from arguments, a file, or standard input
     bertfit explain   which words made the model say what it said
+    bertfit export    ONNX (fp32 or int8) for ONNX Runtime (extra: bertfit[export])
     bertfit serve     an HTTP server with a web page (extra: bertfit[serve])
     bertfit pretrain  further-pretrain on unlabelled text (masked LM + next-sentence prediction)
     bertfit fill-mask guess the words behind [MASK] (a masked-LM model)
