@@ -140,11 +140,24 @@ def check_not_binary(path: str, data: bytes, encoding: str | None) -> None:
             f"{path} looks like a binary file (NUL byte at offset {nul}), not CSV/TSV/JSONL. "
             "If it is UTF-16 text without a byte-order mark, pass --encoding utf-16-le (or utf-16-be)"
         )
-    # Text has few control characters besides tab and line ends; compressed or executable data has ~10%.
+    # Text has few control characters besides tab and line ends; compressed or executable data has ~10%,
+    # and is almost never valid UTF-8. Valid UTF-8 with control characters is text that holds some (a
+    # spreadsheet's unit separators): its rows are read, not the file refused.
     controls = sum(block.count(bytes([c])) for c in (*range(1, 9), *range(14, 32), 127))
-    if len(block) >= 64 and controls * 20 > len(block):
+    if len(block) >= 64 and controls * 20 > len(block) and not _valid_utf8_prefix(block):
         raise DataError(f"{path} looks like a binary file ({controls} control bytes in its first {len(block)}), "
                         "not CSV/TSV/JSONL text")
+
+
+def _valid_utf8_prefix(block: bytes) -> bool:
+    """Whether ``block`` (the start of a file, maybe cut inside a character) is valid UTF-8."""
+    import codecs
+
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(block, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def decode_bytes(path: str, data: bytes, encoding: str | None) -> tuple[str, str]:
