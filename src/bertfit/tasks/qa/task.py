@@ -249,7 +249,9 @@ class QuestionAnswering(Task):
             length = len(windows[f].ids)
             a, b = windows[f].offsets[s][0], windows[f].offsets[e][1]
             info = {"of": "probability", "answer": example.text_pair[a:b], "start": a, "end": b}
-            targets = [Target(side, lambda out, k=k, t=t: torch.softmax(out[:, f, :length, k].float(), -1)[:, t], info)
+            # "type" names the row the report counts words under: "answer start", never a bare "start" label
+            targets = [Target(side, lambda out, k=k, t=t: torch.softmax(out[:, f, :length, k].float(), -1)[:, t],
+                              {**info, "type": f"answer {side}"})
                        for k, (side, t) in enumerate((("start", s), ("end", e)))]
             return [targets[i] for i in pick(["start", "end"], which, "output")] if which else targets
 
