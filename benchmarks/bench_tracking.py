@@ -25,7 +25,7 @@ from pathlib import Path
 CONTENDERS = ("none", "tensorboard", "mlflow", "wandb")
 
 
-def one(contender: str, steps: int, out: Path) -> None:
+def one(contender: str, steps: int, log_every: int, out: Path) -> None:
     from bertfit import TrainConfig, fine_tune
 
     stamps: list[tuple[int, float]] = []
@@ -38,7 +38,7 @@ def one(contender: str, steps: int, out: Path) -> None:
         os.environ.update(MLFLOW_TRACKING_URI=f"file:{tmp}/mlruns", MLFLOW_ALLOW_FILE_STORE="true", WANDB_MODE="offline",
                           WANDB_SILENT="true")
         config = TrainConfig(output_dir=f"{tmp}/run", max_train_examples=2000, max_eval_examples=200, max_steps=steps,
-                             batch_size=16, max_length=64, log_every=1, eval_every=0, eval_each_epoch=False,
+                             batch_size=16, max_length=64, log_every=log_every, eval_every=0, eval_each_epoch=False,
                              threads=1, save_every=10_000, report_to=() if contender == "none" else (contender,))
         fine_tune(config, callback=record_time)
     (first, t0), (last, t1) = stamps[2], stamps[-1]  # from step 3: the trackers' start (imports, new run) inside
@@ -51,19 +51,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--log-every", type=int, default=1, help="1: the trackers' worst case; 10: the default")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/tracking_overhead.json"))
     parser.add_argument("--one", choices=CONTENDERS)
     parser.add_argument("--result", type=Path)
     args = parser.parse_args()
     if args.one:
-        one(args.one, args.steps, args.result)
+        one(args.one, args.steps, args.log_every, args.result)
         return
     runs = []
     for repeat in range(args.repeats):
         order = CONTENDERS if repeat % 2 == 0 else tuple(reversed(CONTENDERS))  # interleaved, both orders
         for contender in order:
             with tempfile.NamedTemporaryFile(suffix=".json") as f:
-                subprocess.run([sys.executable, __file__, "--one", contender, "--steps", str(args.steps),
+                subprocess.run([sys.executable, __file__, "--one", contender, "--steps", str(args.steps), "--log-every", str(args.log_every),
                                 "--result", f.name], check=True, capture_output=True)
                 runs.append({**json.loads(Path(f.name).read_text()), "repeat": repeat})
                 print(runs[-1], flush=True)
@@ -74,7 +75,7 @@ def main() -> None:
     flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
              if f in Path("/proc/cpuinfo").read_text().split()]
     result = {"command": " ".join(sys.argv), "processor": cpu, "flags": flags, "threads": 1,
-              "job": f"minilm-l6, tweets (2,000 train), batch 16, max_length 64, {args.steps} steps, a log record every step",
+              "job": f"minilm-l6, tweets (2,000 train), batch 16, max_length 64, {args.steps} steps, a log record every {args.log_every} step(s)",
               "runs": runs, "median_steps_per_s": median,
               "ratio_to_none": {c: median[c] / median["none"] for c in CONTENDERS},
               "median_steady_steps_per_s": steady,
