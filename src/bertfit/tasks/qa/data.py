@@ -199,13 +199,13 @@ def check_example(record: Mapping[str, Any], row: int, *, require_answers: bool,
             raise ValueError(f"{where} has an empty or non-text \"text\" ({text!r})")
         if isinstance(start, bool) or not isinstance(start, int):
             raise ValueError(f"{where} has answer_start {start!r}, expected a whole number (character offset)")
-        if not 0 <= start <= len(context) - len(text):
-            moved = nearby_offset(context, text, start) if 0 <= start <= len(context) else None
-            if moved is None:
-                raise ValueError(f"{where} {text!r} has answer_start {start}, outside the {len(context):,}-character "
-                                 "context; answer_start is the 0-based character offset of the answer in the context")
-        found = context[start:start + len(text)]
-        if found != text and (moved := nearby_offset(context, text, start)) is not None:
+        inside = 0 <= start <= len(context) - len(text)
+        found = context[start:start + len(text)] if inside else None
+        moved = nearby_offset(context, text, start) if found != text and 0 <= start <= len(context) else None
+        if not inside and moved is None:
+            raise ValueError(f"{where} {text!r} has answer_start {start}, outside the {len(context):,}-character "
+                             "context; answer_start is the 0-based character offset of the answer in the context")
+        if moved is not None:
             if repairs is not None:
                 qid = record.get("id")
                 repairs.append((row, str(qid) if qid is not None else f"row-{row}", start, moved))
