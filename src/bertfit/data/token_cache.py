@@ -81,7 +81,7 @@ def encode_cached(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | N
     folder.mkdir(parents=True, exist_ok=True)
     key = fingerprint(tokenizer, texts, pairs, max_length)
     path = folder / f"{key}.arrow"
-    with _locked(folder / f"{key}.lock"):
+    with locked(folder / f"{key}.lock"):
         cached = _open(path, len(texts))
         if cached is not None:
             logger.info("tokenized features of %d texts read from the cache (%s)", len(texts), path)
@@ -153,7 +153,7 @@ class CachedEncodings(Sequence):
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (POSIX flock) for the time of the block; no lock where there is no flock."""
     try:
         import fcntl

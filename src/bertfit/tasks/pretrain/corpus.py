@@ -28,7 +28,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 from bertfit.data.columnar import is_columnar, split_format
 from bertfit.errors import DataError
@@ -129,9 +129,9 @@ def read_corpus(paths: Sequence[str | os.PathLike], *, fmt: str = "auto", column
         before = len(documents)
         inner = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
         if columnar:
-            documents.extend(_read_table(raw, column, max_chars, encoding, report))
+            documents.extend(read_table(raw, column, max_chars, encoding, report))
         elif column is not None or inner.lower().endswith(TABLE_SUFFIXES):
-            documents.extend(_read_table(path, column, max_chars, encoding, report))
+            documents.extend(read_table(path, column, max_chars, encoding, report))
         else:
             documents.extend(_read_text(path, fmt, max_chars, encoding, report))
         if len(documents) == before:
@@ -177,40 +177,56 @@ def _decode(path: Path, data: bytes, encoding: str | None, report: CorpusReport)
 
 
 def _read_text(path: Path, fmt: str, max_chars: int, encoding: str | None, report: CorpusReport) -> list[Document]:
-    text = _decode(path, _read_bytes(path), encoding, report)
-    lines = split_lines(text)  # \n, \r\n and the old Mac's lone \r all end a line
+    lines = split_lines(_decode(path, _read_bytes(path), encoding, report))  # \n, \r\n and the old Mac's lone \r
     if fmt == "auto":
-        # Only blank lines between text lines mark documents: blank lines at the start or the end of a
-        # file (an editor's trailing newline) never change how the whole file is read.
-        filled = [i for i, line in enumerate(lines) if line.strip()]
-        interior = sum(1 for line in lines[filled[0]:filled[-1] + 1] if not line.strip()) if filled else 0
-        fmt = "sentences" if interior else "documents"
-        if interior and interior * 100 < len(filled):
-            logger.warning("%s: %d blank line(s) among %d lines: read as one sentence a line, documents between blank "
-                           "lines; pass --corpus-format documents if each line is a document", path, interior,
-                           len(filled))
+        fmt = auto_format(path, blank_line_counts(lines))
+    return list(documents_from_lines(lines, path, fmt, max_chars, report))
+
+
+def blank_line_counts(lines: Iterable[str]) -> tuple[int, int]:
+    """(lines holding text, blank lines between the first and the last of them), in one pass."""
+    filled = interior = pending = 0
+    for line in lines:
+        if line.strip():
+            interior += pending if filled else 0
+            filled, pending = filled + 1, 0
+        else:
+            pending += 1
+    return filled, interior
+
+
+def auto_format(path: Path, counts: tuple[int, int]) -> str:
+    """"sentences" where blank lines separate text lines (documents), else "documents" (one a line).
+
+    Only blank lines between text lines count: blank lines at the start or the end of a file (an
+    editor's trailing newline) never change how the whole file is read."""
+    filled, interior = counts
+    if interior and interior * 100 < filled:
+        logger.warning("%s: %d blank line(s) among %d lines: read as one sentence a line, documents between blank "
+                       "lines; pass --corpus-format documents if each line is a document", path, interior, filled)
+    return "sentences" if interior else "documents"
+
+
+def documents_from_lines(lines: Iterable[str], path: Path, fmt: str, max_chars: int,
+                         report: CorpusReport) -> Iterator[Document]:
+    """The documents of a text file's lines in format ``fmt`` ("sentences" or "documents"), counting every
+    line in ``report``; a generator, so a corpus read line by line is never held whole."""
     report.formats[str(path)] = fmt
-    documents: list[Document] = []
     current: list[str] = []
     start = 1
-
-    def close() -> None:
-        nonlocal current
-        if current:
-            documents.append(Document(current, f"{path}:{start}"))
-        current = []
-
     for number, line in enumerate(lines, start=1):
         report.lines += 1
         stripped = line.strip()
         if len(stripped) > max_chars:
-            _count_long(report, f"{path}:{number}")
+            count_long(report, f"{path}:{number}")
             continue
         if fmt == "sentences":
             if not stripped:
                 if not current:
                     report.empty_lines += 1  # a second blank line, or one before the first document
-                close()
+                else:
+                    yield Document(current, f"{path}:{start}")
+                    current = []
                 continue
             if not current:
                 start = number
@@ -219,19 +235,18 @@ def _read_text(path: Path, fmt: str, max_chars: int, encoding: str | None, repor
             if not stripped:
                 report.empty_lines += 1
                 continue
-            sentences = split_sentences(stripped)
-            documents.append(Document(sentences, f"{path}:{number}"))
-    close()
-    return documents
+            yield Document(split_sentences(stripped), f"{path}:{number}")
+    if current:
+        yield Document(current, f"{path}:{start}")
 
 
-def _count_long(report: CorpusReport, where: str) -> None:
+def count_long(report: CorpusReport, where: str) -> None:
     report.long_lines += 1
     if len(report.long_examples) < 5:
         report.long_examples.append(where)
 
 
-def _read_table(path: Path | str, column: str | None, max_chars: int, encoding: str | None,
+def read_table(path: Path | str, column: str | None, max_chars: int, encoding: str | None,
                 report: CorpusReport) -> list[Document]:
     from bertfit.data.labelled import read_examples
 
@@ -261,7 +276,7 @@ def _read_table(path: Path | str, column: str | None, max_chars: int, encoding: 
         if "empty" in reason or "is missing" in reason:  # a null cell of a Parquet/Arrow column is an empty text
             report.empty_lines += 1
         elif "long" in reason or "characters" in reason:
-            _count_long(report, f"{name}:{rejection.row}")
+            count_long(report, f"{name}:{rejection.row}")
         else:
             report.rejected_rows += 1
     documents = []

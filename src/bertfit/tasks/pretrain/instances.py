@@ -32,7 +32,7 @@ tokens, so no position is padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -75,7 +75,14 @@ def nsp_instances(documents: Sequence[Sequence[Sequence[int]]], max_length: int,
                   short_seq_prob: float = 0.1) -> list[Instance]:
     """NSP pairs from documents of tokenized sentences (see the module docstring)."""
     docs = [[list(s) for s in doc if len(s)] for doc in documents]
-    docs = [d for d in docs if d]
+    return list(iter_nsp_instances([d for d in docs if d], max_length, seed, short_seq_prob))
+
+
+def iter_nsp_instances(docs: Sequence[Sequence[Sequence[int]]], max_length: int, seed: int,
+                       short_seq_prob: float = 0.1) -> Iterator[Instance]:
+    """:func:`nsp_instances` one at a time, from ``docs`` whose documents and sentences are all non-empty:
+    a list, or a view of a memory-mapped store (tasks/pretrain/store.py), read one document at a time
+    (a NotNext pair reads one other document), never copied whole."""
     if len(docs) < 2:
         raise DataError(f"next-sentence prediction needs at least 2 documents to draw NotNext pairs from, the corpus "
                         f"has {len(docs)}; separate documents by blank lines, or train masked-LM alone with --no-nsp")
@@ -83,10 +90,10 @@ def nsp_instances(documents: Sequence[Sequence[Sequence[int]]], max_length: int,
         raise DataError(f"--max-length {max_length} is too short for a sentence pair ([CLS] A [SEP] B [SEP])")
     rng = np.random.default_rng([seed, 7])
     max_tokens = max_length - 3
-    out: list[Instance] = []
-    for index, doc in enumerate(docs):
+    for index in range(len(docs)):
+        doc = docs[index]
         target = max_tokens if rng.random() >= short_seq_prob else int(rng.integers(2, max_tokens + 1))
-        chunk: list[list[int]] = []
+        chunk: list[Sequence[int]] = []
         length = 0
         i = 0
         while i < len(doc):
@@ -119,36 +126,55 @@ def nsp_instances(documents: Sequence[Sequence[Sequence[int]]], max_length: int,
                     label, b_doc = IS_NEXT, index
                 _truncate_pair(a, b, max_tokens, rng)
                 if a and b:
-                    out.append(Instance(a, b, label, index, b_doc))
+                    yield Instance(a, b, label, index, b_doc)
                 chunk, length = [], 0  # the target length stays the document's, as in Google's loop
             i += 1
-    return out
 
 
 def packed_instances(documents: Sequence[Sequence[Sequence[int]]], max_length: int, sep_id: int) -> list[Instance]:
     """Full-length single segments: the corpus' tokens in order, [SEP] between documents."""
+    return list(iter_packed_instances(documents, max_length, sep_id))
+
+
+def iter_packed_instances(documents: Iterable[Sequence[Sequence[int]]], max_length: int,
+                          sep_id: int) -> Iterator[Instance]:
+    """:func:`packed_instances` one at a time, holding at most one sequence and one document of tokens.
+
+    The corpus is one stream (a [SEP] between documents) cut every ``max_length - 2`` tokens; a
+    sequence never opens with the documents' separator (that token is skipped, and the cuts move on
+    by one)."""
     if max_length < 3:
         raise DataError(f"--max-length {max_length} is too short")
     size = max_length - 2
-    stream: list[int] = []
-    starts: list[int] = []  # document of each token, to record where a sequence starts
+    pending: list[int] = []  # the stream's tokens not yet in a sequence
+    owners: list[int] = []  # the document of each pending token
+    before: int | None = None  # the document of the token before pending[0] (None: the stream's start)
+
+    def cut(final: bool) -> Iterator[Instance]:
+        nonlocal pending, owners, before
+        while pending:
+            if pending[0] == sep_id and before is not None and owners[0] != before:
+                before = owners[0]
+                del pending[0], owners[0]
+                continue
+            if len(pending) < size and not final:
+                return
+            piece, owner = pending[:size], owners[0]
+            before = owners[len(piece) - 1]
+            del pending[:size], owners[:size]
+            if len(piece) >= 2:
+                yield Instance(piece, [], IS_NEXT, owner, owner)
+
+    started = False
     for index, doc in enumerate(documents):
         tokens = [t for s in doc for t in s]
         if not tokens:
             continue
-        if stream:
-            stream.append(sep_id)
-            starts.append(index)
-        stream.extend(tokens)
-        starts.extend([index] * len(tokens))
-    out = []
-    begin = 0
-    while begin < len(stream):
-        if stream[begin] == sep_id and begin and starts[begin] != starts[begin - 1]:
-            begin += 1  # a sequence never opens with the documents' separator
-            continue
-        piece = stream[begin:begin + size]
-        if len(piece) >= 2:
-            out.append(Instance(piece, [], IS_NEXT, starts[begin], starts[begin]))
-        begin += size
-    return out
+        if started:
+            pending.append(sep_id)
+            owners.append(index)
+        started = True
+        pending.extend(tokens)
+        owners.extend([index] * len(tokens))
+        yield from cut(final=False)
+    yield from cut(final=True)

@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PretrainingData:
-    train: list[Instance]
-    validation: list[Instance]
+    train: Sequence[Instance] | Any  # a list, or the store's StoredSequences (a large corpus)
+    validation: Sequence[Instance] | Any
     summary: dict[str, Any] = field(default_factory=dict)
     validation_texts: list[str] = field(default_factory=list)  # held-out sentences, for fill examples
 
@@ -44,6 +44,15 @@ def prepare_corpus(paths: Sequence[str], tokenizer: Any, *, max_length: int, nsp
                    fmt: str = "auto", column: str | None = None, encoding: str | None = None,
                    max_chars: int = 20_000, short_seq_prob: float = 0.1, validation_fraction: float = 0.05,
                    max_validation_documents: int = 2_000, max_documents: int | None = None) -> PretrainingData:
+    """The corpus' training and held-out sequences. A large corpus (tasks/pretrain/store.py) is streamed into
+    memory-mapped files and its splits read from them; the sequences are the same either way."""
+    from bertfit.tasks.pretrain.store import prepare_corpus_stored, store_enabled
+
+    if store_enabled(paths):
+        return PretrainingData(*prepare_corpus_stored(paths, tokenizer, max_length=max_length, nsp=nsp, seed=seed, fmt=fmt,
+                                     column=column, encoding=encoding, max_chars=max_chars,
+                                     short_seq_prob=short_seq_prob, validation_fraction=validation_fraction,
+                                     max_validation_documents=max_validation_documents, max_documents=max_documents))
     documents, report = read_corpus(paths, fmt=fmt, column=column, max_chars=max_chars, encoding=encoding)
     logger.info("corpus: %s", report.summary())
     rng = np.random.default_rng([seed, 11])

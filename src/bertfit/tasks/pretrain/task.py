@@ -100,7 +100,10 @@ class Pretrain(Task):
                settings: Mapping[str, Any] | None = None) -> "EncodedSplit":
         """Instances (pretraining/instances.py) → features; the NSP label is each feature's target."""
         from bertfit.batching import EncodedSplit
+        from bertfit.tasks.pretrain.store import StoredSequences
 
+        if isinstance(examples, StoredSequences):  # a large corpus: features mapped from the store, as they are
+            return EncodedSplit(examples.features, examples.next_labels)
         encoded = [inst.encode(tokenizer.cls_id, tokenizer.sep_id) for inst in examples]
         return EncodedSplit(encoded, np.asarray([inst.next_label for inst in examples], dtype=np.int64))
 
