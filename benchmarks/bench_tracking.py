@@ -28,11 +28,23 @@ CONTENDERS = ("none", "tensorboard", "mlflow", "wandb")
 def one(contender: str, steps: int, log_every: int, out: Path) -> None:
     from bertfit import TrainConfig, fine_tune
 
+    import psutil
+
     stamps: list[tuple[int, float]] = []
+    cpu: list[tuple[float, float, float]] = []  # (this thread's, the whole process', child processes') CPU seconds
+    me = psutil.Process()
 
     def record_time(record, state, total) -> None:
         if record["kind"] == "train":
             stamps.append((record["step"], time.perf_counter()))
+            children = 0.0
+            for child in me.children(recursive=True):  # wandb's wandb-core service
+                try:
+                    times = child.cpu_times()
+                    children += times.user + times.system
+                except psutil.Error:
+                    pass
+            cpu.append((time.thread_time(), time.process_time(), children))
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update(MLFLOW_TRACKING_URI=f"file:{tmp}/mlruns", MLFLOW_ALLOW_FILE_STORE="true", WANDB_MODE="offline",
@@ -46,8 +58,16 @@ def one(contender: str, steps: int, log_every: int, out: Path) -> None:
         fine_tune(config, callback=record_time, evaluate_test=False)
     (first, t0), (last, t1) = stamps[2], stamps[-1]  # from step 3: the trackers' start (imports, new run) inside
     (mid, tm) = stamps[len(stamps) // 3]  # the last two thirds: the steady state, the trackers started
-    out.write_text(json.dumps({"contender": contender, "steps_per_s": (last - first) / (t1 - t0), "steps": last - first,
-                               "steady_steps_per_s": (last - mid) / (t1 - tm), "steady_steps": last - mid}))
+    # CPU seconds in the measured window, split by where they were spent: the training (main) thread,
+    # the process' other threads (the trackers' background thread and their libraries' writers), and
+    # child processes. Unlike steps/s, these hardly move with what else runs on the machine.
+    (main0, proc0, kids0), (main1, proc1, kids1) = cpu[2], cpu[-1]
+    steps_done = last - first
+    out.write_text(json.dumps({"contender": contender, "steps_per_s": steps_done / (t1 - t0), "steps": steps_done,
+                               "steady_steps_per_s": (last - mid) / (t1 - tm), "steady_steps": last - mid,
+                               "main_thread_cpu_s_per_step": (main1 - main0) / steps_done,
+                               "other_threads_cpu_s_per_step": ((proc1 - proc0) - (main1 - main0)) / steps_done,
+                               "child_processes_cpu_s_per_step": (kids1 - kids0) / steps_done}))
 
 
 def main() -> None:
@@ -84,7 +104,22 @@ def main() -> None:
               "median_steady_steps_per_s": steady,
               "steady_ratio_to_none": {c: steady[c] / steady["none"] for c in CONTENDERS}}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"all": result["ratio_to_none"], "steady": result["steady_ratio_to_none"]}, indent=2))
+    # The trackers' CPU beside the training thread, as a share of the training thread's own (median over
+    # repeats, less what `none` spends there): on one core every such second is taken from training.
+    def off_main(r: dict) -> float:
+        return r["other_threads_cpu_s_per_step"] + r["child_processes_cpu_s_per_step"]
+
+    main_cpu = {c: statistics.median(r["main_thread_cpu_s_per_step"] for r in runs if r["contender"] == c)
+                for c in CONTENDERS}
+    extra = {c: statistics.median(off_main(r) for r in runs if r["contender"] == c) for c in CONTENDERS}
+    result["main_thread_cpu_s_per_step"] = main_cpu
+    result["off_main_cpu_s_per_step"] = extra
+    result["off_main_cpu_share_over_none"] = {c: (extra[c] - extra["none"]) / main_cpu["none"] for c in CONTENDERS}
+    result["main_thread_cpu_ratio_to_none"] = {c: main_cpu[c] / main_cpu["none"] for c in CONTENDERS}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"all": result["ratio_to_none"], "steady": result["steady_ratio_to_none"],
+                      "off_main_cpu_share": result["off_main_cpu_share_over_none"],
+                      "main_thread_cpu_ratio": result["main_thread_cpu_ratio_to_none"]}, indent=2))
 
 
 if __name__ == "__main__":
