@@ -70,6 +70,27 @@ def one(contender: str, steps: int, log_every: int, out: Path) -> None:
                                "child_processes_cpu_s_per_step": (kids1 - kids0) / steps_done}))
 
 
+def hook_cost(contender: str, calls: int) -> dict:
+    """CPU seconds the training thread spends per log record in the tracking hook (turning the record
+    into scalars and queueing them): the one part of a tracker's work that runs in the training loop.
+    Measured on the hook alone, a tracker open and its background thread consuming, `calls` records."""
+    from bertfit.tracking.hub import Tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update(MLFLOW_TRACKING_URI=f"file:{tmp}/mlruns", MLFLOW_ALLOW_FILE_STORE="true", WANDB_MODE="offline",
+                          WANDB_SILENT="true")
+        tracking = Tracking(Path(tmp), () if contender == "none" else (contender,))
+        tracking.start("hook-cost", {"lr": 5e-5, "batch_size": 16}, None)
+        records = [{"kind": "train", "step": i, "epoch": i / 125, "loss": 0.7 - i * 1e-4, "lr": 5e-5,
+                    "grad_norm": 1.3, "tokens_per_s": 3100.0, "examples_per_s": 40.0} for i in range(1, calls + 1)]
+        started = time.thread_time()
+        for record in records:
+            tracking(record, None, calls, chain=False)
+        spent = time.thread_time() - started
+        tracking.finish()
+    return {"contender": contender, "calls": calls, "hook_cpu_us_per_record": spent / calls * 1e6}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
@@ -78,7 +99,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/tracking_overhead.json"))
     parser.add_argument("--one", choices=CONTENDERS)
     parser.add_argument("--result", type=Path)
+    parser.add_argument("--hook", type=int, metavar="CALLS", help="measure the in-loop hook alone, CALLS records")
     args = parser.parse_args()
+    if args.hook:
+        rows = [hook_cost(c, args.hook) for c in CONTENDERS]
+        print(json.dumps(rows, indent=2))
+        args.out.write_text(json.dumps({"command": " ".join(sys.argv), "hook": rows}, indent=2) + "\n")
+        return
     if args.one:
         one(args.one, args.steps, args.log_every, args.result)
         return
