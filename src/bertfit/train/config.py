@@ -100,6 +100,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute each encoder layer in the backward: less memory, same results
     bucket_window: int = 50
     report_to: tuple[str, ...] = ()  # trackers: tensorboard, mlflow, wandb (tracking/); () = none
+    # The report's explanations section (train/explain_report.py): its time budget at the end of the run; 0: none
+    explain_report_seconds: float = 10.0
     # Every task's own settings (tasks/declared.py: NER's tag_column, QA's doc_stride, ...), by name,
     # validated by their declarations. Given and saved as flat keys (TrainConfig(tag_column=2),
     # train_config.json's "tag_column") and read as attributes (config.tag_column); missing: defaults.
@@ -352,7 +354,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "epochs": (0.0, 100_000.0, False), "lr": (0.0, 1.0, False), "weight_decay": (0.0, 1.0, False),
     "warmup_ratio": (0.0, 1.0, True), "max_grad_norm": (0.0, 1e6, False), "adam_eps": (0.0, 1.0, False),
-    "classifier_dropout": (0.0, 1.0, True),
+    "classifier_dropout": (0.0, 1.0, True), "explain_report_seconds": (0.0, 3600.0, False),
 }
 _POSITIVE = {"epochs", "lr", "adam_eps"}
 _OPTIONAL = {"split_seed", "window_stride", "max_steps", "max_train_examples", "max_eval_examples", "patience",
