@@ -382,6 +382,8 @@ def test_explain_report_seconds_flag_reaches_the_config():
     assert resolve_config(*given_settings(build_parser().parse_args(["train"]))).explain_report_seconds == 10.0
     with pytest.raises(Exception, match="explain_report_seconds"):
         TrainConfig(explain_report_seconds=-1)
+    assert "explain_report_seconds" not in TrainConfig().to_dict()  # a default run's saved settings are as before
+    assert TrainConfig.from_dict(config.to_dict()).explain_report_seconds == 0.0  # a changed budget is saved
 
 
 def test_report_explanations_skipped_at_zero_seconds(tmp_path, tiny_model_dir, monkeypatch, caplog):

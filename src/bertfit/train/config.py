@@ -32,6 +32,9 @@ PROBLEM_TYPES = TRAIN_TASKS  # the registered tasks that `bertfit train` trains 
 QUICK = {"max_train_examples": 16000, "epochs": 1.0, "eval_every": 0, "lr": 1e-4}
 
 
+EXPLAIN_REPORT_SECONDS = 10.0  # the report's explanations section's default budget (train/explain_report.py)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # data
@@ -101,7 +104,7 @@ class TrainConfig:
     bucket_window: int = 50
     report_to: tuple[str, ...] = ()  # trackers: tensorboard, mlflow, wandb (tracking/); () = none
     # The report's explanations section (train/explain_report.py): its time budget at the end of the run; 0: none
-    explain_report_seconds: float = 10.0
+    explain_report_seconds: float = EXPLAIN_REPORT_SECONDS
     # Every task's own settings (tasks/declared.py: NER's tag_column, QA's doc_stride, ...), by name,
     # validated by their declarations. Given and saved as flat keys (TrainConfig(tag_column=2),
     # train_config.json's "tag_column") and read as attributes (config.tag_column); missing: defaults.
@@ -249,6 +252,8 @@ class TrainConfig:
         out.update(out.pop("task_settings"))  # flat, as train_config.json has always had them
         if not out["report_to"]:  # no trackers: saved as before --report-to existed (a run's settings unchanged)
             del out["report_to"]
+        if out["explain_report_seconds"] == EXPLAIN_REPORT_SECONDS:  # likewise: only a changed budget is saved
+            del out["explain_report_seconds"]
         return out
 
     @classmethod
