@@ -14,9 +14,14 @@ own cost (the perturbed texts are scored together, not counted).
         --run /work/runs/h29-tweets-minilm --data tweets --texts 400 --out benchmarks/explain_tweets.json
     ... --run /work/runs/h29-goemotions-minilm --data /work/shared/data/goemotions/test.tsv --texts 300
 
-Speed (one tweet-length text, default steps, p50 of repeated runs):
+Speed (one tweet-length text, default steps, p50 of repeated runs), and a file of tweets explained in one
+call (shared batches) against one call per tweet:
 
-    flock /work/bench.lock taskset -c 0,1 python benchmarks/bench_explain.py --run RUN --speed
+    flock /work/bench.lock taskset -c 0 env OMP_NUM_THREADS=1 python benchmarks/bench_explain.py --run RUN --speed
+    flock /work/bench.lock taskset -c 0 env OMP_NUM_THREADS=1 python benchmarks/bench_explain.py --run RUN --file 200
+
+Only Predictor.explain is timed in these two modes, so the script times an older checkout's explainer too
+(PYTHONPATH=OLD/src): benchmarks/RESULTS.md's before/after figures ran it so, interleaved.
 """
 
 from __future__ import annotations
@@ -69,8 +74,8 @@ def probability(predictor: Predictor, texts: list[str], target: str) -> np.ndarr
     return np.array([r["probabilities"][target] for r in predictor.predictions(texts)])
 
 
-def word_scores_ig(predictor, model, plan, target) -> tuple[np.ndarray, Attribution]:
-    (a,) = explain_plan(model, plan, predictor.tokenizer.pad_id, [target])
+def word_scores_ig(predictor, model, plan, target, options) -> tuple[np.ndarray, Attribution]:
+    (a,) = explain_plan(model, plan, predictor.tokenizer.pad_id, [target], **options)
     return np.array([w["attribution"] for w in a.words]), a
 
 
@@ -152,7 +157,7 @@ def faithfulness(args) -> dict:
         words = [w.text for w in plan.words]
         ranked = {}
         started = time.perf_counter()
-        ig, attribution = word_scores_ig(predictor, model, plan, target)
+        ig, attribution = word_scores_ig(predictor, model, plan, target, steps_option(args))
         seconds["integrated_gradients"].append(time.perf_counter() - started)
         steps.append(attribution.steps)
         errors.append(attribution.error)
@@ -204,15 +209,19 @@ def summarise(methods, scores, seconds, steps, errors, n, skipped) -> dict:
             "ig_completeness_error_max": float(max(errors)), "ig_completeness_error_median": float(np.median(errors))}
 
 
+def steps_option(args) -> dict:
+    return {"steps": args.steps} if args.steps else {}
+
+
 def speed(args) -> dict:
     predictor = Predictor.load(args.run, engine="pytorch")
     model = predictor.explanation_model()
     tokens = len(predictor.tokenizer.encode([TWEET])[0].ids)
-    predictor.explain([TWEET])  # warm-up
+    predictor.explain([TWEET], **steps_option(args))  # warm-up
     times = []
     for _ in range(args.repeat):
         started = time.perf_counter()
-        result = predictor.explain([TWEET])
+        result = predictor.explain([TWEET], **steps_option(args))
         times.append(time.perf_counter() - started)
     e = result[0]["explanations"][0]
     return {"text": TWEET, "tokens": tokens, "words": len(TWEET.split()), "steps": e["steps"],
@@ -220,6 +229,40 @@ def speed(args) -> dict:
             "p50_ms": 1000 * statistics.median(times), "p90_ms": 1000 * float(np.percentile(times, 90)),
             "min_ms": 1000 * min(times), "note": "Predictor.explain: the prediction record and the explanation",
             "model_params": sum(p.numel() for p in model.parameters())}
+
+
+def file_speed(args) -> dict:
+    """``--file N`` test tweets explained in one Predictor.explain call, then one call per tweet (``--alone-first``
+    swaps the order, so that neither always runs second): per-text cost of each."""
+    predictor = Predictor.load(args.run, engine="pytorch")
+    texts = load_texts("tweets", args.file, args.seed)
+    predictor.explain(texts[:4], **steps_option(args))  # warm-up
+    out = {}
+
+    def together() -> None:
+        started = time.perf_counter()
+        result = predictor.explain(texts, **steps_option(args))
+        out["batched"] = {"s": time.perf_counter() - started, "steps": [e["steps"] for r in result for e in r["explanations"]],
+                          "complete": all(e["completeness_error"] <= e["tolerance"] for r in result for e in r["explanations"])}
+
+    def alone() -> None:
+        times, steps = [], []
+        for text in texts:
+            started = time.perf_counter()
+            (r,) = predictor.explain([text], **steps_option(args))
+            times.append(time.perf_counter() - started)
+            steps += [e["steps"] for e in r["explanations"]]
+        out["one_by_one"] = {"s": sum(times), "steps": steps, "p50_ms": 1000 * statistics.median(times),
+                             "p90_ms": 1000 * float(np.percentile(times, 90))}
+
+    for step in ((alone, together) if args.alone_first else (together, alone)):
+        step()
+    for name in ("batched", "one_by_one"):
+        out[name]["ms_per_text"] = 1000 * out[name]["s"] / len(texts)
+        out[name]["steps_mean"] = float(np.mean(out[name].pop("steps")))
+    tokens = [len(e.ids) for e in predictor.tokenizer.encode(texts)]
+    return {"texts": len(texts), "tokens_mean": float(np.mean(tokens)), **out,
+            "speedup": out["one_by_one"]["s"] / out["batched"]["s"]}
 
 
 def processor() -> dict:
@@ -238,11 +281,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed", action="store_true", help="time one tweet-length text instead")
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--file", type=int, default=0, metavar="N",
+                        help="time N test tweets explained in one call against one call per tweet instead")
+    parser.add_argument("--alone-first", action="store_true", help="--file: time the one-by-one calls first")
+    parser.add_argument("--steps", type=int, default=None, help="the explainer's first steps (default: its own)")
+    parser.add_argument("--label", default=None, help="a name for this run in the JSON (e.g. the commit)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     started = time.perf_counter()
-    result = {"run": args.run, "data": args.data, **processor(),
-              **(speed(args) if args.speed else faithfulness(args))}
+    mode = speed if args.speed else file_speed if args.file else faithfulness
+    result = {"run": args.run, "data": args.data, "label": args.label, "steps_option": args.steps, **processor(),
+              **mode(args)}
     result["wall_s"] = time.perf_counter() - started
     text = json.dumps(result, indent=2)
     print(text)

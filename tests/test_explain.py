@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from bertfit.predict.explain import explain_plan, gauss_legendre
+from bertfit.predict import explain as explainer
+from bertfit.predict.explain import SIMPSON, grid
 from bertfit.predict.predictor import Predictor
 from bertfit.tasks import TASKS
 from bertfit.train.config import TrainConfig
@@ -118,20 +119,64 @@ def test_baseline_is_the_text_with_pad_for_every_word(cue_run):
 
 
 def test_steps_are_raised_until_complete(cue_run, caplog):
-    """With a one-step rule and a tight tolerance, the steps double until the bound holds."""
+    """From one Simpson panel (3 evaluations) and a tight tolerance, panels are halved until the bound holds;
+    capped at one panel, the miss is reported and logged."""
     predictor = Predictor.load(cue_run, engine="pytorch")
     e = predictor.explain([CUE_TEXTS[2]], steps=1, tolerance=1e-4, atol=1e-6)[0]["explanations"][0]
-    assert e["steps"] > 1 and e["completeness_error"] <= e["tolerance"]
+    assert e["steps"] > 3 and e["completeness_error"] <= e["tolerance"]
     capped = predictor.explain([CUE_TEXTS[2]], steps=1, max_steps=1, tolerance=1e-9, atol=1e-12)[0]["explanations"][0]
-    assert capped["steps"] == 1 and capped["completeness_error"] > capped["tolerance"]
+    assert capped["steps"] == 3 and capped["completeness_error"] > capped["tolerance"]
     assert "miss completeness" in caplog.text
 
 
-def test_gauss_legendre_integrates_polynomials_exactly():
-    nodes, weights = gauss_legendre(4)
-    assert (nodes > 0).all() and (nodes < 1).all()
-    for k in range(8):  # n points: exact to degree 2n − 1
-        assert float(np.sum(weights * nodes**k)) == pytest.approx(1 / (k + 1), abs=1e-12)
+def _count_chunks(monkeypatch) -> list[int]:
+    """The points (jobs) of every batch the explainer runs, in order."""
+    chunks: list[int] = []
+    run_chunk = explainer._run_chunk
+
+    def counted(model, chunk, pad_id):
+        chunks.append(len(chunk))
+        return run_chunk(model, chunk, pad_id)
+
+    monkeypatch.setattr(explainer, "_run_chunk", counted)
+    return chunks
+
+
+def test_raising_the_steps_reuses_every_evaluation(cue_run, monkeypatch):
+    """The nested rule: halving a panel keeps its points, so the points the model runs are exactly the
+    distinct points reported as steps (Gauss–Legendre's doubling ran 16 + 32 for 32)."""
+    predictor = Predictor.load(cue_run, engine="pytorch")
+    chunks = _count_chunks(monkeypatch)
+    e = predictor.explain([CUE_TEXTS[2]], steps=2, tolerance=1e-4, atol=1e-6)[0]["explanations"][0]
+    assert e["steps"] > 3 and e["completeness_error"] <= e["tolerance"]
+    assert len(chunks) > 1 and sum(chunks) == e["steps"]  # raised at least once, nothing evaluated twice
+
+
+def test_simpson_grid_integrates_cubics_exactly_and_nests():
+    assert float(SIMPSON.sum()) == pytest.approx(1.0)
+    for k in range(4):  # a panel [0, 1]: exact to degree 3
+        assert float(np.sum(SIMPSON * np.array([0.0, 0.5, 1.0]) ** k)) == pytest.approx(1 / (k + 1), abs=1e-12)
+    assert grid(16, 256) == (256, 32)  # 8 panels of 2 intervals of 1/16; the finest interval 1/256
+    assert grid(1, 1) == (2, 2) and grid(12, 100) == (192, 32)
+
+
+def test_a_file_is_explained_in_shared_batches_with_the_same_attributions(cue_run, monkeypatch):
+    """Several texts run together (fewer batches than one by one) and give each text the attributions
+    it gets alone, complete."""
+    predictor = Predictor.load(cue_run, engine="pytorch")
+    texts = CUE_TEXTS + ["great", "the the the awful awful food at the place we went to on the trip"]
+    alone = [predictor.explain([t])[0] for t in texts]
+    chunks = _count_chunks(monkeypatch)
+    together = predictor.explain(texts)
+    assert len(chunks) < len(texts) and max(chunks) > max(e["explanations"][0]["steps"] for e in alone)
+    for a, b in zip(alone, together):
+        assert a["prediction"]["label"] == b["prediction"]["label"]
+        (x,), (y,) = a["explanations"], b["explanations"]
+        assert (x["target"], x["steps"]) == (y["target"], y["steps"]) and y["completeness_error"] <= y["tolerance"]
+        assert [w["text"] for w in x["words"]] == [w["text"] for w in y["words"]]
+        np.testing.assert_allclose([w["attribution"] for w in y["words"]], [w["attribution"] for w in x["words"]],
+                                   atol=1e-5, rtol=0)
+        assert y["value"] == pytest.approx(x["value"], abs=1e-5) and y["baseline"] == pytest.approx(x["baseline"], abs=1e-5)
 
 
 def test_planted_cue_is_ranked_first(cue_run):
@@ -324,3 +369,49 @@ def test_report_explains_mistakes_and_the_words_behind_each_class(cue_run):
     for label, cues, others in (("positive", POSITIVE, NEGATIVE), ("negative", NEGATIVE, POSITIVE)):
         first = rows[label].split("|")[2].split(",")[0].split("(")[0].strip()  # the most frequent word
         assert first in cues and not any(f" {w} (" in rows[label] for w in others), rows[label]
+
+
+def test_explain_report_seconds_flag_reaches_the_config():
+    from bertfit.cli import build_parser
+    from bertfit.cli.train import given_settings
+    from bertfit.train.config import resolve_config
+
+    args = build_parser().parse_args(["train", "--train-file", "x.csv", "--explain-report-seconds", "0"])
+    config = resolve_config(*given_settings(args))
+    assert config.explain_report_seconds == 0.0
+    assert resolve_config(*given_settings(build_parser().parse_args(["train"]))).explain_report_seconds == 10.0
+    with pytest.raises(Exception, match="explain_report_seconds"):
+        TrainConfig(explain_report_seconds=-1)
+    assert "explain_report_seconds" not in TrainConfig().to_dict()  # a default run's saved settings are as before
+    assert TrainConfig.from_dict(config.to_dict()).explain_report_seconds == 0.0  # a changed budget is saved
+
+
+def test_report_explanations_skipped_at_zero_seconds(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """explain_report_seconds 0: no explanation is computed and the report says the section was skipped."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("explained with a budget of 0 s")
+
+    monkeypatch.setattr("bertfit.train.explain_report.explain_plans", refuse)
+    data = write_csv(tmp_path / "cue.csv", synthetic_rows(120, seed=1))
+    config = TrainConfig(train_file=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "run"), max_length=32,
+                         batch_size=16, max_steps=4, seed=0, threads=1, eval_each_epoch=False, explain_report_seconds=0)
+    with caplog.at_level("INFO"):
+        result = fine_tune(config)
+    assert result.report_inputs.explanations == {"skipped": "explain_report_seconds is 0"}
+    section = result.report.read_text(encoding="utf-8").split("## Why: the words behind the predictions")[1]
+    assert "Skipped (explain_report_seconds is 0)" in section.split("\n## ")[0]
+    assert "explanations skipped" in caplog.text
+
+
+def test_report_explanations_are_batched_and_log_their_time(cue_run, caplog):
+    """The section explains its sample within the budget, says how long it took, and logs it."""
+    from bertfit.train.explain_report import report_explanations
+
+    predictor = Predictor.load(cue_run, engine="pytorch")
+    examples = predictor.task.inputs(CUE_TEXTS)
+    with caplog.at_level("INFO", logger="bertfit.train.explain_report"):
+        found = report_explanations(predictor.explanation_model(), predictor.task, predictor.tokenizer, 32, [], [],
+                                    examples, budget_s=60)
+    assert found["sample"] == len(CUE_TEXTS) and 0 < found["seconds"] <= 60 and found["budget_s"] == 60
+    assert set(found["class_words"]) == {"positive", "negative"}
+    assert "report: explained 0 mistakes and 4 validation examples in" in caplog.text

@@ -80,6 +80,8 @@ TRAIN_HELP: dict[str, str] = {
     "compile": "torch.compile the model (pays off on long GPU runs)",
     "gradient_checkpointing": "recompute each encoder layer's activations in the backward: less memory for large "
                               "models or batches, about a third more compute, the same results",
+    "explain_report_seconds": "seconds the report may spend at the end of the run explaining the worst mistakes "
+                              "and the words behind each class (Integrated Gradients); 0: no explanations section",
     "bucket_window": "batches per length-sorting window (larger: less padding, less randomness)",
     "report_to": "report the run to these trackers as it trains: tensorboard (RUN/tensorboard), mlflow "
                  "(MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME), wandb (WANDB_PROJECT, WANDB_MODE=offline), several "

@@ -15,7 +15,7 @@ HELP = "show which words made a trained model predict what it did"
 DESCRIPTION = ("Integrated Gradients over the word embeddings, summed into the text's words: each word's share "
                "of the change from a baseline with no words ([PAD] in place of every word, [CLS]/[SEP] kept) to the "
                "text, for the predicted class (or --target). The shares add up to that change (completeness), "
-               "checked every time; the steps are doubled until they do. Green words push the target up, red "
+               "checked every time; the steps are raised until they do. Green words push the target up, red "
                "words down.")
 
 
@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a class, label, entity or choice to explain (repeatable; 'all': every one; default: "
                              "what the model predicted)")
     parser.add_argument("--steps", type=positive_int, default=None,
-                        help="interpolation steps to start from (default 16; doubled until the attributions add up)")
+                        help="intervals of the path to start from (default 16: 17 evaluations; the panels that miss are halved "
+                             "until the attributions add up)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="print one JSON line per input")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",

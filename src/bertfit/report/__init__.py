@@ -439,6 +439,11 @@ def _explanations_section(inputs: ReportInputs) -> list[Block]:
     """Why the model said what it said: the worst mistakes with their strongest words, and the words that
     most often push each class (Integrated Gradients; `bertfit explain` shows any text the same way)."""
     found = inputs.explanations
+    if found and found.get("skipped"):
+        return [Heading(2, "Why: the words behind the predictions"),
+                Paragraph([f"Skipped ({found['skipped']}): `bertfit explain RUN \"text\"` explains any text; "
+                           "`--explain-report-seconds N` gives the next run's report N seconds for this section."],
+                          muted=True)]
     if not found or not (found.get("mistakes") or found.get("class_words")):
         return []
     blocks: list[Block] = [Heading(2, "Why: the words behind the predictions")]

@@ -32,6 +32,9 @@ PROBLEM_TYPES = TRAIN_TASKS  # the registered tasks that `bertfit train` trains 
 QUICK = {"max_train_examples": 16000, "epochs": 1.0, "eval_every": 0, "lr": 1e-4}
 
 
+EXPLAIN_REPORT_SECONDS = 10.0  # the report's explanations section's default budget (train/explain_report.py)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # data
@@ -100,6 +103,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute each encoder layer in the backward: less memory, same results
     bucket_window: int = 50
     report_to: tuple[str, ...] = ()  # trackers: tensorboard, mlflow, wandb (tracking/); () = none
+    # The report's explanations section (train/explain_report.py): its time budget at the end of the run; 0: none
+    explain_report_seconds: float = EXPLAIN_REPORT_SECONDS
     # Every task's own settings (tasks/declared.py: NER's tag_column, QA's doc_stride, ...), by name,
     # validated by their declarations. Given and saved as flat keys (TrainConfig(tag_column=2),
     # train_config.json's "tag_column") and read as attributes (config.tag_column); missing: defaults.
@@ -247,6 +252,8 @@ class TrainConfig:
         out.update(out.pop("task_settings"))  # flat, as train_config.json has always had them
         if not out["report_to"]:  # no trackers: saved as before --report-to existed (a run's settings unchanged)
             del out["report_to"]
+        if out["explain_report_seconds"] == EXPLAIN_REPORT_SECONDS:  # likewise: only a changed budget is saved
+            del out["explain_report_seconds"]
         return out
 
     @classmethod
@@ -352,7 +359,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "epochs": (0.0, 100_000.0, False), "lr": (0.0, 1.0, False), "weight_decay": (0.0, 1.0, False),
     "warmup_ratio": (0.0, 1.0, True), "max_grad_norm": (0.0, 1e6, False), "adam_eps": (0.0, 1.0, False),
-    "classifier_dropout": (0.0, 1.0, True),
+    "classifier_dropout": (0.0, 1.0, True), "explain_report_seconds": (0.0, 3600.0, False),
 }
 _POSITIVE = {"epochs", "lr", "adam_eps"}
 _OPTIONAL = {"split_seed", "window_stride", "max_steps", "max_train_examples", "max_eval_examples", "patience",

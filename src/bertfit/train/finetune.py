@@ -376,7 +376,8 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
         from bertfit.train.explain_report import report_explanations
 
         inputs.explanations = report_explanations(best, task, tokenizer, config.max_length, mistakes, mistake_examples,
-                                                  prepared.validation, seed=config.seed)
+                                                  prepared.validation, seed=config.seed,
+                                                  budget_s=config.explain_report_seconds)
     if not d.is_writer:
         return RunResult(run.path, metrics, run.file("report.md"), result, wall, task, inputs)
     write_json_atomic(run.file("metrics.json"), metrics or {"no_metrics": " ".join(prepared.summary["warnings"])})
