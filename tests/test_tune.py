@@ -266,3 +266,27 @@ def test_the_best_trials_test_evaluation_equals_what_train_reports_on_test(tmp_p
     assert measured["confusion_matrix"] == trained["confusion_matrix"]
     for key in ("n", "accuracy", "macro_f1", "loss"):
         assert measured[key] == pytest.approx(trained[key], abs=1e-6), key
+
+
+def test_final_seeds_retrain_the_best_settings_and_report_mean_and_std(tmp_path, tiny_model_dir, synthetic_csv):
+    from statistics import mean, stdev
+
+    result = run_study(settings(tmp_path, tiny_model_dir, synthetic_csv, lrs=(1e-5, 5e-4), n_trials=2, seed=4,
+                                final_seeds=2))
+    tune = result.tune_dir
+    assert os.readlink(tune / "best") == result.best["dir"]  # the link stays the best trial
+    runs = result.final["runs"]
+    assert [r["dir"] for r in runs] == ["final-seed-5", "final-seed-6"] and result.final["seeds"] == [5, 6]
+    saved = [json.loads((tune / r["dir"] / "metrics.json").read_text()) for r in runs]
+    for run, metrics in zip(runs, saved):  # each a normal run of the best settings, evaluated once on test
+        config = json.loads((tune / run["dir"] / "train_config.json").read_text())
+        assert config["seed"] == run["seed"] and config["lr"] == result.best["params"]["lr"]
+        assert set(metrics) >= {"validation", "test"}
+    losses = [m["validation"]["loss"] for m in saved]
+    assert losses[0] != losses[1]  # the seeds took effect
+    accuracies = [m["test"]["accuracy"] for m in saved]
+    final = json.loads((tune / "summary.json").read_text())["final_seeds"]
+    assert final["validation"]["loss"] == pytest.approx({"mean": mean(losses), "std": stdev(losses)})
+    assert final["test"]["accuracy"] == pytest.approx({"mean": mean(accuracies), "std": stdev(accuracies)})
+    report = (tune / "tune_report.md").read_text()
+    assert f"loss {mean(losses):.4f} ± {stdev(losses):.4f}" in report and "(final-seed-6/report.md)" in report

@@ -18,7 +18,7 @@ def _cell(value: Any) -> str:
 
 
 def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str, Any] | None, metric: str,
-                      direction: str, settings: Any) -> Path:
+                      direction: str, settings: Any, final: dict[str, Any] | None = None) -> Path:
     lines = ["# bertfit tune", ""]
     states = [r["state"] for r in rows]
     lines.append(f"{len(rows)} trials: {states.count('complete')} complete, {states.count('pruned')} pruned, "
@@ -37,6 +37,8 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
             lines += ["No test split: the best trial was not evaluated on test.", ""]
     else:
         lines += ["No trial finished: there is no best trial yet (`bertfit tune --resume` continues).", ""]
+    if final:
+        lines += final_seeds_section(final, metric)
     plot = plot_history(tune_dir, rows, metric, direction)
     if plot:
         lines += [f"![optimization history]({plot})", ""]
@@ -83,3 +85,23 @@ def plot_history(tune_dir: Path, rows: list[dict[str, Any]], metric: str, direct
     fig.savefig(tune_dir / "plots" / "optimization_history.png", dpi=100)
     plt.close(fig)
     return "plots/optimization_history.png"
+
+
+def final_seeds_section(final: dict[str, Any], metric: str) -> list[str]:
+    """--final-seeds: the best settings over fresh seeds, mean ± std per split, and each seed's run."""
+    seeds = final["seeds"]
+    lines = ["## The best settings over fresh seeds", "",
+             f"The best trial's settings trained again with {len(seeds)} seed{'s' if len(seeds) > 1 else ''} the "
+             f"search never used ({', '.join(map(str, seeds))}); each run is evaluated on validation and once on "
+             "test. The `best` link still points to the best trial; these runs are beside it. Mean ± sample "
+             "standard deviation:", ""]
+    for split in ("validation", "test"):
+        shown = final[split]
+        if shown:
+            order = [metric] + [k for k in shown if k != metric] if metric in shown else list(shown)
+            lines.append(f"- {split}: " + ", ".join(f"{k} {shown[k]['mean']:.4f} ± {shown[k]['std']:.4f}"
+                                                    for k in order))
+    lines += [""] + [f"- [{r['dir']}]({r['dir']}/report.md): validation {metric} "
+                     f"{_cell(r['validation'].get(metric))}, test {metric} {_cell(r['test'].get(metric))}"
+                     for r in final["runs"]] + [""]
+    return lines

@@ -5,6 +5,8 @@
     TUNE_DIR/study.db        the Optuna study (SQLite): every trial's settings, values and state
     TUNE_DIR/trial-000/ ...  one `bertfit train` run per trial (predicts, serves, exports)
     TUNE_DIR/best -> trial-N the best trial by the task's selection metric on validation; best.json
+    TUNE_DIR/final-seed-S/   --final-seeds N: the best settings trained again with fresh seeds (final.py)
+    TUNE_DIR/summary.json    what the search found: every trial, the best with its test metrics, the final seeds
     TUNE_DIR/tune_report.md  the trials table (report.py)
 
 Reproducible and resumable by construction: trial *k* (counting the trials that did not fail) draws
@@ -50,6 +52,7 @@ class TuneSettings:
     seed: int = 0
     prune_startup_trials: int = 3
     keep_weights: str = "all"  # "best": a finished trial that is not the best loses its weights (disk bound)
+    final_seeds: int = 0  # the best settings trained again with this many fresh seeds after the search
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
 
@@ -60,6 +63,7 @@ class TuneResult:
     direction: str
     trials: list[dict[str, Any]]  # one row per trial: number, dir, state, value, params, seconds
     best: dict[str, Any] | None  # the best trial's row, with its test metrics ("test")
+    final: dict[str, Any] | None  # --final-seeds: each seed's run and the mean ± std (final.py)
     report: Path
     stopped_by: str  # "n_trials", "time_budget"
 
@@ -94,11 +98,13 @@ def save_settings(settings: TuneSettings) -> None:
         "base": settings.base.to_dict(), "fixed": settings.fixed, "seed": settings.seed,
         "space": {name: vars(p) for name, p in settings.space.items()},
         "n_trials": settings.n_trials, "time_budget_s": settings.time_budget_s,
-        "prune_startup_trials": settings.prune_startup_trials, "keep_weights": settings.keep_weights})
+        "prune_startup_trials": settings.prune_startup_trials, "keep_weights": settings.keep_weights,
+        "final_seeds": settings.final_seeds})
 
 
-def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | None) -> TuneSettings:
-    """A search's saved settings (--resume); a new --n-trials / --time-budget replaces the saved one."""
+def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | None,
+                  final_seeds: int | None = None) -> TuneSettings:
+    """A search's saved settings (--resume); a new --n-trials / --time-budget / --final-seeds replaces the saved one."""
     path = tune_dir / "tune.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -109,7 +115,8 @@ def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | N
         raise BertfitError(f"{path} is unreadable ({exc}); the search cannot be resumed") from None
     return TuneSettings(base, space, saved["fixed"], tune_dir, n_trials if n_trials is not None else saved["n_trials"],
                         time_budget_s if time_budget_s is not None else saved["time_budget_s"], saved["seed"],
-                        saved["prune_startup_trials"], saved.get("keep_weights", "all"))
+                        saved["prune_startup_trials"], saved.get("keep_weights", "all"),
+                        final_seeds if final_seeds is not None else saved.get("final_seeds", 0))
 
 
 def objective_of(base: TrainConfig) -> tuple[str, str, Any]:
@@ -170,7 +177,7 @@ def run_study(settings: TuneSettings, *, resume: bool = False,
         sampler = optuna.samplers.TPESampler(seed=settings.seed + slot)
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner)
         _run_trial(study, slot, settings, metric, direction, progress)
-    return _finish(study, settings, metric, direction, stopped_by)
+    return _finish(study, settings, metric, direction, stopped_by, progress)
 
 
 def _run_trial(study: Any, slot: int, settings: TuneSettings, metric: str, direction: str,
@@ -283,22 +290,28 @@ def point_best(tune_dir: Path, name: str, record: dict[str, Any]) -> None:
         logger.warning("could not link %s to %s (%s); the best trial is in best.json", link, name, exc)
 
 
-def _finish(study: Any, settings: TuneSettings, metric: str, direction: str, stopped_by: str) -> TuneResult:
+def _finish(study: Any, settings: TuneSettings, metric: str, direction: str, stopped_by: str,
+            progress: Callable[[str], None] | None = None) -> TuneResult:
     import optuna
 
+    from bertfit.tune.final import run_final_seeds
     from bertfit.tune.report import write_tune_report
 
     rows = [{"number": t.number, "dir": t.user_attrs.get("dir"), "state": t.state.name.lower(), "value": t.value,
              "params": t.params, "seconds": t.user_attrs.get("seconds")}
             for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    best = None
+    best = final = None
     if complete:
         trial = study.best_trial
         best = next(r for r in rows if r["number"] == trial.number)
         best["test"] = evaluate_test(settings, settings.tune_dir / best["dir"], best["params"])
-    report = write_tune_report(settings.tune_dir, rows, best, metric, direction, settings)
-    return TuneResult(settings.tune_dir, metric, direction, rows, best, report, stopped_by)
+        final = run_final_seeds(settings, best["params"], lambda line: _say(progress, line))
+    write_json_atomic(settings.tune_dir / "summary.json", {
+        "metric": metric, "direction": direction, "stopped_by": stopped_by, "best_link": best and best["dir"],
+        "best": best, "final_seeds": final, "trials": rows})
+    report = write_tune_report(settings.tune_dir, rows, best, metric, direction, settings, final)
+    return TuneResult(settings.tune_dir, metric, direction, rows, best, final, report, stopped_by)
 
 
 def evaluate_test(settings: TuneSettings, run_dir: Path, params: dict[str, Any]) -> dict[str, Any] | None:
