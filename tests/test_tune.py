@@ -290,3 +290,44 @@ def test_final_seeds_retrain_the_best_settings_and_report_mean_and_std(tmp_path,
     assert final["test"]["accuracy"] == pytest.approx({"mean": mean(accuracies), "std": stdev(accuracies)})
     report = (tune / "tune_report.md").read_text()
     assert f"loss {mean(losses):.4f} ± {stdev(losses):.4f}" in report and "(final-seed-6/report.md)" in report
+
+
+def test_max_length_is_the_99th_percentile_of_training_lengths_rounded_to_8_and_capped(tmp_path, tiny_model_dir):
+    import numpy as np
+    from conftest import synthetic_rows, write_csv
+
+    from bertfit.train.finetune import prepare_data
+    from bertfit.tune.lengths import choose_max_length
+
+    short = write_csv(tmp_path / "short.csv", synthetic_rows(300, seed=5))
+    config = TrainConfig(train_file=str(short), model=str(tiny_model_dir))
+    # The tiny vocabulary holds every word: a text is its words plus [CLS] and [SEP].
+    lengths = np.array([len(e.text.split()) + 2 for e in prepare_data(config).train])
+    record = choose_max_length(config)
+    assert record["p95"] == pytest.approx(np.percentile(lengths, 95))
+    assert record["p99"] == pytest.approx(np.percentile(lengths, 99)) and record["max"] == lengths.max()
+    assert record["chosen"] == -(-np.percentile(lengths, 99) // 8) * 8 < lengths.max() + 8
+    assert record["truncated"] == pytest.approx((lengths > record["chosen"]).mean()) and record["cap"] == 64
+    # Long texts: capped by the model's 64 positions.
+    pieces = [text for text, _ in synthetic_rows(300, seed=6)]
+    texts = [" ".join(pieces[i * 10:(i + 1) * 10]) for i in range(10)]  # about 90 words each, all different
+    long = write_csv(tmp_path / "long.csv", synthetic_rows(300, seed=5) + [(t, "positive") for t in texts])
+    record = choose_max_length(TrainConfig(train_file=str(long), model=str(tiny_model_dir)))
+    assert record["p95"] < 24 and record["chosen"] == 64  # 3% of the texts are long: the 99th percentile decides
+
+
+def test_tune_sets_max_length_from_the_data_unless_the_user_gives_it(tmp_path, tiny_model_dir, synthetic_csv):
+    from bertfit.cli import main
+
+    common = ["--quiet", "tune", "--train-file", str(synthetic_csv), "--model", str(tiny_model_dir), "--threads", "1",
+              "--max-train-examples", "80", "--max-eval-examples", "20", "--epochs", "1", "--n-trials", "1"]
+    assert main([*common, "--output-dir", str(tmp_path / "data")]) == 0
+    saved = json.loads((tmp_path / "data" / "tune.json").read_text())
+    chosen = saved["lengths"]["chosen"]
+    assert saved["base"]["max_length"] == chosen != 128 and chosen % 8 == 0
+    assert json.loads((tmp_path / "data" / "trial-000" / "train_config.json").read_text())["max_length"] == chosen
+    report = (tmp_path / "data" / "tune_report.md").read_text()
+    assert f"max_length: {chosen} (fixed)" in report and f"99th percentile {saved['lengths']['p99']:.0f}" in report
+    assert main([*common, "--max-length", "40", "--output-dir", str(tmp_path / "given")]) == 0
+    saved = json.loads((tmp_path / "given" / "tune.json").read_text())
+    assert saved["base"]["max_length"] == 40 and saved["lengths"] is None

@@ -82,8 +82,15 @@ def run(args: argparse.Namespace) -> int:
 
             raise BertfitError("give --n-trials and/or --time-budget: the search needs a limit")
         check_tune_dir(tune_dir, resume=False)
+        lengths = None
+        if "max_length" not in given and "max_length" not in space and "max_length" not in fixed:
+            from bertfit.tune.lengths import choose_max_length
+
+            lengths = choose_max_length(base)  # the data's 99th percentile (None: the task keeps its default)
+            if lengths:
+                base = base.replace(max_length=lengths["chosen"])
         settings = TuneSettings(base, space, fixed, tune_dir, args.n_trials, budget, args.seed, args.prune_startup_trials,
-                                args.keep_weights, args.final_seeds or 0)
+                                args.keep_weights, args.final_seeds or 0, lengths)
         save_settings(settings)
     result = run_study(settings, resume=bool(args.resume),
                        progress=None if args.quiet else (lambda line: print(line, file=sys.stderr)))

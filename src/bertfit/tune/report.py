@@ -54,6 +54,13 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
               f"time budget {f'{settings.time_budget_s:.0f} s' if settings.time_budget_s else 'none'}"]
     lines += [f"- {name}: {param.describe()}" for name, param in settings.space.items()]
     lines += [f"- {name}: {_cell(value)} (fixed by the space file)" for name, value in settings.fixed.items()]
+    lengths = getattr(settings, "lengths", None)
+    if lengths:
+        lines.append(f"- max_length: {lengths['chosen']} (fixed), from the {lengths['texts']} training texts' token "
+                     f"lengths: median {lengths['p50']:.0f}, 95th percentile {lengths['p95']:.0f}, 99th percentile "
+                     f"{lengths['p99']:.0f}, longest {lengths['max']}; the 99th percentile rounded up to a multiple "
+                     f"of 8, at most {lengths['cap']} (the model's limit); {lengths['truncated']:.1%} of the "
+                     "training texts are truncated")
     path = tune_dir / "tune_report.md"
     write_bytes_durably(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path

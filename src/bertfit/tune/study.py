@@ -53,6 +53,7 @@ class TuneSettings:
     prune_startup_trials: int = 3
     keep_weights: str = "all"  # "best": a finished trial that is not the best loses its weights (disk bound)
     final_seeds: int = 0  # the best settings trained again with this many fresh seeds after the search
+    lengths: dict[str, Any] | None = None  # max_length chosen from the training texts' lengths (lengths.py)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
 
@@ -99,7 +100,7 @@ def save_settings(settings: TuneSettings) -> None:
         "space": {name: vars(p) for name, p in settings.space.items()},
         "n_trials": settings.n_trials, "time_budget_s": settings.time_budget_s,
         "prune_startup_trials": settings.prune_startup_trials, "keep_weights": settings.keep_weights,
-        "final_seeds": settings.final_seeds})
+        "final_seeds": settings.final_seeds, "lengths": settings.lengths})
 
 
 def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | None,
@@ -116,7 +117,7 @@ def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | N
     return TuneSettings(base, space, saved["fixed"], tune_dir, n_trials if n_trials is not None else saved["n_trials"],
                         time_budget_s if time_budget_s is not None else saved["time_budget_s"], saved["seed"],
                         saved["prune_startup_trials"], saved.get("keep_weights", "all"),
-                        final_seeds if final_seeds is not None else saved.get("final_seeds", 0))
+                        final_seeds if final_seeds is not None else saved.get("final_seeds", 0), saved.get("lengths"))
 
 
 def objective_of(base: TrainConfig) -> tuple[str, str, Any]:
