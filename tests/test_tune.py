@@ -67,6 +67,10 @@ def test_a_tiny_study_end_to_end(tmp_path, tiny_model_dir, synthetic_csv):
     report = (tune / "tune_report.md").read_text()
     assert f"[{best['dir']}]({best['dir']}/report.md)" in report and report.count("| complete |") == len(complete)
     assert "(plots/optimization_history.png)" in report and (tune / "plots" / "optimization_history.png").stat().st_size
+    assert "## Parameter importances" in report and "| lr | 1.000 |" in report  # the one searched setting
+    assert "(plots/parallel_coordinates.png)" in report and (tune / "plots" / "parallel_coordinates.png").stat().st_size
+    summary = json.loads((tune / "summary.json").read_text())
+    assert summary["best_link"] == best["dir"] and summary["importances"]["importances"] == {"lr": 1.0}
 
 
 def test_trials_far_below_the_median_are_pruned(tmp_path, tiny_model_dir, synthetic_csv):
@@ -331,3 +335,23 @@ def test_tune_sets_max_length_from_the_data_unless_the_user_gives_it(tmp_path, t
     assert main([*common, "--max-length", "40", "--output-dir", str(tmp_path / "given")]) == 0
     saved = json.loads((tmp_path / "given" / "tune.json").read_text())
     assert saved["base"]["max_length"] == 40 and saved["lengths"] is None
+
+
+def test_parameter_importances_are_seeded_and_find_the_setting_that_matters(tmp_path):
+    import optuna
+
+    from bertfit.tune.analysis import param_importances, plot_parallel_coordinates
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    # The objective moves with lr over a wide range and barely with weight_decay.
+    study.optimize(lambda t: 10 * t.suggest_float("lr", 0, 1) + 0.01 * t.suggest_float("weight_decay", 0, 1), n_trials=12)
+    first, again = param_importances(study, seed=3), param_importances(study, seed=3)
+    assert first == again and first["evaluator"] == "fANOVA"  # the same study and seed: the same figures
+    shares = first["importances"]
+    assert list(shares) == ["lr", "weight_decay"] and shares["lr"] > 0.9 and sum(shares.values()) == pytest.approx(1)
+    assert plot_parallel_coordinates(study, tmp_path) == "plots/parallel_coordinates.png"
+    assert (tmp_path / "plots" / "parallel_coordinates.png").stat().st_size > 1000
+    one = optuna.create_study()
+    one.optimize(lambda t: t.suggest_float("lr", 0, 1), n_trials=1)
+    assert param_importances(one, seed=3) is None and plot_parallel_coordinates(one, tmp_path / "one") is None

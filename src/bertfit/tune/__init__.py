@@ -5,5 +5,6 @@
     study.py   the Optuna study, its trials (each a normal run directory), resume and the best trial
     lengths.py max_length from the training texts' length quantiles
     final.py   --final-seeds: the best settings trained again with fresh seeds, mean ± std
+    analysis.py parameter importances (fANOVA) and the parallel-coordinates plot
     report.py  tune_report.md: the trials table and the best trial
 """

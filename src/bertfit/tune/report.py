@@ -18,7 +18,8 @@ def _cell(value: Any) -> str:
 
 
 def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str, Any] | None, metric: str,
-                      direction: str, settings: Any, final: dict[str, Any] | None = None) -> Path:
+                      direction: str, settings: Any, final: dict[str, Any] | None = None,
+                      importances: dict[str, Any] | None = None, parallel_plot: str | None = None) -> Path:
     lines = ["# bertfit tune", ""]
     states = [r["state"] for r in rows]
     lines.append(f"{len(rows)} trials: {states.count('complete')} complete, {states.count('pruned')} pruned, "
@@ -42,6 +43,15 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
     plot = plot_history(tune_dir, rows, metric, direction)
     if plot:
         lines += [f"![optimization history]({plot})", ""]
+    if importances:
+        lines += ["## Parameter importances", "",
+                  f"Each searched setting's share of the variance of validation {metric} over the finished trials "
+                  f"({importances['evaluator']}, seeded; few trials make these rough):", "",
+                  "| setting | importance |", "|---|---|"]
+        lines += [f"| {name} | {share:.3f} |" for name, share in importances["importances"].items()] + [""]
+    if parallel_plot:
+        lines += ["Each finished trial's settings and its objective:", "",
+                  f"![parallel coordinates]({parallel_plot})", ""]
     names = sorted({name for r in rows for name in r["params"]})
     lines += ["## Trials", "", "| trial | state | " + " | ".join(names) + f" | {metric} | seconds |",
               "|---|---|" + "---|" * len(names) + "---|---|"]

@@ -295,6 +295,7 @@ def _finish(study: Any, settings: TuneSettings, metric: str, direction: str, sto
             progress: Callable[[str], None] | None = None) -> TuneResult:
     import optuna
 
+    from bertfit.tune.analysis import param_importances, plot_parallel_coordinates
     from bertfit.tune.final import run_final_seeds
     from bertfit.tune.report import write_tune_report
 
@@ -308,10 +309,12 @@ def _finish(study: Any, settings: TuneSettings, metric: str, direction: str, sto
         best = next(r for r in rows if r["number"] == trial.number)
         best["test"] = evaluate_test(settings, settings.tune_dir / best["dir"], best["params"])
         final = run_final_seeds(settings, best["params"], lambda line: _say(progress, line))
+    importances = param_importances(study, settings.seed)
     write_json_atomic(settings.tune_dir / "summary.json", {
         "metric": metric, "direction": direction, "stopped_by": stopped_by, "best_link": best and best["dir"],
-        "best": best, "final_seeds": final, "trials": rows})
-    report = write_tune_report(settings.tune_dir, rows, best, metric, direction, settings, final)
+        "best": best, "final_seeds": final, "importances": importances, "trials": rows})
+    report = write_tune_report(settings.tune_dir, rows, best, metric, direction, settings, final, importances,
+                               plot_parallel_coordinates(study, settings.tune_dir, metric))
     return TuneResult(settings.tune_dir, metric, direction, rows, best, final, report, stopped_by)
 
 
