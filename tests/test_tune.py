@@ -355,3 +355,33 @@ def test_parameter_importances_are_seeded_and_find_the_setting_that_matters(tmp_
     one = optuna.create_study()
     one.optimize(lambda t: t.suggest_float("lr", 0, 1), n_trials=1)
     assert param_importances(one, seed=3) is None and plot_parallel_coordinates(one, tmp_path / "one") is None
+
+
+def test_nproc_2_runs_trials_at_once_in_separate_processes_and_still_prunes(tmp_path, tiny_model_dir, synthetic_csv):
+    import optuna
+
+    from bertfit.tune.study import STUDY_NAME
+
+    tune = settings(tmp_path, tiny_model_dir, synthetic_csv, lrs=(1e-5, 0.5), n_trials=1, prune_startup_trials=1)
+    db = f"sqlite:///{tune.tune_dir / 'study.db'}"
+    study = optuna.create_study(storage=db, study_name=STUDY_NAME, direction="minimize")
+    study.enqueue_trial({"lr": 1e-5})
+    run_study(tune)  # trial-000 finishes in this process: the median the parallel trials are pruned against
+    # Then two workers, 2 threads split between them: lr 1e-5 runs to its end while lr 0.5, far worse at its
+    # first evaluation, is pruned.
+    study.enqueue_trial({"lr": 1e-5})
+    study.enqueue_trial({"lr": 0.5})
+    tune.n_trials, tune.nproc, tune.base = 3, 2, tune.base.replace(threads=2)
+    save_settings(tune)
+    result = run_study(tune)
+    rows = {r["dir"]: r for r in result.trials}
+    assert sorted(rows) == ["trial-000", "trial-001", "trial-002"]
+    parallel = [rows["trial-001"], rows["trial-002"]]
+    assert {r["process"] for r in parallel} == {r["process"] for r in parallel} - {os.getpid()} and \
+        len({r["process"] for r in parallel}) == 2  # two worker processes, neither the caller
+    first, second = sorted(parallel, key=lambda r: r["started"])
+    assert second["started"] < first["ended"]  # the second started before the first ended: at once
+    for r in parallel:  # each worker trained with its share of the threads
+        assert json.loads((tune.tune_dir / r["dir"] / "train_config.json").read_text())["threads"] == 1
+    assert {r["params"]["lr"]: r["state"] for r in parallel} == {1e-5: "complete", 0.5: "pruned"}
+    assert result.best["dir"] in {"trial-000", "trial-001"} and os.readlink(tune.tune_dir / "best") == result.best["dir"]

@@ -33,9 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampler and every trial's training (default: 0)")
     parser.add_argument("--prune-startup-trials", type=int, default=3, metavar="N",
                         help="trials that run to their end before any is pruned (default: 3)")
+    parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
+                        help="stop unpromising trials early: median (below the median of earlier trials at the same "
+                             "point), halving (Optuna's successive halving) or none (default: median)")
     parser.add_argument("--keep-weights", choices=("all", "best"), default="all",
                         help="best: delete the weights of every finished trial but the best, to bound disk use "
                              "(pruned trials' weights are always deleted; default: all)")
+    parser.add_argument("--nproc", type=positive_int, metavar="N", default=None,
+                        help="run N trials at once, each in its own process on the shared study, the threads "
+                             "(--threads, or every core) split between them; pruning works across them, but the "
+                             "draws depend on which trial finishes first (default: 1, reproducible trial for trial)")
     parser.add_argument("--final-seeds", type=int, metavar="N", default=None,
                         help="after the search, train the best settings again with N fresh seeds (TUNE_DIR/final-seed-S) "
                              "and report validation and test as mean ± std; `best` stays the best trial (default: 0; "
@@ -65,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         tune_dir = Path(args.resume)
         check_tune_dir(tune_dir, resume=True)
-        settings = load_settings(tune_dir, args.n_trials, budget, args.final_seeds)
+        settings = load_settings(tune_dir, args.n_trials, budget, args.final_seeds, args.nproc)
     else:
         tune_dir = Path(args.output_dir)
         file_values, flags = given_settings(args)
@@ -90,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
             if lengths:
                 base = base.replace(max_length=lengths["chosen"])
         settings = TuneSettings(base, space, fixed, tune_dir, args.n_trials, budget, args.seed, args.prune_startup_trials,
-                                args.keep_weights, args.final_seeds or 0, lengths)
+                                args.keep_weights, final_seeds=args.final_seeds or 0, nproc=args.nproc or 1,
+                                pruner=args.pruner, lengths=lengths)
         save_settings(settings)
     result = run_study(settings, resume=bool(args.resume),
                        progress=None if args.quiet else (lambda line: print(line, file=sys.stderr)))
