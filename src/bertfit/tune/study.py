@@ -297,7 +297,7 @@ def _run_trial(study: Any, trial: Any, params: dict[str, Any], settings: TuneSet
             return
         trial.report(float(state.best_value), step=int(state.examples_seen))
         if trial.should_prune():
-            raise optuna.TrialPruned(f"{metric} {state.best_value:.4f} below the median of earlier trials")
+            raise optuna.TrialPruned(f"{metric} {state.best_value:.4f}: stopped by the {settings.pruner} pruner")
 
     started = settings.clock()
     try:
