@@ -385,3 +385,18 @@ def test_nproc_2_runs_trials_at_once_in_separate_processes_and_still_prunes(tmp_
         assert json.loads((tune.tune_dir / r["dir"] / "train_config.json").read_text())["threads"] == 1
     assert {r["params"]["lr"]: r["state"] for r in parallel} == {1e-5: "complete", 0.5: "pruned"}
     assert result.best["dir"] in {"trial-000", "trial-001"} and os.readlink(tune.tune_dir / "best") == result.best["dir"]
+
+
+def test_resume_keeps_the_pruner_processes_final_seeds_and_chosen_lengths(tmp_path, tiny_model_dir, synthetic_csv):
+    import optuna
+
+    from bertfit.tune.study import load_settings, make_pruner
+
+    lengths = {"chosen": 24, "cap": 64, "p50": 9.0, "p95": 16.0, "p99": 17.0, "max": 18, "texts": 600, "truncated": 0.0}
+    saved = settings(tmp_path, tiny_model_dir, synthetic_csv, pruner="halving", nproc=2, final_seeds=3, lengths=lengths)
+    again = load_settings(saved.tune_dir, None, None)
+    assert (again.pruner, again.nproc, again.final_seeds, again.lengths) == ("halving", 2, 3, lengths)
+    assert load_settings(saved.tune_dir, None, None, final_seeds=0, nproc=1).final_seeds == 0  # a new flag wins
+    assert isinstance(make_pruner(again.pruner, 3), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner("median", 3), optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner("none", 3), optuna.pruners.NopPruner)
