@@ -67,6 +67,10 @@ def test_a_tiny_study_end_to_end(tmp_path, tiny_model_dir, synthetic_csv):
     report = (tune / "tune_report.md").read_text()
     assert f"[{best['dir']}]({best['dir']}/report.md)" in report and report.count("| complete |") == len(complete)
     assert "(plots/optimization_history.png)" in report and (tune / "plots" / "optimization_history.png").stat().st_size
+    assert "## Parameter importances" in report and "| lr | 1.000 |" in report  # the one searched setting
+    assert "(plots/parallel_coordinates.png)" in report and (tune / "plots" / "parallel_coordinates.png").stat().st_size
+    summary = json.loads((tune / "summary.json").read_text())
+    assert summary["best_link"] == best["dir"] and summary["importances"]["importances"] == {"lr": 1.0}
 
 
 def test_trials_far_below_the_median_are_pruned(tmp_path, tiny_model_dir, synthetic_csv):
@@ -266,3 +270,133 @@ def test_the_best_trials_test_evaluation_equals_what_train_reports_on_test(tmp_p
     assert measured["confusion_matrix"] == trained["confusion_matrix"]
     for key in ("n", "accuracy", "macro_f1", "loss"):
         assert measured[key] == pytest.approx(trained[key], abs=1e-6), key
+
+
+def test_final_seeds_retrain_the_best_settings_and_report_mean_and_std(tmp_path, tiny_model_dir, synthetic_csv):
+    from statistics import mean, stdev
+
+    result = run_study(settings(tmp_path, tiny_model_dir, synthetic_csv, lrs=(1e-5, 5e-4), n_trials=2, seed=4,
+                                final_seeds=2))
+    tune = result.tune_dir
+    assert os.readlink(tune / "best") == result.best["dir"]  # the link stays the best trial
+    runs = result.final["runs"]
+    assert [r["dir"] for r in runs] == ["final-seed-5", "final-seed-6"] and result.final["seeds"] == [5, 6]
+    saved = [json.loads((tune / r["dir"] / "metrics.json").read_text()) for r in runs]
+    for run, metrics in zip(runs, saved):  # each a normal run of the best settings, evaluated once on test
+        config = json.loads((tune / run["dir"] / "train_config.json").read_text())
+        assert config["seed"] == run["seed"] and config["lr"] == result.best["params"]["lr"]
+        assert set(metrics) >= {"validation", "test"}
+    losses = [m["validation"]["loss"] for m in saved]
+    assert losses[0] != losses[1]  # the seeds took effect
+    accuracies = [m["test"]["accuracy"] for m in saved]
+    final = json.loads((tune / "summary.json").read_text())["final_seeds"]
+    assert final["validation"]["loss"] == pytest.approx({"mean": mean(losses), "std": stdev(losses)})
+    assert final["test"]["accuracy"] == pytest.approx({"mean": mean(accuracies), "std": stdev(accuracies)})
+    report = (tune / "tune_report.md").read_text()
+    assert f"loss {mean(losses):.4f} ± {stdev(losses):.4f}" in report and "(final-seed-6/report.md)" in report
+
+
+def test_max_length_is_the_99th_percentile_of_training_lengths_rounded_to_8_and_capped(tmp_path, tiny_model_dir):
+    import numpy as np
+    from conftest import synthetic_rows, write_csv
+
+    from bertfit.train.finetune import prepare_data
+    from bertfit.tune.lengths import choose_max_length
+
+    short = write_csv(tmp_path / "short.csv", synthetic_rows(300, seed=5))
+    config = TrainConfig(train_file=str(short), model=str(tiny_model_dir))
+    # The tiny vocabulary holds every word: a text is its words plus [CLS] and [SEP].
+    lengths = np.array([len(e.text.split()) + 2 for e in prepare_data(config).train])
+    record = choose_max_length(config)
+    assert record["p95"] == pytest.approx(np.percentile(lengths, 95))
+    assert record["p99"] == pytest.approx(np.percentile(lengths, 99)) and record["max"] == lengths.max()
+    assert record["chosen"] == -(-np.percentile(lengths, 99) // 8) * 8 < lengths.max() + 8
+    assert record["truncated"] == pytest.approx((lengths > record["chosen"]).mean()) and record["cap"] == 64
+    # Long texts: capped by the model's 64 positions.
+    pieces = [text for text, _ in synthetic_rows(300, seed=6)]
+    texts = [" ".join(pieces[i * 10:(i + 1) * 10]) for i in range(10)]  # about 90 words each, all different
+    long = write_csv(tmp_path / "long.csv", synthetic_rows(300, seed=5) + [(t, "positive") for t in texts])
+    record = choose_max_length(TrainConfig(train_file=str(long), model=str(tiny_model_dir)))
+    assert record["p95"] < 24 and record["chosen"] == 64  # 3% of the texts are long: the 99th percentile decides
+
+
+def test_tune_sets_max_length_from_the_data_unless_the_user_gives_it(tmp_path, tiny_model_dir, synthetic_csv):
+    from bertfit.cli import main
+
+    common = ["--quiet", "tune", "--train-file", str(synthetic_csv), "--model", str(tiny_model_dir), "--threads", "1",
+              "--max-train-examples", "80", "--max-eval-examples", "20", "--epochs", "1", "--n-trials", "1"]
+    assert main([*common, "--output-dir", str(tmp_path / "data")]) == 0
+    saved = json.loads((tmp_path / "data" / "tune.json").read_text())
+    chosen = saved["lengths"]["chosen"]
+    assert saved["base"]["max_length"] == chosen != 128 and chosen % 8 == 0
+    assert json.loads((tmp_path / "data" / "trial-000" / "train_config.json").read_text())["max_length"] == chosen
+    report = (tmp_path / "data" / "tune_report.md").read_text()
+    assert f"max_length: {chosen} (fixed)" in report and f"99th percentile {saved['lengths']['p99']:.0f}" in report
+    assert main([*common, "--max-length", "40", "--output-dir", str(tmp_path / "given")]) == 0
+    saved = json.loads((tmp_path / "given" / "tune.json").read_text())
+    assert saved["base"]["max_length"] == 40 and saved["lengths"] is None
+
+
+def test_parameter_importances_are_seeded_and_find_the_setting_that_matters(tmp_path):
+    import optuna
+
+    from bertfit.tune.analysis import param_importances, plot_parallel_coordinates
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    # The objective moves with lr over a wide range and barely with weight_decay.
+    study.optimize(lambda t: 10 * t.suggest_float("lr", 0, 1) + 0.01 * t.suggest_float("weight_decay", 0, 1), n_trials=12)
+    first, again = param_importances(study, seed=3), param_importances(study, seed=3)
+    assert first == again and first["evaluator"] == "fANOVA"  # the same study and seed: the same figures
+    shares = first["importances"]
+    assert list(shares) == ["lr", "weight_decay"] and shares["lr"] > 0.9 and sum(shares.values()) == pytest.approx(1)
+    assert plot_parallel_coordinates(study, tmp_path) == "plots/parallel_coordinates.png"
+    assert (tmp_path / "plots" / "parallel_coordinates.png").stat().st_size > 1000
+    one = optuna.create_study()
+    one.optimize(lambda t: t.suggest_float("lr", 0, 1), n_trials=1)
+    assert param_importances(one, seed=3) is None and plot_parallel_coordinates(one, tmp_path / "one") is None
+
+
+def test_nproc_2_runs_trials_at_once_in_separate_processes_and_still_prunes(tmp_path, tiny_model_dir, synthetic_csv):
+    import optuna
+
+    from bertfit.tune.study import STUDY_NAME
+
+    tune = settings(tmp_path, tiny_model_dir, synthetic_csv, lrs=(1e-5, 0.5), n_trials=1, prune_startup_trials=1)
+    db = f"sqlite:///{tune.tune_dir / 'study.db'}"
+    study = optuna.create_study(storage=db, study_name=STUDY_NAME, direction="minimize")
+    study.enqueue_trial({"lr": 1e-5})
+    run_study(tune)  # trial-000 finishes in this process: the median the parallel trials are pruned against
+    # Then two workers, 2 threads split between them: lr 1e-5 runs to its end while lr 0.5, far worse at its
+    # first evaluation, is pruned.
+    study.enqueue_trial({"lr": 1e-5})
+    study.enqueue_trial({"lr": 0.5})
+    tune.n_trials, tune.nproc, tune.base = 3, 2, tune.base.replace(threads=2)
+    save_settings(tune)
+    result = run_study(tune)
+    rows = {r["dir"]: r for r in result.trials}
+    assert sorted(rows) == ["trial-000", "trial-001", "trial-002"]
+    parallel = [rows["trial-001"], rows["trial-002"]]
+    assert {r["process"] for r in parallel} == {r["process"] for r in parallel} - {os.getpid()} and \
+        len({r["process"] for r in parallel}) == 2  # two worker processes, neither the caller
+    first, second = sorted(parallel, key=lambda r: r["started"])
+    assert second["started"] < first["ended"]  # the second started before the first ended: at once
+    for r in parallel:  # each worker trained with its share of the threads
+        assert json.loads((tune.tune_dir / r["dir"] / "train_config.json").read_text())["threads"] == 1
+    assert {r["params"]["lr"]: r["state"] for r in parallel} == {1e-5: "complete", 0.5: "pruned"}
+    assert result.best["dir"] in {"trial-000", "trial-001"} and os.readlink(tune.tune_dir / "best") == result.best["dir"]
+
+
+def test_resume_keeps_the_pruner_processes_final_seeds_and_chosen_lengths(tmp_path, tiny_model_dir, synthetic_csv):
+    import optuna
+
+    from bertfit.tune.study import load_settings, make_pruner
+
+    lengths = {"chosen": 24, "cap": 64, "p50": 9.0, "p95": 16.0, "p99": 17.0, "max": 18, "texts": 600, "truncated": 0.0}
+    saved = settings(tmp_path, tiny_model_dir, synthetic_csv, pruner="halving", nproc=2, final_seeds=3, lengths=lengths)
+    again = load_settings(saved.tune_dir, None, None)
+    assert (again.pruner, again.nproc, again.final_seeds, again.lengths) == ("halving", 2, 3, lengths)
+    assert load_settings(saved.tune_dir, None, None, final_seeds=0, nproc=1).final_seeds == 0  # a new flag wins
+    assert isinstance(make_pruner(again.pruner, 3), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner("median", 3), optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner("none", 3), optuna.pruners.NopPruner)

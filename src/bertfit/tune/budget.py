@@ -33,10 +33,11 @@ class Budget:
     """Wall-clock seconds for this invocation, counted from construction. ``clock`` is injectable
     (tests use a fake one: they assert decisions, never timings)."""
 
-    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic,
+                 started: float | None = None) -> None:
         self.seconds = seconds
         self.clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started  # a parallel search's workers share the parent's
 
     def elapsed(self) -> float:
         return self.clock() - self.started

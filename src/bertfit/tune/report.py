@@ -18,7 +18,8 @@ def _cell(value: Any) -> str:
 
 
 def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str, Any] | None, metric: str,
-                      direction: str, settings: Any) -> Path:
+                      direction: str, settings: Any, final: dict[str, Any] | None = None,
+                      importances: dict[str, Any] | None = None, parallel_plot: str | None = None) -> Path:
     lines = ["# bertfit tune", ""]
     states = [r["state"] for r in rows]
     lines.append(f"{len(rows)} trials: {states.count('complete')} complete, {states.count('pruned')} pruned, "
@@ -37,9 +38,20 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
             lines += ["No test split: the best trial was not evaluated on test.", ""]
     else:
         lines += ["No trial finished: there is no best trial yet (`bertfit tune --resume` continues).", ""]
+    if final:
+        lines += final_seeds_section(final, metric)
     plot = plot_history(tune_dir, rows, metric, direction)
     if plot:
         lines += [f"![optimization history]({plot})", ""]
+    if importances:
+        lines += ["## Parameter importances", "",
+                  f"Each searched setting's share of the variance of validation {metric} over the finished trials "
+                  f"({importances['evaluator']}, seeded; few trials make these rough):", "",
+                  "| setting | importance |", "|---|---|"]
+        lines += [f"| {name} | {share:.3f} |" for name, share in importances["importances"].items()] + [""]
+    if parallel_plot:
+        lines += ["Each finished trial's settings and its objective:", "",
+                  f"![parallel coordinates]({parallel_plot})", ""]
     names = sorted({name for r in rows for name in r["params"]})
     lines += ["## Trials", "", "| trial | state | " + " | ".join(names) + f" | {metric} | seconds |",
               "|---|---|" + "---|" * len(names) + "---|---|"]
@@ -52,6 +64,13 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
               f"time budget {f'{settings.time_budget_s:.0f} s' if settings.time_budget_s else 'none'}"]
     lines += [f"- {name}: {param.describe()}" for name, param in settings.space.items()]
     lines += [f"- {name}: {_cell(value)} (fixed by the space file)" for name, value in settings.fixed.items()]
+    lengths = getattr(settings, "lengths", None)
+    if lengths:
+        lines.append(f"- max_length: {lengths['chosen']} (fixed), from the {lengths['texts']} training texts' token "
+                     f"lengths: median {lengths['p50']:.0f}, 95th percentile {lengths['p95']:.0f}, 99th percentile "
+                     f"{lengths['p99']:.0f}, longest {lengths['max']}; the 99th percentile rounded up to a multiple "
+                     f"of 8, at most {lengths['cap']} (the model's limit); {lengths['truncated']:.1%} of the "
+                     "training texts are truncated")
     path = tune_dir / "tune_report.md"
     write_bytes_durably(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path
@@ -83,3 +102,23 @@ def plot_history(tune_dir: Path, rows: list[dict[str, Any]], metric: str, direct
     fig.savefig(tune_dir / "plots" / "optimization_history.png", dpi=100)
     plt.close(fig)
     return "plots/optimization_history.png"
+
+
+def final_seeds_section(final: dict[str, Any], metric: str) -> list[str]:
+    """--final-seeds: the best settings over fresh seeds, mean ± std per split, and each seed's run."""
+    seeds = final["seeds"]
+    lines = ["## The best settings over fresh seeds", "",
+             f"The best trial's settings trained again with {len(seeds)} seed{'s' if len(seeds) > 1 else ''} the "
+             f"search never used ({', '.join(map(str, seeds))}); each run is evaluated on validation and once on "
+             "test. The `best` link still points to the best trial; these runs are beside it. Mean ± sample "
+             "standard deviation:", ""]
+    for split in ("validation", "test"):
+        shown = final[split]
+        if shown:
+            order = [metric] + [k for k in shown if k != metric] if metric in shown else list(shown)
+            lines.append(f"- {split}: " + ", ".join(f"{k} {shown[k]['mean']:.4f} ± {shown[k]['std']:.4f}"
+                                                    for k in order))
+    lines += [""] + [f"- [{r['dir']}]({r['dir']}/report.md): validation {metric} "
+                     f"{_cell(r['validation'].get(metric))}, test {metric} {_cell(r['test'].get(metric))}"
+                     for r in final["runs"]] + [""]
+    return lines

@@ -5,6 +5,8 @@
     TUNE_DIR/study.db        the Optuna study (SQLite): every trial's settings, values and state
     TUNE_DIR/trial-000/ ...  one `bertfit train` run per trial (predicts, serves, exports)
     TUNE_DIR/best -> trial-N the best trial by the task's selection metric on validation; best.json
+    TUNE_DIR/final-seed-S/   --final-seeds N: the best settings trained again with fresh seeds (final.py)
+    TUNE_DIR/summary.json    what the search found: every trial, the best with its test metrics, the final seeds
     TUNE_DIR/tune_report.md  the trials table (report.py)
 
 Reproducible and resumable by construction: trial *k* (counting the trials that did not fail) draws
@@ -12,10 +14,17 @@ its settings from a TPE sampler seeded ``seed + k`` over the trials stored befor
 killed at any moment and continued with ``--resume`` draws what an uninterrupted one draws. A trial
 left RUNNING by a killed process is marked failed and its settings are run again in its directory.
 Test is never read by a trial; it is evaluated once, for the best trial, after the search.
+
+``nproc`` > 1: that many worker processes each run trials from the same study (SQLite arbitrates;
+a file lock makes "count the trials, draw the next" one step, so slots and the trial limit hold),
+the threads split between them. The pruner reads every process's reports from the study, so pruning
+works across them; the draws then depend on which trials finished first, so a parallel search is not
+reproducible trial for trial (a sequential one is).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bertfit.errors import BertfitError
 from bertfit.io import write_json_atomic
@@ -50,6 +59,10 @@ class TuneSettings:
     seed: int = 0
     prune_startup_trials: int = 3
     keep_weights: str = "all"  # "best": a finished trial that is not the best loses its weights (disk bound)
+    final_seeds: int = 0  # the best settings trained again with this many fresh seeds after the search
+    nproc: int = 1  # trials run at once, each in its own process
+    pruner: str = "median"  # one of PRUNERS
+    lengths: dict[str, Any] | None = None  # max_length chosen from the training texts' lengths (lengths.py)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
 
@@ -60,6 +73,7 @@ class TuneResult:
     direction: str
     trials: list[dict[str, Any]]  # one row per trial: number, dir, state, value, params, seconds
     best: dict[str, Any] | None  # the best trial's row, with its test metrics ("test")
+    final: dict[str, Any] | None  # --final-seeds: each seed's run and the mean ± std (final.py)
     report: Path
     stopped_by: str  # "n_trials", "time_budget"
 
@@ -94,11 +108,15 @@ def save_settings(settings: TuneSettings) -> None:
         "base": settings.base.to_dict(), "fixed": settings.fixed, "seed": settings.seed,
         "space": {name: vars(p) for name, p in settings.space.items()},
         "n_trials": settings.n_trials, "time_budget_s": settings.time_budget_s,
-        "prune_startup_trials": settings.prune_startup_trials, "keep_weights": settings.keep_weights})
+        "prune_startup_trials": settings.prune_startup_trials, "keep_weights": settings.keep_weights,
+        "final_seeds": settings.final_seeds, "lengths": settings.lengths, "nproc": settings.nproc,
+        "pruner": settings.pruner})
 
 
-def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | None) -> TuneSettings:
-    """A search's saved settings (--resume); a new --n-trials / --time-budget replaces the saved one."""
+def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | None,
+                  final_seeds: int | None = None, nproc: int | None = None) -> TuneSettings:
+    """A search's saved settings (--resume); a new --n-trials / --time-budget / --final-seeds / --nproc
+    replaces the saved one."""
     path = tune_dir / "tune.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -109,7 +127,10 @@ def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | N
         raise BertfitError(f"{path} is unreadable ({exc}); the search cannot be resumed") from None
     return TuneSettings(base, space, saved["fixed"], tune_dir, n_trials if n_trials is not None else saved["n_trials"],
                         time_budget_s if time_budget_s is not None else saved["time_budget_s"], saved["seed"],
-                        saved["prune_startup_trials"], saved.get("keep_weights", "all"))
+                        saved["prune_startup_trials"], saved.get("keep_weights", "all"),
+                        final_seeds if final_seeds is not None else saved.get("final_seeds", 0),
+                        nproc if nproc is not None else saved.get("nproc", 1), saved.get("pruner", "median"),
+                        saved.get("lengths"))
 
 
 def objective_of(base: TrainConfig) -> tuple[str, str, Any]:
@@ -137,14 +158,7 @@ def run_study(settings: TuneSettings, *, resume: bool = False,
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours (logger below)
     tune_dir = settings.tune_dir
     metric, direction, _ = objective_of(settings.base)
-    storage = f"sqlite:///{(tune_dir / 'study.db').resolve()}"
-    # Median pruning (not successive halving): a CPU budget buys few trials with few evaluations each;
-    # halving needs a resource ladder fitted to that count and cuts at its first rung on the noisiest
-    # early metric, while the median rule stops a trial only when it is worse than half of the earlier
-    # trials at the same point, after `prune_startup_trials` whole trials and never at the first evaluation
-    # (n_warmup_steps). Argued, not yet measured (issue 28 asks for the measurement).
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.prune_startup_trials, n_warmup_steps=0,
-                                         n_min_trials=1)
+    storage = _storage(tune_dir)
     optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction, load_if_exists=True)
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -152,37 +166,127 @@ def run_study(settings: TuneSettings, *, resume: bool = False,
         logger.info("trial %s was interrupted: running it again", trial.user_attrs.get("dir", trial.number))
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
-    budget = Budget(settings.time_budget_s, settings.clock)
-    stopped_by = "n_trials"
+    if settings.nproc > 1:
+        stopped_by = _run_workers(settings, progress)
+    else:
+        stopped_by = search(settings, Budget(settings.time_budget_s, settings.clock), metric, direction, progress)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    return _finish(study, settings, metric, direction, stopped_by, progress)
+
+
+def _storage(tune_dir: Path) -> Any:
+    """The study's SQLite storage; parallel workers wait for each other's writes instead of failing."""
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{(tune_dir / 'study.db').resolve()}",
+                                      engine_kwargs={"connect_args": {"timeout": 120}})
+
+
+@contextlib.contextmanager
+def _drawing(tune_dir: Path) -> Iterator[None]:
+    """One process at a time counts the trials and draws the next (an exclusive lock on .draw.lock)."""
+    import fcntl
+
+    with open(tune_dir / ".draw.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def search(settings: TuneSettings, budget: Budget, metric: str, direction: str,
+           progress: Callable[[str], None] | None) -> str:
+    """Run trials until the trial limit or the budget says stop (in this process; every worker of a
+    parallel search runs this); returns what stopped it: "n_trials" or "time_budget"."""
+    import optuna
+
+    storage = _storage(settings.tune_dir)
+    pruner = make_pruner(settings.pruner, settings.prune_startup_trials)
     while True:
-        live = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.FAIL
-                and t.state != optuna.trial.TrialState.WAITING]
-        if settings.n_trials is not None and len(live) >= settings.n_trials:
-            break
-        complete = [t.user_attrs["seconds"] for t in live if t.state == optuna.trial.TrialState.COMPLETE]
-        measured = complete or [t.user_attrs["seconds"] for t in live if "seconds" in t.user_attrs]
-        if not budget.allows_next(measured):
-            stopped_by = "time_budget"
-            logger.info("time budget: %.0f s of %.0f s spent; the next trial (about %.0f s) would not finish in it",
-                        budget.elapsed(), settings.time_budget_s, sum(measured) / max(1, len(measured)))
-            break
-        slot = len(live)
-        sampler = optuna.samplers.TPESampler(seed=settings.seed + slot)
-        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner)
-        _run_trial(study, slot, settings, metric, direction, progress)
-    return _finish(study, settings, metric, direction, stopped_by)
+        with _drawing(settings.tune_dir):
+            study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+            live = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.FAIL
+                    and t.state != optuna.trial.TrialState.WAITING]
+            if settings.n_trials is not None and len(live) >= settings.n_trials:
+                return "n_trials"
+            complete = [t.user_attrs["seconds"] for t in live if t.state == optuna.trial.TrialState.COMPLETE]
+            measured = complete or [t.user_attrs["seconds"] for t in live if "seconds" in t.user_attrs]
+            if not budget.allows_next(measured):
+                logger.info("time budget: %.0f s of %.0f s spent; the next trial (about %.0f s) would not finish in it",
+                            budget.elapsed(), settings.time_budget_s, sum(measured) / max(1, len(measured)))
+                return "time_budget"
+            slot = len(live)
+            # constant_liar: in a parallel search, running trials count as bad so workers spread out.
+            sampler = optuna.samplers.TPESampler(seed=settings.seed + slot, constant_liar=settings.nproc > 1)
+            study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner)
+            trial = study.ask()
+            params = {name: param.suggest(trial) for name, param in settings.space.items()}
+            trial.set_user_attr("dir", trial_dir_name(slot))
+            trial.set_user_attr("process", os.getpid())
+        _run_trial(study, trial, params, settings, metric, direction, progress)
 
 
-def _run_trial(study: Any, slot: int, settings: TuneSettings, metric: str, direction: str,
+PRUNERS = ("median", "halving", "none")
+
+
+def make_pruner(name: str, startup_trials: int) -> Any:
+    """The pruner a search uses. Median (the default): a CPU budget buys few trials with few evaluations
+    each; the median rule stops a trial only when it is worse than half of the earlier trials at the
+    same point (examples seen), after ``startup_trials`` whole trials. Successive halving (Optuna's,
+    rungs from the first trial's length) and none are there to be measured against it
+    (benchmarks/RESULTS.md, issue 28)."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0, n_min_trials=1)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise BertfitError(f"pruner {name!r} is not one of {', '.join(PRUNERS)}")
+
+
+def _run_workers(settings: TuneSettings, progress: Callable[[str], None] | None) -> str:
+    """``settings.nproc`` processes running `search` on the shared study, the threads split between
+    them; returns "time_budget" if any stopped on the budget."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (settings.base.threads or os.cpu_count() or 1) // settings.nproc)
+    started = time.monotonic()  # system-wide on Linux: the workers' budget counts from here
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: torch is not fork-safe
+    with ProcessPoolExecutor(max_workers=settings.nproc, mp_context=context) as pool:
+        futures = [pool.submit(_worker, settings.tune_dir, settings.n_trials, settings.time_budget_s, started, threads,
+                               progress is not None) for _ in range(settings.nproc)]
+        reasons = [future.result() for future in futures]  # a worker's error is raised here
+    return "time_budget" if "time_budget" in reasons else "n_trials"
+
+
+def _worker(tune_dir: Path, n_trials: int | None, time_budget_s: float | None, started: float, threads: int,
+            show_progress: bool) -> str:
+    """One process of a parallel search: the saved settings, its share of the threads, the shared budget."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if show_progress:  # a fresh interpreter: its trial lines go to stderr like the parent's
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    settings = load_settings(tune_dir, n_trials, time_budget_s)
+    settings.base = settings.base.replace(threads=threads)
+    metric, direction, _ = objective_of(settings.base)
+    return search(settings, Budget(time_budget_s, started=started), metric, direction, None)
+
+
+def _run_trial(study: Any, trial: Any, params: dict[str, Any], settings: TuneSettings, metric: str, direction: str,
                progress: Callable[[str], None] | None) -> None:
     import optuna
 
     from bertfit.train.finetune import fine_tune
 
-    trial = study.ask()
-    params = {name: param.suggest(trial) for name, param in settings.space.items()}
-    run_dir = settings.tune_dir / trial_dir_name(slot)
-    trial.set_user_attr("dir", run_dir.name)
+    run_dir = settings.tune_dir / trial.user_attrs["dir"]
     config = TrainConfig.from_dict({**settings.base.to_dict(), **settings.fixed, **trial_settings(params),
                                     "output_dir": str(run_dir), "seed": settings.seed}, source="the trial's settings")
 
@@ -193,7 +297,7 @@ def _run_trial(study: Any, slot: int, settings: TuneSettings, metric: str, direc
             return
         trial.report(float(state.best_value), step=int(state.examples_seen))
         if trial.should_prune():
-            raise optuna.TrialPruned(f"{metric} {state.best_value:.4f} below the median of earlier trials")
+            raise optuna.TrialPruned(f"{metric} {state.best_value:.4f}: stopped by the {settings.pruner} pruner")
 
     started = settings.clock()
     try:
@@ -225,14 +329,15 @@ def _run_trial(study: Any, slot: int, settings: TuneSettings, metric: str, direc
     study.tell(trial, value)
     remove_checkpoints(run_dir)  # the trial is finished: its resumable checkpoints are no longer needed
     _say(progress, f"{run_dir.name}: {metric} {value:.4f} in {seconds:.0f} s ({_show(params)})")
-    best = study.best_trial
-    point_best(settings.tune_dir, best.user_attrs["dir"], {"trial": best.number, "dir": best.user_attrs["dir"],
-                                                          "metric": metric, "direction": direction,
-                                                          "value": best.value, "params": best.params})
-    if settings.keep_weights == "best":  # dominated trials: their records stay, their weights go
-        for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if other.number != best.number:
-                remove_weights(settings.tune_dir / other.user_attrs["dir"])
+    with _drawing(settings.tune_dir):  # one process at a time moves `best` and removes dominated weights
+        best = study.best_trial
+        point_best(settings.tune_dir, best.user_attrs["dir"], {"trial": best.number, "dir": best.user_attrs["dir"],
+                                                              "metric": metric, "direction": direction,
+                                                              "value": best.value, "params": best.params})
+        if settings.keep_weights == "best":  # dominated trials: their records stay, their weights go
+            for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                if other.number != best.number:
+                    remove_weights(settings.tune_dir / other.user_attrs["dir"])
 
 
 def _say(progress: Callable[[str], None] | None, line: str) -> None:
@@ -283,22 +388,33 @@ def point_best(tune_dir: Path, name: str, record: dict[str, Any]) -> None:
         logger.warning("could not link %s to %s (%s); the best trial is in best.json", link, name, exc)
 
 
-def _finish(study: Any, settings: TuneSettings, metric: str, direction: str, stopped_by: str) -> TuneResult:
+def _finish(study: Any, settings: TuneSettings, metric: str, direction: str, stopped_by: str,
+            progress: Callable[[str], None] | None = None) -> TuneResult:
     import optuna
 
+    from bertfit.tune.analysis import param_importances, plot_parallel_coordinates
+    from bertfit.tune.final import run_final_seeds
     from bertfit.tune.report import write_tune_report
 
     rows = [{"number": t.number, "dir": t.user_attrs.get("dir"), "state": t.state.name.lower(), "value": t.value,
-             "params": t.params, "seconds": t.user_attrs.get("seconds")}
+             "params": t.params, "seconds": t.user_attrs.get("seconds"), "process": t.user_attrs.get("process"),
+             "started": t.datetime_start and t.datetime_start.isoformat(),
+             "ended": t.datetime_complete and t.datetime_complete.isoformat()}
             for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    best = None
+    best = final = None
     if complete:
         trial = study.best_trial
         best = next(r for r in rows if r["number"] == trial.number)
         best["test"] = evaluate_test(settings, settings.tune_dir / best["dir"], best["params"])
-    report = write_tune_report(settings.tune_dir, rows, best, metric, direction, settings)
-    return TuneResult(settings.tune_dir, metric, direction, rows, best, report, stopped_by)
+        final = run_final_seeds(settings, best["params"], lambda line: _say(progress, line))
+    importances = param_importances(study, settings.seed)
+    write_json_atomic(settings.tune_dir / "summary.json", {
+        "metric": metric, "direction": direction, "stopped_by": stopped_by, "best_link": best and best["dir"],
+        "best": best, "final_seeds": final, "importances": importances, "trials": rows})
+    report = write_tune_report(settings.tune_dir, rows, best, metric, direction, settings, final, importances,
+                               plot_parallel_coordinates(study, settings.tune_dir, metric))
+    return TuneResult(settings.tune_dir, metric, direction, rows, best, final, report, stopped_by)
 
 
 def evaluate_test(settings: TuneSettings, run_dir: Path, params: dict[str, Any]) -> dict[str, Any] | None:
