@@ -1,8 +1,8 @@
 """Peak memory of `bertfit pretrain` as the corpus grows 1x -> 10x -> 100x (issue 26), with the corpus
 store (tasks/pretrain/store.py: streamed, memory-mapped) against the in-memory path (BERTFIT_TOKEN_CACHE=0).
 
-The 1x corpus is the raw tweets and comments of ../shared/data/unlabelled (98,357 lines, 7.3 MB, one
-document a line); copy k of it rotates every line's words by k places, so no two copies are the same
+The 1x corpus is the raw tweets and comments of ../shared/data/unlabelled (their non-blank lines, 7.3 MB,
+one document a line); copy k of it rotates every line's words by k places, so no two copies are the same
 text (and none is deduplicated away) while the vocabulary and lengths stay the corpus'. Each run is a
 fresh `bertfit pretrain` process (minilm-l6, NSP + masked LM, max_length 64, batch 16, `--steps`
 steps, 1 thread) with an empty cache; its peak resident memory is the kernel's (wait4's ru_maxrss).
@@ -33,7 +33,9 @@ def make_corpus(scale: int, out: Path, data: Path) -> Path:
         for k in range(scale):
             for line in lines:
                 words = line.split()
-                if words and k:
+                if not words:
+                    continue  # a blank line would turn the file into BERT's sentence-per-line format
+                if k:
                     r = k % len(words)
                     words = words[r:] + words[:r] + ([str(k)] if k >= len(words) else [])
                 f.write(" ".join(words) + "\n")
@@ -46,7 +48,7 @@ def run(corpus: Path, contender: str, steps: int, cache: Path, work: Path) -> di
                {"BERTFIT_TOKEN_CACHE": "1", "BERTFIT_CORPUS_STORE_MIN_BYTES": "0"})
     out = work / f"run-{contender}"
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "bertfit", "-q", "pretrain", "--corpus", str(corpus), "--model", "minilm-l6",
+    command = [sys.executable, "-m", "bertfit", "-q", "pretrain", "--corpus", str(corpus), "--corpus-format", "documents", "--model", "minilm-l6",
                "--max-steps", str(steps), "--batch-size", "16", "--max-length", "64", "--threads", "1",
                "--eval-every", str(steps), "--output-dir", str(out)]
     started = time.perf_counter()

@@ -102,10 +102,10 @@ class StoredDocuments:
         chunk = int(np.searchsorted(self._starts_arr, i, side="right")) - 1
         return chunk, i - self._starts[chunk]
 
-    def tokens(self, i: int) -> list[list[int]]:
+    def tokens(self, i: int) -> "StoredDocument":
         chunk, j = self._where(i)
-        docs, sentences, ids = self._doc_offsets[chunk], self._sentence_offsets[chunk], self._ids[chunk]
-        return [ids[sentences[k]:sentences[k + 1]].tolist() for k in range(int(docs[j]), int(docs[j + 1]))]
+        docs = self._doc_offsets[chunk]
+        return StoredDocument(self._sentence_offsets[chunk], self._ids[chunk], int(docs[j]), int(docs[j + 1]))
 
     def texts(self, i: int) -> list[str]:
         chunk, j = self._where(i)
@@ -118,6 +118,34 @@ class StoredDocuments:
             per_doc = np.diff(doc_offsets)
             yield np.diff(sentence_offsets), np.repeat(np.arange(start, start + len(per_doc)), per_doc)
             start += len(per_doc)
+
+
+class StoredDocument(Sequence):
+    """One document's sentences as token-id lists, each made when read: a NotNext pair reads a few
+    sentences of another document, never the whole of a long one."""
+
+    def __init__(self, offsets: np.ndarray, ids: np.ndarray, first: int, end: int) -> None:
+        self._offsets, self._ids, self._first, self._end = offsets, ids, first, end
+
+    def __len__(self) -> int:
+        return self._end - self._first
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            start, stop, step = k.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return StoredDocument(self._offsets, self._ids, self._first + start, self._first + max(start, stop))
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(f"sentence {k} of {len(self)}")
+        a, b = self._offsets[self._first + k], self._offsets[self._first + k + 1]
+        return self._ids[a:b].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for k in range(len(self)):
+            yield self[k]
 
 
 class DocumentView(Sequence):
