@@ -329,12 +329,16 @@ def test_tune_sets_max_length_from_the_data_unless_the_user_gives_it(tmp_path, t
     saved = json.loads((tmp_path / "data" / "tune.json").read_text())
     chosen = saved["lengths"]["chosen"]
     assert saved["base"]["max_length"] == chosen != 128 and chosen % 8 == 0
-    assert json.loads((tmp_path / "data" / "trial-000" / "train_config.json").read_text())["max_length"] == chosen
+    trial_config = json.loads((tmp_path / "data" / "trial-000" / "train_config.json").read_text())
+    assert trial_config["max_length"] == chosen
+    assert trial_config["explain_report_seconds"] == 0  # a trial spends no budget on its report's explanations
     report = (tmp_path / "data" / "tune_report.md").read_text()
     assert f"max_length: {chosen} (fixed)" in report and f"99th percentile {saved['lengths']['p99']:.0f}" in report
-    assert main([*common, "--max-length", "40", "--output-dir", str(tmp_path / "given")]) == 0
+    assert main([*common, "--max-length", "40", "--explain-report-seconds", "3", "--output-dir", str(tmp_path / "given")]) == 0
     saved = json.loads((tmp_path / "given" / "tune.json").read_text())
     assert saved["base"]["max_length"] == 40 and saved["lengths"] is None
+    given = json.loads((tmp_path / "given" / "trial-000" / "train_config.json").read_text())
+    assert given["explain_report_seconds"] == 3  # the user's budget is kept
 
 
 def test_parameter_importances_are_seeded_and_find_the_setting_that_matters(tmp_path):

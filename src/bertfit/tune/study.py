@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 
 from bertfit.errors import BertfitError
 from bertfit.io import write_json_atomic
-from bertfit.train.config import TrainConfig
+from bertfit.train.config import EXPLAIN_REPORT_SECONDS, TrainConfig
 from bertfit.train.run_dir import CHECKPOINT, UNUSABLE_PREFIX, RunDir
 from bertfit.train.state import TrainingError
 from bertfit.tune.budget import Budget
@@ -287,7 +287,10 @@ def _run_trial(study: Any, trial: Any, params: dict[str, Any], settings: TuneSet
     from bertfit.train.finetune import fine_tune
 
     run_dir = settings.tune_dir / trial.user_attrs["dir"]
-    config = TrainConfig.from_dict({**settings.base.to_dict(), **settings.fixed, **trial_settings(params),
+    # A trial's report skips the explanations section unless the user asked for a budget: at the default
+    # it would add up to EXPLAIN_REPORT_SECONDS to every trial, time the search's budget pays for.
+    explain = {} if settings.base.explain_report_seconds != EXPLAIN_REPORT_SECONDS else {"explain_report_seconds": 0}
+    config = TrainConfig.from_dict({**settings.base.to_dict(), **settings.fixed, **trial_settings(params), **explain,
                                     "output_dir": str(run_dir), "seed": settings.seed}, source="the trial's settings")
 
     def report(record: dict[str, Any], state: Any, total: int) -> None:
