@@ -89,7 +89,9 @@ def test_predict_offsets_point_into_the_input(ner_run):
     # Repeated words get their own offsets.
     assert sorted(e["start"] for e in record["entities"] if e["type"] == "LOC") == [text.index("Paris"), text.index("PARIS")]
     # Pre-tokenised input: word indices.
-    (tokens,) = model.predictions([{"tokens": ["we", "met", "mary", "jones", "in", "rome"]}])
+    # Words of the tiny vocabulary only: "in" is [UNK] to it, a token training never showed (issue 31's
+    # prior-initialised head left its tag to chance: LOC), and what an unseen token gets is not this test's point.
+    (tokens,) = model.predictions([{"tokens": ["we", "met", "mary", "jones", "near", "rome"]}])
     assert {(e["type"], e["start"], e["end"], e["text"]) for e in tokens["entities"]} == {
         ("PER", 2, 4, "mary jones"), ("LOC", 5, 6, "rome")}
     assert model.predictions([""])[0]["entities"] == []
@@ -105,7 +107,7 @@ def test_long_sentence_is_windowed_not_truncated(ner_run):
 
     model = Predictor.load(ner_run.run_dir)
     assert model.max_length == 32
-    text = " ".join(["we met john smith in paris ."] * 12)  # 84 words, ~2.6 windows of 30
+    text = " ".join(["we met john smith near paris ."] * 12)  # 84 words, ~2.6 windows of 30 (no [UNK]: see above)
     (record,) = model.predictions([text])
     per = [e for e in record["entities"] if e["type"] == "PER"]
     assert len(per) == 12 and per[-1]["start"] > 300  # entities after the first window are found
