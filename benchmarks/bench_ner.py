@@ -8,6 +8,11 @@ subword (-100 elsewhere), DataCollatorForTokenClassification, Trainer, then seqe
 (predictions on first subwords). bertfit runs its library entry point with ``task="ner"``.
 Each (data set, seed, contender) runs in a fresh process, contenders interleaved.
 
+``--impls`` picks the contenders; ``bertfit-zero-bias`` is bertfit with its NER head's bias left at 0
+(as before issue 31, and as transformers initialises it) instead of the log of the training tags'
+shares: the same code otherwise, so the two measure that one change. A run counts as collapsed when
+its test entity F1 is below 0.05 or it tags no test word with an entity.
+
 Prediction: bertfit's predictor (``bertfit.load(run).predict(texts)``) vs
 ``pipeline("token-classification", aggregation_strategy="first", batch_size=32)`` on the same
 trained run directory, the same raw test texts (words joined by spaces), seed 0's run.
@@ -32,7 +37,8 @@ SETS = {  # name: (train, test, steps)
     "wnut17": ("wnut17/train.conll", "wnut17/test.conll"),
     "ncbi": ("ncbi_disease/train.tsv", "ncbi_disease/test.tsv"),
 }
-CONTENDERS = ("bertfit", "transformers")
+CONTENDERS = ("bertfit", "transformers", "bertfit-zero-bias")
+COLLAPSED_F1 = 0.05  # below this (or no entity predicted at all), a run counts as collapsed
 STEPS, BATCH, LR, WARMUP, WEIGHT_DECAY, MAX_LENGTH = 150, 16, 1e-4, 0.1, 0.01, 128
 PREDICT_TEXTS = 300
 TEST_LIMIT = 500  # the first N test sentences, for both contenders (the budget; stated in RESULTS.md)
@@ -45,6 +51,14 @@ def limited_test(path: str, work: Path) -> str:
     target = work / "test.conll"
     target.write_text("\n\n".join(blocks[:TEST_LIMIT]) + "\n", encoding="utf-8")
     return str(target)
+
+
+def run_bertfit_zero_bias(name: str, files: dict, seed: int, work: Path, predict: bool) -> dict:
+    """bertfit with the NER head's bias left at zero (its initialisation before issue 31)."""
+    from bertfit.tasks.ner.task import NER
+
+    NER.init_head = lambda self, model: None  # the base Task's init_head: the fresh head is left as drawn
+    return run_bertfit(name, files, seed, work, predict)
 
 
 def run_bertfit(name: str, files: dict, seed: int, work: Path, predict: bool) -> dict:
@@ -61,7 +75,8 @@ def run_bertfit(name: str, files: dict, seed: int, work: Path, predict: bool) ->
     out = {"tokens_per_s": result.train.state.tokens_seen / result.train.state.train_seconds,
            "train_seconds": result.train.state.train_seconds, "real_tokens": result.train.state.tokens_seen,
            "steps": result.train.state.step,
-           "test": {"f1": test["f1"], "precision": test["precision"], "recall": test["recall"]}}
+           "test": {"f1": test["f1"], "precision": test["precision"], "recall": test["recall"],
+                    "predicted_entities": test["predicted_entities"]}}
     if predict:
         out["predict"] = compare_prediction(run_dir, config.test_file)
     return out
@@ -155,13 +170,15 @@ def run_transformers(name: str, files: dict, seed: int, work: Path, predict: boo
     return {"tokens_per_s": trained["tokens"] / trained["seconds"], "train_seconds": trained["seconds"],
             "real_tokens": trained["tokens"], "steps": trained["steps"],
             "test": {"f1": f1_score(true, pred), "precision": precision_score(true, pred),
-                     "recall": recall_score(true, pred)}}
+                     "recall": recall_score(true, pred),
+                     "predicted_entities": sum(tag.startswith("B-") or (tag.startswith("I-") and (i == 0 or row[i - 1][2:] != tag[2:]))
+                                               for row in pred for i, tag in enumerate(row))}}
 
 
 def child(args) -> None:
     files = json.loads(args.files)
     with tempfile.TemporaryDirectory() as tmp:
-        run = run_bertfit if args.impl == "bertfit" else run_transformers
+        run = {"bertfit": run_bertfit, "transformers": run_transformers, "bertfit-zero-bias": run_bertfit_zero_bias}[args.impl]
         result = run(args.set, files, args.seed, Path(tmp), args.predict)
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -170,6 +187,12 @@ def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def collapsed_run(result: dict) -> bool:
+    """F1 below COLLAPSED_F1, or no entity predicted (all-O); runs recorded before the count: F1 alone."""
+    test = result["test"]
+    return test["f1"] < COLLAPSED_F1 or test.get("predicted_entities", 1) == 0
 
 
 def summarize(results: list[dict]) -> str:
@@ -181,7 +204,10 @@ def summarize(results: list[dict]) -> str:
             mine = [r for r in results if r["set"] == name and r["impl"] == impl]
             if mine:
                 shown = ", ".join(f"{k} {_mean_std([r['test'][k] for r in mine])}" for k in ("f1", "precision", "recall"))
+                collapsed = [r["seed"] for r in mine if collapsed_run(r)]
                 lines.append(f"- {impl} (seeds {[r['seed'] for r in mine]}): test entity {shown}; "
+                             f"per seed F1 {', '.join(format(r['test']['f1'], '.3f') for r in mine)}; "
+                             f"collapsed {len(collapsed)} of {len(mine)} {collapsed or ''}; "
                              f"real tokens/s {_mean_std([r['tokens_per_s'] for r in mine])}")
         ratios = [b["tokens_per_s"] / t["tokens_per_s"] for b in results for t in results
                   if b["set"] == t["set"] == name and b["seed"] == t["seed"] and b["impl"] == "bertfit"
@@ -207,6 +233,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--test-limit", type=int, default=TEST_LIMIT)
+    parser.add_argument("--no-predict", action="store_true", help="skip the prediction-speed comparison")
+    parser.add_argument("--impls", nargs="+", default=["bertfit", "transformers"], choices=list(CONTENDERS))
     parser.add_argument("--out", default="benchmarks/ner_results.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--predict", action="store_true", help=argparse.SUPPRESS)
@@ -230,11 +258,11 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.sets:
             files = {"train": str(Path(args.data) / SETS[name][0]), "test": str(Path(args.data) / SETS[name][1])}
-            order = CONTENDERS if seed % 2 == 0 else tuple(reversed(CONTENDERS))
+            order = tuple(args.impls) if seed % 2 == 0 else tuple(reversed(args.impls))
             for impl in order:
                 if (name, seed, impl) in done:
                     continue
-                predict = impl == "bertfit" and seed == args.seeds[0]
+                predict = impl == "bertfit" and seed == args.seeds[0] and not args.no_predict
                 cmd = [sys.executable, __file__, "--child", "--impl", impl, "--set", name, "--seed", str(seed),
                        "--steps", str(STEPS), "--test-limit", str(TEST_LIMIT), *(["--predict"] if predict else []), "--files", json.dumps(files)]
                 started = time.perf_counter()

@@ -378,6 +378,32 @@ def test_multilabel_head_starts_at_the_label_prior():
     torch.testing.assert_close(p, torch.tensor([0.75, 0.25, 1e-4]), atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("weights", [None, "balanced"])
+def test_ner_head_starts_at_the_tag_prior(weights):
+    """init_head: the token head's bias is the log of each tag's share of the labelled training words
+    (add-one smoothed; ignored subwords -100 not counted), so before any step the head predicts the tag
+    prior; with class weights, the prior the weighted loss sees (balanced: uniform, bias all equal)."""
+    from bertfit.heads import BertForTokenClassification
+
+    task = TASKS["ner"](["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
+    # 14 labelled words: 10 O, 3 B-LOC, 1 B-PER, no I-LOC / I-PER; -100 marks continuation subwords
+    targets = np.empty(2, dtype=object)
+    targets[0] = np.array([-100, 0, 0, 1, -100, 0, 0, 0, -100], dtype=np.int64)
+    targets[1] = np.array([-100, 0, 1, 1, 0, 3, 0, 0, 0, -100], dtype=np.int64)
+    task.prepare_training({"class_weights": weights}, targets)
+    model = BertForTokenClassification(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+                                                  num_attention_heads=2, intermediate_size=8,
+                                                  problem_type="token_classification").with_labels(task.labels))
+    torch.testing.assert_close(model.classifier.bias, torch.zeros(5))  # as drawn: transformers' init
+    task.init_head(model)
+    p = torch.softmax(model.classifier.bias, dim=0)  # the fresh head's prediction before any step
+    if weights is None:
+        expected = torch.tensor([11.0, 4.0, 1.0, 2.0, 1.0]) / 19  # (count + 1) / (14 + 5)
+    else:  # balanced weights n / (k · count), 0 for an absent tag: each present tag weighs 14 / 5 in all
+        expected = torch.tensor([14 / 5 + 1, 14 / 5 + 1, 1.0, 14 / 5 + 1, 1.0]) / (3 * 14 / 5 + 5)
+    torch.testing.assert_close(p, expected, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("problem_type,transformers_type", [("multi-label", "multi_label_classification"),
                                                             ("regression", "regression")])
 def test_run_directory_loads_in_transformers(problem_type, transformers_type, tmp_path, tiny_model_dir):
