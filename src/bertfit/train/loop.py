@@ -189,7 +189,7 @@ class Trainer:
             self._token_grad = WordEmbeddingGrad(self.model.bert.embeddings.token.weight)
         self.notes: list[str] = []
         self._grad_norm = 0.0  # the last step's gradient norm (the train records show it)
-        self.data_fingerprint = data_fingerprint(train)
+        self._data_fingerprint: str | None = None  # made when first needed: by rank 0 alone (see data_fingerprint)
         self._order: list[list[int]] | None = None  # the batch order of epoch self._order_epoch
         self._order_epoch = -1
         fault_rank = os.environ.get(FAULT_RANK_ENV, "").strip()
@@ -223,6 +223,15 @@ class Trainer:
     def restore(self, ckpt: LoadedCheckpoint) -> None:
         """Continue exactly from ``ckpt`` (already checked by validate_checkpoint): see train_state.restore."""
         restore(self, ckpt)
+
+    @property
+    def data_fingerprint(self) -> str:
+        """The training data's fingerprint (data_fingerprint), made on first use. Only rank 0 uses it (it
+        writes checkpoints and checks a resume's data), so the other ranks never read every feature:
+        each reads its own share of the features (mapped from the tokenized cache for a large split)."""
+        if self._data_fingerprint is None:
+            self._data_fingerprint = data_fingerprint(self.train_data)
+        return self._data_fingerprint
 
     def resume_latest(self) -> LoadedCheckpoint:
         """Continue from the run's latest intact checkpoint: rank 0 reads it, every rank gets rank 0's."""
