@@ -303,3 +303,117 @@ def test_sentiment_on_long_texts_in_windows_through_the_cache_gives_bit_identica
     common = dict(train_file=str(train), model=str(tiny_model_dir), max_length=16, long_text="windows", window_stride=4,
                   batch_size=8, lr=5e-4, max_steps=6, eval_each_epoch=False, save_every=100, seed=0, bf16=False)
     assert_identical(*train_plain_then_cached(tmp_path, monkeypatch, common))
+
+
+# -- the CLI's progress bar ------------------------------------------------------------------------------
+
+def test_the_cli_draws_the_cache_build_as_a_bar_instead_of_a_line_per_chunk(tmp_path, tiny_model_dir):
+    """`bertfit train` on a split tokenized through the cache: stderr shows tqdm's bar (its counter and the
+    unit), not the library's "tokenized N of M" line per chunk (those are the bar's alone)."""
+    import os
+    import subprocess
+    import sys
+
+    train = write_conll(tmp_path / "train.conll", sentences(150, seed=3))
+    env = {**os.environ, "BERTFIT_TOKEN_CACHE_MIN": "1", "BERTFIT_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run([sys.executable, "-m", "bertfit", "train", "--train-file", str(train), "--problem-type", "ner",
+                             "--model", str(tiny_model_dir), "--max-length", "12", "--max-steps", "1", "--no-bf16",
+                             "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import re
+
+    assert "tokenizing into the cache" in result.stderr and re.search(r"\d+/\d+ \[", result.stderr)  # tqdm's n/total [time
+    assert not re.search(r"^tokenized \d+ of \d+", result.stderr, re.M)  # the per-chunk lines went to the bar
+    assert re.search(r"^encoding \d+ examples \(ner-windows/1\) into the cache", result.stderr, re.M)  # other lines stay
+
+
+# -- distributed: each rank reads its own part of the store ---------------------------------------------
+
+RANK_WORKER = '''
+import json, logging, os, sys
+from collections import defaultdict
+from bertfit.data import token_cache
+from bertfit.train.config import TrainConfig
+from bertfit.train.finetune import fine_tune
+
+spec = json.loads(open(sys.argv[1]).read())
+touched = defaultdict(set)  # (file, what) -> feature indices this rank made
+sizes, built = {}, []
+
+def watch(cls, what):
+    real = cls.__getitem__
+    def getitem(self, index):
+        key = (str(getattr(self, "path", None) or self.source), what)
+        sizes[key[0]] = len(self)
+        touched[key].update(range(*index.indices(len(self))) if isinstance(index, slice) else [int(index)])
+        return real(self, index)
+    cls.__getitem__ = getitem
+
+watch(token_cache.CachedEncodings, "ids")
+real_lists = token_cache.FeatureStore.lists
+def lists(self, name, *args, **kwargs):
+    column = real_lists(self, name, *args, **kwargs)
+    column.source = f"{self.path}"
+    column.what = name
+    return column
+token_cache.FeatureStore.lists = lists
+real_list_getitem = token_cache.ListColumn.__getitem__
+def list_getitem(self, index):
+    touched[(self.source, self.what)].add(int(index))
+    return real_list_getitem(self, index)
+token_cache.ListColumn.__getitem__ = list_getitem
+real_build = token_cache.cached_features.__globals__["_build_store"]
+def build(path, *args, **kwargs):
+    built.append(str(path))
+    return real_build(path, *args, **kwargs)
+token_cache.cached_features.__globals__["_build_store"] = build
+
+result = fine_tune(TrainConfig(**spec))
+rank = int(os.environ["RANK"])
+report = {"touched": [[f, w, sorted(i)] for (f, w), i in touched.items()], "sizes": sizes, "built": built,
+          "step": result.train.history[-1].get("step") if result.train.history else None}
+open(os.path.join(os.path.dirname(sys.argv[1]), f"rank{rank}.json"), "w").write(json.dumps(report))
+'''
+
+
+@pytest.mark.distributed
+def test_each_rank_reads_only_its_own_part_of_the_store(tmp_path, no_dropout_model_dir):
+    """2 processes (gloo) train NER from the cache: one of them builds each split's store; in training each
+    rank makes only the features (ids and targets, ``[i]`` of the mapped columns) of its shares of the global
+    batches, disjoint from the other rank's, and in the final evaluation only its shard of each split;
+    neither makes every feature. (Rank 0 alone also hashes the training features for its checkpoints, one
+    streaming pass over the mapped columns: CachedEncodings.arrays, ListColumn's iteration.)"""
+    import os
+    import subprocess
+    import sys
+
+    train = write_conll(tmp_path / "train.conll", sentences(300, seed=3))
+    spec = dict(train_file=str(train), problem_type="ner", model=str(no_dropout_model_dir), max_length=12,
+                batch_size=4, lr=5e-4, max_steps=6, eval_each_epoch=False, save_every=100, seed=0, bf16=False, threads=1,
+                output_dir=str(tmp_path / "run"))
+    (tmp_path / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    (tmp_path / "worker.py").write_text(RANK_WORKER, encoding="utf-8")
+    src = str(Path(__file__).parent.parent / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *(p for p in sys.path if p)]), "OMP_NUM_THREADS": "1",
+           "BERTFIT_TOKEN_CACHE_MIN": "1", "BERTFIT_CACHE": str(tmp_path / "cache")}
+    for key in ("WORLD_SIZE", "RANK", "BERTFIT_TOKEN_CACHE"):
+        env.pop(key, None)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(tmp_path / "worker.py"), str(tmp_path / "spec.json")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    stores = sorted((tmp_path / "cache" / "tokens").glob("*.features.arrow"))
+    assert len(stores) == 3 and sorted(ranks[0]["built"] + ranks[1]["built"]) == [str(p) for p in stores]
+    sizes = {**ranks[0]["sizes"], **ranks[1]["sizes"]}
+    train_store = max(sizes, key=sizes.get)
+    mine = [{(f, w): set(i) for f, w, i in r["touched"]} for r in ranks]
+    for what in ("ids", "targets"):
+        a, b = (m.get((train_store, what), set()) for m in mine)
+        assert a and b and not a & b, what  # each rank its own features, none of the other's
+        assert len(a) <= 6 * 4 and len(b) <= 6 * 4 < sizes[train_store]  # its shares of 6 steps × batch 4
+    for store in sizes:
+        if store != train_store:  # evaluation: each rank runs the model on its shard of the split
+            a, b = (m.get((store, "ids"), set()) for m in mine)
+            assert not a & b and a | b == set(range(sizes[store])) and a and b

@@ -153,6 +153,14 @@ class CachedEncodings(Sequence):
         for i in range(self._n):
             yield self[i]
 
+    def arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every feature's (ids, type_ids) as numpy views of the mapped file, in order, chunk by chunk:
+        one pass over the split (its fingerprint) without making any feature's lists."""
+        for offsets, ids, types in zip(self._offsets, self._ids, self._types):
+            for j in range(len(offsets) - 1):
+                a, b = int(offsets[j]), int(offsets[j + 1])
+                yield ids[a:b], types[a:b]
+
     @property
     def lengths(self) -> list[int]:
         return np.concatenate([np.diff(o) for o in self._offsets]).tolist() if self._offsets else []
@@ -287,8 +295,13 @@ class ListColumn(Sequence):
         return values if self._shape is None else values.reshape(self._shape)
 
     def __iter__(self) -> Iterator[Any]:
-        for i in range(self._n):
-            yield self[i]
+        # Chunk by chunk (one pass, e.g. the split's fingerprint), not through [i] (a batch's rows).
+        for offsets, values in zip(self._offsets, self._values):
+            for j in range(len(offsets) - 1):
+                part = values[int(offsets[j]):int(offsets[j + 1])]
+                if self._dtype is not None:
+                    part = part.astype(self._dtype, copy=False)
+                yield part if self._shape is None else part.reshape(self._shape)
 
 
 class FeatureStore:

@@ -116,10 +116,13 @@ def data_fingerprint(split: EncodedSplit) -> str:
     """SHA-256 of the encoded training data: a resume must see exactly the data the run started with."""
     h = hashlib.sha256()
     targets = split.targets if split.targets is not None else [None] * len(split.encoded)
-    for e, target in zip(split.encoded, targets):
-        h.update(np.asarray(e.ids, dtype=np.int64).tobytes())
+    # Features mapped from the tokenized cache are read as views of the file, one pass, no lists made.
+    arrays = getattr(split.encoded, "arrays", None)
+    rows = arrays() if arrays is not None else ((e.ids, e.type_ids) for e in split.encoded)
+    for (ids, type_ids), target in zip(rows, targets):
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
         h.update(b"/")
-        h.update(np.asarray(e.type_ids, dtype=np.int64).tobytes())
+        h.update(np.asarray(type_ids, dtype=np.int64).tobytes())
         # Class ids hash as before the task seam, so runs checkpointed then still resume.
         if target is None:  # targets drawn per batch (masked LM): the ids are the data
             text = "-"
