@@ -390,11 +390,13 @@ def test_each_rank_reads_only_its_own_part_of_the_store(tmp_path, no_dropout_mod
 
     train = write_conll(tmp_path / "train.conll", sentences(300, seed=3))
     spec = dict(train_file=str(train), problem_type="ner", model=str(no_dropout_model_dir), max_length=12,
-                batch_size=4, lr=5e-4, max_steps=6, eval_each_epoch=False, save_every=100, seed=0, bf16=False, threads=1,
-                output_dir=str(tmp_path / "run"))
+                batch_size=4, lr=5e-4, max_steps=6, eval_each_epoch=False, save_every=3, seed=0, bf16=False, threads=1,
+                output_dir=str(tmp_path / "run"))  # checkpoints at steps 3 and 6: rank 0 hashes the data for them
     (tmp_path / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     (tmp_path / "worker.py").write_text(RANK_WORKER, encoding="utf-8")
-    src = str(Path(__file__).parent.parent / "src")
+    import bertfit
+
+    src = str(Path(bertfit.__file__).parent.parent)  # the code this test imported, first
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *(p for p in sys.path if p)]), "OMP_NUM_THREADS": "1",
            "BERTFIT_TOKEN_CACHE_MIN": "1", "BERTFIT_CACHE": str(tmp_path / "cache")}
     for key in ("WORLD_SIZE", "RANK", "BERTFIT_TOKEN_CACHE"):
