@@ -14,6 +14,14 @@ tokenizes and holds the features.
 ``train``: `bertfit train` (fine_tune) on the Parquet file, MiniLM, a few steps, in a fresh process, with
 the cache off (today) and on; peak RSS (ru_maxrss) of the process and its wall time.
 
+``--task ner``: the same for NER on WNUT-17's training sentences (/work/shared/data/wnut17/train.conll),
+copy j's sentences ending in the word "#j" tagged O; the contenders are bertfit's windows with label
+alignment in memory (tasks/ner/encode.py: encode_windows) and through the cache (encode_cached), and
+`datasets.map` with BertTokenizerFast(is_split_into_words=True) aligning the tags on each word's first
+subword as transformers' run_ner.py does. ``--base N`` takes the first N rows as 1x (100x of the whole
+tweets corpus, 3.8M texts, takes about 15 minutes to tokenize on one thread: more than a benchmark run may
+take here).
+
 Run as the README of benchmarks says: flock /work/bench.lock taskset -c 0 env OMP_NUM_THREADS=1 ...
 """
 
@@ -43,17 +51,30 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_data(factor: int, folder: Path) -> Path:
+def make_data(factor: int, folder: Path, task: str = "classify", base: int | None = None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = folder / f"tweets_{factor}x.parquet"
+    path = folder / f"{task}_{base or 'all'}_{factor}x.parquet"
     if path.exists():
+        return path
+    if task == "ner":
+        from bertfit.tasks.ner.data import read_ner_file
+
+        sentences, _ = read_ner_file(Path("/work/shared/data/wnut17/train.conll"), {})
+        sentences = sentences[:base] if base else sentences
+        tokens, tags = [], []
+        for j in range(factor):
+            extra = [] if j == 0 else [f"#{j}"]
+            tokens.extend(list(s.words) + extra for s in sentences)
+            tags.extend(list(s.tags) + ["O"] * len(extra) for s in sentences)
+        pq.write_table(pa.table({"tokens": tokens, "ner_tags": tags}), path)
         return path
     from bertfit.data.labelled import read_examples
     from bertfit.train.finetune import default_train_file
 
     examples, _ = read_examples(default_train_file(), skip_bad_rows=True)
+    examples = examples[:base] if base else examples
     texts, labels = [], []
     for j in range(factor):
         suffix = "" if j == 0 else f" #{j}"
@@ -61,6 +82,90 @@ def make_data(factor: int, folder: Path) -> Path:
         labels.extend(e.label for e in examples)
     pq.write_table(pa.table({"text": texts, "label": labels}), path)
     return path
+
+
+def child_tokenize_ner(contender: str, data: Path, work: Path) -> dict:
+    """NER's features (windows, aligned tags) of every sentence: in memory, through the cache, by datasets.map."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data)
+    from bertfit.hub import resolve_model
+    from bertfit.tasks.ner.data import from_tokens
+    from bertfit.tasks.ner.task import tag_names
+    from bertfit.tokenizer import WordPieceTokenizer
+
+    words, tags = table.column("tokens").to_pylist(), table.column("ner_tags").to_pylist()
+    del table
+    names = tag_names(sorted({t.split("-", 1)[1] for row in tags for t in row if t != "O"}))
+    index = {t: i for i, t in enumerate(names)}
+    model = resolve_model("minilm-l6")
+    sentences = [] if contender == "datasets-map" else [from_tokens(w, t, row=i) for i, (w, t) in enumerate(zip(words, tags))]
+    before = rss_mb()
+    peak_before = peak_mb()
+    result: dict = {"contender": contender, "sentences": len(words), "task": "ner"}
+    if contender == "bertfit-memory":
+        from bertfit.tasks.ner.encode import encode_windows
+
+        tok = WordPieceTokenizer.from_dir(model)
+        start = time.perf_counter()
+        features = encode_windows(tok, sentences, 128, None, index)
+        result["seconds"] = time.perf_counter() - start
+        result["features"] = len(features[0])
+    elif contender == "bertfit-cache":
+        from bertfit.data import token_cache
+        from bertfit.tasks.ner.encode import encode_cached
+
+        os.environ["BERTFIT_CACHE"] = str(work)
+        tok = WordPieceTokenizer.from_dir(model)
+        start = time.perf_counter()
+        features = encode_cached(tok, sentences, 128, None, index)
+        result["seconds"] = time.perf_counter() - start
+        result["peak_growth_mb_build"] = peak_mb() - peak_before
+        start = time.perf_counter()
+        again = encode_cached(tok, sentences, 128, None, index)
+        result["reuse_seconds"] = time.perf_counter() - start
+        result["features"] = len(again[0])
+        result["file_mb"] = (again[0].path.stat().st_size + token_cache.examples_path(again[0].path).stat().st_size) / 2**20
+    elif contender == "datasets-map":
+        import datasets
+        from transformers import BertTokenizerFast
+
+        datasets.disable_progress_bars()
+        tok = BertTokenizerFast(tokenizer_file=str(model / "tokenizer.json"), vocab_file=str(model / "vocab.txt"))
+        saved = work / "ds"
+        if not saved.exists():
+            datasets.Dataset.from_dict({"tokens": words, "ner_tags": [[index[t] for t in row] for row in tags]}
+                                       ).save_to_disk(str(saved))
+        del words, tags
+        ds = datasets.load_from_disk(str(saved))
+
+        def align(batch):  # transformers' run_ner.py: the word's tag on its first subword, -100 elsewhere
+            out = tok(batch["tokens"], truncation=True, max_length=128, is_split_into_words=True)
+            labels = []
+            for i, row in enumerate(batch["ner_tags"]):
+                previous, ids = None, []
+                for w in out.word_ids(batch_index=i):
+                    ids.append(-100 if w is None or w == previous else row[w])
+                    previous = w
+                labels.append(ids)
+            out["labels"] = labels
+            return out
+
+        start = time.perf_counter()
+        features = ds.map(align, batched=True, batch_size=1000, cache_file_name=str(work / "map.arrow"),
+                          remove_columns=["tokens", "ner_tags"])
+        result["seconds"] = time.perf_counter() - start
+        result["peak_growth_mb_build"] = peak_mb() - peak_before
+        start = time.perf_counter()
+        again = ds.map(align, batched=True, batch_size=1000, cache_file_name=str(work / "map.arrow"),
+                       remove_columns=["tokens", "ner_tags"], load_from_cache_file=True)
+        result["reuse_seconds"] = time.perf_counter() - start
+        result["features"] = len(again)
+    else:
+        raise SystemExit(f"unknown contender {contender}")
+    result["peak_growth_mb"] = peak_mb() - peak_before  # encoding and holding every feature
+    result["rss_growth_mb"] = rss_mb() - before
+    return result
 
 
 def child_tokenize(contender: str, data: Path, work: Path) -> dict:
@@ -115,21 +220,23 @@ def child_tokenize(contender: str, data: Path, work: Path) -> dict:
     else:
         raise SystemExit(f"unknown contender {contender}")
     result["peak_growth_mb"] = peak_mb() - before  # tokenizing and holding every feature
+    result["rss_growth_mb"] = rss_mb() - before
     result["rss_after_mb"] = rss_mb()
     return result
 
 
-def child_train(data: Path, work: Path, cache: bool, steps: int) -> dict:
+def child_train(data: Path, work: Path, cache: bool, steps: int, task: str = "classify") -> dict:
     os.environ["BERTFIT_TOKEN_CACHE"] = "1" if cache else "0"
     os.environ["BERTFIT_CACHE"] = str(work / "cache")
     from bertfit.train.config import TrainConfig
     from bertfit.train.finetune import fine_tune
 
     start = time.perf_counter()
+    extra = {"problem_type": "ner"} if task == "ner" else {}
     config = TrainConfig(train_file=str(data), output_dir=str(work / f"run-{cache}"), max_steps=steps, batch_size=32,
-                         max_eval_examples=64, eval_each_epoch=False, max_length=128, save_every=10_000)
+                         max_eval_examples=64, eval_each_epoch=False, max_length=128, save_every=10_000, **extra)
     result = fine_tune(config, overwrite=True)
-    return {"cache": cache, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_mb(),
+    return {"cache": cache, "task": task, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_mb(),
             "train_examples": result.train.state.examples_seen, "steps": result.train.state.step}
 
 
@@ -150,32 +257,44 @@ def main() -> None:
     parser.add_argument("--cache", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out")
+    parser.add_argument("--task", choices=("classify", "ner"), default="classify")
+    parser.add_argument("--base", type=int, help="rows of the base data set (1x); default: all of it")
+    parser.add_argument("--contenders", nargs="+", default=["bertfit-memory", "bertfit-cache", "datasets-map"])
+    parser.add_argument("--skip-memory-above", type=int, default=0,
+                        help="factors above this run without the in-memory contender / the cache off (0: never skip)")
     args = parser.parse_args()
     if args.mode == "child-tokenize":
-        print(json.dumps(child_tokenize(args.contender, Path(args.data), Path(args.work))))
+        tokenize = child_tokenize_ner if args.task == "ner" else child_tokenize
+        print(json.dumps(tokenize(args.contender, Path(args.data), Path(args.work))))
         return
     if args.mode == "child-train":
-        print(json.dumps(child_train(Path(args.data), Path(args.work), bool(args.cache), args.steps)))
+        print(json.dumps(child_train(Path(args.data), Path(args.work), bool(args.cache), args.steps, args.task)))
         return
     folder = Path(tempfile.mkdtemp(prefix="bench-data-scale-"))
     results = {"machine": platform.processor() or platform.machine(), "threads": os.environ.get("OMP_NUM_THREADS"),
-               "mode": args.mode, "runs": []}
+               "mode": args.mode, "task": args.task, "base": args.base, "runs": []}
     for factor in args.factors:
-        data = make_data(factor, folder)
+        data = make_data(factor, folder, args.task, args.base)
+        skip = bool(args.skip_memory_above) and factor > args.skip_memory_above
         if args.mode == "tokenize":
             work = folder / f"work{factor}"
             work.mkdir(exist_ok=True)
-            for contender in ("bertfit-memory", "bertfit-cache", "datasets-map"):
-                row = run_child(["child-tokenize", "--contender", contender, "--data", str(data), "--work", str(work)])
+            for contender in args.contenders:
+                if skip and contender == "bertfit-memory":
+                    continue
+                row = run_child(["child-tokenize", "--contender", contender, "--data", str(data), "--work", str(work),
+                                 "--task", args.task])
                 row["factor"] = factor
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
         else:
             for cache in (False, True):
+                if skip and not cache:
+                    continue
                 work = folder / f"train{factor}-{cache}"
                 work.mkdir(exist_ok=True)
                 row = run_child(["child-train", "--data", str(data), "--work", str(work), "--cache", str(int(cache)),
-                                 "--steps", str(args.steps)])
+                                 "--steps", str(args.steps), "--task", args.task])
                 row["factor"] = factor
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)

@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from bertfit.cli.progress import show_cache_progress
+
+    show_cache_progress()  # the tokenized cache's build as a bar, not a line per chunk
     args.argv = argv  # `train --nproc N` relaunches itself with these
     # In a distributed job (torchrun sets RANK) the other ranks' messages say whose they are.
     who = f"[rank {os.environ['RANK']}] " if os.environ.get("RANK", "0") != "0" else ""

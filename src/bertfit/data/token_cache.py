@@ -15,6 +15,14 @@ row, split, tokenizer or length gives another key, so a stale file is never read
 short, unreadable) is written again. Concurrent processes (the ranks of a distributed job, two runs on
 the same data) take a lock on the key: the first tokenizes and writes, the others wait and map it.
 
+Tasks whose features are more than ids (NER's label alignment and windows, QA's windows and offsets,
+long texts read in windows) store them through :func:`cached_features`: the task gives a
+:class:`FeatureCodec` (how a chunk of its examples becomes feature rows and Arrow columns, and the
+settings those depend on), so this module knows no task. Each feature also records its example.
+
+Building reports its progress as log records carrying ``extra={"progress": ...}`` (``PROGRESS``):
+the CLI draws them as a bar (cli/progress.py); library users see the log lines.
+
 ``BERTFIT_TOKEN_CACHE=0`` turns the cache off; splits under ``BERTFIT_TOKEN_CACHE_MIN`` texts (default
 20,000: they tokenize in well under a second) are tokenized in memory as before. The features are the
 same either way, bit for bit (tests/test_token_cache.py), so training, its exact resume and its
@@ -24,10 +32,12 @@ results do not depend on whether the cache was used.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +48,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = "1"
 CHUNK = 4096  # texts tokenized (and written as one record batch) at a time: 38k tweets at once peaked 300 MB
 DEFAULT_MIN_TEXTS = 20_000
+PROGRESS = "progress"  # the log record attribute that carries (done, total, unit) while a cache is built
 
 
 def cache_enabled(n_texts: int) -> bool:
@@ -142,9 +153,282 @@ class CachedEncodings(Sequence):
         for i in range(self._n):
             yield self[i]
 
+    def arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every feature's (ids, type_ids) as numpy views of the mapped file, in order, chunk by chunk:
+        one pass over the split (its fingerprint) without making any feature's lists."""
+        for offsets, ids, types in zip(self._offsets, self._ids, self._types):
+            for j in range(len(offsets) - 1):
+                a, b = int(offsets[j]), int(offsets[j + 1])
+                yield ids[a:b], types[a:b]
+
     @property
     def lengths(self) -> list[int]:
         return np.concatenate([np.diff(o) for o in self._offsets]).tolist() if self._offsets else []
+
+    @property
+    def truncated(self) -> np.ndarray:
+        """Whether each feature was cut (bool, one per feature), without making any feature."""
+        return np.concatenate(self._truncated).astype(bool) if self._truncated else np.zeros(0, dtype=bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Features of any task: a task's FeatureCodec says how its features become columns
+# --------------------------------------------------------------------------------------------
+
+# Column types a codec may declare (Arrow types; lists are read back as numpy views of the mapped file).
+COLUMN_TYPES = ("int8", "int32", "int64", "string", "list<int8>", "list<int32>", "list<int64>")
+
+
+@dataclass
+class EncodedChunk:
+    """The features of a chunk of examples, as a codec's ``encode`` gives them: the sequences (anything
+    with ``ids``, ``type_ids``, ``truncated``), the example of each (0-based within the chunk), the
+    codec's feature columns (one value per feature) and its example columns (one value per example)."""
+
+    encoded: Sequence[Any]
+    example_index: Sequence[int]
+    columns: dict[str, Sequence[Any]] = field(default_factory=dict)
+    example_columns: dict[str, Sequence[Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureCodec:
+    """How one task's features are stored: what the task gives :func:`cached_features`.
+
+    ``kind`` names the features and their layout (change it when the encoding changes); ``settings``
+    holds every setting the features depend on (max_length, strides, the label map, ...: JSON-able);
+    ``content(example)`` gives the strings of one example the features are made from (texts, words,
+    tags, answers); ``encode(examples)`` encodes a chunk of examples. Examples are encoded
+    independently of each other, so a chunk's features are the same as those of the whole split."""
+
+    kind: str
+    settings: Mapping[str, Any]
+    content: Callable[[Any], Sequence[Any]]
+    encode: Callable[[Sequence[Any]], EncodedChunk]
+    columns: Mapping[str, str] = field(default_factory=dict)  # feature column -> one of COLUMN_TYPES
+    example_columns: Mapping[str, str] = field(default_factory=dict)
+
+
+def codec_fingerprint(tokenizer: Any, examples: Sequence[Any], codec: FeatureCodec) -> str:
+    """The key of a split's features: the format, the codec's kind, columns and settings, the tokenizer
+    and every example's content, in order (each string length-prefixed, so no two contents collide)."""
+    digest = hashlib.sha256()
+    header = {"format": FORMAT_VERSION, "kind": codec.kind, "settings": codec.settings,
+              "columns": dict(codec.columns), "example_columns": dict(codec.example_columns),
+              "tokenizer": tokenizer.fingerprint, "examples": len(examples)}
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for example in examples:
+        parts = codec.content(example)
+        digest.update(len(parts).to_bytes(8, "little"))
+        for part in parts:
+            if part is None:  # a length no string has: None never collides with a text
+                digest.update((2**64 - 1).to_bytes(8, "little"))
+                continue
+            data = str(part).encode("utf-8", "surrogatepass")
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+    return digest.hexdigest()[:40]
+
+
+def cached_features(tokenizer: Any, examples: Sequence[Any], codec: FeatureCodec,
+                    directory: Path | None = None) -> "FeatureStore":
+    """The features of ``examples`` as ``codec`` encodes them, mapped from the cache; encoded into it
+    first (by one process: the others wait on the lock and map its file) when it does not hold them."""
+    from bertfit.io import cache_dir
+
+    unknown = {t for t in (*codec.columns.values(), *codec.example_columns.values()) if t not in COLUMN_TYPES}
+    if unknown:
+        raise ValueError(f"{codec.kind}: column types {sorted(unknown)} are not among {COLUMN_TYPES}")
+    folder = Path(directory) if directory is not None else cache_dir() / "tokens"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = codec_fingerprint(tokenizer, examples, codec)
+    path = folder / f"{key}.features.arrow"
+    with locked(folder / f"{key}.lock"):
+        store = _open_store(path, len(examples), codec)
+        if store is not None:
+            logger.info("%s features of %d examples read from the cache (%s)", codec.kind, len(examples), path)
+            return store
+        _build_store(path, examples, codec)
+        store = _open_store(path, len(examples), codec)
+    if store is None:  # written and unreadable at once: a broken disk, not a user's mistake
+        raise OSError(f"cannot read back the features just written to {path}")
+    return store
+
+
+class ListColumn(Sequence):
+    """A list column of the mapped file: ``[i]`` is the i-th feature's values as a numpy array (a
+    read-only view of the mapped pages, cast to ``dtype``; ``shape`` reshapes each, e.g. (-1, 2))."""
+
+    def __init__(self, table: Any, name: str, dtype: Any = None, shape: tuple[int, ...] | None = None) -> None:
+        self._table = table  # keeps the memory map alive
+        self._dtype, self._shape = dtype, shape
+        self._starts: list[int] = []
+        self._offsets: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
+        start = 0
+        for batch in table.to_batches():
+            column = batch.column(name)
+            self._starts.append(start)
+            self._offsets.append(column.offsets.to_numpy())
+            self._values.append(column.values.to_numpy())
+            start += batch.num_rows
+        self._n = start
+        self._starts_arr = np.asarray(self._starts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._n))]
+        i = int(index)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"feature {index} of {self._n}")
+        chunk = int(np.searchsorted(self._starts_arr, i, side="right")) - 1
+        j = i - self._starts[chunk]
+        offsets = self._offsets[chunk]
+        values = self._values[chunk][int(offsets[j]):int(offsets[j + 1])]
+        if self._dtype is not None:
+            values = values.astype(self._dtype, copy=False)
+        return values if self._shape is None else values.reshape(self._shape)
+
+    def __iter__(self) -> Iterator[Any]:
+        # Chunk by chunk (one pass, e.g. the split's fingerprint), not through [i] (a batch's rows).
+        for offsets, values in zip(self._offsets, self._values):
+            for j in range(len(offsets) - 1):
+                part = values[int(offsets[j]):int(offsets[j + 1])]
+                if self._dtype is not None:
+                    part = part.astype(self._dtype, copy=False)
+                yield part if self._shape is None else part.reshape(self._shape)
+
+
+class FeatureStore:
+    """A split's features mapped from the cache: ``encoded`` (a sequence of Encoded, made on access),
+    ``example_index`` (feature -> example), and the codec's columns by name."""
+
+    def __init__(self, path: Path, table: Any, examples_table: Any, n_examples: int) -> None:
+        self.path = path
+        self.n_examples = n_examples
+        self._table = table
+        self._examples = examples_table
+        self.encoded = CachedEncodings(path, table)
+        self.example_index = self.scalar("example")
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def scalar(self, name: str) -> np.ndarray:
+        """A scalar feature column as a numpy array (one value per feature: 8 bytes, not a feature's lists)."""
+        return self._table.column(name).to_numpy()
+
+    def lists(self, name: str, dtype: Any = None, shape: tuple[int, ...] | None = None) -> ListColumn:
+        """A list feature column, read per feature on access (see ListColumn)."""
+        return ListColumn(self._table, name, dtype, shape)
+
+    def example_values(self, name: str) -> Any:
+        """An example column, read whole: a numpy array for numbers, a list for strings."""
+        column = self._examples.column(name)
+        if str(column.type) == "string":
+            return column.to_pylist()
+        return column.to_numpy()
+
+
+def _arrow_type(name: str) -> Any:
+    import pyarrow as pa
+
+    scalars = {"int8": pa.int8(), "int32": pa.int32(), "int64": pa.int64(), "string": pa.string()}
+    if name.startswith("list<"):
+        return pa.list_(scalars[name[5:-1]])
+    return scalars[name]
+
+
+def _store_schemas(codec: FeatureCodec, n_examples: int) -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    meta = {b"bertfit": json.dumps({"kind": codec.kind, "examples": n_examples}).encode()}
+    features = pa.schema([("ids", pa.list_(pa.int32())), ("type_ids", pa.list_(pa.int8())), ("truncated", pa.bool_()),
+                          ("example", pa.int64()), *((n, _arrow_type(t)) for n, t in codec.columns.items())],
+                         metadata=meta)
+    examples = pa.schema([(n, _arrow_type(t)) for n, t in codec.example_columns.items()] or [("_", pa.int8())],
+                         metadata=meta)
+    return features, examples
+
+
+def examples_path(path: Path) -> Path:
+    """The per-example file beside a store's features file."""
+    return path.with_name(path.name.replace(".features.arrow", ".examples.arrow"))
+
+
+def _open_store(path: Path, n_examples: int, codec: FeatureCodec) -> FeatureStore | None:
+    """The store mapped, or None when it is missing or damaged (then rebuilt)."""
+    if not path.is_file() or not examples_path(path).is_file():
+        return None
+    import pyarrow as pa
+
+    try:
+        features_schema, examples_schema = _store_schemas(codec, n_examples)
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        examples = pa.ipc.open_file(pa.memory_map(str(examples_path(path)))).read_all()
+        if not table.schema.equals(features_schema, check_metadata=True) or \
+                not examples.schema.equals(examples_schema, check_metadata=True):
+            raise ValueError("another layout")
+        if examples.num_rows != n_examples:
+            raise ValueError(f"{examples.num_rows} examples, expected {n_examples}")
+        return FeatureStore(path, table, examples, n_examples)
+    except Exception as exc:  # noqa: BLE001 - a damaged cache file is made again, never trusted
+        logger.warning("the feature cache file %s is unreadable (%s); encoding again", path, exc)
+        return None
+
+
+def _build_store(path: Path, examples: Sequence[Any], codec: FeatureCodec) -> None:
+    import pyarrow as pa
+
+    features_schema, examples_schema = _store_schemas(codec, len(examples))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_examples = path.with_name(f".{examples_path(path).name}.{os.getpid()}.tmp")
+    logger.info("encoding %d examples (%s) into the cache (%s)", len(examples), codec.kind, path)
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, features_schema) as writer, \
+                pa.OSFile(str(tmp_examples), "wb") as examples_sink, \
+                pa.ipc.new_file(examples_sink, examples_schema) as examples_writer:
+            for start in range(0, len(examples), CHUNK):
+                part = list(examples[start:start + CHUNK])
+                chunk = codec.encode(part)
+                index = np.asarray(chunk.example_index, dtype=np.int64) + start
+                columns = [pa.array([e.ids for e in chunk.encoded], type=pa.list_(pa.int32())),
+                           pa.array([e.type_ids for e in chunk.encoded], type=pa.list_(pa.int8())),
+                           pa.array([e.truncated for e in chunk.encoded], type=pa.bool_()),
+                           pa.array(index, type=pa.int64())]
+                columns += [_column(chunk.columns[n], t) for n, t in codec.columns.items()]
+                writer.write_batch(pa.record_batch(columns, schema=features_schema))
+                per_example = [_column(chunk.example_columns[n], t) for n, t in codec.example_columns.items()] \
+                    or [pa.array(np.zeros(len(part), dtype=np.int8))]
+                examples_writer.write_batch(pa.record_batch(per_example, schema=examples_schema))
+                _progress(min(start + CHUNK, len(examples)), len(examples), "examples")
+        os.replace(tmp_examples, examples_path(path))
+        os.replace(tmp, path)  # last: the features file's presence means the store is whole
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        tmp_examples.unlink(missing_ok=True)
+        raise
+
+
+def _column(values: Sequence[Any], type_name: str) -> Any:
+    """One column of a record batch from a codec's values (numpy arrays or lists), without per-value Python work
+    for lists of arrays (their values are concatenated once)."""
+    import pyarrow as pa
+
+    arrow_type = _arrow_type(type_name)
+    if not type_name.startswith("list<"):
+        return pa.array(values if type_name == "string" else np.asarray(values), type=arrow_type)
+    item = arrow_type.value_type.to_pandas_dtype()
+    parts = [np.asarray(v, dtype=item).reshape(-1) for v in values]
+    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=item)
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(flat, type=arrow_type.value_type))
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,6 +468,10 @@ def _open(path: Path, expected: int) -> CachedEncodings | None:
         return None
 
 
+def _progress(done: int, total: int, unit: str) -> None:
+    logger.info("tokenized %d of %d %s", done, total, unit, extra={PROGRESS: (done, total, unit)})
+
+
 def _build(path: Path, tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int) -> None:
     import pyarrow as pa
 
@@ -200,7 +488,7 @@ def _build(path: Path, tokenizer: Any, texts: Sequence[str], pairs: Sequence[str
                     pa.array([e.ids for e in encoded], type=pa.list_(pa.int32())),
                     pa.array([e.type_ids for e in encoded], type=pa.list_(pa.int8())),
                     pa.array([e.truncated for e in encoded], type=pa.bool_())], schema=schema))
-                logger.info("tokenized %d of %d texts", min(start + CHUNK, len(texts)), len(texts))
+                _progress(min(start + CHUNK, len(texts)), len(texts), "texts")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

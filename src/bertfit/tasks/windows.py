@@ -218,9 +218,28 @@ def encode(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, ma
         else:
             encoded = tokenizer.encode(texts, pair_list, max_length=max_length)
         return Features(encoded, np.arange(len(texts), dtype=np.int64), len(texts), settings)
+    if token_cache.cache_enabled(len(texts)):  # a large split: mapped from the tokenized cache on disk
+        examples = [(t, None if pairs is None else pairs[i]) for i, t in enumerate(texts)]
+        store = token_cache.cached_features(tokenizer, examples, feature_codec(tokenizer, max_length, settings))
+        return Features(store.encoded, store.example_index, len(texts), settings)
     pieces = tokenizer.encode_pieces(texts)
     pair_pieces = tokenizer.encode_pieces(list(pairs)) if pairs is not None else None
     return build(pieces, pair_pieces, max_length, settings, tokenizer.cls_id, tokenizer.sep_id)
+
+
+def feature_codec(tokenizer: Any, max_length: int, settings: LongText) -> token_cache.FeatureCodec:
+    """How :func:`build`'s features are stored in the tokenized cache: the sequences and the text of
+    each. Examples are (text, pair or None); the key holds max_length and every long-text setting."""
+
+    def encode(examples: Sequence[tuple[str, str | None]]) -> token_cache.EncodedChunk:
+        with_pairs = examples[0][1] is not None
+        pieces = tokenizer.encode_pieces([t for t, _ in examples])
+        pair_pieces = tokenizer.encode_pieces([p for _, p in examples]) if with_pairs else None
+        features = build(pieces, pair_pieces, max_length, settings, tokenizer.cls_id, tokenizer.sep_id)
+        return token_cache.EncodedChunk(features.encoded, features.example_index)
+
+    return token_cache.FeatureCodec("long-text/1", {"max_length": max_length, **settings.to_dict()},
+                                    lambda example: example, encode)
 
 
 # -- aggregation ---------------------------------------------------------------------------------
@@ -260,6 +279,15 @@ def aggregate_torch(outputs: Any, example_index: Any, n: int, how: str = "mean")
 
 # -- the data summary ----------------------------------------------------------------------------
 
+def truncated_flags(encoded: Sequence[Encoded]) -> np.ndarray:
+    """Whether each feature was cut, as a bool array: read from the cache's column when the features are
+    mapped (no feature is made), else from each."""
+    flags = getattr(encoded, "truncated", None)
+    if flags is not None:
+        return np.asarray(flags, dtype=bool)
+    return np.fromiter((e.truncated for e in encoded), dtype=bool, count=len(encoded))
+
+
 def summary(features: Sequence[Features], max_length: int) -> dict[str, Any]:
     """How many texts the strategy affects: cut (tokens dropped: by truncation, or with windows beyond
     the cap on windows), and with windows how many texts were split into several windows."""
@@ -267,9 +295,8 @@ def summary(features: Sequence[Features], max_length: int) -> dict[str, Any]:
     texts = sum(f.n_examples for f in features)
     cut = set()
     for k, f in enumerate(features):
-        for e, i in zip(f.encoded, f.example_index.tolist()):
-            if e.truncated:
-                cut.add((k, i))
+        flags = truncated_flags(f.encoded)
+        cut.update((k, i) for i in f.example_index[flags].tolist())
     out: dict[str, Any] = {"strategy": "windows" if settings.windowed else settings.truncation,
                            "texts": texts, "cut": len(cut), "max_length": max_length}
     if settings.truncation == "head+tail" and not settings.windowed:

@@ -205,8 +205,9 @@ def encode(tokenizer: WordPieceTokenizer, examples: Sequence[Example], task: Tas
 
 
 def length_summary(splits: Sequence[EncodedSplit], max_length: int) -> tuple[dict[str, float], dict[str, Any]]:
-    lengths = np.array([len(e.ids) for s in splits for e in s.encoded])
-    truncated = sum(e.truncated for s in splits for e in s.encoded)
+    # From the cache's columns when the features are mapped: no rank makes every feature to count them.
+    lengths = np.concatenate([np.asarray(s.lengths, dtype=np.int64) for s in splits])
+    truncated = int(sum(windows.truncated_flags(s.encoded).sum() for s in splits))
     stats = {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
              "p90": float(np.percentile(lengths, 90)), "p99": float(np.percentile(lengths, 99)),
              "max": int(lengths.max())}

@@ -116,10 +116,13 @@ def data_fingerprint(split: EncodedSplit) -> str:
     """SHA-256 of the encoded training data: a resume must see exactly the data the run started with."""
     h = hashlib.sha256()
     targets = split.targets if split.targets is not None else [None] * len(split.encoded)
-    for e, target in zip(split.encoded, targets):
-        h.update(np.asarray(e.ids, dtype=np.int64).tobytes())
+    # Features mapped from the tokenized cache are read as views of the file, one pass, no lists made.
+    arrays = getattr(split.encoded, "arrays", None)
+    rows = arrays() if arrays is not None else ((e.ids, e.type_ids) for e in split.encoded)
+    for (ids, type_ids), target in zip(rows, targets):
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
         h.update(b"/")
-        h.update(np.asarray(e.type_ids, dtype=np.int64).tobytes())
+        h.update(np.asarray(type_ids, dtype=np.int64).tobytes())
         # Class ids hash as before the task seam, so runs checkpointed then still resume.
         if target is None:  # targets drawn per batch (masked LM): the ids are the data
             text = "-"
@@ -189,7 +192,7 @@ class Trainer:
             self._token_grad = WordEmbeddingGrad(self.model.bert.embeddings.token.weight)
         self.notes: list[str] = []
         self._grad_norm = 0.0  # the last step's gradient norm (the train records show it)
-        self.data_fingerprint = data_fingerprint(train)
+        self._data_fingerprint: str | None = None  # made when first needed: by rank 0 alone (see data_fingerprint)
         self._order: list[list[int]] | None = None  # the batch order of epoch self._order_epoch
         self._order_epoch = -1
         fault_rank = os.environ.get(FAULT_RANK_ENV, "").strip()
@@ -223,6 +226,15 @@ class Trainer:
     def restore(self, ckpt: LoadedCheckpoint) -> None:
         """Continue exactly from ``ckpt`` (already checked by validate_checkpoint): see train_state.restore."""
         restore(self, ckpt)
+
+    @property
+    def data_fingerprint(self) -> str:
+        """The training data's fingerprint (data_fingerprint), made on first use. Only rank 0 uses it (it
+        writes checkpoints and checks a resume's data), so the other ranks never read every feature:
+        each reads its own share of the features (mapped from the tokenized cache for a large split)."""
+        if self._data_fingerprint is None:
+            self._data_fingerprint = data_fingerprint(self.train_data)
+        return self._data_fingerprint
 
     def resume_latest(self) -> LoadedCheckpoint:
         """Continue from the run's latest intact checkpoint: rank 0 reads it, every rank gets rank 0's."""

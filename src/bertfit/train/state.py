@@ -88,7 +88,7 @@ def checkpoint_payload(trainer: Any) -> tuple[dict[str, torch.Tensor], dict[str,
         "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "metrics_log_bytes": trainer.run.log_size() if d.is_writer else 0,
         "total_steps": trainer.total_steps,
-        "data_fingerprint": trainer.data_fingerprint,
+        "data_fingerprint": trainer.data_fingerprint if d.is_writer else None,  # rank 0 writes; the others never hash the data
         # the sampler: its position (epoch, batch_in_epoch above) and this epoch's order
         "epoch_order": trainer._order if trainer._order_epoch == st.epoch and st.batch_in_epoch else None,
         "notes": list(trainer.notes),
@@ -121,7 +121,8 @@ def restore(trainer: Any, ckpt: LoadedCheckpoint) -> None:
     s, d = ckpt.state, trainer.dist
     run = trainer.run
     check_world(trainer, ckpt)
-    if s.get("data_fingerprint") != trainer.data_fingerprint:
+    # Rank 0 compares (the others never hash every feature) and every rank takes its answer.
+    if d.on_writer(lambda: s.get("data_fingerprint") != trainer.data_fingerprint, "checking the training data"):
         raise TrainingError(
             f"{run.path}: the training data (or the tokenizer, or --max-length) differ from the ones this "
             f"run was checkpointed with at step {ckpt.step}, so it cannot continue exactly; restore the original "

@@ -13,10 +13,11 @@ has the most context: the largest min(subwords before it, subwords after it) ins
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bertfit.data import token_cache
 from bertfit.tasks.ner.entities import OUTSIDE, split_tag
 from bertfit.tokenizer import Encoded
 
@@ -111,3 +112,58 @@ def stitch(outputs: Sequence[np.ndarray], windows: Sequence[Window], word_counts
             rows[window.example][words[take]] = out[positions[take]]
             best[window.example][words[take]] = context[take]
     return rows
+
+
+# -- the tokenized cache (data/token_cache.py): these features as Arrow columns ---------------------
+
+def feature_codec(tokenizer, max_length: int, stride: int | None, tag_index: Mapping[str, int] | None,
+                  label_all: bool = False) -> token_cache.FeatureCodec:
+    """How ``encode_windows``' features are stored: the windows' ids, the example of each, their
+    per-token targets (when labelled), their start subword and their word map. The key holds every
+    setting they depend on: max_length, the stride, the label map (tag -> id, in order) and
+    label_all_subwords; the content is each sentence's words and tags."""
+    labelled = tag_index is not None
+
+    def encode(sentences: Sequence[Any]) -> token_cache.EncodedChunk:
+        encoded, targets, windows, _ = encode_windows(tokenizer, sentences, max_length, stride, tag_index, label_all)
+        columns: dict[str, Any] = {"start": [w.start for w in windows], "words": [w.words for w in windows]}
+        if labelled:
+            columns["targets"] = targets
+        return token_cache.EncodedChunk(encoded, [w.example for w in windows], columns)
+
+    def content(sentence: Any) -> tuple[Any, ...]:
+        return (len(sentence.words), *sentence.words, *((sentence.tags or ()) if labelled else ()))
+
+    columns = {"start": "int32", "words": "list<int32>", **({"targets": "list<int32>"} if labelled else {})}
+    settings = {"max_length": max_length, "stride": stride, "label_all_subwords": bool(label_all),
+                "labels": None if tag_index is None else sorted(tag_index.items(), key=lambda kv: kv[1])}
+    return token_cache.FeatureCodec("ner-windows/1", settings, content, encode, columns)
+
+
+class StoredWindows(Sequence):
+    """The windows of a split mapped from the cache: ``[i]`` is the i-th Window, made on access."""
+
+    def __init__(self, store: token_cache.FeatureStore) -> None:
+        self.example_index = store.example_index  # (F,) int64: the sentence of each window
+        self._starts = store.scalar("start")
+        self._words = store.lists("words", np.int64)
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        words = self._words[index]
+        return Window(int(self.example_index[index]), int(self._starts[index]), len(words) - 2, words)
+
+
+def encode_cached(tokenizer, sentences: Sequence, max_length: int, stride: int | None,
+                  tag_index: Mapping[str, int] | None = None, label_all: bool = False
+                  ) -> tuple[Sequence[Encoded], Sequence[np.ndarray] | None, Sequence[Window]]:
+    """``encode_windows``' (features, targets, windows) mapped from the tokenized cache (built first when
+    it does not hold them); targets None when unlabelled."""
+    store = token_cache.cached_features(tokenizer, sentences,
+                                        feature_codec(tokenizer, max_length, stride, tag_index, label_all))
+    targets = store.lists("targets", np.int64) if tag_index is not None else None
+    return store.encoded, targets, StoredWindows(store)

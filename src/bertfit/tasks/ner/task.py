@@ -23,7 +23,8 @@ from bertfit.heads import token_loss, token_loss_weight
 from bertfit.tasks.base import LabelProblem, Task
 from bertfit.tasks.ner.entities import OUTSIDE, entity_metrics, spans, split_tag, type_confusion
 from bertfit.tasks.ner.data import NER_SETTINGS, Sentence, from_text, from_tokens, read_ner_file
-from bertfit.tasks.ner.encode import IGNORE, encode_windows, stitch
+from bertfit.data import token_cache
+from bertfit.tasks.ner.encode import IGNORE, encode_cached, encode_windows, stitch
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -145,11 +146,18 @@ class NER(Task):
 
         sentences = [self.sentence(e, i) for i, e in enumerate(examples)]
         labelled = bool(sentences) and all(s.tags is not None for s in sentences)
-        encoded, targets, windows, _ = encode_windows(tokenizer, sentences, max_length, self.window_stride,
-                                                     self.index if labelled else None, self.label_all_subwords)
+        tag_index = self.index if labelled else None
+        if token_cache.cache_enabled(len(sentences)):  # a large split: mapped from the tokenized cache on disk
+            encoded, targets, windows = encode_cached(tokenizer, sentences, max_length, self.window_stride, tag_index,
+                                                      self.label_all_subwords)
+            example_index = windows.example_index
+        else:
+            encoded, targets, windows, _ = encode_windows(tokenizer, sentences, max_length, self.window_stride,
+                                                         tag_index, self.label_all_subwords)
+            example_index = np.asarray([w.example for w in windows], dtype=np.int64)
         meta = {"windows": windows, "sentences": sentences, "words": [len(s.words) for s in sentences]}
         return EncodedSplit(encoded, targets if labelled else None, gold=sentences if labelled else None,
-                            example_index=np.asarray([w.example for w in windows], dtype=np.int64), meta=meta)
+                            example_index=example_index, meta=meta)
 
     def collate(self, split: Any, indices: Sequence[int], pad_id: int, epoch: int | None = None) -> Any:
         from bertfit.batching import collate

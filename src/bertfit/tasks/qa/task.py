@@ -25,7 +25,8 @@ from bertfit.report.document import Paragraph, Strong, Table, fmt_int, fmt_score
 from bertfit.tasks.base import Task
 from bertfit.tasks.qa.data import DOC_STRIDE, QA_SETTINGS, QAExample, read_qa
 from bertfit.tasks.qa.decode import MAX_ANSWER_LENGTH, N_BEST, QAPrediction, decode_all, record
-from bertfit.tasks.qa.windows import QAWindows, encode_windows
+from bertfit.data import token_cache
+from bertfit.tasks.qa.windows import QAWindows, encode_windows, encode_windows_cached
 from bertfit.tasks.qa.squad_metric import best_threshold, squad_scores
 
 QA_MAX_LENGTH = 384
@@ -153,9 +154,11 @@ class QuestionAnswering(Task):
             if self.null_threshold is None:
                 self.null_threshold = 0.0
         try:
-            windows = encode_windows(tokenizer, [e.text for e in examples], [e.text_pair for e in examples],
-                                     [e.answers[0] if getattr(e, "answers", None) else None for e in examples],
-                                     max_length, stride)
+            # A large split is mapped from the tokenized cache on disk (data/token_cache.py): the same windows.
+            encode = encode_windows_cached if token_cache.cache_enabled(len(examples)) else encode_windows
+            windows = encode(tokenizer, [e.text for e in examples], [e.text_pair for e in examples],
+                             [e.answers[0] if getattr(e, "answers", None) else None for e in examples],
+                             max_length, stride)
         except ValueError as exc:
             raise DataError(str(exc)) from None
         gold = [list(getattr(e, "answer_texts", [])) for e in examples]

@@ -18,10 +18,11 @@ Each context token is scored only from the window where it has the most context 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from bertfit.data import token_cache
 from bertfit.tokenizer import Encoded, WordPieceTokenizer
 
 MAX_QUERY_LENGTH = 64
@@ -42,6 +43,7 @@ class QAWindows:
     targets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))  # (F, 2)
     context_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,)
     questions_cut: int = 0
+    question_cut: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (N,) which were cut
     top_k: list[int | None] = field(default_factory=list)  # (N,) per example: answers its record lists
 
     def __len__(self) -> int:
@@ -55,19 +57,20 @@ class QAWindows:
         return out
 
 
-def _cut_questions(tokenizer: WordPieceTokenizer, questions: Sequence[str], max_query_length: int) -> tuple[list[str], int]:
+def _cut_questions(tokenizer: WordPieceTokenizer, questions: Sequence[str], max_query_length: int
+                   ) -> tuple[list[str], np.ndarray]:
     # run_qa.py strips leading whitespace: some SQuAD questions start with many spaces, which would
     # otherwise only waste the window. Long questions are cut word by word (rare: SQuAD has a handful).
     stripped = [q.lstrip() for q in questions]
     lengths = tokenizer.encode(stripped, max_length=max_query_length + 2)
-    cut = 0
+    cut = np.zeros(len(stripped), dtype=bool)
     for i, e in enumerate(lengths):
         if e.truncated:
             words = stripped[i].split()
             while len(words) > 1 and len(tokenizer.tokenize(" ".join(words))) > max_query_length:
                 words.pop()
             stripped[i] = " ".join(words)
-            cut += 1
+            cut[i] = True
     return stripped, cut
 
 
@@ -105,10 +108,59 @@ def encode_windows(tokenizer: WordPieceTokenizer, questions: Sequence[str], cont
     out = QAWindows(encoded=encoded, example_index=np.asarray(example_index, dtype=np.int64),
                     context_start=np.asarray(starts, dtype=np.int64), offsets=offsets, word_ids=words,
                     max_context=[], contexts=list(contexts), questions=questions,
-                    targets=np.asarray(targets, dtype=np.int64).reshape(-1, 2), questions_cut=cut)
+                    targets=np.asarray(targets, dtype=np.int64).reshape(-1, 2), questions_cut=int(cut.sum()),
+                    question_cut=cut)
     out.context_tokens = _count_context_tokens(out)
     out.max_context = _max_context(out)
     return out
+
+
+# -- the tokenized cache (data/token_cache.py): these windows as Arrow columns ---------------------
+
+def feature_codec(tokenizer: WordPieceTokenizer, max_length: int, stride: int,
+                  max_query_length: int = MAX_QUERY_LENGTH) -> token_cache.FeatureCodec:
+    """How ``encode_windows``' windows are stored: per window its ids, example, context start,
+    context tokens' character offsets and words, which of them have their most context here, and its
+    answer's (start, end); per example its cut question, whether it was cut, and its context tokens.
+    Examples are (question, context, first answer or None). The key holds max_length, the stride and
+    the question limit; the content the question, the context and the answer."""
+
+    def encode(examples: Sequence[Any]) -> token_cache.EncodedChunk:
+        w = encode_windows(tokenizer, [q for q, _, _ in examples], [c for _, c, _ in examples],
+                           [a for _, _, a in examples], max_length, stride, max_query_length)
+        columns = {"context_start": w.context_start, "offsets": w.offsets, "word_ids": w.word_ids,
+                   "max_context": w.max_context, "target_start": w.targets[:, 0], "target_end": w.targets[:, 1]}
+        per_example = {"question": w.questions, "question_cut": w.question_cut, "context_tokens": w.context_tokens}
+        return token_cache.EncodedChunk(w.encoded, w.example_index, columns, per_example)
+
+    def content(example: Any) -> tuple[Any, ...]:
+        question, context, answer = example
+        return (question, context) + ((None, None) if answer is None else (answer[0], answer[1]))
+
+    columns = {"context_start": "int64", "offsets": "list<int32>", "word_ids": "list<int32>",
+               "max_context": "list<int8>", "target_start": "int64", "target_end": "int64"}
+    example_columns = {"question": "string", "question_cut": "int8", "context_tokens": "int64"}
+    settings = {"max_length": max_length, "stride": stride, "max_query_length": max_query_length}
+    return token_cache.FeatureCodec("qa-windows/1", settings, content, encode, columns, example_columns)
+
+
+def encode_windows_cached(tokenizer: WordPieceTokenizer, questions: Sequence[str], contexts: Sequence[str],
+                          answers: Sequence[tuple[str, int] | None], max_length: int, stride: int,
+                          max_query_length: int = MAX_QUERY_LENGTH) -> QAWindows:
+    """``encode_windows`` mapped from the tokenized cache (built first when it does not hold them): the
+    same windows, whose per-window arrays are read on access."""
+    if min(max_query_length, max_length - 3 - stride - 1) < 1:
+        encode_windows(tokenizer, [], [], [], max_length, stride, max_query_length)  # its error, before any work
+    examples = [(q, c, answers[i] if i < len(answers) else None) for i, (q, c) in enumerate(zip(questions, contexts))]
+    store = token_cache.cached_features(tokenizer, examples, feature_codec(tokenizer, max_length, stride, max_query_length))
+    cut = store.example_values("question_cut").astype(bool)
+    return QAWindows(encoded=store.encoded, example_index=store.example_index,
+                     context_start=store.scalar("context_start"), offsets=store.lists("offsets", shape=(-1, 2)),
+                     word_ids=store.lists("word_ids"), max_context=store.lists("max_context", bool),
+                     contexts=list(contexts), questions=store.example_values("question"),
+                     targets=np.stack([store.scalar("target_start"), store.scalar("target_end")], axis=1),
+                     context_tokens=store.example_values("context_tokens").astype(np.int64),
+                     questions_cut=int(cut.sum()), question_cut=cut)
 
 
 def _label(off: np.ndarray, c0: int, answer: tuple[str, int] | None) -> tuple[int, int]:
