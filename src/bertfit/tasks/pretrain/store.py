@@ -22,6 +22,7 @@ pyarrow is installed; ``BERTFIT_TOKEN_CACHE=0`` turns it off.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -296,41 +297,47 @@ def _documents_file(folder: Path, paths: Sequence[str], tokenizer: Any, reading:
     return report
 
 
-def _write_documents(path: Path, documents: Iterable[Document], tokenizer: Any, progress: Callable[[int], None]) -> None:
+def _write_in_chunks(path: Path, schema: Any, items: Iterable[Any], size: int,
+                     to_columns: Callable[[list[Any]], list[Any]], progress: Callable[[int], None] | None = None) -> None:
+    """Write ``items`` to the Arrow IPC file ``path``, a record batch of ``to_columns(chunk)`` per ``size``
+    items, through a temporary file renamed into place when whole (a reader never maps half a file)."""
     import pyarrow as pa
 
-    schema = pa.schema([("sentences", pa.list_(pa.list_(pa.int32()))), ("texts", pa.list_(pa.string()))])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     written = 0
     try:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            chunk: list[Document] = []
-
-            def flush() -> None:
-                nonlocal written
-                flat = [s for d in chunk for s in d.sentences]
-                ids = tokenizer.token_ids(flat)
-                tokens, position = [], 0
-                for d in chunk:  # prepare.tokenize_documents' rule: an empty sentence is left out
-                    tokens.append([piece for piece in ids[position:position + len(d.sentences)] if piece])
-                    position += len(d.sentences)
-                writer.write_batch(pa.record_batch([pa.array(tokens, type=schema.field("sentences").type),
-                                                    pa.array([d.sentences for d in chunk], type=pa.list_(pa.string()))],
-                                                   schema=schema))
-                written += len(chunk)
-                progress(written)
-                chunk.clear()
-
-            for document in documents:
-                chunk.append(document)
-                if len(chunk) >= CHUNK:
-                    flush()
-            if chunk:
-                flush()
+            chunk: list[Any] = []
+            for item in itertools.chain(items, [None]):
+                if item is not None:
+                    chunk.append(item)
+                if chunk and (item is None or len(chunk) >= size):
+                    writer.write_batch(pa.record_batch(to_columns(chunk), schema=schema))
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(written)
+                    chunk = []
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_documents(path: Path, documents: Iterable[Document], tokenizer: Any, progress: Callable[[int], None]) -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([("sentences", pa.list_(pa.list_(pa.int32()))), ("texts", pa.list_(pa.string()))])
+
+    def columns(chunk: list[Document]) -> list[Any]:
+        ids = tokenizer.token_ids([s for d in chunk for s in d.sentences])
+        tokens, position = [], 0
+        for d in chunk:  # prepare.tokenize_documents' rule: an empty sentence is left out
+            tokens.append([piece for piece in ids[position:position + len(d.sentences)] if piece])
+            position += len(d.sentences)
+        return [pa.array(tokens, type=schema.field("sentences").type),
+                pa.array([d.sentences for d in chunk], type=pa.list_(pa.string()))]
+
+    _write_in_chunks(path, schema, documents, CHUNK, columns, progress)
 
 
 def _split(store: StoredDocuments, seed: int, nsp: bool, validation_fraction: float, max_validation_documents: int,
@@ -377,30 +384,15 @@ def _write_sequences(path: Path, instances: Iterator[Instance], tokenizer: Any) 
 
     schema = pa.schema([("ids", pa.list_(pa.int32())), ("type_ids", pa.list_(pa.int8())), ("truncated", pa.bool_()),
                         ("next_label", pa.int8())])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            batch: list[Instance] = []
 
-            def flush() -> None:
-                encoded = [i.encode(tokenizer.cls_id, tokenizer.sep_id) for i in batch]
-                writer.write_batch(pa.record_batch([
-                    pa.array([e.ids for e in encoded], type=pa.list_(pa.int32())),
-                    pa.array([e.type_ids for e in encoded], type=pa.list_(pa.int8())),
-                    pa.array([False] * len(batch), type=pa.bool_()),
-                    pa.array([i.next_label for i in batch], type=pa.int8())], schema=schema))
-                batch.clear()
+    def columns(batch: list[Instance]) -> list[Any]:
+        encoded = [i.encode(tokenizer.cls_id, tokenizer.sep_id) for i in batch]
+        return [pa.array([e.ids for e in encoded], type=pa.list_(pa.int32())),
+                pa.array([e.type_ids for e in encoded], type=pa.list_(pa.int8())),
+                pa.array([False] * len(batch), type=pa.bool_()),
+                pa.array([i.next_label for i in batch], type=pa.int8())]
 
-            for instance in instances:
-                batch.append(instance)
-                if len(batch) >= SEQUENCE_CHUNK:
-                    flush()
-            if batch:
-                flush()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _write_in_chunks(path, schema, instances, SEQUENCE_CHUNK, columns)
 
 
 def _tokens(split: StoredSequences, nsp: bool) -> int:
