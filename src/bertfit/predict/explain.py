@@ -54,7 +54,7 @@ from bertfit.tasks.explaining import ExplainPlan, Target
 
 logger = logging.getLogger(__name__)
 
-STEPS = 16  # the first grid: 16 equal intervals, 17 evaluations (most tweets need no more: benchmarks/RESULTS.md)
+STEPS = 12  # the first grid: 12 equal intervals, 13 evaluations; 16 gave the same faithfulness at 4 more (benchmarks/RESULTS.md, issue 29)
 MAX_STEPS = 256  # the finest interval is 1/MAX_STEPS (at most MAX_STEPS + 1 evaluations)
 TOLERANCE = 0.05  # relative to |f(x) − f(baseline)|
 ATOL = 0.005  # absolute floor (probabilities: half a percentage point)
