@@ -237,7 +237,9 @@ def child_train(data: Path, work: Path, cache: bool, steps: int, task: str = "cl
                          max_eval_examples=64, eval_each_epoch=False, max_length=128, save_every=10_000, **extra)
     result = fine_tune(config, overwrite=True)
     return {"cache": cache, "task": task, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_mb(),
-            "train_examples": result.train.state.examples_seen, "steps": result.train.state.step}
+            "train_examples": result.train.state.examples_seen, "steps": result.train.state.step,
+            "train_seconds": result.train.state.train_seconds,
+            "tokens_per_s": result.train.state.tokens_seen / max(result.train.state.train_seconds, 1e-9)}
 
 
 def run_child(args: list[str]) -> dict:

@@ -66,3 +66,48 @@ def test_inference_batches_cover_every_text_within_limits():
     lengths = [rng.randint(1, 128) for _ in range(500)]
     batches = inference_batches(lengths, 2048, 64)
     check_partition(batches, lengths, 2048, 64)
+
+
+# -- the training order: arrays, 8 bytes an example ---------------------------------------------
+
+def test_epoch_batches_are_an_int_array_partition_fixed_by_seed_and_epoch():
+    import numpy as np
+
+    from bertfit.batching import epoch_batches, same_order
+
+    rng = random.Random(3)
+    lengths = [rng.randint(3, 128) for _ in range(5000)]
+    order = epoch_batches(lengths, 32, seed=7, epoch=2, window=10)
+    assert all(isinstance(b, np.ndarray) and b.dtype == np.int64 and 1 <= len(b) <= 32 for b in order)
+    assert sorted(int(i) for b in order for i in b) == list(range(len(lengths)))
+    # a resume recomputes it, and a checkpoint's JSON lists compare equal to it
+    assert same_order(order, epoch_batches(lengths, 32, seed=7, epoch=2, window=10))
+    assert same_order(order, [b.tolist() for b in order])
+    assert not same_order(order, epoch_batches(lengths, 32, seed=7, epoch=3, window=10))
+    assert not same_order(order, order[:-1])
+    # the memory of an epoch's order does not hold a Python object per example
+    assert sum(b.nbytes for b in order) == 8 * len(lengths)
+
+
+def test_split_lengths_are_one_array_for_memory_and_mapped_features(tmp_path):
+    import numpy as np
+
+    from bertfit.batching import EncodedSplit
+    from bertfit.data.token_cache import CachedEncodings
+    from bertfit.tokenizer import Encoded
+
+    encoded = [Encoded([1] * n, [0] * n, n == 9) for n in (4, 9, 2)]
+    split = EncodedSplit(encoded, targets=np.zeros(3))
+    assert split.lengths.dtype == np.int64 and split.lengths.tolist() == [4, 9, 2]
+
+    import pyarrow as pa
+
+    table = pa.table({"ids": pa.array([e.ids for e in encoded], pa.list_(pa.int32())),
+                      "type_ids": pa.array([e.type_ids for e in encoded], pa.list_(pa.int8())),
+                      "truncated": pa.array([e.truncated for e in encoded])})
+    mapped = EncodedSplit(CachedEncodings(tmp_path / "x.arrow", table), targets=np.zeros(3))
+    assert mapped.lengths.dtype == np.int64 and mapped.lengths.tolist() == [4, 9, 2]
+    assert list(mapped.encoded) == encoded and mapped.encoded[-1] == encoded[-1] and mapped.encoded[1:] == encoded[1:]
+    assert mapped.encoded.truncated.tolist() == [False, True, False]
+    with pytest.raises(IndexError):
+        mapped.encoded[3]

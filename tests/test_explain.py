@@ -80,6 +80,21 @@ def test_attributions_add_up_on_every_task(task, tmp_path, tiny_model_dir):
     assert max(abs(e["value"] - e["baseline"]) for r in explained for e in r["explanations"]) > 0.005
 
 
+def test_a_question_longer_than_the_window_is_explained_as_it_is_predicted(tmp_path, tiny_model_dir):
+    """Prediction cuts a long question to fit its windows; the explanation must read the same input
+    (it once tokenized the uncut question and failed: "a question is too long for the window")."""
+    run, rows = _train(tmp_path, tiny_model_dir, "qa")
+    predictor = Predictor.load(run, engine="pytorch")
+    question = rows[0]["text"] + " " + " ".join(["and", "which", "word", "is", "it"] * 12)  # > 20 tokens: the room
+    context = rows[0]["text_pair"]
+    predicted = predictor.predictions([question], [context])[0]
+    result = predictor.explain([question], [context])[0]
+    assert [e["target"] for e in result["explanations"]] == ["start", "end"]
+    assert result["explanations"][0]["answer"] == predicted["answer"]
+    asked = [w for w in result["explanations"][0]["words"] if w.get("field") == "question"]
+    assert asked and len(asked) < len(question.split())  # the words the window held, not the whole question
+
+
 def _check_values(task: str, result: dict) -> None:
     """The explained value is the prediction's own number."""
     p, explanations = result["prediction"], result["explanations"]

@@ -404,3 +404,26 @@ def test_resume_keeps_the_pruner_processes_final_seeds_and_chosen_lengths(tmp_pa
     assert isinstance(make_pruner(again.pruner, 3), optuna.pruners.SuccessiveHalvingPruner)
     assert isinstance(make_pruner("median", 3), optuna.pruners.MedianPruner)
     assert isinstance(make_pruner("none", 3), optuna.pruners.NopPruner)
+
+
+def test_a_trial_running_when_the_budget_ends_stops_with_its_best_model(tmp_path, tiny_model_dir, synthetic_csv):
+    """The budget is hard: the first trial has no measured duration to refuse it, so a long one is
+    stopped in flight (after its first evaluation) and finishes as a run with its best model so far."""
+    from bertfit.predict.predictor import Predictor
+
+    now = [0.0]
+
+    def clock():  # every reading advances the fake time 10 s: a trial's evaluations pass the 60 s budget
+        now[0] += 10.0
+        return now[0]
+
+    tune = settings(tmp_path, tiny_model_dir, synthetic_csv, lrs=(1e-4,), n_trials=None, budget=60.0, clock=clock)
+    result = run_study(tune)
+    (row,) = result.trials
+    cut = row["stopped_at_budget"]
+    assert row["state"] == "complete" and cut is not None and 5 <= cut["step"] < cut["of"] == 20
+    metrics = json.loads((result.tune_dir / row["dir"] / "metrics.json").read_text())
+    assert metrics["validation"]["loss"] == pytest.approx(row["value"])
+    assert Predictor.load(result.tune_dir / "best").predict(["a text"])  # a usable model
+    assert f"budget: step {cut['step']} of 20" in (result.tune_dir / "tune_report.md").read_text()
+    assert result.stopped_by == "time_budget"

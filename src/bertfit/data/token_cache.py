@@ -51,21 +51,29 @@ DEFAULT_MIN_TEXTS = 20_000
 PROGRESS = "progress"  # the log record attribute that carries (done, total, unit) while a cache is built
 
 
-def cache_enabled(n_texts: int) -> bool:
-    """Whether a split of ``n_texts`` is tokenized through the cache (pyarrow installed, not turned off, large enough)."""
+def cache_threshold(variable: str, default: int) -> int | None:
+    """The size from which data goes through an on-disk store (the environment's ``variable``, else
+    ``default``), or None when no store may be used: ``BERTFIT_TOKEN_CACHE=0`` or pyarrow missing."""
     if os.environ.get("BERTFIT_TOKEN_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    try:
-        minimum = int(os.environ.get("BERTFIT_TOKEN_CACHE_MIN", DEFAULT_MIN_TEXTS))
-    except ValueError:
-        minimum = DEFAULT_MIN_TEXTS
-    if n_texts < max(1, minimum):
-        return False
+        return None
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return None
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        logger.warning("%s=%r is not a whole number; using the default, %d", variable, value, default)
+        return default
+
+
+def cache_enabled(n_texts: int) -> bool:
+    """Whether a split of ``n_texts`` is tokenized through the cache (pyarrow installed, not turned off, large enough)."""
+    minimum = cache_threshold("BERTFIT_TOKEN_CACHE_MIN", DEFAULT_MIN_TEXTS)
+    return minimum is not None and n_texts >= max(1, minimum)
 
 
 def fingerprint(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int) -> str:
@@ -110,124 +118,42 @@ class CachedEncodings(Sequence):
 
     def __init__(self, path: Path, table: Any) -> None:
         self.path = path
-        self._table = table  # keeps the memory map alive
-        self._starts: list[int] = []
-        self._offsets: list[np.ndarray] = []
-        self._ids: list[np.ndarray] = []
-        self._types: list[np.ndarray] = []
-        self._truncated: list[np.ndarray] = []
-        start = 0
-        for batch in table.to_batches():
-            ids, types = batch.column("ids"), batch.column("type_ids")
-            self._starts.append(start)
-            # Zero-copy views of the mapped buffers (offsets relative to the batch's values).
-            offsets = ids.offsets.to_numpy()
-            self._offsets.append(offsets)
-            self._ids.append(ids.values.to_numpy())
-            self._types.append(types.values.to_numpy())
-            self._truncated.append(batch.column("truncated").to_numpy(zero_copy_only=False))
-            start += batch.num_rows
-        self._n = start
-        self._starts_arr = np.asarray(self._starts, dtype=np.int64)
+        self._ids = ListColumn(table, "ids")
+        self._types = ListColumn(table, "type_ids")
+        flags = [batch.column("truncated").to_numpy(zero_copy_only=False) for batch in table.to_batches()]
+        self._truncated = np.concatenate(flags).astype(bool) if flags else np.zeros(0, dtype=bool)
 
     def __len__(self) -> int:
-        return self._n
+        return len(self._ids)
 
     def __getitem__(self, index: Any) -> Any:
-        from bertfit.tokenizer import Encoded
-
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._n))]
-        i = int(index)
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError(f"feature {index} of {self._n}")
-        chunk = int(np.searchsorted(self._starts_arr, i, side="right")) - 1
-        j = i - self._starts[chunk]
-        offsets = self._offsets[chunk]
-        a, b = int(offsets[j]), int(offsets[j + 1])
-        return Encoded(self._ids[chunk][a:b].tolist(), self._types[chunk][a:b].tolist(), bool(self._truncated[chunk][j]))
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._encoded(self._ids[index], self._types[index], self._truncated[int(index)])
 
     def __iter__(self) -> Iterator[Any]:
-        for i in range(self._n):
-            yield self[i]
+        for ids, types, truncated in zip(self._ids, self._types, self._truncated):
+            yield self._encoded(ids, types, truncated)
+
+    @staticmethod
+    def _encoded(ids: np.ndarray, types: np.ndarray, truncated: Any) -> Any:
+        from bertfit.tokenizer import Encoded
+
+        return Encoded(ids.tolist(), types.tolist(), bool(truncated))
 
     def arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every feature's (ids, type_ids) as numpy views of the mapped file, in order, chunk by chunk:
         one pass over the split (its fingerprint) without making any feature's lists."""
-        for offsets, ids, types in zip(self._offsets, self._ids, self._types):
-            for j in range(len(offsets) - 1):
-                a, b = int(offsets[j]), int(offsets[j + 1])
-                yield ids[a:b], types[a:b]
+        return zip(self._ids, self._types)
 
     @property
-    def lengths(self) -> list[int]:
-        return np.concatenate([np.diff(o) for o in self._offsets]).tolist() if self._offsets else []
+    def lengths(self) -> np.ndarray:
+        return self._ids.lengths
 
     @property
     def truncated(self) -> np.ndarray:
         """Whether each feature was cut (bool, one per feature), without making any feature."""
-        return np.concatenate(self._truncated).astype(bool) if self._truncated else np.zeros(0, dtype=bool)
-
-
-# --------------------------------------------------------------------------------------------
-# Features of any task: a task's FeatureCodec says how its features become columns
-# --------------------------------------------------------------------------------------------
-
-# Column types a codec may declare (Arrow types; lists are read back as numpy views of the mapped file).
-COLUMN_TYPES = ("int8", "int32", "int64", "string", "list<int8>", "list<int32>", "list<int64>")
-
-
-@dataclass
-class EncodedChunk:
-    """The features of a chunk of examples, as a codec's ``encode`` gives them: the sequences (anything
-    with ``ids``, ``type_ids``, ``truncated``), the example of each (0-based within the chunk), the
-    codec's feature columns (one value per feature) and its example columns (one value per example)."""
-
-    encoded: Sequence[Any]
-    example_index: Sequence[int]
-    columns: dict[str, Sequence[Any]] = field(default_factory=dict)
-    example_columns: dict[str, Sequence[Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FeatureCodec:
-    """How one task's features are stored: what the task gives :func:`cached_features`.
-
-    ``kind`` names the features and their layout (change it when the encoding changes); ``settings``
-    holds every setting the features depend on (max_length, strides, the label map, ...: JSON-able);
-    ``content(example)`` gives the strings of one example the features are made from (texts, words,
-    tags, answers); ``encode(examples)`` encodes a chunk of examples. Examples are encoded
-    independently of each other, so a chunk's features are the same as those of the whole split."""
-
-    kind: str
-    settings: Mapping[str, Any]
-    content: Callable[[Any], Sequence[Any]]
-    encode: Callable[[Sequence[Any]], EncodedChunk]
-    columns: Mapping[str, str] = field(default_factory=dict)  # feature column -> one of COLUMN_TYPES
-    example_columns: Mapping[str, str] = field(default_factory=dict)
-
-
-def codec_fingerprint(tokenizer: Any, examples: Sequence[Any], codec: FeatureCodec) -> str:
-    """The key of a split's features: the format, the codec's kind, columns and settings, the tokenizer
-    and every example's content, in order (each string length-prefixed, so no two contents collide)."""
-    digest = hashlib.sha256()
-    header = {"format": FORMAT_VERSION, "kind": codec.kind, "settings": codec.settings,
-              "columns": dict(codec.columns), "example_columns": dict(codec.example_columns),
-              "tokenizer": tokenizer.fingerprint, "examples": len(examples)}
-    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for example in examples:
-        parts = codec.content(example)
-        digest.update(len(parts).to_bytes(8, "little"))
-        for part in parts:
-            if part is None:  # a length no string has: None never collides with a text
-                digest.update((2**64 - 1).to_bytes(8, "little"))
-                continue
-            data = str(part).encode("utf-8", "surrogatepass")
-            digest.update(len(data).to_bytes(8, "little"))
-            digest.update(data)
-    return digest.hexdigest()[:40]
+        return self._truncated
 
 
 def cached_features(tokenizer: Any, examples: Sequence[Any], codec: FeatureCodec,
@@ -293,6 +219,13 @@ class ListColumn(Sequence):
         if self._dtype is not None:
             values = values.astype(self._dtype, copy=False)
         return values if self._shape is None else values.reshape(self._shape)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Every row's number of values (int64), without making any row."""
+        if not self._offsets:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.diff(o) for o in self._offsets]).astype(np.int64, copy=False)
 
     def __iter__(self) -> Iterator[Any]:
         # Chunk by chunk (one pass, e.g. the split's fingerprint), not through [i] (a batch's rows).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from bertfit.errors import CheckpointError
@@ -88,10 +89,20 @@ def validate_checkpoint(ckpt: LoadedCheckpoint, model: torch.nn.Module, optimize
              f"{where}: malformed NumPy RNG state")
     order = s.get("epoch_order")
     if order is not None:
-        _require(isinstance(order, list) and all(isinstance(b, list) and b and all(_is_int(i) for i in b) for b in order)
-                 and sorted(i for b in order for i in b) == list(range(train_examples)),
+        _require(isinstance(order, list) and all(isinstance(b, list) and b for b in order)
+                 and _is_partition(order, train_examples),
                  f"{where}: the stored batch order is not a partition of the training data")
         _require(s["batch_in_epoch"] <= len(order), f"{where}: state.json batch_in_epoch is past the epoch's end")
+
+
+def _is_partition(order: list[list[Any]], n: int) -> bool:
+    """Whether the batches hold every index 0..n-1 exactly once, as integers: checked in numpy, since an
+    order of millions of examples as Python ints would cost a few hundred MB at every resume."""
+    try:
+        flat = np.concatenate([np.asarray(b) for b in order]) if order else np.zeros(0, dtype=np.int64)
+    except (ValueError, TypeError, OverflowError):  # ragged nesting, or values numpy cannot hold
+        return False
+    return flat.dtype.kind in "iu" and len(flat) == n and bool(np.array_equal(np.sort(flat), np.arange(n)))
 
 
 def _require(condition: bool, message: str) -> None:

@@ -187,7 +187,8 @@ class Dist:
 
         Strided, not contiguous: a global batch is sorted by length (batching.epoch_batches), so each
         rank gets a similar mix of lengths. A pure function of the batch, so the order is timing-free."""
-        return list(indices[self.rank :: self.world]) if self.distributed else list(indices)
+        part = indices[self.rank :: self.world] if self.distributed else indices
+        return part.tolist() if isinstance(part, np.ndarray) else list(part)  # Python ints, as the tasks expect
 
     def map_sharded(self, n: int, fn: Callable[[list[int]], Any], what: str) -> Any:
         """``fn`` over this rank's share of ``range(n)``, gathered back in input order on every rank.

@@ -193,7 +193,7 @@ class Trainer:
         self.notes: list[str] = []
         self._grad_norm = 0.0  # the last step's gradient norm (the train records show it)
         self._data_fingerprint: str | None = None  # made when first needed: by rank 0 alone (see data_fingerprint)
-        self._order: list[list[int]] | None = None  # the batch order of epoch self._order_epoch
+        self._order: list[np.ndarray] | None = None  # the batch order of epoch self._order_epoch
         self._order_epoch = -1
         fault_rank = os.environ.get(FAULT_RANK_ENV, "").strip()
         mine = not fault_rank.isdigit() or int(fault_rank) == self.dist.rank
@@ -307,7 +307,7 @@ class Trainer:
                 f"({describe_os_error(exc)}); {self._last_checkpoint_text()}: free some space and continue with "
                 f"`bertfit train --resume {self.run.path}`") from None
 
-    def _epoch_order(self, epoch: int) -> list[list[int]]:
+    def _epoch_order(self, epoch: int) -> list[np.ndarray]:
         if self._order_epoch != epoch or self._order is None:
             self._order = epoch_batches(self.lengths, self.order_batch, self.config.seed, epoch,
                                         self.config.bucket_window)
@@ -416,7 +416,7 @@ class Trainer:
     def _epoch_progress(self, batches_in_epoch: int) -> float:
         return round(self.state.epoch + self.state.batch_in_epoch / max(1, batches_in_epoch), 4)
 
-    def _optimizer_step(self, group: list[list[int]]) -> tuple[float, int]:
+    def _optimizer_step(self, group: list[np.ndarray]) -> tuple[float, int]:
         self.model.train()
         data, d = self.train_data, self.dist
         step = d.step = self.state.step + 1

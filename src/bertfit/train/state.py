@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertfit.batching import epoch_batches
+from bertfit.batching import epoch_batches, same_order
 from bertfit.errors import BertfitError
 from bertfit.precision import resumed_precision
 from bertfit.train.run_dir import LoadedCheckpoint
@@ -155,10 +155,10 @@ def restore(trainer: Any, ckpt: LoadedCheckpoint) -> None:
     known = TrainState().__dict__.keys()
     trainer.state = TrainState(**{k: s[k] for k in known if k in s})
     if s.get("epoch_order") is not None:
-        order = [list(map(int, b)) for b in s["epoch_order"]]
+        order = [np.asarray(b, dtype=np.int64) for b in s["epoch_order"]]
         current = epoch_batches(trainer.lengths, trainer.order_batch, trainer.config.seed,
                                 trainer.state.epoch, trainer.config.bucket_window)
-        if current != order:
+        if not same_order(current, order):
             logger.warning(
                 "the batch order computed now differs from the checkpoint's (a different NumPy?); finishing epoch %d "
                 "in the checkpoint's order", trainer.state.epoch)

@@ -42,6 +42,10 @@ class Budget:
     def elapsed(self) -> float:
         return self.clock() - self.started
 
+    def spent(self) -> bool:
+        """Whether the budget has run out (never, without one)."""
+        return self.seconds is not None and self.elapsed() >= self.seconds
+
     def allows_next(self, finished_durations: Sequence[float]) -> bool:
         """Whether a trial started now is expected to end within the budget. Without a measured trial
         there is no estimate: the first trial always starts (its duration is what the next ones use).

@@ -58,7 +58,9 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
     for r in rows:
         link = f"[{r['dir']}]({r['dir']}/)" if r["dir"] else str(r["number"])
         mark = " **best**" if best is not None and r["number"] == best["number"] else ""
-        lines.append(f"| {link}{mark} | {r['state']} | " + " | ".join(_cell(r["params"].get(n)) for n in names)
+        cut = r.get("stopped_at_budget")
+        state = f"{r['state']} (budget: step {cut['step']} of {cut['of']})" if cut else r["state"]
+        lines.append(f"| {link}{mark} | {state} | " + " | ".join(_cell(r["params"].get(n)) for n in names)
                      + f" | {_cell(r['value'])} | {_cell(r['seconds'])} |")
     lines += ["", "## Search", "", f"- seed {settings.seed}; trials {settings.n_trials or 'no limit'}; "
               f"time budget {f'{settings.time_budget_s:.0f} s' if settings.time_budget_s else 'none'}"]

@@ -224,7 +224,7 @@ def search(settings: TuneSettings, budget: Budget, metric: str, direction: str,
             params = {name: param.suggest(trial) for name, param in settings.space.items()}
             trial.set_user_attr("dir", trial_dir_name(slot))
             trial.set_user_attr("process", os.getpid())
-        _run_trial(study, trial, params, settings, metric, direction, progress)
+        _run_trial(study, trial, params, settings, metric, direction, progress, budget)
 
 
 PRUNERS = ("median", "halving", "none")
@@ -281,7 +281,7 @@ def _worker(tune_dir: Path, n_trials: int | None, time_budget_s: float | None, s
 
 
 def _run_trial(study: Any, trial: Any, params: dict[str, Any], settings: TuneSettings, metric: str, direction: str,
-               progress: Callable[[str], None] | None) -> None:
+               progress: Callable[[str], None] | None, budget: Budget | None = None) -> None:
     import optuna
 
     from bertfit.train.finetune import fine_tune
@@ -293,7 +293,15 @@ def _run_trial(study: Any, trial: Any, params: dict[str, Any], settings: TuneSet
     config = TrainConfig.from_dict({**settings.base.to_dict(), **settings.fixed, **trial_settings(params), **explain,
                                     "output_dir": str(run_dir), "seed": settings.seed}, source="the trial's settings")
 
+    stopped_at: list[int] = []
+
     def report(record: dict[str, Any], state: Any, total: int) -> None:
+        # The budget is hard: a trial still running when it runs out stops (after its first evaluation,
+        # so that it has a model) and finishes as a normal run with its best model so far; a long first
+        # trial cannot carry the search far past the budget.
+        if budget is not None and budget.spent() and state.best_value is not None and not state.stopped_early:
+            state.stopped_early = True
+            stopped_at.extend((int(state.step), int(total)))
         # At each evaluation: the best value so far, i.e. the trial's result if it stopped now. The step
         # is the examples seen, so trials with other batch sizes are compared at the same point.
         if record["kind"] != "eval" or state.best_value is None:
@@ -329,6 +337,10 @@ def _run_trial(study: Any, trial: Any, params: dict[str, Any], settings: TuneSet
                            "or a --split with a validation share")
     value = float(result.metrics["validation"][metric])
     trial.set_user_attr("seconds", seconds)
+    if stopped_at:  # finished by the budget, not by its schedule: its steps of the planned total
+        trial.set_user_attr("stopped_at_budget", {"step": stopped_at[0], "of": stopped_at[1]})
+        _say(progress, f"{run_dir.name}: the time budget ran out at step {stopped_at[0]} of {stopped_at[1]}; "
+                       "the trial keeps its best model so far")
     study.tell(trial, value)
     remove_checkpoints(run_dir)  # the trial is finished: its resumable checkpoints are no longer needed
     _say(progress, f"{run_dir.name}: {metric} {value:.4f} in {seconds:.0f} s ({_show(params)})")
@@ -401,6 +413,7 @@ def _finish(study: Any, settings: TuneSettings, metric: str, direction: str, sto
 
     rows = [{"number": t.number, "dir": t.user_attrs.get("dir"), "state": t.state.name.lower(), "value": t.value,
              "params": t.params, "seconds": t.user_attrs.get("seconds"), "process": t.user_attrs.get("process"),
+             "stopped_at_budget": t.user_attrs.get("stopped_at_budget"),
              "started": t.datetime_start and t.datetime_start.isoformat(),
              "ended": t.datetime_complete and t.datetime_complete.isoformat()}
             for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from bertfit.data.columnar import split_format
-from bertfit.data.token_cache import CachedEncodings, locked
+from bertfit.data.token_cache import CachedEncodings, cache_threshold, locked
 from bertfit.errors import DataError
 from bertfit.tasks.pretrain.corpus import CorpusReport, Document
 from bertfit.tasks.pretrain.instances import IS_NEXT, Instance, iter_nsp_instances, iter_packed_instances
@@ -48,17 +48,8 @@ DEFAULT_MIN_BYTES = 64 * 2**20
 
 def store_enabled(paths: Sequence[str]) -> bool:
     """Whether a corpus is read through the store: large enough, pyarrow installed, not turned off."""
-    if os.environ.get("BERTFIT_TOKEN_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    try:
-        minimum = int(os.environ.get("BERTFIT_CORPUS_STORE_MIN_BYTES", DEFAULT_MIN_BYTES))
-    except ValueError:
-        minimum = DEFAULT_MIN_BYTES
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return False
-    return _corpus_bytes(paths) >= minimum
+    minimum = cache_threshold("BERTFIT_CORPUS_STORE_MIN_BYTES", DEFAULT_MIN_BYTES)
+    return minimum is not None and _corpus_bytes(paths) >= minimum
 
 
 @dataclass
@@ -399,7 +390,7 @@ def _tokens(split: StoredSequences, nsp: bool) -> int:
     """Tokens of A and B (the special tokens left out, as the in-memory path counts them)."""
     special = 3 if nsp else 2
     lengths = split.features.lengths
-    return int(sum(lengths) - special * len(lengths))
+    return int(lengths.sum() - special * len(lengths))
 
 
 def _long_sentences(store: StoredDocuments, documents: np.ndarray, max_length: int) -> int:

@@ -26,7 +26,7 @@ from bertfit.tasks.base import Task
 from bertfit.tasks.qa.data import DOC_STRIDE, QA_SETTINGS, QAExample, read_qa
 from bertfit.tasks.qa.decode import MAX_ANSWER_LENGTH, N_BEST, QAPrediction, decode_all, record
 from bertfit.data import token_cache
-from bertfit.tasks.qa.windows import QAWindows, encode_windows, encode_windows_cached
+from bertfit.tasks.qa.windows import QAWindows, encode_windows, encode_windows_cached, fit_questions
 from bertfit.tasks.qa.squad_metric import best_threshold, squad_scores
 
 QA_MAX_LENGTH = 384
@@ -231,8 +231,10 @@ class QuestionAnswering(Task):
         from bertfit.tasks.explaining import Target, pick, text_plan
 
         example = self.inputs([example])[0] if not isinstance(example, QAExample) else example
-        windows = tokenizer.encode_windows([example.text], [example.text_pair], max_length, self.doc_stride)[0]
-        fields = [(("question", example.text), ("context", example.text_pair))] * len(windows)
+        # The question as prediction reads it (a long one cut to fit the window), so both see the same input.
+        question = fit_questions(tokenizer, [example.text], max_length, self.doc_stride)[0][0]
+        windows = tokenizer.encode_windows([question], [example.text_pair], max_length, self.doc_stride)[0]
+        fields = [(("question", question), ("context", example.text_pair))] * len(windows)
 
         def choose(outputs: Tensor, which: Sequence[str] | None) -> list[Target]:
             best = (-float("inf"), 0, 0, 0)

@@ -74,16 +74,23 @@ def _cut_questions(tokenizer: WordPieceTokenizer, questions: Sequence[str], max_
     return stripped, cut
 
 
-def encode_windows(tokenizer: WordPieceTokenizer, questions: Sequence[str], contexts: Sequence[str],
-                   answers: Sequence[tuple[str, int] | None], max_length: int, stride: int,
-                   max_query_length: int = MAX_QUERY_LENGTH) -> QAWindows:
-    """Windows of every question + context, labelled with each example's answer (None: no answer)."""
+def fit_questions(tokenizer: WordPieceTokenizer, questions: Sequence[str], max_length: int, stride: int,
+                  max_query_length: int = MAX_QUERY_LENGTH) -> tuple[list[str], np.ndarray]:
+    """The questions as every window reads them (training, prediction, explanations): leading space
+    stripped, and cut to what a window holds beside the stride and new context; with which were cut."""
     # A question may take what the window has beyond the stride and one new context token.
     max_query_length = min(max_query_length, max_length - 3 - stride - 1)
     if max_query_length < 1:
         raise ValueError(f"doc_stride {stride} leaves no room in windows of {max_length} tokens for a question "
                          "and new context; lower --doc-stride or raise --max-length")
-    questions, cut = _cut_questions(tokenizer, questions, max_query_length)
+    return _cut_questions(tokenizer, questions, max_query_length)
+
+
+def encode_windows(tokenizer: WordPieceTokenizer, questions: Sequence[str], contexts: Sequence[str],
+                   answers: Sequence[tuple[str, int] | None], max_length: int, stride: int,
+                   max_query_length: int = MAX_QUERY_LENGTH) -> QAWindows:
+    """Windows of every question + context, labelled with each example's answer (None: no answer)."""
+    questions, cut = fit_questions(tokenizer, questions, max_length, stride, max_query_length)
     per_example = tokenizer.encode_windows(questions, list(contexts), max_length, stride)
     encoded: list[Encoded] = []
     example_index: list[int] = []
