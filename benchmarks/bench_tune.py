@@ -59,7 +59,8 @@ def base_config(task: str, work: Path, train_rows: int | None, eval_rows: int | 
                        max_train_examples=train_rows, **common)
 
 
-def run_bertfit(task: str, pruner: str, budget: float, work: Path, base, final_seeds: int) -> dict:
+def run_bertfit(task: str, pruner: str, budget: float, work: Path, base, final_seeds: int,
+                fixed_epochs: int | None = None) -> dict:
     from bertfit.tune.lengths import choose_max_length
     from bertfit.tune.space import Param
     from bertfit.tune.study import TuneSettings, run_study, save_settings
@@ -71,7 +72,11 @@ def run_bertfit(task: str, pruner: str, budget: float, work: Path, base, final_s
              "batch_size": Param("batch_size", choices=SPACE["batch_size"]),
              "warmup_ratio": Param("warmup_ratio", *SPACE["warmup_ratio"]),
              "weight_decay": Param("weight_decay", *SPACE["weight_decay"])}
-    settings = TuneSettings(base, space, {}, work / "tune", None, budget, SEED, STARTUP, "best", pruner=pruner,
+    fixed = {}
+    if fixed_epochs:  # a space file's `epochs: N`
+        del space["epochs"]
+        fixed["epochs"] = fixed_epochs
+    settings = TuneSettings(base, space, fixed, work / "tune", None, budget, SEED, STARTUP, "best", pruner=pruner,
                             lengths=lengths, final_seeds=final_seeds)
     save_settings(settings)
     started = time.monotonic()
@@ -88,7 +93,7 @@ def run_bertfit(task: str, pruner: str, budget: float, work: Path, base, final_s
             "trial_rows": [{k: r.get(k) for k in ("dir", "state", "value", "params", "seconds")} for r in result.trials]}
 
 
-def run_hf(task: str, budget: float, work: Path, base, retrain: bool) -> dict:
+def run_hf(task: str, budget: float, work: Path, base, retrain: bool, fixed_epochs: int | None = None) -> dict:
     import numpy as np
     import optuna
     import torch
@@ -133,8 +138,8 @@ def run_hf(task: str, budget: float, work: Path, base, retrain: bool) -> dict:
             model_dir, num_labels=len(labels), problem_type="regression" if regression else None)
 
     def hp_space(trial):
-        return {"learning_rate": trial.suggest_float("learning_rate", *SPACE["lr"], log=True),
-                "num_train_epochs": trial.suggest_int("num_train_epochs", *SPACE["epochs"]),
+        epochs = {} if fixed_epochs else {"num_train_epochs": trial.suggest_int("num_train_epochs", *SPACE["epochs"])}
+        return {"learning_rate": trial.suggest_float("learning_rate", *SPACE["lr"], log=True), **epochs,
                 "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size",
                                                                          list(SPACE["batch_size"])),
                 "warmup_steps": trial.suggest_float("warmup_steps", *SPACE["warmup_ratio"]),  # < 1: a ratio
@@ -153,7 +158,8 @@ def run_hf(task: str, budget: float, work: Path, base, retrain: bool) -> dict:
                 raise optuna.TrialPruned(f"budget spent at step {state.global_step}")
 
     args = TrainingArguments(output_dir=str(work / "hf"), eval_strategy="steps", eval_steps=eval_every,
-                             save_strategy="no", per_device_eval_batch_size=64, warmup_steps=0.0, use_cpu=True, report_to=[],
+                             save_strategy="no", per_device_eval_batch_size=64, warmup_steps=0.0,
+                             num_train_epochs=float(fixed_epochs or 3), use_cpu=True, report_to=[],
                              disable_tqdm=True, seed=SEED, logging_steps=eval_every, dataloader_num_workers=0)
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=validation,
                       processing_class=tokenizer, compute_metrics=metrics, callbacks=[Deadline()])
@@ -220,6 +226,7 @@ def main() -> None:
     parser.add_argument("--resume-final-seeds", action="store_true",
                         help="bertfit: only train the finished search in --work with --final-seeds seeds")
     parser.add_argument("--hf-retrain", action="store_true", help="transformers: train its best again for test")
+    parser.add_argument("--fixed-epochs", type=int, help="fix the epochs for both contenders (not searched)")
     parser.add_argument("--train-rows", type=int, help="a smoke run's smaller slice")
     parser.add_argument("--eval-rows", type=int)
     parser.add_argument("--eval-every", type=int)
@@ -238,10 +245,10 @@ def main() -> None:
         else:
             base = base_config(args.task, work, train_rows, args.eval_rows, eval_every)
             if args.contender == "hf-optuna":
-                result = run_hf(args.task, args.budget, work, base, args.hf_retrain)
+                result = run_hf(args.task, args.budget, work, base, args.hf_retrain, args.fixed_epochs)
             else:
                 result = run_bertfit(args.task, args.contender.split("-", 1)[1], args.budget, work, base,
-                                     args.final_seeds)
+                                     args.final_seeds, args.fixed_epochs)
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
     flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0].split()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -249,7 +256,8 @@ def main() -> None:
                   threads=torch.get_num_threads(), cpu=cpu,
                   cpu_flags=[f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx2", "avx512f") if f in flags],
                   commit=commit, python=platform.python_version(), command=" ".join(sys.argv),
-                  scale={"train_rows": train_rows, "eval_rows": args.eval_rows, "eval_every_steps": eval_every})
+                  scale={"train_rows": train_rows, "eval_rows": args.eval_rows, "eval_every_steps": eval_every},
+                  fixed_epochs=args.fixed_epochs)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "trial_rows"}, indent=1))
 
