@@ -207,7 +207,13 @@ def resume_bertfit(work: Path, final_seeds: int) -> dict:
     """A finished bertfit search resumed only to train its best settings with fresh seeds."""
     from bertfit.tune.study import load_settings, run_study
 
-    settings = load_settings(work / "tune", None, None, final_seeds=final_seeds)
+    import optuna
+
+    storage = f"sqlite:///{(work / 'tune' / 'study.db').resolve()}"
+    done = [t for t in optuna.load_study(study_name="bertfit-tune", storage=storage).get_trials(deepcopy=False)
+            if t.state == optuna.trial.TrialState.COMPLETE]
+    # the trials it has as the trial limit: a resume's budget is a new one, and would start more trials
+    settings = load_settings(work / "tune", len(done), None, final_seeds=final_seeds)
     started = time.monotonic()
     run_study(settings, resume=True)
     summary = json.loads((work / "tune" / "summary.json").read_text())

@@ -427,3 +427,34 @@ def test_a_trial_running_when_the_budget_ends_stops_with_its_best_model(tmp_path
     assert Predictor.load(result.tune_dir / "best").predict(["a text"])  # a usable model
     assert f"budget: step {cut['step']} of 20" in (result.tune_dir / "tune_report.md").read_text()
     assert result.stopped_by == "time_budget"
+
+
+def test_under_a_budget_the_first_trial_trains_fewest_epochs_and_later_ones_what_fits(tmp_path, tiny_model_dir,
+                                                                                       synthetic_csv, monkeypatch):
+    """A first draw of many epochs must not take the whole budget: the first trial trains the fewest
+    epochs (it measures the machine), and each later one at most what leaves room for the trials the
+    search still wants (the pruner's 3 startup trials and one more)."""
+    import bertfit.train.finetune as finetune
+
+    now = [0.0]
+    real = finetune.fine_tune
+
+    def fine_tune_taking_100s_an_epoch(config, *args, **kwargs):
+        result = real(config, *args, **kwargs)
+        now[0] += 100.0 * config.epochs
+        return result
+
+    monkeypatch.setattr(finetune, "fine_tune", fine_tune_taking_100s_an_epoch)
+    space = {"lr": Param("lr", choices=(1e-5,)), "epochs": Param("epochs", 1, 3, integer=True)}
+    tune = TuneSettings(base_config(tiny_model_dir, synthetic_csv), space, {}, tmp_path / "tune", None, 700.0,
+                        seed=0, prune_startup_trials=3, clock=lambda: now[0])
+    save_settings(tune)
+    result = run_study(tune)
+    epochs = [r["params"]["epochs"] for r in result.trials]
+    assert epochs[0] == 1 and len(epochs) >= 4 and now[0] <= 700.0
+    study_trials = __import__("optuna").load_study(study_name="bertfit-tune",
+                                                   storage=f"sqlite:///{result.tune_dir / 'study.db'}").trials
+    for t in study_trials[1:]:
+        cap = t.user_attrs.get("epochs_cap")
+        assert cap is None or t.params["epochs"] <= max(1, cap["most"])
+    assert any(t.user_attrs.get("epochs_cap") for t in study_trials)  # the cap took effect

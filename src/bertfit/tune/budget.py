@@ -42,6 +42,17 @@ class Budget:
     def elapsed(self) -> float:
         return self.clock() - self.started
 
+    def remaining(self) -> float:
+        """Seconds left (infinite without a budget)."""
+        return float("inf") if self.seconds is None else max(0.0, self.seconds - self.elapsed())
+
+    def epochs_that_fit(self, seconds_per_epoch: float | None, trials_wanted: int) -> float | None:
+        """How many epochs a trial may train so that ``trials_wanted`` more trials still fit in what is
+        left (None: no budget, or no measured speed yet)."""
+        if self.seconds is None or not seconds_per_epoch:
+            return None
+        return self.remaining() / max(1, trials_wanted) / seconds_per_epoch
+
     def spent(self) -> bool:
         """Whether the budget has run out (never, without one)."""
         return self.seconds is not None and self.elapsed() >= self.seconds

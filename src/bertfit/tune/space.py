@@ -51,6 +51,15 @@ class Param:
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
+    def capped(self, most: float) -> "Param":
+        """This setting with nothing above ``most`` (its lowest value is always kept)."""
+        if self.choices is not None:
+            numbers = sorted(c for c in self.choices if isinstance(c, (int, float)))
+            kept = tuple(c for c in self.choices if isinstance(c, (int, float)) and c <= most) or tuple(numbers[:1])
+            return dataclasses.replace(self, choices=kept) if numbers else self
+        high = max(self.low, min(self.high, math.floor(most) if self.integer else most))
+        return dataclasses.replace(self, high=high)
+
     def describe(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join("none" if c is None else str(c) for c in self.choices)

@@ -212,6 +212,9 @@ def search(settings: TuneSettings, budget: Budget, metric: str, direction: str,
                 return "n_trials"
             complete = [t.user_attrs["seconds"] for t in live if t.state == optuna.trial.TrialState.COMPLETE]
             measured = complete or [t.user_attrs["seconds"] for t in live if "seconds" in t.user_attrs]
+            shortest = _shortest_trial(settings, live)
+            if shortest is not None:  # the next trial is sized to the budget: it may be as short as this
+                measured = [min(shortest, sum(measured) / len(measured))]
             if not budget.allows_next(measured):
                 logger.info("time budget: %.0f s of %.0f s spent; the next trial (about %.0f s) would not finish in it",
                             budget.elapsed(), settings.time_budget_s, sum(measured) / max(1, len(measured)))
@@ -221,10 +224,63 @@ def search(settings: TuneSettings, budget: Budget, metric: str, direction: str,
             sampler = optuna.samplers.TPESampler(seed=settings.seed + slot, constant_liar=settings.nproc > 1)
             study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner)
             trial = study.ask()
-            params = {name: param.suggest(trial) for name, param in settings.space.items()}
+            space = sized_to_budget(settings, budget, live, trial)
+            params = {name: param.suggest(trial) for name, param in space.items()}
             trial.set_user_attr("dir", trial_dir_name(slot))
             trial.set_user_attr("process", os.getpid())
         _run_trial(study, trial, params, settings, metric, direction, progress, budget)
+
+
+def _seconds_per_epoch(settings: TuneSettings, trials: list[Any]) -> float | None:
+    """The mean seconds an epoch took in the finished trials (None before any)."""
+    import optuna
+
+    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "seconds" in t.user_attrs]
+    per_epoch = [t.user_attrs["seconds"] / _epochs_trained(settings, t) for t in finished]
+    return sum(per_epoch) / len(per_epoch) if per_epoch else None
+
+
+def _shortest_trial(settings: TuneSettings, trials: list[Any]) -> float | None:
+    """The expected seconds of the shortest trial the space allows (its fewest epochs), when the
+    trials are sized to the budget and a speed is measured; else None."""
+    epochs = settings.space.get("epochs")
+    per_epoch = _seconds_per_epoch(settings, trials)
+    if epochs is None or per_epoch is None or settings.base.max_steps:
+        return None
+    lowest = min(c for c in epochs.choices if isinstance(c, (int, float))) if epochs.choices else epochs.low
+    return float(lowest) * per_epoch
+
+
+def sized_to_budget(settings: TuneSettings, budget: Budget, trials: list[Any], trial: Any) -> dict[str, Param]:
+    """The space a trial draws from under a time budget: its epochs capped so that the trials the
+    search still wants (the pruner's startup trials and one more) fit in what is left, at the speed
+    measured so far. Until a trial has finished there is no speed: the first trial trains the fewest
+    epochs, so that its time measures the machine before a longer one may start. (Without the cap a
+    first draw of 4 epochs on a CPU can take the whole budget, and a search of one trial finds nothing.)"""
+    import optuna
+
+    epochs = settings.space.get("epochs")
+    if budget.seconds is None or epochs is None or settings.base.max_steps:
+        return settings.space
+    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    per_epoch = _seconds_per_epoch(settings, trials)
+    wanted = max(1, settings.prune_startup_trials + 1 - len(finished))
+    most = budget.epochs_that_fit(per_epoch, wanted)
+    if most is None:
+        most = 0.0  # nothing measured: the lowest value
+    capped = epochs.capped(most)
+    if capped != epochs:
+        trial.set_user_attr("epochs_cap", {"most": most, "seconds_left": budget.remaining(), "trials_wanted": wanted})
+        logger.info("time budget: epochs at most %s for this trial (%.0f s left for %d more trials%s)",
+                    capped.describe(), budget.remaining(), wanted, "" if per_epoch else "; no trial measured yet")
+    return {**settings.space, "epochs": capped}
+
+
+def _epochs_trained(settings: TuneSettings, trial: Any) -> float:
+    """The epochs a finished trial trained: its drawn or fixed epochs, cut where the budget stopped it."""
+    epochs = float(trial.params.get("epochs", settings.fixed.get("epochs", settings.base.epochs)))
+    cut = trial.user_attrs.get("stopped_at_budget")
+    return max(epochs * (cut["step"] / cut["of"] if cut else 1.0), 1e-6)
 
 
 PRUNERS = ("median", "halving", "none")
