@@ -458,3 +458,22 @@ def test_under_a_budget_the_first_trial_trains_fewest_epochs_and_later_ones_what
         cap = t.user_attrs.get("epochs_cap")
         assert cap is None or t.params["epochs"] <= max(1, cap["most"])
     assert any(t.user_attrs.get("epochs_cap") for t in study_trials)  # the cap took effect
+
+
+def test_the_first_trial_trains_the_defaults_and_the_report_says_what_the_search_bought(tmp_path, tiny_model_dir,
+                                                                                         synthetic_csv):
+    """train's own values open the search (those the space holds), so the report can say what the
+    budget bought over them."""
+    space = {"lr": Param("lr", choices=(1e-5, 5e-5, 0.5)), "batch_size": Param("batch_size", choices=(16, 32)),
+             "warmup_ratio": Param("warmup_ratio", 0.2, 0.3)}  # the default 0.0 of base_config is outside
+    tune = TuneSettings(base_config(tiny_model_dir, synthetic_csv, lr=5e-5), space, {}, tmp_path / "tune", 3,
+                        seed=0)
+    save_settings(tune)
+    result = run_study(tune)
+    first = result.trials[0]
+    assert first["defaults"] and first["params"]["lr"] == 5e-5 and first["params"]["batch_size"] == 16
+    assert 0.2 <= first["params"]["warmup_ratio"] <= 0.3  # drawn: the default is not in the space
+    assert not any(r["defaults"] for r in result.trials[1:])
+    report = (result.tune_dir / "tune_report.md").read_text()
+    assert "## What the search bought over the defaults" in report
+    assert f"validation loss {first['value']:.4f}" in report

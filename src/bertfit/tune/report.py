@@ -38,6 +38,7 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
             lines += ["No test split: the best trial was not evaluated on test.", ""]
     else:
         lines += ["No trial finished: there is no best trial yet (`bertfit tune --resume` continues).", ""]
+    lines += bought_section(rows, best, metric, direction)
     if final:
         lines += final_seeds_section(final, metric)
     plot = plot_history(tune_dir, rows, metric, direction)
@@ -76,6 +77,23 @@ def write_tune_report(tune_dir: Path, rows: list[dict[str, Any]], best: dict[str
     path = tune_dir / "tune_report.md"
     write_bytes_durably(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path
+
+
+def bought_section(rows: list[dict[str, Any]], best: dict[str, Any] | None, metric: str, direction: str) -> list[str]:
+    """What the budget bought over `train`'s defaults: the first trial trains them (tune/study.py)."""
+    base = next((r for r in rows if r.get("defaults") and r["state"] == "complete" and r["value"] is not None), None)
+    if base is None or best is None:
+        return []
+    settings = ", ".join(f"{k} {_cell(v)}" for k, v in base["params"].items())
+    gain = (best["value"] - base["value"]) * (1 if direction == "maximize" else -1)
+    if best["number"] == base["number"]:
+        verdict = "no trial did better: the defaults are the best setting found."
+    else:
+        verdict = (f"the best trial, {best['dir']}, reached **{best['value']:.4f}**: "
+                   f"{gain:+.4f} {'better' if gain >= 0 else 'worse'} than the defaults.")
+    return ["## What the search bought over the defaults", "",
+            f"{base['dir']} trained `train`'s own values of the searched settings ({settings}): validation "
+            f"{metric} {base['value']:.4f}; {verdict}", ""]
 
 
 def plot_history(tune_dir: Path, rows: list[dict[str, Any]], metric: str, direction: str) -> str | None:

@@ -165,7 +165,8 @@ def run_study(settings: TuneSettings, *, resume: bool = False,
         # Left running by a killed process: failed, and its settings run again first (in its folder).
         logger.info("trial %s was interrupted: running it again", trial.user_attrs.get("dir", trial.number))
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=False)
+        study.enqueue_trial(trial.params, skip_if_exists=False,
+                            user_attrs={k: v for k, v in trial.user_attrs.items() if k == "defaults"})
     if settings.nproc > 1:
         stopped_by = _run_workers(settings, progress)
     else:
@@ -223,8 +224,14 @@ def search(settings: TuneSettings, budget: Budget, metric: str, direction: str,
             # constant_liar: in a parallel search, running trials count as bad so workers spread out.
             sampler = optuna.samplers.TPESampler(seed=settings.seed + slot, constant_liar=settings.nproc > 1)
             study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner)
+            space, cap = sized_to_budget(settings, budget, live)
+            if not study.get_trials(deepcopy=False):  # a new search: its first trial is train's defaults
+                defaults = defaults_within(settings, space)
+                if defaults:
+                    study.enqueue_trial(defaults, user_attrs={"defaults": True})
             trial = study.ask()
-            space = sized_to_budget(settings, budget, live, trial)
+            if cap:
+                trial.set_user_attr("epochs_cap", cap)
             params = {name: param.suggest(trial) for name, param in space.items()}
             trial.set_user_attr("dir", trial_dir_name(slot))
             trial.set_user_attr("process", os.getpid())
@@ -251,7 +258,25 @@ def _shortest_trial(settings: TuneSettings, trials: list[Any]) -> float | None:
     return float(lowest) * per_epoch
 
 
-def sized_to_budget(settings: TuneSettings, budget: Budget, trials: list[Any], trial: Any) -> dict[str, Param]:
+def defaults_within(settings: TuneSettings, space: dict[str, Param]) -> dict[str, Any]:
+    """`train`'s own values of the searched settings (flags and config file included), those the space
+    holds: the first trial trains them, so that the report says what the search bought over them."""
+    defaults = {}
+    for name, param in space.items():
+        value = getattr(settings.base, name, None)
+        if value is None or isinstance(value, bool):
+            continue
+        if param.choices is not None:
+            inside = value in param.choices
+        else:
+            inside = param.low <= value <= param.high and (not param.integer or float(value).is_integer())
+        if inside:
+            defaults[name] = int(value) if param.integer else value
+    return defaults
+
+
+def sized_to_budget(settings: TuneSettings, budget: Budget, trials: list[Any]
+                    ) -> tuple[dict[str, Param], dict[str, Any] | None]:
     """The space a trial draws from under a time budget: its epochs capped so that the trials the
     search still wants (the pruner's startup trials and one more) fit in what is left, at the speed
     measured so far. Until a trial has finished there is no speed: the first trial trains the fewest
@@ -261,7 +286,7 @@ def sized_to_budget(settings: TuneSettings, budget: Budget, trials: list[Any], t
 
     epochs = settings.space.get("epochs")
     if budget.seconds is None or epochs is None or settings.base.max_steps:
-        return settings.space
+        return settings.space, None
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     per_epoch = _seconds_per_epoch(settings, trials)
     wanted = max(1, settings.prune_startup_trials + 1 - len(finished))
@@ -269,11 +294,12 @@ def sized_to_budget(settings: TuneSettings, budget: Budget, trials: list[Any], t
     if most is None:
         most = 0.0  # nothing measured: the lowest value
     capped = epochs.capped(most)
-    if capped != epochs:
-        trial.set_user_attr("epochs_cap", {"most": most, "seconds_left": budget.remaining(), "trials_wanted": wanted})
-        logger.info("time budget: epochs at most %s for this trial (%.0f s left for %d more trials%s)",
-                    capped.describe(), budget.remaining(), wanted, "" if per_epoch else "; no trial measured yet")
-    return {**settings.space, "epochs": capped}
+    if capped == epochs:
+        return settings.space, None
+    logger.info("time budget: epochs at most %s for this trial (%.0f s left for %d more trials%s)",
+                capped.describe(), budget.remaining(), wanted, "" if per_epoch else "; no trial measured yet")
+    return {**settings.space, "epochs": capped}, {"most": most, "seconds_left": budget.remaining(),
+                                                  "trials_wanted": wanted}
 
 
 def _epochs_trained(settings: TuneSettings, trial: Any) -> float:
@@ -469,7 +495,7 @@ def _finish(study: Any, settings: TuneSettings, metric: str, direction: str, sto
 
     rows = [{"number": t.number, "dir": t.user_attrs.get("dir"), "state": t.state.name.lower(), "value": t.value,
              "params": t.params, "seconds": t.user_attrs.get("seconds"), "process": t.user_attrs.get("process"),
-             "stopped_at_budget": t.user_attrs.get("stopped_at_budget"),
+             "stopped_at_budget": t.user_attrs.get("stopped_at_budget"), "defaults": t.user_attrs.get("defaults", False),
              "started": t.datetime_start and t.datetime_start.isoformat(),
              "ended": t.datetime_complete and t.datetime_complete.isoformat()}
             for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
