@@ -4,14 +4,24 @@ wall-clock budget, search space, data, sampler and pruner (issue 28), on the twe
 One contender per invocation; the JSON says what each bought: trials completed, pruned and stopped
 by the budget, the best validation metric (macro-F1 / Pearson), its test figures, the wall time.
 
-The budget is hard for both: bertfit does not start a trial that its measured speed says would not
-finish; transformers' search is optuna's `timeout` (no new trial after it) plus a callback that stops
-the trial in flight at the deadline (recorded as "stopped at the budget", its last evaluation kept by
-optuna as a pruned trial), so neither contender is credited with work done after the budget.
+The budget is hard for both: bertfit sizes its trials to the budget and stops a trial still running
+when it ends (tune/study.py); transformers' search is optuna's `timeout` (no new trial after it) plus
+a callback here that stops its trial in flight at the deadline (optuna records it as pruned), so
+neither contender is credited with work done after the budget.
 
-    flock /work/bench.lock taskset -c 0 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_tune.py \
-        --task tweets --contender bertfit-median --budget 1800 --work /work/tune-tweets-bertfit \
-        --out benchmarks/tune_tweets_bertfit-median.json
+As run for benchmarks/RESULTS.md (issue 28), one thread and one core per contender:
+
+    taskset -c 0 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_tune.py --task tweets \
+        --contender bertfit-median --budget 1800 --fixed-epochs 1 --work /work/tune-bench/tweets-bertfit \
+        --out benchmarks/tune_tweets_bertfit-median.json        # with --contender hf-optuna on core 1
+    taskset -c 0 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_tune.py --task tweets \
+        --contender bertfit-median --resume-final-seeds --final-seeds 3 --work /work/tune-bench/tweets-bertfit \
+        --out benchmarks/tune_tweets_bertfit-final-seeds.json
+    taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_tune.py --task stsb \
+        --contender bertfit-none --budget 1800 --work /work/tune-bench/stsb-bertfit \
+        --out benchmarks/tune_stsb_bertfit-none.json           # then --contender hf-optuna, same core
+    PYTHONPATH=src python benchmarks/pruner_replay.py --study /work/tune-bench/stsb-bertfit/tune/study.db \
+        --out benchmarks/pruner_replay_stsb.json
 """
 
 from __future__ import annotations

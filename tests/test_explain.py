@@ -194,6 +194,22 @@ def test_a_file_is_explained_in_shared_batches_with_the_same_attributions(cue_ru
         assert y["value"] == pytest.approx(x["value"], abs=1e-5) and y["baseline"] == pytest.approx(x["baseline"], abs=1e-5)
 
 
+def test_a_time_limit_that_stops_refinement_logs_one_line_not_a_warning_each(cue_run, caplog):
+    """The report's explanations run under a time limit: stopping there is not a fault, and a training run's
+    output must not fill with a warning per target (issue 31: no false alarms)."""
+    import logging
+    import time as clock
+
+    predictor = Predictor.load(cue_run, engine="pytorch")
+    with caplog.at_level(logging.INFO, logger="bertfit.predict.explain"):
+        out = predictor.explain(CUE_TEXTS[:3], which=["all"], steps=1, tolerance=1e-9, atol=1e-12,
+                                deadline=clock.monotonic())
+    incomplete = [e for r in out for e in r["explanations"] if e["completeness_error"] > e["tolerance"]]
+    assert len(incomplete) >= 2  # the limit did stop them, and each says so
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("reached the time limit before the completeness bound" in r.message for r in caplog.records) == 1
+
+
 def test_planted_cue_is_ranked_first(cue_run):
     """Where one word decides the label, the explanation of the predicted class puts that word first."""
     predictor = Predictor.load(cue_run, engine="pytorch")

@@ -85,6 +85,8 @@ def bought_section(rows: list[dict[str, Any]], best: dict[str, Any] | None, metr
     if base is None or best is None:
         return []
     settings = ", ".join(f"{k} {_cell(v)}" for k, v in base["params"].items())
+    if base.get("epochs_cap") and "epochs" in base["params"]:  # sized to the budget (tune/study.py)
+        settings += f"; epochs {base['params']['epochs']} because the budget sized this first trial"
     gain = (best["value"] - base["value"]) * (1 if direction == "maximize" else -1)
     if best["number"] == base["number"]:
         verdict = "no trial did better: the defaults are the best setting found."

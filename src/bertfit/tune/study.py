@@ -496,6 +496,7 @@ def _finish(study: Any, settings: TuneSettings, metric: str, direction: str, sto
     rows = [{"number": t.number, "dir": t.user_attrs.get("dir"), "state": t.state.name.lower(), "value": t.value,
              "params": t.params, "seconds": t.user_attrs.get("seconds"), "process": t.user_attrs.get("process"),
              "stopped_at_budget": t.user_attrs.get("stopped_at_budget"), "defaults": t.user_attrs.get("defaults", False),
+             "epochs_cap": t.user_attrs.get("epochs_cap"),
              "started": t.datetime_start and t.datetime_start.isoformat(),
              "ended": t.datetime_complete and t.datetime_complete.isoformat()}
             for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
