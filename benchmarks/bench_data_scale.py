@@ -74,7 +74,8 @@ def make_data(factor: int, folder: Path, task: str = "classify", base: int | Non
     from bertfit.train.finetune import default_train_file
 
     examples, _ = read_examples(default_train_file(), skip_bad_rows=True)
-    examples = examples[:base] if base else examples
+    if base:  # every k-th row, not the first N: the corpus is grouped by label
+        examples = examples[:: max(1, len(examples) // base)][:base]
     texts, labels = [], []
     for j in range(factor):
         suffix = "" if j == 0 else f" #{j}"
