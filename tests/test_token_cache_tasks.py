@@ -360,7 +360,8 @@ def lists(self, name, *args, **kwargs):
 token_cache.FeatureStore.lists = lists
 real_list_getitem = token_cache.ListColumn.__getitem__
 def list_getitem(self, index):
-    touched[(self.source, self.what)].add(int(index))
+    if hasattr(self, "source"):  # a task column; the ids inside CachedEncodings are watched above
+        touched[(self.source, self.what)].add(int(index))
     return real_list_getitem(self, index)
 token_cache.ListColumn.__getitem__ = list_getitem
 real_build = token_cache.cached_features.__globals__["_build_store"]

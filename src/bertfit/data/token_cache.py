@@ -156,6 +156,65 @@ class CachedEncodings(Sequence):
         return self._truncated
 
 
+# --------------------------------------------------------------------------------------------
+# Features of any task: a task's FeatureCodec says how its features become columns
+# --------------------------------------------------------------------------------------------
+
+# Column types a codec may declare (Arrow types; lists are read back as numpy views of the mapped file).
+COLUMN_TYPES = ("int8", "int32", "int64", "string", "list<int8>", "list<int32>", "list<int64>")
+
+
+@dataclass
+class EncodedChunk:
+    """The features of a chunk of examples, as a codec's ``encode`` gives them: the sequences (anything
+    with ``ids``, ``type_ids``, ``truncated``), the example of each (0-based within the chunk), the
+    codec's feature columns (one value per feature) and its example columns (one value per example)."""
+
+    encoded: Sequence[Any]
+    example_index: Sequence[int]
+    columns: dict[str, Sequence[Any]] = field(default_factory=dict)
+    example_columns: dict[str, Sequence[Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureCodec:
+    """How one task's features are stored: what the task gives :func:`cached_features`.
+
+    ``kind`` names the features and their layout (change it when the encoding changes); ``settings``
+    holds every setting the features depend on (max_length, strides, the label map, ...: JSON-able);
+    ``content(example)`` gives the strings of one example the features are made from (texts, words,
+    tags, answers); ``encode(examples)`` encodes a chunk of examples. Examples are encoded
+    independently of each other, so a chunk's features are the same as those of the whole split."""
+
+    kind: str
+    settings: Mapping[str, Any]
+    content: Callable[[Any], Sequence[Any]]
+    encode: Callable[[Sequence[Any]], EncodedChunk]
+    columns: Mapping[str, str] = field(default_factory=dict)  # feature column -> one of COLUMN_TYPES
+    example_columns: Mapping[str, str] = field(default_factory=dict)
+
+
+def codec_fingerprint(tokenizer: Any, examples: Sequence[Any], codec: FeatureCodec) -> str:
+    """The key of a split's features: the format, the codec's kind, columns and settings, the tokenizer
+    and every example's content, in order (each string length-prefixed, so no two contents collide)."""
+    digest = hashlib.sha256()
+    header = {"format": FORMAT_VERSION, "kind": codec.kind, "settings": codec.settings,
+              "columns": dict(codec.columns), "example_columns": dict(codec.example_columns),
+              "tokenizer": tokenizer.fingerprint, "examples": len(examples)}
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for example in examples:
+        parts = codec.content(example)
+        digest.update(len(parts).to_bytes(8, "little"))
+        for part in parts:
+            if part is None:  # a length no string has: None never collides with a text
+                digest.update((2**64 - 1).to_bytes(8, "little"))
+                continue
+            data = str(part).encode("utf-8", "surrogatepass")
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+    return digest.hexdigest()[:40]
+
+
 def cached_features(tokenizer: Any, examples: Sequence[Any], codec: FeatureCodec,
                     directory: Path | None = None) -> "FeatureStore":
     """The features of ``examples`` as ``codec`` encodes them, mapped from the cache; encoded into it
