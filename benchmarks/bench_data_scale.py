@@ -259,6 +259,8 @@ def main() -> None:
     parser.add_argument("--work")
     parser.add_argument("--cache", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="train: runs per setting, cache off and on interleaved (off, on, on, off, ...), for throughput")
     parser.add_argument("--out")
     parser.add_argument("--task", choices=("classify", "ner"), default="classify")
     parser.add_argument("--base", type=int, help="rows of the base data set (1x); default: all of it")
@@ -274,7 +276,8 @@ def main() -> None:
         print(json.dumps(child_train(Path(args.data), Path(args.work), bool(args.cache), args.steps, args.task)))
         return
     folder = Path(tempfile.mkdtemp(prefix="bench-data-scale-"))
-    results = {"machine": platform.processor() or platform.machine(), "threads": os.environ.get("OMP_NUM_THREADS"),
+    results = {"machine": platform.processor() or platform.machine(), "cpu": _cpu(), "threads": os.environ.get("OMP_NUM_THREADS"),
+               "command": " ".join(sys.argv),
                "mode": args.mode, "task": args.task, "base": args.base, "runs": []}
     for factor in args.factors:
         data = make_data(factor, folder, args.task, args.base)
@@ -291,18 +294,28 @@ def main() -> None:
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
         else:
-            for cache in (False, True):
-                if skip and not cache:
-                    continue
-                work = folder / f"train{factor}-{cache}"
-                work.mkdir(exist_ok=True)
-                row = run_child(["child-train", "--data", str(data), "--work", str(work), "--cache", str(int(cache)),
-                                 "--steps", str(args.steps), "--task", args.task])
-                row["factor"] = factor
-                results["runs"].append(row)
-                print(json.dumps(row), flush=True)
+            for repeat in range(args.repeats):
+                for cache in (False, True) if repeat % 2 == 0 else (True, False):
+                    if skip and not cache:
+                        continue
+                    work = folder / f"train{factor}-{cache}-{repeat}"
+                    work.mkdir(exist_ok=True)
+                    row = run_child(["child-train", "--data", str(data), "--work", str(work), "--cache", str(int(cache)),
+                                     "--steps", str(args.steps), "--task", args.task])
+                    row["factor"], row["repeat"] = factor, repeat
+                    results["runs"].append(row)
+                    print(json.dumps(row), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def _cpu() -> dict:
+    """lscpu's model and the vector flags that decide kernels, for the record beside every figure."""
+    text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    return {"model": fields.get("Model name", "?").strip(), "family_model": fields.get("Model", "?").strip(),
+            "flags": sorted(f for f in flags if f.startswith(("avx", "amx")))}
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_epoch_batches_are_an_int_array_partition_fixed_by_seed_and_epoch():
     rng = random.Random(3)
     lengths = [rng.randint(3, 128) for _ in range(5000)]
     order = epoch_batches(lengths, 32, seed=7, epoch=2, window=10)
-    assert all(isinstance(b, np.ndarray) and b.dtype == np.int64 and 1 <= len(b) <= 32 for b in order)
+    assert all(isinstance(b, np.ndarray) and b.dtype == np.int32 and 1 <= len(b) <= 32 for b in order)
     assert sorted(int(i) for b in order for i in b) == list(range(len(lengths)))
     # a resume recomputes it, and a checkpoint's JSON lists compare equal to it
     assert same_order(order, epoch_batches(lengths, 32, seed=7, epoch=2, window=10))
@@ -86,7 +86,7 @@ def test_epoch_batches_are_an_int_array_partition_fixed_by_seed_and_epoch():
     assert not same_order(order, epoch_batches(lengths, 32, seed=7, epoch=3, window=10))
     assert not same_order(order, order[:-1])
     # the memory of an epoch's order does not hold a Python object per example
-    assert sum(b.nbytes for b in order) == 8 * len(lengths)
+    assert sum(b.nbytes for b in order) == 4 * len(lengths)
 
 
 def test_split_lengths_are_one_array_for_memory_and_mapped_features(tmp_path):
@@ -98,7 +98,7 @@ def test_split_lengths_are_one_array_for_memory_and_mapped_features(tmp_path):
 
     encoded = [Encoded([1] * n, [0] * n, n == 9) for n in (4, 9, 2)]
     split = EncodedSplit(encoded, targets=np.zeros(3))
-    assert split.lengths.dtype == np.int64 and split.lengths.tolist() == [4, 9, 2]
+    assert split.lengths.dtype == np.int32 and split.lengths.tolist() == [4, 9, 2]
 
     import pyarrow as pa
 
@@ -106,7 +106,7 @@ def test_split_lengths_are_one_array_for_memory_and_mapped_features(tmp_path):
                       "type_ids": pa.array([e.type_ids for e in encoded], pa.list_(pa.int8())),
                       "truncated": pa.array([e.truncated for e in encoded])})
     mapped = EncodedSplit(CachedEncodings(tmp_path / "x.arrow", table), targets=np.zeros(3))
-    assert mapped.lengths.dtype == np.int64 and mapped.lengths.tolist() == [4, 9, 2]
+    assert mapped.lengths.dtype == np.int32 and mapped.lengths.tolist() == [4, 9, 2]
     assert list(mapped.encoded) == encoded and mapped.encoded[-1] == encoded[-1] and mapped.encoded[1:] == encoded[1:]
     assert mapped.encoded.truncated.tolist() == [False, True, False]
     with pytest.raises(IndexError):

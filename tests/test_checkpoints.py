@@ -240,3 +240,29 @@ def test_unknown_names_and_files_are_refused(tmp_path):
     (tmp_path / "f.bin").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="is a file"):
         resolve_model(tmp_path / "f.bin")
+
+
+def test_a_missing_pooler_is_a_warning_only_for_a_head_that_reads_it(tmp_path, tiny_model_dir, caplog):
+    """Issue 31's false alarm: a span or token head never reads the pooler, so loading one without it
+    says nothing the CLI shows (INFO and above); a sequence head reads it, so that warns, once."""
+    import logging
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from bertfit.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+    from bertfit.weights import load_config, load_into, read_state_dict
+
+    directory = tmp_path / "no-pooler"
+    shutil.copytree(tiny_model_dir, directory)
+    state = load_file(str(directory / "model.safetensors"))
+    assert any(k.startswith("bert.pooler.") for k in state)
+    save_file({k: v for k, v in state.items() if not k.startswith("bert.pooler.")}, str(directory / "model.safetensors"))
+    config = load_config(directory, ["x", "y"])
+    for head, warned in ((BertForQuestionAnswering, False), (BertForTokenClassification, False),
+                         (BertForSequenceClassification, True)):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="bertfit"):
+            load_into(head(config), read_state_dict(directory), directory, require_head=False)
+        said = [r for r in caplog.records if "pooler" in r.getMessage()]
+        assert [r.levelno for r in said if r.levelno >= logging.INFO] == ([logging.WARNING] if warned else []), head

@@ -120,6 +120,8 @@ def test_cli_predict_question_and_context(qa_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["answer"] == "great coffee" and context[record["start"]:record["end"]] == "great coffee"
+    # The span head never reads the pooler (saved without it, as transformers' is): loading says nothing of it.
+    assert "pooler" not in proc.stderr, proc.stderr
     # The terminal form with --top-k: the answer, then the next ones, each with score, p and characters.
     proc = subprocess.run([sys.executable, "-m", "bertfit", "-q", "predict", str(out), "--question", "the good",
                            "--context-file", str(tmp_path / "ctx.txt"), "--top-k", "2", "--engine", "pytorch"],

@@ -23,10 +23,13 @@ from bertfit.tokenizer import Encoded
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, window: int = 50) -> list[np.ndarray]:
     """The batches (arrays of example indices) of one training epoch, bucketed by length.
 
-    Arrays, not lists of Python ints: an epoch of millions of examples costs 8 bytes an example
-    here, against about 36 as lists (an int object and its pointer)."""
+    Arrays, not lists of Python ints: an epoch of millions of examples costs 4 bytes an example
+    here (int32 below 2**31 examples, else int64), against about 36 as lists (an int object and its
+    pointer). The indices are the same whatever their type (a resume and the batch hash compare values)."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
+    if len(order) < 2**31:
+        order = order.astype(np.int32)
     lengths_arr = np.asarray(lengths)
     span = batch_size * window
     batches: list[np.ndarray] = []
@@ -116,11 +119,12 @@ class EncodedSplit:
 
     @property
     def lengths(self) -> np.ndarray:
-        """Every feature's length (int64): one array, not a Python int per feature (millions of rows)."""
+        """Every feature's length (int32: a feature is at most the model's length): one array, not a
+        Python int per feature, 4 bytes each (millions of rows)."""
         cached = getattr(self.encoded, "lengths", None)  # features mapped from the tokenized cache: no lists made
         if cached is not None:
-            return np.asarray(cached, dtype=np.int64)
-        return np.fromiter((len(e.ids) for e in self.encoded), dtype=np.int64, count=len(self.encoded))
+            return np.asarray(cached, dtype=np.int32)
+        return np.fromiter((len(e.ids) for e in self.encoded), dtype=np.int32, count=len(self.encoded))
 
     @property
     def examples(self) -> int:

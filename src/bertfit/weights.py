@@ -223,9 +223,10 @@ def load_into(
             new_state.pop(key, None)
         model.fresh_head = True
     if missing_set & pooler and not missing_set - pooler:
-        # A token or span head never reads the pooler, nor a masked-LM model without NSP: no warning.
+        # A token or span head never reads the pooler, nor a masked-LM model without NSP: nothing to say
+        # to the user (DEBUG; the CLI shows INFO), since a random pooler cannot change what they get.
         needed = getattr(model, "uses_pooler", True) and getattr(model, "nsp", True) is not None
-        logger.log(logging.WARNING if needed else logging.INFO, "%s has no pooler weights; the pooler is initialised "
+        logger.log(logging.WARNING if needed else logging.DEBUG, "%s has no pooler weights; the pooler is initialised "
                    "randomly", source)
         missing_set -= pooler
     if missing_set:

@@ -281,10 +281,10 @@ class ListColumn(Sequence):
 
     @property
     def lengths(self) -> np.ndarray:
-        """Every row's number of values (int64), without making any row."""
+        """Every row's number of values (int32, 4 bytes a row), without making any row."""
         if not self._offsets:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([np.diff(o) for o in self._offsets]).astype(np.int64, copy=False)
+            return np.zeros(0, dtype=np.int32)
+        return np.concatenate([np.diff(o).astype(np.int32, copy=False) for o in self._offsets])
 
     def __iter__(self) -> Iterator[Any]:
         # Chunk by chunk (one pass, e.g. the split's fingerprint), not through [i] (a batch's rows).

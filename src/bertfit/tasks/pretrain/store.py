@@ -57,7 +57,7 @@ class StoredSequences:
     """A split's sequences from the store: features read mapped, and their NSP labels."""
 
     features: CachedEncodings
-    next_labels: np.ndarray  # (N,) int64
+    next_labels: np.ndarray  # (N,) int8, as stored: a byte a sequence, not eight
 
     def __len__(self) -> int:
         return len(self.features)
@@ -367,7 +367,7 @@ def _sequences(path: Path, docs: DocumentView, stream: int, tokenizer: Any, max_
             instances = iter_packed_instances(docs, max_length, tokenizer.sep_id)
         _write_sequences(path, instances, tokenizer)
         table = _map(path)
-    return StoredSequences(CachedEncodings(path, table), table.column("next_label").to_numpy().astype(np.int64))
+    return StoredSequences(CachedEncodings(path, table), table.column("next_label").to_numpy().astype(np.int8, copy=False))
 
 
 def _write_sequences(path: Path, instances: Iterator[Instance], tokenizer: Any) -> None:
