@@ -98,6 +98,29 @@ def test_a_damaged_cache_file_is_tokenized_again(tokenizer, tmp_path):
     assert same(rebuilt, tokenizer.encode(items, max_length=16))
 
 
+def test_one_pass_over_every_feature_reads_the_file_in_order_and_notices_a_replaced_one(tokenizer, tmp_path,
+                                                                                          monkeypatch):
+    """arrays() (the training data's fingerprint) reads the file a record batch at a time rather than
+    through the mapping, so the pass does not leave every page of a large store resident: the same
+    features in the same order as the mapped ones; a file replaced since it was opened is an error, never
+    other data hashed silently."""
+    from bertfit.train.loop import data_fingerprint
+    from bertfit.batching import EncodedSplit
+
+    monkeypatch.setattr(token_cache, "CHUNK", 64)  # several record batches
+    items = texts()
+    cached = token_cache.encode_cached(tokenizer, items, None, 16, directory=tmp_path)
+    fresh = tokenizer.encode(items, max_length=16)
+    rows = list(cached.arrays())
+    assert [(ids.tolist(), types.tolist()) for ids, types in rows] == [(e.ids, e.type_ids) for e in fresh]
+    assert data_fingerprint(EncodedSplit(cached, None)) == data_fingerprint(EncodedSplit(fresh, None))
+
+    other = token_cache.encode_cached(tokenizer, items[:100], None, 16, directory=tmp_path)
+    Path(other.path).replace(cached.path)  # the mapping still shows the old file; the path, the new one
+    with pytest.raises(RuntimeError, match="300 features.*100 features|100 features.*300"):
+        list(cached.arrays())
+
+
 def test_small_splits_and_the_switch_skip_the_cache(monkeypatch):
     monkeypatch.delenv("BERTFIT_TOKEN_CACHE_MIN", raising=False)
     assert not token_cache.cache_enabled(100) and token_cache.cache_enabled(50_000)

@@ -142,9 +142,28 @@ class CachedEncodings(Sequence):
         return Encoded(ids.tolist(), types.tolist(), bool(truncated))
 
     def arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every feature's (ids, type_ids) as numpy views of the mapped file, in order, chunk by chunk:
-        one pass over the split (its fingerprint) without making any feature's lists."""
-        return zip(self._ids, self._types)
+        """Every feature's (ids, type_ids) as numpy arrays, in order: one pass over the split (its
+        fingerprint) without making any feature's lists.
+
+        Read from the file a record batch at a time, not through the mapping: one pass over every page
+        of a mapping leaves them all resident in this process (GBs for a corpus of millions of sequences,
+        counted as its memory), while pages read from a file stay the kernel's cache."""
+        if not Path(self.path).is_file():  # a table made in memory (an empty split): nothing mapped
+            return zip(self._ids, self._types)
+        return self._read_arrays()
+
+    def _read_arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        import pyarrow as pa
+
+        rows = 0
+        with pa.OSFile(str(self.path)) as handle:
+            reader = pa.ipc.open_file(handle)
+            for i in range(reader.num_record_batches):
+                batch = pa.Table.from_batches([reader.get_batch(i)])
+                rows += batch.num_rows
+                yield from zip(ListColumn(batch, "ids"), ListColumn(batch, "type_ids"))
+        if rows != len(self):  # the file was replaced since it was mapped: never hash other data silently
+            raise RuntimeError(f"{self.path} holds {rows} features now, {len(self)} when it was opened")
 
     @property
     def lengths(self) -> np.ndarray:

@@ -335,11 +335,14 @@ def _split(store: StoredDocuments, seed: int, nsp: bool, validation_fraction: fl
            max_documents: int | None) -> tuple[np.ndarray, np.ndarray, int]:
     """prepare_corpus' draws, on document indices: (train, held-out, documents kept)."""
     rng = np.random.default_rng([seed, 11])
-    chosen = np.arange(len(store))
+    # Document indices in int32 where they fit (4 bytes a document, not 8: a large corpus has millions);
+    # permuting an arange of either type draws the same permutation as rng.permutation(n).
+    index = np.int32 if len(store) < 2**31 else np.int64
+    chosen = np.arange(len(store), dtype=index)
     if max_documents and len(store) > max_documents:
-        chosen = np.sort(rng.permutation(len(store))[:max_documents])
+        chosen = np.sort(rng.permutation(chosen)[:max_documents])
     kept = chosen[store.sizes[chosen] > 0]  # a document of no tokens (emoji only) is dropped
-    order = rng.permutation(len(kept))
+    order = rng.permutation(np.arange(len(kept), dtype=index))
     n_validation = min(max_validation_documents, int(round(validation_fraction * len(kept))))
     if n_validation and n_validation < (2 if nsp else 1):
         n_validation = 0
