@@ -66,10 +66,13 @@ def run_bertfit(name: str, files: dict, seed: int, work: Path, predict: bool) ->
     from bertfit.train.config import TrainConfig
 
     run_dir = work / "run"
+    # --steps 0: bertfit's own defaults (3 epochs, batch 32, lr 5e-5, warmup 10%, max_length 128), what a
+    # user gets from `bertfit train --task ner FILE`; otherwise the issue-13 recipe shared with transformers.
+    budget = {} if not STEPS else dict(max_steps=STEPS, batch_size=BATCH, lr=LR, warmup_ratio=WARMUP,
+                                       weight_decay=WEIGHT_DECAY, max_length=MAX_LENGTH, eval_every=STEPS)
     config = TrainConfig(train_file=files["train"], test_file=limited_test(files["test"], work), problem_type="ner",
-                         model="minilm-l6", max_steps=STEPS, batch_size=BATCH, lr=LR, warmup_ratio=WARMUP,
-                         weight_decay=WEIGHT_DECAY, max_length=MAX_LENGTH, seed=seed, eval_every=STEPS,
-                         save_every=10**6, deduplicate=False, split=(1.0, 0.0, 0.0), output_dir=str(run_dir))
+                         model="minilm-l6", seed=seed, save_every=10**6, deduplicate=False, split=(1.0, 0.0, 0.0),
+                         output_dir=str(run_dir), **budget)
     result = fine_tune(config)
     test = result.metrics["test"]
     out = {"tokens_per_s": result.train.state.tokens_seen / result.train.state.train_seconds,
@@ -231,7 +234,8 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
-    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--steps", type=int, default=STEPS,
+                        help="training steps (0: bertfit's defaults, 3 epochs at batch 32 and lr 5e-5; bertfit only)")
     parser.add_argument("--test-limit", type=int, default=TEST_LIMIT)
     parser.add_argument("--no-predict", action="store_true", help="skip the prediction-speed comparison")
     parser.add_argument("--impls", nargs="+", default=["bertfit", "transformers"], choices=list(CONTENDERS))
