@@ -101,11 +101,13 @@ def run_bertfit(files: dict[str, str], steps: int, work: Path) -> dict:
 
 # --- transformers, following run_qa.py ------------------------------------------------------
 
-def _train_features(tokenizer, rows):
-    """run_qa.py's prepare_train_features (pad_to_max_length=True, its default)."""
+def _train_features(tokenizer, rows, pad_to_max_length: bool = True):
+    """run_qa.py's prepare_train_features (pad_to_max_length=True is its default; False leaves the padding
+    to the collator, per batch)."""
     questions = [r["question"].lstrip() for r in rows]
     enc = tokenizer(questions, [r["context"] for r in rows], truncation="only_second", max_length=MAX_LENGTH,
-                    stride=STRIDE, return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
+                    stride=STRIDE, return_overflowing_tokens=True, return_offsets_mapping=True,
+                    padding="max_length" if pad_to_max_length else False)
     features = []
     for i, offsets in enumerate(enc["offset_mapping"]):
         ids = enc["input_ids"][i]

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_qa import BATCH, LR, MAX_LENGTH, STRIDE, WARMUP, WEIGHT_DECAY, _postprocess, _rows, prepare, score  # noqa: E402
+from bench_qa import (BATCH, LR, MAX_LENGTH, STRIDE, WARMUP, WEIGHT_DECAY, _postprocess, _rows, _train_features,  # noqa: E402
+                      prepare, score)
 
 EVAL_POINTS = 8  # evaluations along the schedule (plus the last step)
 
@@ -98,39 +99,6 @@ def run_bertfit(files: dict[str, str], steps: int, eval_every: int, budget_s: fl
 
 # --- transformers (run_qa.py, dynamic padding) ----------------------------------------------------
 
-def _train_features_dynamic(tokenizer, rows):
-    """run_qa.py's prepare_train_features with --pad_to_max_length False (the collator pads per batch)."""
-    questions = [r["question"].lstrip() for r in rows]
-    enc = tokenizer(questions, [r["context"] for r in rows], truncation="only_second", max_length=MAX_LENGTH,
-                    stride=STRIDE, return_overflowing_tokens=True, return_offsets_mapping=True)
-    features = []
-    for i, offsets in enumerate(enc["offset_mapping"]):
-        ids = enc["input_ids"][i]
-        cls_index = ids.index(tokenizer.cls_token_id)
-        seq = enc.sequence_ids(i)
-        answers = rows[enc["overflow_to_sample_mapping"][i]]["answers"]
-        start_char = answers["answer_start"][0]
-        end_char = start_char + len(answers["text"][0])
-        s = 0
-        while seq[s] != 1:
-            s += 1
-        e = len(ids) - 1
-        while seq[e] != 1:
-            e -= 1
-        if not (offsets[s][0] <= start_char and offsets[e][1] >= end_char):
-            start, end = cls_index, cls_index
-        else:
-            while s < len(offsets) and offsets[s][0] <= start_char:
-                s += 1
-            start = s - 1
-            while offsets[e][1] >= end_char:
-                e -= 1
-            end = e + 1
-        features.append({"input_ids": ids, "token_type_ids": enc["token_type_ids"][i],
-                         "attention_mask": enc["attention_mask"][i], "start_positions": start, "end_positions": end})
-    return features
-
-
 def _hf_dev_scores(model, tokenizer, dev_rows, enc) -> dict:
     """run_qa.py's evaluation: every dev window's logits (batches of 64 windows by length, padded per
     batch), postprocess_qa_predictions, one scorer."""
@@ -169,7 +137,7 @@ def run_transformers(files: dict[str, str], steps: int, eval_every: int, budget_
     model_dir = resolve_model("minilm-l6")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_rows, dev_rows = _rows(files["train"]), _rows(files["dev"])
-    train = _train_features_dynamic(tokenizer, train_rows)
+    train = _train_features(tokenizer, train_rows, pad_to_max_length=False)  # run_qa.py --pad_to_max_length False
     dev_enc = tokenizer([r["question"].lstrip() for r in dev_rows], [r["context"] for r in dev_rows],
                         truncation="only_second", max_length=MAX_LENGTH, stride=STRIDE, return_overflowing_tokens=True,
                         return_offsets_mapping=True)
