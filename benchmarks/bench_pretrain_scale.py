@@ -42,7 +42,19 @@ def make_corpus(scale: int, out: Path, data: Path) -> Path:
     return out
 
 
-def run(corpus: Path, contender: str, steps: int, cache: Path, work: Path) -> dict:
+CGROUP_ROOT = Path("/sys/fs/cgroup/memory")  # cgroup v1's memory controller (what these machines have)
+
+
+def memory_cgroup(limit_mb: int) -> Path:
+    """A fresh memory cgroup capped at limit_mb (page cache included, as the kernel charges it: clean
+    pages of a mapped file are reclaimed under the cap, anonymous memory is not, and no swap)."""
+    group = CGROUP_ROOT / f"bertfit-bench-{os.getpid()}-{time.monotonic_ns()}"
+    group.mkdir()
+    (group / "memory.limit_in_bytes").write_text(str(limit_mb * 2**20))
+    return group
+
+
+def run(corpus: Path, contender: str, steps: int, cache: Path, work: Path, limit_mb: int | None = None) -> dict:
     env = {**os.environ, "BERTFIT_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONPATH": "src"}
     env.update({"BERTFIT_TOKEN_CACHE": "0"} if contender == "in-memory" else
                {"BERTFIT_TOKEN_CACHE": "1", "BERTFIT_CORPUS_STORE_MIN_BYTES": "0"})
@@ -51,6 +63,9 @@ def run(corpus: Path, contender: str, steps: int, cache: Path, work: Path) -> di
     command = [sys.executable, "-m", "bertfit", "-q", "pretrain", "--corpus", str(corpus), "--corpus-format", "documents", "--model", "minilm-l6",
                "--max-steps", str(steps), "--batch-size", "16", "--max-length", "64", "--threads", "1",
                "--eval-every", str(steps), "--output-dir", str(out)]
+    group = memory_cgroup(limit_mb) if limit_mb else None
+    if group is not None:  # the process joins the group before it allocates anything, then becomes bertfit
+        command = ["sh", "-c", f'echo $$ > {group / "cgroup.procs"} && exec "$@"', "sh", *command]
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # ru_maxrss counts every resident page, the pages of a mapped file the process has read included (the
@@ -73,7 +88,14 @@ def run(corpus: Path, contender: str, steps: int, cache: Path, work: Path) -> di
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     code = os.waitstatus_to_exitcode(status)
     data = json.loads((out / "data.json").read_text()) if (out / "data.json").exists() else {}
-    return {"contender": contender, "exit": code, "peak_rss_mb": usage.ru_maxrss / 1024,
+    capped = {}
+    if group is not None:
+        capped = {"memory_limit_mb": limit_mb,
+                  "cgroup_peak_mb": round(int((group / "memory.max_usage_in_bytes").read_text()) / 2**20, 1),
+                  "cgroup_limit_hits": int((group / "memory.failcnt").read_text()),
+                  "oom_killed": code == -9}
+        group.rmdir()
+    return {"contender": contender, "exit": code, **capped, "peak_rss_mb": usage.ru_maxrss / 1024,
             "peak_anon_mb": round(peaks["RssAnon"] / 1024, 1), "peak_file_mb": round(peaks["RssFile"] / 1024, 1),
             "wall_s": round(wall, 1),
             "sequences": data.get("rows", {}).get("train"), "documents": data.get("documents"),
@@ -88,6 +110,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/pretrain_scale.json"))
+    parser.add_argument("--memory-limit-mb", type=int, help="run every process in a memory cgroup of this size "
+                        "(cgroup v1, root): a corpus larger than half the memory the run may use")
     args = parser.parse_args()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")
@@ -104,11 +128,12 @@ def main() -> None:
             contenders = ["store", "in-memory"] if scale in args.memory_scales else ["store"]
             for contender in contenders:
                 cache = work / f"cache-{scale}-{contender}"
-                first = run(corpus, contender, args.steps, cache, work)
+                first = run(corpus, contender, args.steps, cache, work, args.memory_limit_mb)
                 record = {"scale": scale, "corpus_mb": round(size / 2**20, 1), **first}
                 if contender == "store":
-                    again = run(corpus, contender, args.steps, cache, work)  # the store reused
-                    record["reuse"] = {k: again[k] for k in ("exit", "peak_rss_mb", "peak_anon_mb", "peak_file_mb", "wall_s")}
+                    again = run(corpus, contender, args.steps, cache, work, args.memory_limit_mb)  # the store reused
+                    record["reuse"] = {k: again[k] for k in ("exit", "peak_rss_mb", "peak_anon_mb", "peak_file_mb", "wall_s",
+                                                             "cgroup_peak_mb", "cgroup_limit_hits") if k in again}
                     record["store_mb"] = round(sum(f.stat().st_size for f in cache.rglob("*.arrow")) / 2**20, 1)
                 shutil.rmtree(cache, ignore_errors=True)
                 results["runs"].append(record)

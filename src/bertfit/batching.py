@@ -27,9 +27,9 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
     here (int32 below 2**31 examples, else int64), against about 36 as lists (an int object and its
     pointer). The indices are the same whatever their type (a resume and the batch hash compare values)."""
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    if len(order) < 2**31:
-        order = order.astype(np.int32)
+    # Permuting an arange of the small type draws rng.permutation(n)'s values without its int64 array
+    # (8 bytes an example, at the moment training allocates its model and optimizer).
+    order = rng.permutation(np.arange(len(lengths), dtype=np.int32 if len(lengths) < 2**31 else np.int64))
     lengths_arr = np.asarray(lengths)
     span = batch_size * window
     batches: list[np.ndarray] = []
