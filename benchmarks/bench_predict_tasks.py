@@ -167,7 +167,8 @@ def peer_predictor(task: str, run: str):
         def predict(items):
             return [o["label"] for o in pipe(items, truncation=True, max_length=128)]
     elif task == "multi-label":
-        thresholds = json.loads((Path(run) / "task.json").read_text()).get("thresholds")
+        saved = json.loads((Path(run) / "task.json").read_text())
+        thresholds = (saved.get("state") or {}).get("thresholds")  # tuned per label on validation
         pipe = pipeline("text-classification", model=run, device=-1, batch_size=32, top_k=None,
                         function_to_apply="sigmoid")
         labels = [pipe.model.config.id2label[i] for i in range(pipe.model.config.num_labels)]
@@ -242,11 +243,15 @@ def same_answer(task: str, a, b) -> bool:
     return a == b
 
 
-def agreement(task: str, reference: list, answers: list) -> dict:
+def agreement(task: str, reference: list, answers: list, n_labels: int = 0) -> dict:
     if task == "regression":
         diffs = [abs(float(a) - float(b)) for a, b in zip(reference, answers)]
         return {"max_abs_difference": max(diffs), "mean_abs_difference": statistics.fmean(diffs)}
-    return {"agreement": sum(same_answer(task, a, b) for a, b in zip(reference, answers)) / len(reference)}
+    out = {"agreement": sum(same_answer(task, a, b) for a, b in zip(reference, answers)) / len(reference)}
+    if task == "multi-label" and n_labels:  # a whole label set is n_labels decisions: how many of those agree
+        flipped = sum(len(set(a) ^ set(b)) for a, b in zip(reference, answers))
+        out["label_decisions_agreement"] = 1 - flipped / (len(reference) * n_labels)
+    return out
 
 
 def cpu() -> dict:
@@ -331,7 +336,8 @@ def main() -> None:
             entry[impl] = {"engine": ok[-1]["engine"], "per_s": [round(v, 2) for v in rates],
                            "per_s_median": round(statistics.median(rates), 2)}
             if reference is not None:
-                entry[impl].update(agreement(task, reference, ok[-1]["answers"]))
+                labels = json.loads((run / "task.json").read_text()).get("labels") or []
+                entry[impl].update(agreement(task, reference, ok[-1]["answers"], len(labels)))
             if impl == "peer":
                 peer_rate = entry[impl]["per_s_median"]
         for impl in contenders:
