@@ -167,14 +167,23 @@ def peer_predictor(task: str, run: str):
         def predict(items):
             return [o["label"] for o in pipe(items, truncation=True, max_length=128)]
     elif task == "multi-label":
-        saved = json.loads((Path(run) / "task.json").read_text())
-        thresholds = (saved.get("state") or {}).get("thresholds")  # tuned per label on validation
+        import math
+
+        # The run's decisions as a transformers user reproduces them from task.json: each label's logit
+        # through its Platt scaling (fitted on validation), then its tuned threshold.
+        state = json.loads((Path(run) / "task.json").read_text()).get("state") or {}
         pipe = pipeline("text-classification", model=run, device=-1, batch_size=32, top_k=None,
-                        function_to_apply="sigmoid")
+                        function_to_apply="none")
         labels = [pipe.model.config.id2label[i] for i in range(pipe.model.config.num_labels)]
-        cut = dict(zip(labels, thresholds)) if thresholds else {label: 0.5 for label in labels}
+        cut = dict(zip(labels, state.get("thresholds") or [0.5] * len(labels)))
+        platt = dict(zip(labels, state.get("platt") or [[1.0, 0.0]] * len(labels)))
+
+        def on(label: str, logit: float) -> bool:
+            a, b = platt[label]
+            return 1 / (1 + math.exp(-(a * logit + b))) >= cut[label]
+
         def predict(items):
-            return [sorted(o["label"] for o in out if o["score"] >= cut[o["label"]])
+            return [sorted(o["label"] for o in out if on(o["label"], o["score"]))
                     for out in pipe(items, truncation=True, max_length=64)]
     elif task == "regression":
         pipe = pipeline("text-classification", model=run, device=-1, batch_size=32, function_to_apply="none")
