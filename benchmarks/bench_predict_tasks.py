@@ -308,7 +308,7 @@ def main() -> None:
         report["bf16"] = "not run: this CPU has no AVX512-BF16/AMX (bf16 would be emulated, slower than fp32)"
     contenders.append("peer")
     for task in args.tasks:
-        if BUDGET[task][0] and args.steps:
+        if args.steps:
             BUDGET[task] = (args.steps, *BUDGET[task][1:])
         n = args.inputs or BUDGET[task][4]
         run = args.work / f"run-{task}"
