@@ -66,8 +66,8 @@ def run_bertfit(name: str, files: dict, seed: int, work: Path, predict: bool) ->
     from bertfit.train.config import TrainConfig
 
     run_dir = work / "run"
-    # --steps 0: bertfit's own defaults (3 epochs, batch 32, lr 5e-5, warmup 10%, max_length 128), what a
-    # user gets from `bertfit train --task ner FILE`; otherwise the issue-13 recipe shared with transformers.
+    # --steps 0: bertfit's own defaults for NER (tasks/table.py; the JSON records them), what a user gets
+    # from `bertfit train --task ner FILE`; otherwise the issue-13 recipe shared with transformers.
     budget = {} if not STEPS else dict(max_steps=STEPS, batch_size=BATCH, lr=LR, warmup_ratio=WARMUP,
                                        weight_decay=WEIGHT_DECAY, max_length=MAX_LENGTH, eval_every=STEPS)
     config = TrainConfig(train_file=files["train"], test_file=limited_test(files["test"], work), problem_type="ner",
@@ -78,6 +78,7 @@ def run_bertfit(name: str, files: dict, seed: int, work: Path, predict: bool) ->
     out = {"tokens_per_s": result.train.state.tokens_seen / result.train.state.train_seconds,
            "train_seconds": result.train.state.train_seconds, "real_tokens": result.train.state.tokens_seen,
            "steps": result.train.state.step,
+           "settings": {k: getattr(config, k) for k in ("lr", "epochs", "batch_size", "warmup_ratio", "max_length")},
            "test": {"f1": test["f1"], "precision": test["precision"], "recall": test["recall"],
                     "predicted_entities": test["predicted_entities"]}}
     if predict:
@@ -235,7 +236,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--steps", type=int, default=STEPS,
-                        help="training steps (0: bertfit's defaults, 3 epochs at batch 32 and lr 5e-5; bertfit only)")
+                        help="training steps (0: bertfit's defaults for NER, tasks/table.py; bertfit only)")
     parser.add_argument("--test-limit", type=int, default=TEST_LIMIT)
     parser.add_argument("--no-predict", action="store_true", help="skip the prediction-speed comparison")
     parser.add_argument("--impls", nargs="+", default=["bertfit", "transformers"], choices=list(CONTENDERS))

@@ -477,3 +477,18 @@ def test_the_first_trial_trains_the_defaults_and_the_report_says_what_the_search
     report = (result.tune_dir / "tune_report.md").read_text()
     assert "## What the search bought over the defaults" in report
     assert f"validation loss {first['value']:.4f}" in report
+
+
+def test_the_defaults_trial_keeps_per_label_thresholds_where_the_space_offers_them(tmp_path, tiny_model_dir,
+                                                                                    synthetic_csv):
+    """multi-label's default decision rule is None (a threshold tuned per label): a value the space
+    offers, so the first trial trains it rather than leaving the sampler to draw 0.5."""
+    from bertfit.tune.study import defaults_within
+
+    space = {"threshold": Param("threshold", choices=(None, 0.5)), "lr": Param("lr", 1e-5, 1e-4, log=True)}
+    tune = TuneSettings(base_config(tiny_model_dir, synthetic_csv, lr=5e-5, problem_type="multi-label"), space, {},
+                        tmp_path / "tune", 3, seed=0)
+    assert defaults_within(tune, space) == {"threshold": None, "lr": 5e-5}
+    fixed = TuneSettings(base_config(tiny_model_dir, synthetic_csv, problem_type="multi-label", threshold=0.5),
+                         space, {}, tmp_path / "tune2", 3, seed=0)
+    assert defaults_within(fixed, space)["threshold"] == 0.5

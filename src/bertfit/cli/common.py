@@ -36,7 +36,7 @@ TRAIN_HELP: dict[str, str] = {
     "max_train_examples": "train on a seeded, stratified subset of this many examples",
     "max_eval_examples": "evaluate on a seeded, stratified subset of this many validation/test examples",
     "model": "pretrained model: a directory, a hub id, or 'minilm-l6' (bundled all-MiniLM-L6-v2)",
-    "max_length": "truncate texts to this many tokens (at most 512; question answering: the window, default 384)",
+    "max_length": "truncate texts to this many tokens (at most 512; question answering: the window of question and context)",
     "truncation": "which tokens of a longer text are kept: head (the first), tail (the last), or head+tail "
                   "(the first --head-tokens and the last that fit; Sun et al. 2019); pairs cut the longer side",
     "head_tokens": "with --truncation head+tail: how many tokens of the head are kept",

@@ -26,7 +26,7 @@ CHOICES = {"truncation": ("head", "tail", "head+tail"), "long_text": ("truncate"
 
 
 # TrainConfig fields that are not flags of their own: a task's settings come from its declarations.
-NOT_FLAGS = ("extra", "task_settings")
+NOT_FLAGS = ("extra", "task_settings", "defaulted")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     add_distributed_arguments(parser, "train")
     add_setting_arguments(parser)
+
+
+def _default_text(name: str, default: object) -> str:
+    """A setting's default as --help shows it, with the tasks that default it differently."""
+    from bertfit.tasks.table import TABLE
+    from bertfit.train.config import GENERAL_DEFAULTS
+
+    if name not in GENERAL_DEFAULTS:
+        return _show(default)
+    own = [f"{row.name} {dict(row.defaults)[name]:g}" for row in TABLE if name in dict(row.defaults)]
+    return f"{GENERAL_DEFAULTS[name]:g}" + (f"; {', '.join(own)}" if own else "")
 
 
 def add_setting_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -52,7 +63,7 @@ def add_setting_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...]
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{TRAIN_HELP[f.name]} (default: {_show(default)})"
+        help_text = f"{TRAIN_HELP[f.name]} (default: {_default_text(f.name, default)})"
         if f.type in ("bool", "bool | None"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.name in ("split", "adam_betas"):

@@ -58,8 +58,6 @@ class Task(ABC):
     # How texts longer than max_length are read (windows.py): set from the training settings by
     # ``encode`` and saved in task.json by artifact.py; sequence tasks use it, others may ignore it.
     long_text: LongText = LongText()
-    # The --max-length a task uses when none is given (None: the training default, 128).
-    default_max_length: ClassVar[int | None] = None
     # The command that trains this task: "train" (a labelled file) or "pretrain" (unlabelled corpora).
     command: ClassVar[str] = "train"
     # How the report names the run and its rows ("fine-tuned on 800 training examples"), and whether it

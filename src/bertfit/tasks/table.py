@@ -24,6 +24,10 @@ class TaskRow:
     metrics: tuple[str, ...]  # what --metric may select the best checkpoint on (the first is the default)
     summary: str  # one phrase for --help
     settings: str = ""  # "module:NAME" of its own Setting declarations (torch-free), or "" for none
+    # Training settings whose default differs for this task (TrainConfig's general ones otherwise:
+    # train/config.py GENERAL_DEFAULTS), each from a recorded sweep; benchmarks/RESULTS.md, "Defaults
+    # per task", holds the sweeps and the second data sets that confirmed them.
+    defaults: tuple[tuple[str, float | int], ...] = ()
 
 
 TABLE: tuple[TaskRow, ...] = (
@@ -42,7 +46,8 @@ TABLE: tuple[TaskRow, ...] = (
             "named entities (CoNLL or JSON lines)", "bertfit.tasks.ner.data:NER_SETTINGS"),
     TaskRow("qa", "bertfit.tasks.qa.task", "QuestionAnswering", "question_answering", "BertForQuestionAnswering",
             "train", ("f1", "exact_match", "loss"), "extractive question answering on SQuAD-style JSON/JSONL",
-            "bertfit.tasks.qa.data:QA_SETTINGS"),
+            "bertfit.tasks.qa.data:QA_SETTINGS",
+            defaults=(("max_length", 384),)),  # question + a window of the context: BERT's SQuAD setting
     TaskRow("multiple-choice", "bertfit.tasks.multiple_choice", "MultipleChoice", "multiple_choice",
             "BertForMultipleChoice", "train", ("accuracy", "loss"),
             "pick the right answer among a question's choices (SWAG / CommonsenseQA-style JSONL or CSV)"),
@@ -62,6 +67,12 @@ ARCHITECTURE_PROBLEM_TYPES: dict[str, str] = {row.architecture: row.problem_type
                                               and row.architecture != "BertForSequenceClassification"}
 # Every task's selectable metrics, for validating --metric before the task is built.
 METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for row in TABLE for m in row.metrics))
+
+
+def task_defaults(name: str | None) -> dict[str, float | int]:
+    """The training settings task ``name`` defaults differently ({} for None or a task without any)."""
+    row = ROWS.get(name) if name is not None else None
+    return dict(row.defaults) if row is not None else {}
 
 
 def tasks_help() -> str:

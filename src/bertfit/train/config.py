@@ -1,4 +1,5 @@
-"""TrainConfig: every setting of a fine-tuning run, resolved once: defaults → config file → flags.
+"""TrainConfig: every setting of a fine-tuning run, resolved once: defaults (the task's own where it
+declares one, tasks/table.py) → config file → flags.
 
 The resolved config is saved in the run directory (train_config.json) and is what a resume reads.
 """
@@ -17,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from bertfit.errors import ConfigError
 from bertfit.tasks.declared import TRAIN_SETTINGS, TRAIN_TASKS
-from bertfit.tasks.table import METRICS
+from bertfit.tasks.table import METRICS, task_defaults
 from bertfit.tasks.settings import is_int as _is_int
 from bertfit.tasks.settings import range_message
 from bertfit.tasks.settings import show as _show
@@ -31,6 +32,12 @@ PROBLEM_TYPES = TRAIN_TASKS  # the registered tasks that `bertfit train` trains 
 # lr 1e-4 (one epoch, warmup 10%, linear decay) is what benchmarks/RESULTS.md (issue 16) measures.
 QUICK = {"max_train_examples": 16000, "epochs": 1.0, "eval_every": 0, "lr": 1e-4}
 
+
+# The defaults of the settings a task may default differently (TaskRow.defaults in tasks/table.py).
+# In a TrainConfig these fields default to None: "the task's value, else this one", resolved in
+# __post_init__ when the task is named, or by ``for_task`` once the labels have shown it.
+GENERAL_DEFAULTS: dict[str, float | int] = {"max_length": 128, "epochs": 3.0, "batch_size": 32, "lr": 5e-5,
+                                             "warmup_ratio": 0.1}
 
 EXPLAIN_REPORT_SECONDS = 10.0  # the report's explanations section's default budget (train/explain_report.py)
 
@@ -60,7 +67,7 @@ class TrainConfig:
     max_eval_examples: int | None = None
     # model
     model: str = "minilm-l6"
-    max_length: int = 128
+    max_length: int = None  # type: ignore[assignment]  # None: the task's default (GENERAL_DEFAULTS: 128)
     # long texts (windows.py): which tokens of a text longer than max_length are read
     truncation: str = "head"
     head_tokens: int = 128
@@ -70,13 +77,14 @@ class TrainConfig:
     classifier_input: str = "pooled"
     classifier_dropout: float | None = None
     # optimisation
-    epochs: float = 3.0
+    # None (epochs, batch_size, lr, warmup_ratio): the task's default, else GENERAL_DEFAULTS (3, 32, 5e-5, 0.1)
+    epochs: float = None  # type: ignore[assignment]
     max_steps: int | None = None
-    batch_size: int = 32
+    batch_size: int = None  # type: ignore[assignment]
     grad_accum: int = 1
-    lr: float = 5e-5
+    lr: float = None  # type: ignore[assignment]
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = None  # type: ignore[assignment]
     max_grad_norm: float = 1.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
@@ -110,10 +118,14 @@ class TrainConfig:
     # train_config.json's "tag_column") and read as attributes (config.tag_column); missing: defaults.
     task_settings: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # The GENERAL_DEFAULTS settings that were not given (None): a task detected from the labels later
+    # gives them its own values (for_task). Not saved: train_config.json holds the resolved values.
+    defaulted: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Validate every setting where settings resolve (flags, config files and the Python API alike):
         numbers must be finite and in range, so a ``nan`` or ``inf`` never reaches training."""
+        self._resolve_task_defaults()
         for name, (low, high) in _INT_RANGES.items():
             value = getattr(self, name)
             if value is None and name in _OPTIONAL:
@@ -199,6 +211,24 @@ class TrainConfig:
                 raise ConfigError(f"columns names a column more than once: {_show(list(self.columns))}")
             _check_text("columns", "".join(self.columns))
 
+    def _resolve_task_defaults(self) -> None:
+        unset = frozenset(name for name in GENERAL_DEFAULTS if getattr(self, name) is None)
+        task = task_defaults(self.problem_type) if self.problem_type in PROBLEM_TYPES else {}
+        for name in unset:
+            object.__setattr__(self, name, task.get(name, GENERAL_DEFAULTS[name]))
+        object.__setattr__(self, "defaulted", frozenset(self.defaulted) | unset)
+
+    def for_task(self, name: str) -> "TrainConfig":
+        """This config for task ``name`` (detected from the labels): the settings that were not given
+        take the task's defaults; the ones given keep their values."""
+        task = task_defaults(name)
+        return dataclasses.replace(self, problem_type=name,
+                                   **{key: task.get(key, GENERAL_DEFAULTS[key]) for key in self.defaulted})
+
+    def given(self, name: str) -> bool:
+        """Whether setting ``name`` was given (flag, file, Python) rather than left to its default."""
+        return name not in self.defaulted
+
     def _check_task_settings(self) -> None:
         given = self.task_settings
         if not isinstance(given, dict):
@@ -235,7 +265,8 @@ class TrainConfig:
         object.__setattr__(self, "class_weights", normal)
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; a setting changed here counts as given (a later detected task keeps it)."""
+        return dataclasses.replace(self, defaulted=self.defaulted - set(changes), **changes)
 
     @property
     def data_seed(self) -> int:
@@ -249,6 +280,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("extra")
+        out.pop("defaulted")
         out.update(out.pop("task_settings"))  # flat, as train_config.json has always had them
         if not out["report_to"]:  # no trackers: saved as before --report-to existed (a run's settings unchanged)
             del out["report_to"]
@@ -258,7 +290,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        names = ({f.name for f in dataclasses.fields(cls)} - {"extra", "task_settings"}) | set(TRAIN_SETTINGS)
+        names = ({f.name for f in dataclasses.fields(cls)} - {"extra", "task_settings", "defaulted"}) | set(TRAIN_SETTINGS)
         unknown = sorted(set(raw) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; see `bertfit train --help`")
@@ -326,19 +358,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in raw.items()}
 
 
+def log_task_defaults(config: TrainConfig) -> None:
+    """Say which settings took the task's own defaults, so a user comparing runs knows where they came from."""
+    own = {k: v for k, v in task_defaults(config.problem_type).items() if k in config.defaulted}
+    if own:
+        logger.info("%s defaults: %s (measured: benchmarks/RESULTS.md, \"Defaults per task\"; a flag overrides each)",
+                    config.problem_type, ", ".join(f"{k} {v:g}" for k, v in own.items()))
+
+
 def resolve_config(file_values: Mapping[str, Any] | None, flag_values: Mapping[str, Any], quick: bool = False) -> TrainConfig:
     """defaults → quick preset → config file → flags (flags that were not given are None)."""
     values: dict[str, Any] = dict(QUICK) if quick else {}
     values.update(file_values or {})
     values.update({k: v for k, v in flag_values.items() if v is not None})
-    if "max_length" not in values and values.get("problem_type"):
-        # A task may need longer inputs than the sequence default (question answering: 384).
-        from bertfit.tasks import TASKS
-
-        task = TASKS.get(str(values["problem_type"]))
-        if task is not None and getattr(task, "default_max_length", None):
-            values["max_length"] = task.default_max_length
-    return TrainConfig.from_dict(values, source="settings")
+    return TrainConfig.from_dict(values, source="settings")  # the settings not given: the task's defaults
 
 
 # -- validation tables and helpers -------------------------------------------------------------

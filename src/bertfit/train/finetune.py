@@ -35,7 +35,7 @@ from bertfit.tasks.sequence import parse_labels, read_raw, reading_options
 from bertfit.tokenizer import WordPieceTokenizer
 from bertfit.batching import EncodedSplit
 from bertfit.train.loop import Trainer, TrainResult, predict_logits, seed_everything
-from bertfit.train.config import TrainConfig
+from bertfit.train.config import TrainConfig, log_task_defaults
 from bertfit.train.tracked import finish_tracking, open_tracking, start_tracking, write_run_documents
 from bertfit.tasks import windows
 
@@ -264,7 +264,10 @@ def _decide(run: RunDir, config: TrainConfig, resume: bool, overwrite: bool) -> 
     run.check_is_run()  # before its saved settings are read, and before a lock file is made in it
     hold_run(run.path, "train")  # one writer per run: a second trainer, or --resume of a running run, stops here
     saved = _saved_config(run)
-    use_saved, resume, replace = decide_run(run, saved, saved is not None and saved.to_dict() == config.to_dict(),
+    requested = config  # a detected task's settings were saved resolved for it (and with its name)
+    if saved is not None and config.problem_type is None and saved.problem_type is not None:
+        requested = config.for_task(saved.problem_type)
+    use_saved, resume, replace = decide_run(run, saved, saved is not None and saved.to_dict() == requested.to_dict(),
                                             resume, overwrite)
     return (saved.replace(output_dir=config.output_dir) if use_saved else config), resume, replace
 
@@ -279,6 +282,9 @@ def _fine_tune(config: TrainConfig, d: dist.Dist, started: float, resume: bool, 
 
     prepared = prepare_data(config)
     task = prepared.task
+    if config.problem_type is None:  # detected from the labels: the settings not given take its defaults
+        config = config.for_task(task.name)
+    log_task_defaults(config)
     for warning in prepared.summary.setdefault("warnings", data_mod.empty_split_warnings(
             prepared.summary["rows"], {"validation": config.validation_file, "test": config.test_file})):
         logger.warning("%s", warning)  # empty validation/test splits: also in the report and metrics.json

@@ -34,12 +34,13 @@ def choose_max_length(base: TrainConfig) -> dict[str, Any] | None:
 
     from bertfit.config import BertConfig
     from bertfit.hub import resolve_model
+    from bertfit.tasks.table import task_defaults
     from bertfit.tokenizer import WordPieceTokenizer
     from bertfit.train.finetune import prepare_data
 
     prepared = prepare_data(base)
     examples = prepared.train
-    if getattr(prepared.task, "default_max_length", None) or not examples or \
+    if "max_length" in task_defaults(prepared.task.name) or not examples or \
             not all(isinstance(e.text, str) and getattr(e, "choices", None) is None for e in examples):
         return None
     model_dir = resolve_model(base.model)

@@ -28,7 +28,7 @@ from bertfit.errors import ConfigError
 # Settings the search never varies: where the trials live, how the data is read and split (the
 # trials must be compared on the same validation split), and the seeds (`tune --seed`).
 NOT_SEARCHABLE = frozenset({"output_dir", "seed", "seeds", "split_seed", "train_file", "validation_file", "test_file",
-                            "split", "model", "device", "threads", "extra", "task_settings"})
+                            "split", "model", "device", "threads", "extra", "task_settings", "defaulted"})
 
 
 @dataclass(frozen=True)

@@ -264,8 +264,8 @@ def defaults_within(settings: TuneSettings, space: dict[str, Param]) -> dict[str
     defaults = {}
     for name, param in space.items():
         value = getattr(settings.base, name, None)
-        if value is None or isinstance(value, bool):
-            continue
+        if isinstance(value, bool) or (value is None and None not in (param.choices or ())):
+            continue  # (None is a value where the space offers it: multi-label's per-label thresholds)
         if param.choices is not None:
             inside = value in param.choices
         else:

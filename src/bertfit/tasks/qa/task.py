@@ -29,8 +29,6 @@ from bertfit.data import token_cache
 from bertfit.tasks.qa.windows import QAWindows, encode_windows, encode_windows_cached, fit_questions
 from bertfit.tasks.qa.squad_metric import best_threshold, squad_scores
 
-QA_MAX_LENGTH = 384
-
 
 @dataclass
 class QAOutputs:
@@ -60,7 +58,6 @@ class QuestionAnswering(Task):
     mistake_score = "score"
     mistake_columns: ClassVar[tuple[str, str, str, str]] = ("gold answers", "predicted answer", "question", "context")
     row_noun: ClassVar[str] = "questions"
-    default_max_length: ClassVar[int] = QA_MAX_LENGTH
     input_columns: ClassVar[tuple[str, ...]] = ("question", "context")  # predict --file reads these
     input_options: ClassVar[tuple[str, ...]] = ("top_k",)
     settings = QA_SETTINGS  # doc_stride (training), top_k (predict --top-k)
