@@ -4,12 +4,19 @@ benchmarks/RESULTS.md ("Defaults per task") shows. The commands that ran each sw
 
     .venv/bin/python benchmarks/task_defaults.py --sweep ner=/work/sweeps/ner-wnut17 \\
         --sweep multi-label=/work/sweeps/ml-goemotions --out benchmarks/task_defaults_sweeps.json
+
+The QA sweep's validation file (500 seeded SQuAD v1.1 dev questions whose ids and paragraphs are not in
+XQuAD-en, so XQuAD-en stays a test set the selection never read):
+
+    python benchmarks/task_defaults.py --squad-dev-outside-xquad ../shared/data sweeps/squad_dev500_not_xquad.json
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import random
 import platform
 import subprocess
 from pathlib import Path
@@ -49,11 +56,40 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def squad_dev_outside_xquad(data: Path, out: Path, n: int = 500, seed: int = 0) -> int:
+    """``n`` seeded SQuAD v1.1 dev questions from paragraphs XQuAD-en does not hold, as SQuAD JSON."""
+    with gzip.open(data / "squad" / "dev-v1.1.json.gz", "rt", encoding="utf-8") as f:
+        dev = json.load(f)
+    xquad = json.loads((data / "xquad" / "xquad.en.json").read_text(encoding="utf-8"))
+    ids = {q["id"] for a in xquad["data"] for p in a["paragraphs"] for q in p["qas"]}
+    contexts = {p["context"] for a in xquad["data"] for p in a["paragraphs"]}
+    candidates = [q for a in dev["data"] for p in a["paragraphs"] for q in p["qas"]
+                  if q["id"] not in ids and p["context"] not in contexts]
+    random.Random(seed).shuffle(candidates)
+    keep = {q["id"] for q in candidates[:n]}
+    articles = []
+    for article in dev["data"]:
+        paragraphs = [{"context": p["context"], "qas": [q for q in p["qas"] if q["id"] in keep]}
+                      for p in article["paragraphs"]]
+        paragraphs = [p for p in paragraphs if p["qas"]]
+        if paragraphs:
+            articles.append({"title": article["title"], "paragraphs": paragraphs})
+    out.write_text(json.dumps({"version": "1.1", "data": articles}), encoding="utf-8")
+    return len(keep)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", action="append", required=True, metavar="TASK=TUNE_DIR")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--sweep", action="append", metavar="TASK=TUNE_DIR")
+    parser.add_argument("--out")
+    parser.add_argument("--squad-dev-outside-xquad", nargs=2, metavar=("DATA", "OUT"))
     args = parser.parse_args()
+    if args.squad_dev_outside_xquad:
+        data, out = args.squad_dev_outside_xquad
+        print(f"{squad_dev_outside_xquad(Path(data), Path(out))} questions -> {out}")
+        return
+    if not args.sweep or not args.out:
+        parser.error("--sweep TASK=TUNE_DIR (one or more) and --out are required")
     records = [sweep(*(lambda t, d: (t, Path(d)))(*spec.split("=", 1))) for spec in args.sweep]
     Path(args.out).write_text(json.dumps({"machine": machine(), "sweeps": records}, indent=2) + "\n", encoding="utf-8")
     print("\n\n".join(table(r) for r in records))
