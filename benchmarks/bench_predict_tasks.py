@@ -6,9 +6,12 @@ that are not all the same, far from a useful model; agreement is measured on the
 contender predicts the same inputs in a fresh process of its own, interleaved over ``--rounds`` (the
 order rotated each round), one thread:
 
-- ``bertfit``: `bertfit predict RUN`'s default on this processor (on a CPU with onnxruntime: ONNX Runtime
-  fp32, exported once into the cache before timing);
+- ``bertfit``: `bertfit predict RUN`'s default on this processor: engine "auto", the faster of ONNX Runtime
+  and PyTorch fp32 for this model on this CPU, measured once when the first process loads the run (not
+  timed; the harness gives the runs a cache of their own under --work, so the choice is measured afresh
+  and its timings land in the report as ``engine_choice``);
 - ``bertfit-pytorch``: ``--engine pytorch`` (the same fp32 weights in PyTorch);
+- ``bertfit-onnxruntime``: ``--engine onnxruntime`` (the same fp32 weights, exported once into the cache);
 - ``bertfit-int8``: ``--int8`` (ONNX Runtime dynamic int8; VNNI kernels where the CPU has them);
 - ``bertfit-bf16``: ``--bf16`` (PyTorch under bf16 autocast) -- only where the CPU has AVX512-BF16 or AMX
   (elsewhere bf16 is emulated, slower than fp32, and the predictor says so); ``--force-bf16`` runs it
@@ -39,6 +42,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -144,7 +148,7 @@ def bertfit_predictor(impl: str, run: str):
     from bertfit.predict.predictor import Predictor
 
     predictor = Predictor.load(run, int8=impl == "bertfit-int8", bf16=impl == "bertfit-bf16",
-                               engine="pytorch" if impl == "bertfit-pytorch" else "auto")
+                               engine={"bertfit-pytorch": "pytorch", "bertfit-onnxruntime": "onnxruntime"}.get(impl, "auto"))
     task = predictor.task.name
 
     def predict(items: list) -> list:
@@ -239,6 +243,18 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "answers": answers, "engine": predict.engine}))
 
 
+def engine_choice_record(run: Path) -> dict | None:
+    """What engine "auto" measured for this run in the children (one thread), from the cache."""
+    from bertfit.artifact import read_artifact
+    from bertfit.predict.engine_choice import cache_path, choice_key
+    from bertfit.weights import load_config
+
+    config = load_config(run)
+    length = min(read_artifact(run, config).max_length, config.max_position_embeddings)
+    path = cache_path(choice_key(config, length, 1))
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 # --- the parent --------------------------------------------------------------------------------------
 
 def same_answer(task: str, a, b) -> bool:
@@ -283,6 +299,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2, help="timed passes over the inputs per process")
     parser.add_argument("--inputs", type=int, help="inputs per task (default: the task's in BUDGET)")
     parser.add_argument("--steps", type=int, help="training steps for every task (default: BUDGET's; for a smoke test)")
+    parser.add_argument("--contenders", nargs="+", help="a subset of: bertfit bertfit-pytorch bertfit-onnxruntime "
+                        "bertfit-int8 bertfit-bf16 peer (default: all that run here)")
     parser.add_argument("--force-bf16", action="store_true", help="run the bf16 contender on a CPU without bf16 too")
     parser.add_argument("--transformers4", help="a folder holding transformers 4.x (the QA pipeline), e.g. .venv/transformers4")
     parser.add_argument("--out", type=Path, default=HERE / "predict_tasks.json")
@@ -301,12 +319,19 @@ def main() -> None:
     machine = cpu()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     report = {"command": " ".join(sys.argv), "commit": commit, "cpu": machine, "threads": 1, "tasks": {}}
-    contenders = ["bertfit", "bertfit-pytorch", "bertfit-int8"]
+    contenders = ["bertfit", "bertfit-pytorch", "bertfit-onnxruntime", "bertfit-int8"]
     if machine["bf16"] or args.force_bf16:
         contenders.append("bertfit-bf16")
     else:
         report["bf16"] = "not run: this CPU has no AVX512-BF16/AMX (bf16 would be emulated, slower than fp32)"
     contenders.append("peer")
+    if args.contenders:
+        contenders = [c for c in contenders if c in args.contenders]
+    # A cache of this run's own: the default's engine is measured afresh (and exports made once here).
+    cache = args.work / "cache"
+    shutil.rmtree(cache / "engine-choice", ignore_errors=True)
+    os.environ["BERTFIT_CACHE"] = str(cache)
+    os.environ.pop("BERTFIT_CPU_ENGINE", None)
     for task in args.tasks:
         if args.steps:
             BUDGET[task] = (args.steps, *BUDGET[task][1:])
@@ -352,6 +377,7 @@ def main() -> None:
         for impl in contenders:
             if peer_rate and "per_s_median" in entry.get(impl, {}):
                 entry[impl]["vs_peer"] = round(entry[impl]["per_s_median"] / peer_rate, 2)
+        entry["engine_choice"] = engine_choice_record(run)
         report["tasks"][task] = entry
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps({task: {k: v for k, v in entry.items() if k not in ("budget",)}}), flush=True)

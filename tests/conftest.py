@@ -11,6 +11,9 @@ import pytest
 # Tests never reach a hub; a test that tries must fail fast, not hang.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Engine "auto" takes ONNX Runtime without measuring which engine is faster (engine_choice.py): tests
+# assert what a given engine does, which a timing must not decide; test_engine_choice.py unsets it.
+os.environ.setdefault("BERTFIT_CPU_ENGINE", "onnxruntime")
 
 
 def pytest_addoption(parser) -> None:

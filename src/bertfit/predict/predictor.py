@@ -8,10 +8,12 @@ Prediction sorts texts by length into token-budgeted batches (almost no padding)
 fast path under ``torch.inference_mode``, and returns results in input order.
 
 Engines. On the CPU, when onnx and onnxruntime are installed (the ``export`` extra; ``make`` installs
-it), the model runs as an ONNX Runtime graph exported once into a cache (export.py): the same fp32
+it), the model can run as an ONNX Runtime graph exported once into a cache (export.py): the same fp32
 logits as PyTorch (checked to 1e-4 at export; ~1e-6 in practice) at about half the single-text
-latency, since one static graph skips PyTorch's per-operator overhead. ``engine="pytorch"``
-(``--engine pytorch``) keeps PyTorch; a GPU always uses it.
+latency, since one static graph skips PyTorch's per-operator overhead. Which of the two predicts
+faster depends on the processor, so engine "auto" measures it once per CPU and model shape
+(engine_choice.py). ``engine="pytorch"`` / ``"onnxruntime"`` (``--engine``) picks one; a GPU always
+uses PyTorch.
 
 int8 (CPU): ``Predictor.load(run, int8=True)`` runs an ONNX Runtime int8 graph of the model,
 which agrees with fp32 on >= 99% of tweet labels. Without onnxruntime, or with engine "pytorch", it is
@@ -164,8 +166,9 @@ class Predictor:
         """From a bertfit run directory, any BERT classifier directory / hub id, or an ONNX export.
 
         engine: "pytorch", "onnxruntime" (the model exported once into a cache, CPU only), or "auto":
-        ONNX Runtime on the CPU when onnx and onnxruntime are installed (same fp32 logits to ~1e-6,
-        about half the single-text latency; see benchmarks/RESULTS.md), else PyTorch; PyTorch on a GPU.
+        on the CPU the faster of the two for this model on this processor, measured once and cached
+        (engine_choice.py; the same fp32 logits to ~1e-6), PyTorch where onnxruntime is not installed;
+        PyTorch on a GPU. int8 with "auto" is ONNX Runtime's (VNNI kernels where the CPU has them).
         int8 with engine "pytorch" is PyTorch dynamic quantization (less exact: see quantize_int8).
         bf16: PyTorch under bf16 autocast (not exact: measure the agreement with ``evaluate --bf16``); with
         engine "auto" it runs PyTorch, as ONNX Runtime has no bf16 path on the CPU.
@@ -190,7 +193,10 @@ class Predictor:
         on_cpu = torch.device(device).type == "cpu"
         if not on_cpu and (int8 or engine == "onnxruntime"):
             raise BertfitError(f"{'int8 prediction' if int8 else 'ONNX Runtime'} runs on the CPU only; drop --device")
-        if engine != "pytorch" and on_cpu:
+        chosen = engine
+        if engine == "auto" and on_cpu and not int8:  # int8 stays ONNX Runtime's: PyTorch's is less exact
+            chosen = _auto_engine(directory, max_length)
+        if chosen != "pytorch" and on_cpu:
             classifier = _onnx_runtime_classifier(directory, int8=int8, required=engine == "onnxruntime")
             if classifier is not None:
                 artifact = read_artifact(directory, classifier.config)
@@ -329,6 +335,24 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
     if bad:
         raise BertfitError(f"{name}[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected a string")
     return texts
+
+
+def _auto_engine(directory: Path, max_length: int | None) -> str:
+    """The fp32 engine that predicts faster with this model on this CPU (engine_choice.py): measured
+    once per processor and model shape, then read from the cache."""
+    from bertfit.predict.engine_choice import auto_engine
+    from bertfit.weights import load_config
+
+    config = load_config(directory)
+    length = min(max_length or read_artifact(directory, config).max_length, config.max_position_embeddings)
+
+    def both_engines() -> dict[str, Any] | None:
+        exported = _onnx_runtime_classifier(directory, int8=False, required=False)
+        if exported is None:
+            return None
+        return {"onnxruntime": exported.backend, "pytorch": TorchEngine(load_model(directory, require_head=True))}
+
+    return auto_engine(directory, length, both_engines)
 
 
 def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> "Predictor | None":

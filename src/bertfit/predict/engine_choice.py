@@ -1,0 +1,201 @@
+"""Which exact engine predicts faster on this CPU: what engine "auto" runs, measured, not assumed.
+
+Both fp32 engines give the same logits (to ~1e-6), so the faster one is the better default. Which one
+is faster depends on the processor and the shape of the model: on an AMD EPYC (Zen 3) and a Xeon
+model 207, ONNX Runtime predicted faster than PyTorch; on a Xeon model 106 (Ice Lake) PyTorch was ~10%
+faster on QA's 384-token windows (benchmarks/RESULTS.md, "Prediction speed for every task"). So, as
+training measures its precision (precision.py), prediction measures its engine: once per processor,
+thread count, library versions, model shape (layers, widths) and length, both engines run the same
+synthetic features -- short texts and full-length windows, each engine cutting its own batches as it
+does when it predicts -- and the faster in total wins. ONNX Runtime keeps ties: its single-text latency
+is about half PyTorch's (a server's case), so PyTorch must win by ``MARGIN``.
+
+The choice is cached (``cache_dir()/engine-choice``) when the measurement ran on a quiet machine;
+``BERTFIT_CPU_ENGINE`` (onnxruntime / pytorch) makes "auto" take that engine without measuring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bertfit.batching import engine_logits
+from bertfit.config import BertConfig
+from bertfit.tokenizer import Encoded
+
+logger = logging.getLogger(__name__)
+
+ENGINE_ENV = "BERTFIT_CPU_ENGINE"
+CHOICE_FORMAT = 1  # part of the cache key: bump when the probe or the rule changes
+# PyTorch must take this much less time to be chosen: ONNX Runtime answers single texts in about half
+# PyTorch's time (README, serving), which a throughput probe does not see.
+MARGIN = 0.05
+SHORT_TOKENS = 32  # a tweet, a review sentence: most classification inputs
+# Tokens per shape: a quarter of the predictor's budget per batch (Predictor.outputs' max_tokens), so that
+# measuring costs ~6 s for MiniLM-L6 on one thread (about 35 s for BERT-base), once per CPU and model shape.
+PROBE_TOKENS = 2048
+REPEATS = 2  # timed passes per engine and shape after one warm-up; the best counts
+QUIET_CPU_SHARE = 0.8  # below it other processes competed for the cores: not cached (as precision.py)
+
+
+@dataclass(frozen=True)
+class EngineTimings:
+    """Seconds per probe shape (the best of REPEATS passes) for each engine."""
+
+    shapes: list[tuple[int, int]]  # (features, tokens each)
+    onnxruntime: list[float]
+    pytorch: list[float]
+    threads: int
+    cpu_share: float = 1.0
+    seconds: float = 0.0  # what measuring took
+
+    @property
+    def quiet(self) -> bool:
+        return self.cpu_share >= QUIET_CPU_SHARE
+
+    def tokens_per_second(self, engine: str) -> float:
+        tokens = sum(n * length for n, length in self.shapes)
+        return tokens / max(sum(getattr(self, engine)), 1e-9)
+
+
+def decide(timings: EngineTimings) -> str:
+    """"pytorch" where it takes at least MARGIN less time over the probe than ONNX Runtime, else "onnxruntime"."""
+    return "pytorch" if sum(timings.pytorch) < (1.0 - MARGIN) * sum(timings.onnxruntime) else "onnxruntime"
+
+
+def probe_shapes(max_length: int) -> list[tuple[int, int]]:
+    """Short texts and full-length features (QA's windows, long documents), PROBE_TOKENS each."""
+    short = min(SHORT_TOKENS, max_length)
+    shapes = [(PROBE_TOKENS // short, short)]
+    if max_length > short:
+        shapes.append((max(1, PROBE_TOKENS // max_length), max_length))
+    return shapes
+
+
+def choice_key(config: BertConfig, max_length: int, threads: int) -> str:
+    """What the faster engine depends on: the processor, the libraries, the thread count and the
+    model's shape -- not its weights (every fine-tuned copy of one model shares the answer)."""
+    import onnxruntime
+
+    from bertfit.precision import read_isa
+
+    isa = read_isa()
+    shape = [config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size,
+             config.hidden_act, config.problem_type, len(config.labels)]
+    text = "|".join(map(str, [isa.model, " ".join(sorted(isa.flags)), isa.torch_capability, torch.__version__,
+                              onnxruntime.__version__, threads, max_length, *shape, CHOICE_FORMAT]))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def cache_path(key: str) -> Path:
+    from bertfit.io import cache_dir
+
+    return cache_dir() / "engine-choice" / f"{key}.json"
+
+
+def forced_engine() -> str | None:
+    """The engine ``BERTFIT_CPU_ENGINE`` imposes on "auto", or None where it is unset or ``auto``."""
+    from bertfit.errors import ConfigError
+
+    raw = os.environ.get(ENGINE_ENV, "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw not in ("onnxruntime", "pytorch"):
+        raise ConfigError(f"{ENGINE_ENV}={raw!r}: choose auto, onnxruntime or pytorch")
+    return raw
+
+
+def measure(engines: dict[str, object], shapes: list[tuple[int, int]], *, vocab_size: int, pad_id: int,
+            width: int, clock: Callable[[], float] = time.perf_counter) -> EngineTimings:
+    """Run each engine (onnxruntime, pytorch) over synthetic features of each shape, interleaved: one
+    warm-up, then REPEATS timed passes; the best pass counts (the least disturbed)."""
+    rng = np.random.default_rng(0)
+    features = []
+    for count, length in shapes:
+        ids = rng.integers(min(1000, vocab_size - 1), vocab_size, size=(count, length)).tolist()
+        features.append([Encoded(row, [0] * length, False) for row in ids])
+    best = {name: [float("inf")] * len(shapes) for name in engines}
+    started, cpu_started = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for rep in range(REPEATS + 1):
+            order = list(engines) if rep % 2 == 0 else list(reversed(engines))  # neither always runs first
+            for name in order:
+                for i, encoded in enumerate(features):
+                    t0 = clock()
+                    engine_logits(engines[name], encoded, width, pad_id, max_tokens=PROBE_TOKENS, max_batch=128)
+                    if rep:
+                        best[name][i] = min(best[name][i], clock() - t0)
+    wall = time.perf_counter() - started
+    threads = torch.get_num_threads()
+    share = (time.process_time() - cpu_started) / max(wall * threads, 1e-9)
+    return EngineTimings(shapes, best["onnxruntime"], best["pytorch"], threads, round(min(share, 1.0), 3),
+                         round(wall, 3))
+
+
+def auto_engine(directory: Path, max_length: int, load_engines: Callable[[], dict[str, object] | None]) -> str:
+    """The engine "auto" runs for this model on this CPU: forced, cached, or measured now.
+
+    ``load_engines`` gives both engines ({"onnxruntime": ..., "pytorch": ...}) for a measurement, or
+    None where ONNX Runtime cannot run this model (then PyTorch, as before the measurement existed)."""
+    from bertfit.weights import load_config
+
+    forced = forced_engine()
+    if forced is not None:
+        return forced
+    config = load_config(directory)
+    threads = torch.get_num_threads()
+    path = cache_path(choice_key(config, max_length, threads))
+    if path.is_file():
+        try:
+            return _check_engine(json.loads(path.read_text(encoding="utf-8"))["engine"])
+        except (OSError, ValueError, TypeError, KeyError):
+            logger.debug("%s is unreadable; measuring again", path)
+    engines = load_engines()
+    if engines is None:
+        return "pytorch"
+    shapes = probe_shapes(max_length)
+    logger.info("choosing the faster prediction engine for this CPU and model shape (once; %s)",
+                ", ".join(f"{n} x {t} tokens" for n, t in shapes))
+    timings = measure(engines, shapes, vocab_size=config.vocab_size, pad_id=config.pad_token_id,
+                      width=len(config.labels))
+    choice = decide(timings)
+    logger.info("prediction engine: %s (%.0f tokens/s against %s %.0f on this CPU, %d thread%s; measured in %.1f s%s)",
+                _NAMES[choice], timings.tokens_per_second(choice), _NAMES[_other(choice)],
+                timings.tokens_per_second(_other(choice)), threads, "" if threads == 1 else "s", timings.seconds,
+                "" if timings.quiet else "; the machine was busy, so not cached")
+    if timings.quiet:
+        _write(path, {"format": CHOICE_FORMAT, "engine": choice, "timings": asdict(timings),
+                      "tokens_per_second": {name: round(timings.tokens_per_second(name), 1) for name in _NAMES}})
+    return choice
+
+
+_NAMES = {"onnxruntime": "ONNX Runtime fp32", "pytorch": "PyTorch fp32"}
+
+
+def _other(engine: str) -> str:
+    return "pytorch" if engine == "onnxruntime" else "onnxruntime"
+
+
+def _check_engine(name: object) -> str:
+    if name not in _NAMES:
+        raise ValueError(f"unknown engine {name!r}")
+    return str(name)
+
+
+def _write(path: Path, record: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs the measurement again next time
+        logger.debug("could not cache the engine choice in %s: %s", path, exc)
