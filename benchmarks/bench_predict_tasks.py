@@ -12,6 +12,8 @@ order rotated each round), one thread:
   and its timings land in the report as ``engine_choice``);
 - ``bertfit-pytorch``: ``--engine pytorch`` (the same fp32 weights in PyTorch);
 - ``bertfit-onnxruntime``: ``--engine onnxruntime`` (the same fp32 weights, exported once into the cache);
+- ``bertfit-serve``: what ``bertfit serve`` loads: engine "auto" for the latency workload (the engine that
+  answers one short text sooner, from the same measurement);
 - ``bertfit-int8``: ``--int8`` (ONNX Runtime dynamic int8; VNNI kernels where the CPU has them);
 - ``bertfit-bf16``: ``--bf16`` (PyTorch under bf16 autocast) -- only where the CPU has AVX512-BF16 or AMX
   (elsewhere bf16 is emulated, slower than fp32, and the predictor says so); ``--force-bf16`` runs it
@@ -148,7 +150,8 @@ def bertfit_predictor(impl: str, run: str):
     from bertfit.predict.predictor import Predictor
 
     predictor = Predictor.load(run, int8=impl == "bertfit-int8", bf16=impl == "bertfit-bf16",
-                               engine={"bertfit-pytorch": "pytorch", "bertfit-onnxruntime": "onnxruntime"}.get(impl, "auto"))
+                               engine={"bertfit-pytorch": "pytorch", "bertfit-onnxruntime": "onnxruntime"}.get(impl, "auto"),
+                               workload="latency" if impl == "bertfit-serve" else "throughput")
     task = predictor.task.name
 
     def predict(items: list) -> list:
@@ -240,7 +243,13 @@ def child(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         answers = predict(items)
         seconds.append(time.perf_counter() - started)
-    print(json.dumps({"seconds": seconds, "answers": answers, "engine": predict.engine}))
+    single = []  # one input per call, as a server's requests come: the latency
+    for item in items[: args.single]:
+        started = time.perf_counter()
+        predict([item])
+        single.append(time.perf_counter() - started)
+    print(json.dumps({"seconds": seconds, "answers": answers, "engine": predict.engine,
+                      "single_ms_median": round(1000 * statistics.median(single), 3) if single else None}))
 
 
 def engine_choice_record(run: Path) -> dict | None:
@@ -299,6 +308,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2, help="timed passes over the inputs per process")
     parser.add_argument("--inputs", type=int, help="inputs per task (default: the task's in BUDGET)")
     parser.add_argument("--steps", type=int, help="training steps for every task (default: BUDGET's; for a smoke test)")
+    parser.add_argument("--single", type=int, default=50, help="inputs predicted one per call after the passes "
+                        "(the median of their times is the single-input latency)")
     parser.add_argument("--contenders", nargs="+", help="a subset of: bertfit bertfit-pytorch bertfit-onnxruntime "
                         "bertfit-int8 bertfit-bf16 peer (default: all that run here)")
     parser.add_argument("--force-bf16", action="store_true", help="run the bf16 contender on a CPU without bf16 too")
@@ -319,7 +330,7 @@ def main() -> None:
     machine = cpu()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     report = {"command": " ".join(sys.argv), "commit": commit, "cpu": machine, "threads": 1, "tasks": {}}
-    contenders = ["bertfit", "bertfit-pytorch", "bertfit-onnxruntime", "bertfit-int8"]
+    contenders = ["bertfit", "bertfit-serve", "bertfit-pytorch", "bertfit-onnxruntime", "bertfit-int8"]
     if machine["bf16"] or args.force_bf16:
         contenders.append("bertfit-bf16")
     else:
@@ -349,7 +360,7 @@ def main() -> None:
             for impl in order:
                 env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
                 proc = subprocess.run([sys.executable, __file__, "--child", "--impl", impl, "--task", task, "--run", str(run),
-                                       "--items", str(items_file), "--passes", str(args.passes),
+                                       "--items", str(items_file), "--passes", str(args.passes), "--single", str(args.single),
                                        *(["--transformers4", args.transformers4] if args.transformers4 else [])],
                                       capture_output=True, text=True, env=env)
                 if proc.returncode:
@@ -368,7 +379,8 @@ def main() -> None:
                 continue
             rates = [len(items) / statistics.median(x["seconds"]) for x in ok]
             entry[impl] = {"engine": ok[-1]["engine"], "per_s": [round(v, 2) for v in rates],
-                           "per_s_median": round(statistics.median(rates), 2)}
+                           "per_s_median": round(statistics.median(rates), 2),
+                           "single_ms": [x.get("single_ms_median") for x in ok]}
             if reference is not None:
                 labels = json.loads((run / "task.json").read_text()).get("labels") or []
                 entry[impl].update(agreement(task, reference, ok[-1]["answers"], len(labels)))

@@ -36,10 +36,11 @@ def measuring(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
-def timings(onnx: float, pytorch: float, share: float = 1.0):
+def timings(onnx: float, pytorch: float, share: float = 1.0, single_onnx: float = 0.010, single_pytorch: float = 0.015):
     from bertfit.predict.engine_choice import EngineTimings
 
-    return EngineTimings([(256, 32)], [onnx], [pytorch], threads=1, cpu_share=share, seconds=0.1)
+    return EngineTimings([(256, 32)], [onnx], [pytorch], {"onnxruntime": single_onnx, "pytorch": single_pytorch},
+                         threads=1, cpu_share=share, seconds=0.1)
 
 
 def fake_measure(monkeypatch, result) -> list:
@@ -77,6 +78,9 @@ def test_pytorch_must_win_by_the_margin_else_onnx_runtime_keeps_the_default():
     assert decide(timings(1.0, 1.0 - MARGIN - 0.01)) == "pytorch"
     assert decide(timings(1.0, 1.0 - MARGIN + 0.01)) == "onnxruntime"  # within the margin: ONNX Runtime's latency wins
     assert decide(timings(1.0, 1.3)) == "onnxruntime"
+    # one short text at a time (a server) is a workload of its own: the faster of the two there
+    assert decide(timings(1.0, 0.8), "latency") == "onnxruntime"
+    assert decide(timings(1.0, 1.3, single_onnx=0.020, single_pytorch=0.012), "latency") == "pytorch"
 
 
 def test_the_probe_runs_short_texts_and_full_length_features_at_the_token_budget():
@@ -95,10 +99,12 @@ def test_auto_takes_pytorch_where_it_measures_faster_and_remembers(tiny_run, mea
     assert predictor.engine == "pytorch" and predictor.model is not None
     assert calls == [[(64, 32)]]  # the run's max_length is 32: one shape
     (record,) = choices(measuring)
-    assert record["engine"] == "pytorch" and record["timings"]["pytorch"] == [0.8]
+    assert record["engine"] == {"throughput": "pytorch", "latency": "onnxruntime"}
+    assert record["timings"]["pytorch"] == [0.8] and record["single_text_ms"] == {"onnxruntime": 10.0, "pytorch": 15.0}
     assert record["tokens_per_second"]["pytorch"] > record["tokens_per_second"]["onnxruntime"]
     no_measuring(monkeypatch)
     assert Predictor.load(tiny_run).engine == "pytorch"  # read from the cache
+    assert Predictor.load(tiny_run, workload="latency").engine == "onnxruntime"  # what serve loads
     assert Predictor.load(tiny_run, engine="onnxruntime").engine == "onnxruntime"  # a named engine is never overruled
     assert Predictor.load(tiny_run, int8=True).engine == "onnxruntime"  # int8: ONNX Runtime's, VNNI where present
 
@@ -108,7 +114,7 @@ def test_auto_keeps_onnx_runtime_where_it_is_as_fast(tiny_run, measuring, monkey
 
     fake_measure(monkeypatch, timings(onnx=1.0, pytorch=0.97))
     assert Predictor.load(tiny_run).engine == "onnxruntime"
-    assert [r["engine"] for r in choices(measuring)] == ["onnxruntime"]
+    assert [r["engine"]["throughput"] for r in choices(measuring)] == ["onnxruntime"]
 
 
 def test_a_measurement_on_a_busy_machine_decides_but_is_not_cached(tiny_run, measuring, monkeypatch):
@@ -144,16 +150,18 @@ def test_a_real_measurement_times_both_engines_and_predicts_the_same(tiny_run, m
     monkeypatch.setattr(engine_choice, "QUIET_CPU_SHARE", 0.0)  # cache it whatever else this machine runs
     chosen = Predictor.load(tiny_run)
     (record,) = choices(measuring)
-    assert chosen.engine == record["engine"]
+    assert chosen.engine == record["engine"]["throughput"]
     t = record["timings"]
     assert t["shapes"] == [[64, 32]] and t["threads"] == torch.get_num_threads()
-    assert all(s > 0 for s in t["onnxruntime"] + t["pytorch"]) and record["engine"] == engine_choice.decide(
-        engine_choice.EngineTimings(**{**t, "shapes": [tuple(s) for s in t["shapes"]]}))
+    assert all(s > 0 for s in t["onnxruntime"] + t["pytorch"] + list(t["single"].values()))
+    measured = engine_choice.EngineTimings(**{**t, "shapes": [tuple(s) for s in t["shapes"]]})
+    assert record["engine"] == {w: engine_choice.decide(measured, w) for w in ("throughput", "latency")}
     texts = [t for t, _ in synthetic_rows(30, seed=11)]
     reference = Predictor.load(tiny_run, engine="pytorch").predict_logits(texts)
     assert np.abs(chosen.predict_logits(texts) - reference).max() <= 1e-5
     no_measuring(monkeypatch)
-    assert Predictor.load(tiny_run).engine == record["engine"]
+    assert Predictor.load(tiny_run).engine == record["engine"]["throughput"]
+    assert Predictor.load(tiny_run, workload="latency").engine == record["engine"]["latency"]
 
 
 def test_the_choice_is_per_processor_threads_length_and_model_shape_not_weights(tiny_run):
@@ -166,3 +174,15 @@ def test_the_choice_is_per_processor_threads_length_and_model_shape_not_weights(
     assert len({key, choice_key(config, 64, 1), choice_key(config, 32, 2)}) == 3
     deeper = type(config)(**{**config.__dict__, "num_hidden_layers": config.num_hidden_layers + 1})
     assert choice_key(deeper, 32, 1) != key
+
+
+def test_the_server_loads_the_engine_that_answers_one_text_sooner(tiny_run, measuring, monkeypatch):
+    from bertfit.serve.config import ServeConfig
+    from bertfit.serve.host import ModelHost
+
+    fake_measure(monkeypatch, timings(onnx=1.0, pytorch=0.5, single_onnx=0.010, single_pytorch=0.020))
+    threads = torch.get_num_threads()
+    host = ModelHost(ServeConfig(run=str(tiny_run), threads=threads), None)
+    host.load()
+    assert host.engine == "onnxruntime"  # batches would have taken PyTorch
+    assert torch.get_num_threads() == threads

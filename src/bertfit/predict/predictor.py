@@ -162,13 +162,16 @@ class Predictor:
 
     @classmethod
     def load(cls, run_or_model: str | os.PathLike, *, int8: bool = False, device: str | None = None,
-             max_length: int | None = None, engine: str = "auto", bf16: bool = False) -> "Predictor":
+             max_length: int | None = None, engine: str = "auto", bf16: bool = False,
+             workload: str = "throughput") -> "Predictor":
         """From a bertfit run directory, any BERT classifier directory / hub id, or an ONNX export.
 
         engine: "pytorch", "onnxruntime" (the model exported once into a cache, CPU only), or "auto":
         on the CPU the faster of the two for this model on this processor, measured once and cached
         (engine_choice.py; the same fp32 logits to ~1e-6), PyTorch where onnxruntime is not installed;
         PyTorch on a GPU. int8 with "auto" is ONNX Runtime's (VNNI kernels where the CPU has them).
+        workload: what "auto" is faster at: "throughput" (batches: predict, evaluate) or "latency" (one
+        short text at a time: serve).
         int8 with engine "pytorch" is PyTorch dynamic quantization (less exact: see quantize_int8).
         bf16: PyTorch under bf16 autocast (not exact: measure the agreement with ``evaluate --bf16``); with
         engine "auto" it runs PyTorch, as ONNX Runtime has no bf16 path on the CPU.
@@ -195,7 +198,7 @@ class Predictor:
             raise BertfitError(f"{'int8 prediction' if int8 else 'ONNX Runtime'} runs on the CPU only; drop --device")
         chosen = engine
         if engine == "auto" and on_cpu and not int8:  # int8 stays ONNX Runtime's: PyTorch's is less exact
-            chosen = _auto_engine(directory, max_length)
+            chosen = _auto_engine(directory, max_length, workload)
         if chosen != "pytorch" and on_cpu:
             classifier = _onnx_runtime_classifier(directory, int8=int8, required=engine == "onnxruntime")
             if classifier is not None:
@@ -337,7 +340,7 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
     return texts
 
 
-def _auto_engine(directory: Path, max_length: int | None) -> str:
+def _auto_engine(directory: Path, max_length: int | None, workload: str) -> str:
     """The fp32 engine that predicts faster with this model on this CPU (engine_choice.py): measured
     once per processor and model shape, then read from the cache."""
     from bertfit.predict.engine_choice import auto_engine
@@ -352,7 +355,7 @@ def _auto_engine(directory: Path, max_length: int | None) -> str:
             return None
         return {"onnxruntime": exported.backend, "pytorch": TorchEngine(load_model(directory, require_head=True))}
 
-    return auto_engine(directory, length, both_engines)
+    return auto_engine(directory, length, both_engines, workload)
 
 
 def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> "Predictor | None":

@@ -21,7 +21,7 @@ class ServeConfig:
     int8: bool = False
     bf16: bool = False  # bf16 autocast in PyTorch (fast with AVX512-BF16/AMX or a GPU; emulated elsewhere)
     device: str | None = None
-    engine: str = "auto"  # see Predictor.load: ONNX Runtime on the CPU when installed
+    engine: str = "auto"  # see Predictor.load: on the CPU, the engine measured to answer one text sooner
     threads: int | None = None  # torch CPU threads; None: all cores but one (see default_threads)
     max_batch_size: int = 32
     max_wait_ms: float = 5.0

@@ -122,8 +122,10 @@ class ModelHost:
         directory = resolve_model(self.config.run)
         if self.info is None:
             self.info = read_model_info(Path(directory))
+        # A server answers requests as they come, mostly one short text each: "auto" picks the engine that
+        # answers one text sooner (engine_choice.py), not the one that reads batches faster.
         classifier = Predictor.load(directory, int8=self.config.int8, bf16=self.config.bf16, device=self.config.device,
-                                         engine=self.config.engine)
+                                    engine=self.config.engine, workload="latency")
         self.engine = classifier.engine
         self.threads = torch.get_num_threads()  # read back on the worker thread: what its batches use
         # The first forward pass pays for allocator and thread-pool start-up; do it before /ready.
