@@ -103,3 +103,25 @@ def test_a_run_on_detected_labels_trains_and_saves_the_tasks_defaults_and_reruns
     with pytest.raises(Exception, match="different settings"):
         interrupt_at_step(4, lambda: fine_tune(config.replace(output_dir=str(tmp_path / "run2"))))
         fine_tune(config.replace(output_dir=str(tmp_path / "run2"), lr=1e-3))  # a different run is still told apart
+
+
+def test_a_tune_trial_keeps_the_settings_left_to_the_task_defaults_for_a_task_detected_later(multilabel_defaults, tmp_path):
+    """bertfit tune builds each trial from the search's base settings and the trial's: what the trial
+    sets is given; what neither sets still takes the defaults of the task the labels show (also after
+    --resume, which reads the base from tune.json)."""
+    from bertfit.tune.space import Param
+    from bertfit.tune.study import TuneSettings, load_settings, save_settings
+
+    base = TrainConfig(train_file="train.csv", epochs=1)
+    trial = base.with_settings({"lr": 1e-4, "threshold": 0.4, "seed": 3}, source="the trial's settings")
+    assert trial.lr == 1e-4 and trial.threshold == 0.4 and trial.seed == 3 and trial.epochs == 1
+    assert "lr" not in trial.defaulted and "epochs" not in trial.defaulted and "batch_size" in trial.defaulted
+    detected = trial.for_task("multi-label")
+    assert (detected.lr, detected.epochs) == (1e-4, 1)  # given: kept
+    untouched = base.with_settings({"seed": 3}).for_task("multi-label")
+    assert untouched.lr == 3e-4  # left to the defaults: the detected task's
+    settings = TuneSettings(base, {"lr": Param("lr", low=1e-5, high=1e-3, log=True)}, {}, tmp_path / "search",
+                            n_trials=1)
+    save_settings(settings)
+    resumed = load_settings(settings.tune_dir, None, None)
+    assert resumed.base == base and resumed.base.defaulted == base.defaulted

@@ -56,7 +56,7 @@ TRAIN_HELP: dict[str, str] = {
     "max_steps": "stop after this many optimizer steps (overrides --epochs)",
     "batch_size": "examples per micro-batch, per process when distributed",
     "grad_accum": "micro-batches per optimizer step (global batch = batch-size x processes x grad-accum)",
-    "lr": "peak learning rate (BERT fine-tuning: 2e-5 to 5e-5)",
+    "lr": "peak learning rate (the defaults per task come from recorded sweeps: benchmarks/RESULTS.md)",
     "weight_decay": "AdamW weight decay (not applied to biases and LayerNorm)",
     "warmup_ratio": "fraction of steps with linear warmup, then linear decay to 0",
     "max_grad_norm": "clip gradients to this global norm (0: no clipping)",

@@ -225,9 +225,13 @@ class TrainConfig:
         return dataclasses.replace(self, problem_type=name,
                                    **{key: task.get(key, GENERAL_DEFAULTS[key]) for key in self.defaulted})
 
-    def given(self, name: str) -> bool:
-        """Whether setting ``name`` was given (flag, file, Python) rather than left to its default."""
-        return name not in self.defaulted
+    def with_settings(self, changes: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """A copy with ``changes`` by their file names (task settings included, validated as a config
+        file's); like ``replace``, what is changed counts as given and the rest keeps its defaulted
+        state (a trial of ``bertfit tune`` on a task detected later still takes that task's defaults)."""
+        config = type(self).from_dict({**self.to_dict(), **changes}, source=source)
+        object.__setattr__(config, "defaulted", self.defaulted - set(changes))
+        return config
 
     def _check_task_settings(self) -> None:
         given = self.task_settings

@@ -15,7 +15,6 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Callable
 
-from bertfit.train.config import TrainConfig
 from bertfit.tune.space import trial_settings
 
 logger = logging.getLogger(__name__)
@@ -43,8 +42,8 @@ def run_final_seeds(settings: Any, params: dict[str, Any], say: Callable[[str], 
         run_dir = settings.tune_dir / final_dir_name(seed)
         metrics = _finished(run_dir)
         if metrics is None:
-            config = TrainConfig.from_dict({**settings.base.to_dict(), **settings.fixed, **trial_settings(params),
-                                            "output_dir": str(run_dir), "seed": seed}, source="the best trial's settings")
+            config = settings.base.with_settings({**settings.fixed, **trial_settings(params), "output_dir": str(run_dir),
+                                                  "seed": seed}, source="the best trial's settings")
             metrics = fine_tune(config, overwrite=run_dir.exists(), evaluate_test=True).metrics
             say(f"{run_dir.name}: retrained the best settings with seed {seed}")
         runs.append({"dir": run_dir.name, "seed": seed, "validation": _scalars(metrics.get("validation")),

@@ -106,6 +106,8 @@ def save_settings(settings: TuneSettings) -> None:
                                             encoding="utf-8")
     write_json_atomic(settings.tune_dir / "tune.json", {
         "base": settings.base.to_dict(), "fixed": settings.fixed, "seed": settings.seed,
+        # the settings left to the task's defaults: a task detected from the labels still sets them on resume
+        "defaulted": sorted(settings.base.defaulted),
         "space": {name: vars(p) for name, p in settings.space.items()},
         "n_trials": settings.n_trials, "time_budget_s": settings.time_budget_s,
         "prune_startup_trials": settings.prune_startup_trials, "keep_weights": settings.keep_weights,
@@ -121,6 +123,7 @@ def load_settings(tune_dir: Path, n_trials: int | None, time_budget_s: float | N
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         base = TrainConfig.from_dict(saved["base"], source=str(path))
+        object.__setattr__(base, "defaulted", frozenset(saved.get("defaulted", ())))
         space = {name: Param(**{**spec, "choices": tuple(spec["choices"]) if spec["choices"] is not None else None})
                  for name, spec in saved["space"].items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -372,8 +375,8 @@ def _run_trial(study: Any, trial: Any, params: dict[str, Any], settings: TuneSet
     # A trial's report skips the explanations section unless the user asked for a budget: at the default
     # it would add up to EXPLAIN_REPORT_SECONDS to every trial, time the search's budget pays for.
     explain = {} if settings.base.explain_report_seconds != EXPLAIN_REPORT_SECONDS else {"explain_report_seconds": 0}
-    config = TrainConfig.from_dict({**settings.base.to_dict(), **settings.fixed, **trial_settings(params), **explain,
-                                    "output_dir": str(run_dir), "seed": settings.seed}, source="the trial's settings")
+    config = settings.base.with_settings({**settings.fixed, **trial_settings(params), **explain,
+                                          "output_dir": str(run_dir), "seed": settings.seed}, source="the trial's settings")
 
     stopped_at: list[int] = []
 
@@ -522,8 +525,8 @@ def evaluate_test(settings: TuneSettings, run_dir: Path, params: dict[str, Any])
     from bertfit.predict.predictor import Predictor
     from bertfit.train.finetune import prepare_data
 
-    config = TrainConfig.from_dict({**settings.base.to_dict(), **settings.fixed, **trial_settings(params),
-                                    "output_dir": str(run_dir), "seed": settings.seed}, source="the trial's settings")
+    config = settings.base.with_settings({**settings.fixed, **trial_settings(params),
+                                          "output_dir": str(run_dir), "seed": settings.seed}, source="the trial's settings")
     test = prepare_data(config).test
     if not test:
         return None
