@@ -203,6 +203,18 @@ def build_tiny_model_dir(directory: Path, seed: int = 0, dropout: float = 0.1, w
     return directory
 
 
+def fine_tune_tiny(directory: Path, model_dir: Path, rows: int = 300, epochs: int = 2) -> Path:
+    """A single-label run of the tiny model on ``rows`` synthetic reviews, in fp32 on every processor,
+    saved at ``directory / "run"`` (the training file beside it)."""
+    from bertfit.train.config import TrainConfig
+    from bertfit.train.finetune import fine_tune
+
+    csv = write_csv(directory / "train.csv", synthetic_rows(rows, seed=5))
+    fine_tune(TrainConfig(train_file=str(csv), model=str(model_dir), output_dir=str(directory / "run"), max_length=32,
+                          batch_size=16, lr=5e-4, epochs=epochs, threads=1, seed=0, bf16=False))
+    return directory / "run"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_rows, write_csv
+from conftest import fine_tune_tiny, synthetic_rows
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
                                 reason="onnx / onnxruntime not installed")
@@ -18,14 +18,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir):
-    from bertfit.train.config import TrainConfig
-    from bertfit.train.finetune import fine_tune
-
-    d = tmp_path_factory.mktemp("engine-choice")
-    csv = write_csv(d / "train.csv", synthetic_rows(200, seed=5))
-    fine_tune(TrainConfig(train_file=str(csv), model=str(tiny_model_dir), output_dir=str(d / "run"), max_length=32,
-                          batch_size=16, lr=5e-4, epochs=1, threads=1, seed=0, bf16=False))
-    return d / "run"
+    return fine_tune_tiny(tmp_path_factory.mktemp("engine-choice"), tiny_model_dir, rows=200, epochs=1)
 
 
 @pytest.fixture

@@ -12,21 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BF16_EPS, synthetic_rows, write_csv
+from conftest import BF16_EPS, fine_tune_tiny, synthetic_rows, write_csv
 
 pytestmark = pytest.mark.precision
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir):
-    from bertfit.train.config import TrainConfig
-    from bertfit.train.finetune import fine_tune
-
     d = tmp_path_factory.mktemp("bf16-run")
-    csv = write_csv(d / "train.csv", synthetic_rows(300, seed=5))
-    fine_tune(TrainConfig(train_file=str(csv), model=str(tiny_model_dir), output_dir=str(d / "run"), max_length=32,
-                          batch_size=16, lr=5e-4, epochs=2, threads=1, seed=0, bf16=False))
-    return d / "run", write_csv(d / "held.csv", synthetic_rows(80, seed=6))
+    return fine_tune_tiny(d, tiny_model_dir), write_csv(d / "held.csv", synthetic_rows(80, seed=6))
 
 
 def test_bf16_predictor_runs_pytorch_under_autocast_and_agrees_with_fp32(tiny_run):
