@@ -103,23 +103,29 @@ def test_predict_file_keeps_every_row_and_column(tweets_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_engine_is_onnx_runtime_with_pytorch_s_answers(tweets_run, tmp_path):
-    """The CPU default (ONNX Runtime, exported once into the cache) and --engine pytorch. Without
-    onnxruntime the default would be PyTorch too and the comparison empty: skipped, not adapted."""
+def test_both_engines_and_the_measured_default_give_pytorch_s_answers(tweets_run, tmp_path):
+    """--engine onnxruntime (exported once into the cache), --engine pytorch, and the default ("auto",
+    nothing forced: it measures which is faster here, says so, and caches the choice) answer alike.
+    Without onnxruntime there is nothing to compare: skipped, not adapted."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     texts = ["so happy today", "this is awful", "the bus is at 5", "meh " * 40]
     cache = {"BERTFIT_CACHE": str(tmp_path / "cache")}
     pytorch = bertfit("predict", tweets_run, "--json", "--engine", "pytorch", *texts, env_extra=cache)
     assert not (tmp_path / "cache" / "onnx-fp32").exists()  # --engine pytorch never exports
-    default = bertfit("predict", tweets_run, "--json", *texts, env_extra=cache)
-    assert default.returncode == 0 and pytorch.returncode == 0, default.stderr[-3000:] + pytorch.stderr[-3000:]
-    assert (tmp_path / "cache" / "onnx-fp32").is_dir()  # the default did run ONNX Runtime (exported once)
-    a = [json.loads(line) for line in default.stdout.splitlines()]
+    onnx = bertfit("predict", tweets_run, "--json", "--engine", "onnxruntime", *texts, env_extra=cache)
+    assert onnx.returncode == 0 and pytorch.returncode == 0, onnx.stderr[-3000:] + pytorch.stderr[-3000:]
+    assert (tmp_path / "cache" / "onnx-fp32").is_dir()  # exported once
+    default = bertfit("predict", tweets_run, "--json", *texts, env_extra={**cache, "BERTFIT_CPU_ENGINE": ""})
+    assert default.returncode == 0, default.stderr[-3000:]
+    assert "prediction engine for batches:" in default.stderr and "for single texts:" in default.stderr
+    assert len(list((tmp_path / "cache" / "engine-choice").glob("*.json"))) <= 1  # kept unless the machine was busy
     b = [json.loads(line) for line in pytorch.stdout.splitlines()]
-    assert [x["label"] for x in a] == [x["label"] for x in b] and len(a) == len(texts)
-    for x, y in zip(a, b):
-        assert all(abs(x["probabilities"][k] - y["probabilities"][k]) <= 1e-5 for k in x["probabilities"])
+    for other in (onnx, default):
+        a = [json.loads(line) for line in other.stdout.splitlines()]
+        assert [x["label"] for x in a] == [x["label"] for x in b] and len(a) == len(texts)
+        for x, y in zip(a, b):
+            assert all(abs(x["probabilities"][k] - y["probabilities"][k]) <= 1e-5 for k in x["probabilities"])
 
 
 def test_bad_engine_exits_2(tweets_run):
