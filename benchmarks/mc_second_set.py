@@ -27,12 +27,11 @@ import argparse
 import gzip
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ml_second_set import finish, train  # noqa: E402  (the same runs and summary)
+from ml_second_set import finish, new_report, train  # noqa: E402  (the same runs and summary)
 
 HERE = Path(__file__).resolve().parent
 WINDOW = 60  # words of the paragraph kept as the context (MiniLM reads them within max_length 128)
@@ -103,11 +102,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=HERE / "mc_second_set_squad.json")
     args = parser.parse_args()
-    report = {"command": " ".join(sys.argv),
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=HERE).stdout.strip(),
-              "cpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Flags:")[0],
-              "data": make(args.data, args.work, args.train, args.eval), "runs": {}, "summary": {}}
+    report = new_report(make(args.data, args.work, args.train, args.eval))
     for seed in args.seeds:
         for name in args.settings:
             result = train(args.work, name, seed, task="multiple-choice", settings=SETTINGS, pick=("accuracy",))

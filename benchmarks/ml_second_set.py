@@ -101,11 +101,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=HERE / "ml_second_set_wnut_types.json")
     args = parser.parse_args()
-    report = {"command": " ".join(sys.argv),
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=HERE).stdout.strip(),
-              "cpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Flags:")[0],
-              "data": make(args.data, args.work), "runs": {}, "summary": {}}
+    report = new_report(make(args.data, args.work))
     for seed in args.seeds:  # seeds outside, settings inside: a slow stretch of the machine hits every setting
         for name in args.settings:
             result = train(args.work, name, seed)
@@ -113,6 +109,15 @@ def main() -> None:
             print(name, seed, result.get("test", result.get("error", "")[-300:]), file=sys.stderr, flush=True)
             args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     finish(report, args.out, ("macro_f1", "micro_f1"))
+
+
+def new_report(data: dict) -> dict:
+    """The report's head: the command, the commit, the machine and the data made."""
+    return {"command": " ".join(sys.argv),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=HERE).stdout.strip(),
+            "cpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Flags:")[0],
+            "data": data, "runs": {}, "summary": {}}
 
 
 def finish(report: dict, out: Path, metrics: tuple[str, ...]) -> None:
