@@ -179,3 +179,29 @@ def test_the_server_loads_the_engine_that_answers_one_text_sooner(tiny_run, meas
     host.load()
     assert host.engine == "onnxruntime"  # batches would have taken PyTorch
     assert torch.get_num_threads() == threads
+
+
+def test_without_onnxruntime_auto_is_pytorch_without_measuring(tiny_run, measuring, monkeypatch):
+    """The core install (no `export` extra): nothing to measure against, so PyTorch, and no error."""
+    import builtins
+    import importlib.util
+    import sys
+
+    from bertfit.predict.predictor import Predictor
+
+    real_find, real_import = importlib.util.find_spec, builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name.split(".")[0] in ("onnx", "onnxruntime"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    for name in [m for m in sys.modules if m.split(".")[0] in ("onnx", "onnxruntime")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **kw: None if name in ("onnx", "onnxruntime") else real_find(name, *a, **kw))
+    no_measuring(monkeypatch)
+    assert Predictor.load(tiny_run).engine == "pytorch"
+    assert Predictor.load(tiny_run, workload="latency").engine == "pytorch"
+    assert not (measuring / "engine-choice").exists() and not (measuring / "onnx-fp32").exists()

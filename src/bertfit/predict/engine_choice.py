@@ -48,7 +48,8 @@ WORKLOADS = ("throughput", "latency")
 MARGIN = 0.05
 SHORT_TOKENS = 32  # a tweet, a review sentence: most classification inputs
 # Tokens per shape: a quarter of the predictor's budget per batch (Predictor.outputs' max_tokens), so that
-# measuring costs ~6 s for MiniLM-L6 on one thread (about 35 s for BERT-base), once per CPU and model shape.
+# measuring costs 5.6-9.5 s for MiniLM-L6 on one thread (its six tasks in
+# benchmarks/predict_tasks_engines.json), once per CPU and model shape.
 PROBE_TOKENS = 2048
 REPEATS = 2  # timed passes per engine and shape after one warm-up; the best counts
 SINGLE_TOKENS = 16  # one short request (latency)
@@ -172,21 +173,23 @@ def measure(engines: dict[str, object], shapes: list[tuple[int, int]], *, vocab_
                          round(min(share, 1.0), 3), round(wall, 3))
 
 
-def auto_engine(directory: Path, max_length: int, load_engines: Callable[[], dict[str, object] | None],
+def auto_engine(config: BertConfig, max_length: int, load_engines: Callable[[], dict[str, object] | None],
                 workload: str = "throughput") -> str:
-    """The engine "auto" runs for this model on this CPU and workload ("throughput" or "latency"):
-    forced, cached, or measured now (both workloads at once).
+    """The engine "auto" runs for this model (its ``config``) on this CPU and workload ("throughput" or
+    "latency"): forced, cached, or measured now (both workloads at once); PyTorch where onnx or
+    onnxruntime is not installed (nothing to measure against).
 
     ``load_engines`` gives both engines ({"onnxruntime": ..., "pytorch": ...}) for a measurement, or
     None where ONNX Runtime cannot run this model (then PyTorch, as before the measurement existed)."""
-    from bertfit.weights import load_config
+    import importlib.util
 
     if workload not in WORKLOADS:
         raise ValueError(f"workload {workload!r}: one of {', '.join(WORKLOADS)}")
     forced = forced_engine()
     if forced is not None:
         return forced
-    config = load_config(directory)
+    if not (importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx")):
+        return "pytorch"
     threads = torch.get_num_threads()
     path = cache_path(choice_key(config, max_length, threads))
     if path.is_file():
@@ -232,10 +235,10 @@ def _check_engine(name: object) -> str:
 
 
 def _write(path: Path, record: dict) -> None:
+    from bertfit.io import write_json_atomic
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only costs the measurement again next time
+        write_json_atomic(path, record)
+    except OSError as exc:  # a read-only cache (or a race with another process) only costs a measurement
         logger.debug("could not cache the engine choice in %s: %s", path, exc)

@@ -355,7 +355,7 @@ def _auto_engine(directory: Path, max_length: int | None, workload: str) -> str:
             return None
         return {"onnxruntime": exported.backend, "pytorch": TorchEngine(load_model(directory, require_head=True))}
 
-    return auto_engine(directory, length, both_engines, workload)
+    return auto_engine(config, length, both_engines, workload)
 
 
 def _onnx_runtime_classifier(directory: Path, *, int8: bool, required: bool) -> "Predictor | None":
